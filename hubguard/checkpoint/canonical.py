@@ -1,0 +1,128 @@
+"""Canonical layer weights: what every invariant term is computed from.
+
+Canonicalisation removes the freedoms an attacker (or an innocent conversion) has without changing outputs:
+- the gain γ of the norm feeding a linear map is folded into that map (W ← W·diag(γ)); for LayerNorm the
+  mean-centring is folded too (W ← W·P, P = I − 11ᵀ/d), so γ-folding, per-dimension rescaling (γ/s, W·s)
+  and centring tricks all land on the same canonical W;
+- fused QKV is split by the config's head layout (`concat` [q; k; v] or `grouped` [kv, heads/kv + 2, hd]);
+- GQA/MQA key and value heads are expanded to one per query head with `repeat_interleave` (query head h
+  uses kv head h // (heads/kv), as transformers does);
+- Conv1D ([in, out]) weights are transposed to the [out, in] layout.
+
+Shapes (H heads, hd head dim, d hidden, f FFN width):
+    q, k, v: [H, hd, d]    o: [H, d, hd]    gate, up: [f, d]    down: [d, f]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from hubguard.checkpoint.architectures import BoundArchitecture
+from hubguard.errors import CorruptCheckpointError
+
+if TYPE_CHECKING:
+    import torch
+
+    from hubguard.checkpoint.safetensors_reader import SafetensorsCheckpoint
+
+
+@dataclass
+class CanonicalLayer:
+    index: int
+    q: "torch.Tensor"  # [H, hd, d]
+    k: "torch.Tensor"  # [H, hd, d], expanded to query heads
+    v: "torch.Tensor"  # [H, hd, d], expanded to query heads
+    o: "torch.Tensor"  # [H, d, hd]
+    ffn_type: str  # "gated" | "plain"
+    up: "torch.Tensor"  # [f, d]
+    down: "torch.Tensor"  # [d, f]
+    gate: "torch.Tensor | None" = None  # [f, d] for gated FFNs
+
+
+class LayerReader:
+    """Reads and canonicalises one layer at a time (peak memory: one layer)."""
+
+    def __init__(self, *, tensors: "SafetensorsCheckpoint", arch: BoundArchitecture, fold_norms: bool = True) -> None:
+        self.tensors = tensors
+        self.arch = arch
+        self.fold_norms = fold_norms
+        self._names = set(tensors.names())
+
+    # -- primitives ----------------------------------------------------------------------------------
+
+    def _linear(self, entry: object, layer: int) -> "torch.Tensor":
+        name = self.arch.resolve(entry, layer=layer, names=self._names)
+        w = self.tensors.get(name)
+        if w.dim() != 2:
+            raise CorruptCheckpointError(f"'{name}' should be a matrix but has shape {list(w.shape)}.")
+        return w.t().contiguous() if self.arch.spec.get("conv1d") else w
+
+    def _norm(self, entry: object, layer: int) -> "torch.Tensor":
+        name = self.arch.resolve(entry, layer=layer, names=self._names)
+        g = self.tensors.get(name)
+        return g + float(self.arch.spec["norm"].get("offset", 0.0))
+
+    def _fold(self, w: "torch.Tensor", gain: "torch.Tensor") -> "torch.Tensor":
+        """W·diag(γ), then W·P for LayerNorm (P removes the mean over the input dimension)."""
+        if not self.fold_norms:
+            return w
+        if gain.shape[0] != w.shape[1]:
+            raise CorruptCheckpointError(f"A norm of size {gain.shape[0]} feeds a matrix with {w.shape[1]} inputs.")
+        w = w * gain[None, :]
+        if self.arch.spec["norm"]["type"] == "layer":
+            w = w - w.mean(dim=1, keepdim=True)
+        return w
+
+    # -- layer ---------------------------------------------------------------------------------------
+
+    def read(self, layer: int) -> CanonicalLayer:
+        arch, spec = self.arch, self.arch.spec
+        H, KV, hd, d = arch.num_heads, arch.num_kv_heads, arch.head_dim, arch.hidden_size
+        attn, ffn = spec["attention"], spec["ffn"]
+
+        attn_gain = self._norm(attn["norm"], layer)
+        if "qkv" in attn:
+            qkv = self._linear(attn["qkv"], layer)
+            if attn["qkv_layout"] == "concat":
+                sizes = [H * hd, KV * hd, KV * hd]
+                if qkv.shape[0] != sum(sizes):
+                    raise CorruptCheckpointError(f"Fused QKV of layer {layer} has {qkv.shape[0]} rows, expected {sum(sizes)}.")
+                q, k, v = qkv.split(sizes, dim=0)
+                q, k, v = q.reshape(H, hd, -1), k.reshape(KV, hd, -1), v.reshape(KV, hd, -1)
+            else:  # grouped: [KV, H/KV + 2, hd, d]
+                rep = H // KV
+                if qkv.shape[0] != KV * (rep + 2) * hd:
+                    raise CorruptCheckpointError(f"Fused QKV of layer {layer} has {qkv.shape[0]} rows, expected {KV * (rep + 2) * hd}.")
+                g = qkv.reshape(KV, rep + 2, hd, -1)
+                q, k, v = g[:, :rep].reshape(H, hd, -1), g[:, rep], g[:, rep + 1]
+        else:
+            q = self._linear(attn["q"], layer).reshape(H, hd, -1)
+            k = self._linear(attn["k"], layer).reshape(KV, hd, -1)
+            v = self._linear(attn["v"], layer).reshape(KV, hd, -1)
+        if q.shape[-1] != d:
+            raise CorruptCheckpointError(f"Layer {layer}: attention inputs are {q.shape[-1]} wide, hidden size is {d}.")
+        fold = lambda w: self._fold(w.reshape(-1, d), attn_gain).reshape(w.shape)  # noqa: E731
+        q, k, v = fold(q), fold(k), fold(v)
+        if KV != H:
+            k = k.repeat_interleave(H // KV, dim=0)
+            v = v.repeat_interleave(H // KV, dim=0)
+        o = self._linear(attn["o"], layer)  # [d, H*hd]
+        if o.shape != (d, H * hd):
+            raise CorruptCheckpointError(f"Layer {layer}: output projection is {list(o.shape)}, expected {[d, H * hd]}.")
+        o = o.reshape(d, H, hd).permute(1, 0, 2).contiguous()
+
+        ffn_gain = self._norm(ffn["norm"], layer)
+        down = self._linear(ffn["down"], layer)
+        if ffn["type"] == "gated":
+            if "gate_up" in ffn:
+                gate, up = self._linear(ffn["gate_up"], layer).chunk(2, dim=0)
+            else:
+                gate, up = self._linear(ffn["gate"], layer), self._linear(ffn["up"], layer)
+            gate = self._fold(gate, ffn_gain)
+        else:
+            gate, up = None, self._linear(ffn["up"], layer)
+        up = self._fold(up, ffn_gain)
+        if down.shape != (d, up.shape[0]):
+            raise CorruptCheckpointError(f"Layer {layer}: FFN down projection is {list(down.shape)}, expected {[d, up.shape[0]]}.")
+        return CanonicalLayer(index=layer, q=q, k=k, v=v, o=o, ffn_type=ffn["type"], up=up, down=down, gate=gate)

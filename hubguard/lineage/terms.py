@@ -1,0 +1,74 @@
+"""Invariant terms of one canonical layer over the token embeddings X.
+
+X is [n, d]: the input-embedding rows of the token set, each row RMS-normalised (centred first for
+LayerNorm families), as a norm would see them. All terms are [n, n]:
+
+    attn_qk  = X Wqᵀ Wk Xᵀ                       (summed over heads; K expanded for GQA)
+    attn_vo  = X Wvᵀ Woᵀ Xᵀ
+    ffn      = X W1ᵀ W2ᵀ Xᵀ                      (plain FFN)
+    ffn_up   = X Wuᵀ Wdᵀ Xᵀ                      (gated FFN)
+    ffn_gate = X Wgᵀ diag(⟨Wg_i, Wu_i⟩) Wdᵀ Xᵀ    (gated FFN)
+
+Why these survive the attacks: a hidden-space rotation/permutation R maps X→XR and every input-side W→WR,
+output-side W→RᵀW, so every product above cancels R; per-head maps A (Wq_h→A Wq_h, Wk_h→A⁻ᵀ Wk_h, likewise
+V/O) cancel inside each head's sum; FFN unit permutations permute the summation index; a per-unit scaling c
+of a gated FFN (Wu_i→c Wu_i, Wd_i→Wd_i/c, sign included) cancels in ffn_up and in ffn_gate because
+⟨Wg_i, c Wu_i⟩·Wd_i/c = ⟨Wg_i, Wu_i⟩·Wd_i. HuRef's official gated term X((Wgᵀ⊙Wuᵀ)Wdᵀ)Xᵀ mixes coordinates
+element-wise and is not rotation invariant; it lives in `baselines.py`, not here.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+
+    from hubguard.checkpoint.canonical import CanonicalLayer
+
+GATED_TERMS = ("attn_qk", "attn_vo", "ffn_up", "ffn_gate")
+PLAIN_TERMS = ("attn_qk", "attn_vo", "ffn")
+
+
+def normalise_rows(x: "torch.Tensor", *, centre: bool) -> "torch.Tensor":
+    """Rows as a norm layer sees them (no gain): centred for LayerNorm, then unit RMS."""
+    import torch
+
+    if centre:
+        x = x - x.mean(dim=1, keepdim=True)
+    return x / torch.sqrt((x * x).mean(dim=1, keepdim=True) + 1e-12)
+
+
+def layer_terms(*, layer: "CanonicalLayer", x: "torch.Tensor") -> dict[str, "torch.Tensor"]:
+    """The invariant terms of one layer. x: [n, d] normalised embedding rows. Returns name -> [n, n] float32."""
+    H, hd, d = layer.q.shape
+    wq = layer.q.reshape(H * hd, d)
+    wk = layer.k.reshape(H * hd, d)
+    wv = layer.v.reshape(H * hd, d)
+    wo = layer.o.permute(1, 0, 2).reshape(d, H * hd)  # [d, H*hd], the HF o_proj layout
+    xt = x.t()
+    terms = {
+        "attn_qk": (x @ wq.t()) @ (x @ wk.t()).t(),  # [n, H*hd] @ [H*hd, n]
+        "attn_vo": ((x @ wv.t()) @ wo.t()) @ xt,  # [n, H*hd] @ [H*hd, d] @ [d, n]
+    }
+    if layer.ffn_type == "gated":
+        assert layer.gate is not None
+        unit_weight = (layer.gate * layer.up).sum(dim=1)  # [f]: ⟨Wg_i, Wu_i⟩
+        down_t = layer.down.t()  # [f, d]
+        terms["ffn_up"] = ((x @ layer.up.t()) @ down_t) @ xt
+        terms["ffn_gate"] = (((x @ layer.gate.t()) * unit_weight[None, :]) @ down_t) @ xt
+    else:
+        terms["ffn"] = ((x @ layer.up.t()) @ layer.down.t()) @ xt
+    return terms
+
+
+def standardise(m: "torch.Tensor") -> "torch.Tensor":
+    """Z-score a [.., n, n] term over its off-diagonal entries (the diagonal is kept, standardised alike)."""
+    import torch
+
+    n = m.shape[-1]
+    off = ~torch.eye(n, dtype=torch.bool)
+    vals = m[..., off]
+    mean = vals.mean(dim=-1, keepdim=True)[..., None]
+    std = vals.std(dim=-1, keepdim=True)[..., None].clamp_min(1e-12)
+    return (m - mean) / std

@@ -1,0 +1,56 @@
+"""Session fixtures: a real tokenizer trained on CPython's docs, tiny models of every family, the real MiniLM."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HUBGUARD_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _threads() -> None:
+    import torch
+
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(scope="session")
+def bpe_tokenizer(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests.factory import train_bpe_tokenizer
+
+    return train_bpe_tokenizer(tmp_path_factory.mktemp("tokenizer"))
+
+
+@pytest.fixture(scope="session")
+def minilm() -> Path:
+    from tests.factory import minilm_dir
+
+    return minilm_dir()
+
+
+@pytest.fixture(scope="session")
+def family_models(tmp_path_factory: pytest.TempPathFactory, bpe_tokenizer: Path, minilm: Path) -> dict[str, dict[int, Path]]:
+    """family -> {seed: folder} for seeds 0 and 1 (independent random inits of one config)."""
+    from tokenizers import Tokenizer
+
+    from tests.factory import build_model, family_configs, save_with_tokenizer
+
+    root = tmp_path_factory.mktemp("families")
+    bpe_vocab = Tokenizer.from_file(str(bpe_tokenizer)).get_vocab_size()
+    wp_vocab = Tokenizer.from_file(str(minilm / "tokenizer.json")).get_vocab_size()
+    out: dict[str, dict[int, Path]] = {}
+    for family, (config, kind) in family_configs(bpe_vocab=bpe_vocab, wordpiece_vocab=wp_vocab).items():
+        out[family] = {}
+        for seed in (0, 1):
+            model = build_model(config, seed=seed)
+            folder = root / f"{family}-{seed}"
+            if kind == "bpe":
+                save_with_tokenizer(model, folder, tokenizer_json=bpe_tokenizer)
+            else:
+                save_with_tokenizer(model, folder, tokenizer_json=None, wordpiece_dir=minilm)
+            out[family][seed] = folder
+    return out

@@ -1,0 +1,42 @@
+"""Every listed family fingerprints, matches itself, and is told apart from an independent init."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import hubguard
+from hubguard.checkpoint.architectures import load_architecture_maps
+
+FAMILIES = ["llama", "mistral", "qwen2", "gemma", "phi3", "gpt2", "gpt_neox", "falcon", "bert", "roberta", "distilbert", "mpnet"]
+
+
+def test_every_family_has_a_map() -> None:
+    assert set(FAMILIES) <= {m.family for m in load_architecture_maps()}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_family_fingerprint_and_compare(family: str, family_models: dict) -> None:
+    a, b = family_models[family][0], family_models[family][1]
+    fa = hubguard.fingerprint(a)
+    assert fa.model["family"] == family
+    assert len(fa.layers) == fa.model["num_layers"] >= 2
+    assert len(fa.tokens) >= 200
+    for t in fa.terms.values():
+        assert t.shape == (len(fa.layers), len(fa.tokens), len(fa.tokens))
+    same = hubguard.compare(fa, a)
+    assert same.verdict == "derivative" and same.score > 99.9
+    other = hubguard.compare(fa, b)
+    assert other.verdict == "independent", other.to_dict()["terms"]
+    assert abs(other.score) < 10
+
+
+def test_real_minilm(minilm) -> None:
+    fp = hubguard.fingerprint(minilm)
+    assert fp.model["family"] == "bert" and fp.model["num_layers"] == 6
+    assert fp.model["tokenizer_style"] == "wordpiece"
+    # only the token rows are read, not the whole 30522-row embedding
+    emb_bytes = 30522 * 384 * 4
+    assert fp.stats["bytes_read"] < fp.stats["bytes_total"] - emb_bytes * 0.9
+    json.dumps(fp.summary())
