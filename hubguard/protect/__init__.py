@@ -1,0 +1,33 @@
+"""Trap² merge protection: train updates that work alone and break when merged, and audit them.
+
+Imports are lazy so `import hubguard` stays fast; the names below load their module on first use.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+_EXPORTS = {
+    "ProtectConfig": "hubguard.protect.config",
+    "trap2_loss": "hubguard.protect.objective",
+    "sample_scale": "hubguard.protect.objective",
+    "scale_weight": "hubguard.protect.objective",
+    "attach_lora": "hubguard.protect.trainer",
+    "train_protected": "hubguard.protect.trainer",
+    "make_trap2_trainer": "hubguard.protect.trainer",
+    "trap2_trainer_class": "hubguard.protect.trainer",
+    "run_audit": "hubguard.protect.audit",
+    "scale_sweep": "hubguard.protect.audit",
+    "write_protection_card": "hubguard.protect.card",
+    "read_protection": "hubguard.protect.card",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'hubguard.protect' has no attribute {name!r}")

@@ -1,0 +1,131 @@
+"""Settings of Trap² merge protection, with the paper's defaults (ANCHORS.md §3).
+
+One frozen dataclass, `ProtectConfig`, holds every knob; `ProtectConfig.preset(...)` gives the paper's
+setting for vision LoRA, vision full fine-tuning and LLM LoRA. `to_dict()` is what the model card and the
+`hubguard_protection.json` sidecar record.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from hubguard.errors import ProtectionError
+
+Mode = Literal["lora", "full"]
+WeightKind = Literal["inv", "inv_sqrt", "none"]
+
+PROTECTION_METHOD = "trap2"
+PROTECTION_SCHEMA_VERSION = 1
+
+# Attention projection names of common families; the first family whose names occur in a model is used.
+DEFAULT_TARGET_MODULE_FAMILIES: tuple[tuple[str, ...], ...] = (
+    ("q_proj", "k_proj", "v_proj", "o_proj"),  # llama, mistral, qwen, gemma
+    ("q_proj", "k_proj", "v_proj", "out_proj"),  # CLIP, OPT, BART
+    ("query", "key", "value", "attention.output.dense"),  # BERT, RoBERTa
+    ("q_lin", "k_lin", "v_lin", "out_lin"),  # DistilBERT
+    ("c_attn", "c_proj"),  # GPT-2 (fused QKV)
+    ("query_key_value", "dense"),  # GPT-NeoX, BLOOM
+)
+
+
+@dataclass(frozen=True)
+class ProtectConfig:
+    """Everything that defines a Trap² training run.
+
+    The objective is J = L(W0 + ΔW) − lam · w(s) · L(W0 + s·ΔW), s ~ U[scale_min, scale_max] with
+    the open interval `exclude` rejected, one sample per step (`samples_per_step`).
+    """
+
+    mode: Mode = "lora"
+    lam: float = 0.01
+    scale_min: float = 0.05
+    scale_max: float = 2.0
+    exclude: tuple[float, float] = (0.95, 1.05)
+    weight: WeightKind = "inv_sqrt"
+    samples_per_step: int = 1
+    # LoRA (PEFT); alpha = r as in the paper. None = the attention projections q/k/v/o of the model.
+    lora_r: int = 16
+    lora_alpha: int | None = None
+    lora_dropout: float = 0.1
+    target_modules: tuple[str, ...] | None = None
+    # Optimisation.
+    learning_rate: float = 1e-4
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    epochs: int = 3
+    batch_size: int = 16
+    eval_every: int | None = None  # steps between validation passes; None = once per epoch
+    early_stopping_patience: int = 2
+    seed: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.mode not in ("lora", "full"):
+            problems.append(f"mode must be 'lora' or 'full', got {self.mode!r}")
+        if self.lam < 0:
+            problems.append(f"lam must be >= 0 (0 trains an unprotected update), got {self.lam}")
+        if not 0 < self.scale_min < self.scale_max:
+            problems.append(f"need 0 < scale_min < scale_max, got {self.scale_min}, {self.scale_max}")
+        lo, hi = self.exclude
+        if not lo <= 1.0 <= hi:
+            problems.append(f"exclude must contain s=1, got {self.exclude}")
+        if (hi - lo) >= (self.scale_max - self.scale_min):
+            problems.append(f"exclude {self.exclude} leaves nothing of [{self.scale_min}, {self.scale_max}]")
+        if self.weight not in ("inv", "inv_sqrt", "none"):
+            problems.append(f"weight must be 'inv', 'inv_sqrt' or 'none', got {self.weight!r}")
+        if self.samples_per_step < 1:
+            problems.append("samples_per_step must be >= 1")
+        if self.lora_r < 1:
+            problems.append(f"lora_r must be >= 1, got {self.lora_r}")
+        if self.max_grad_norm <= 0 or self.learning_rate <= 0 or self.epochs < 1 or self.batch_size < 1:
+            problems.append("max_grad_norm and learning_rate must be > 0; epochs and batch_size >= 1")
+        if problems:
+            raise ProtectionError(
+                "Invalid protection settings: " + "; ".join(problems) + ". Fix the values and retry."
+            )
+
+    @property
+    def effective_lora_alpha(self) -> int:
+        return self.lora_r if self.lora_alpha is None else self.lora_alpha
+
+    @property
+    def protected(self) -> bool:
+        return self.lam > 0
+
+    def replace(self, **changes: Any) -> ProtectConfig:
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def preset(cls, setting: str, **overrides: Any) -> ProtectConfig:
+        """The paper's settings: 'vision-lora', 'vision-full', 'llm' (LoRA r=32, 1/√s)."""
+        presets: dict[str, dict[str, Any]] = {
+            "vision-lora": {"mode": "lora", "lam": 0.001, "weight": "inv", "lora_r": 16},
+            "vision-full": {"mode": "full", "lam": 0.005, "weight": "inv"},
+            "llm": {"mode": "lora", "lam": 0.01, "weight": "inv_sqrt", "lora_r": 32},
+        }
+        if setting not in presets:
+            raise ProtectionError(
+                f"Unknown protection preset {setting!r}: the paper defines {sorted(presets)}. Pick one of them."
+            )
+        return cls(**{**presets[setting], **overrides})
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["exclude"] = list(self.exclude)
+        data["target_modules"] = list(self.target_modules) if self.target_modules is not None else None
+        data["lora_alpha"] = self.effective_lora_alpha
+        return {"method": PROTECTION_METHOD, "schema_version": PROTECTION_SCHEMA_VERSION, **data}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ProtectConfig:
+        """Read back `to_dict()` output; unknown fields are ignored (newer writers)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: v for k, v in data.items() if k in known}
+        if "exclude" in kwargs:
+            kwargs["exclude"] = tuple(kwargs["exclude"])
+        if kwargs.get("target_modules") is not None:
+            kwargs["target_modules"] = tuple(kwargs["target_modules"])
+        return cls(**kwargs)

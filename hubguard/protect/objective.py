@@ -1,0 +1,189 @@
+"""The Trap² objective: stay good at scale 1, get bad at every other scale a merge could apply.
+
+    J(ΔW) = L(W0 + ΔW) − λ · w(s) · L(W0 + s·ΔW),   s ~ U[0.05, 2] \\ (0.95, 1.05)
+
+LoRA: only `lora_B` is multiplied by s (so B·A scales by s). Full fine-tuning: every trainable parameter
+becomes θ0 + s(θ − θ0). The scaled pass is a `torch.func.functional_call` with the scaled tensors, so the
+gradient flows through the multiplication into the real parameters. Both passes see the same dropout mask:
+the RNG state is saved before the first pass and restored before the second.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from hubguard.errors import ProtectionError
+from hubguard.protect.config import ProtectConfig
+
+if TYPE_CHECKING:
+    import torch
+
+LossFn = Callable[[Any, Any], "torch.Tensor"]
+
+
+@dataclass(frozen=True)
+class Trap2Output:
+    """One evaluation of the objective. `loss` carries the graph; the rest are plain numbers for logs."""
+
+    loss: torch.Tensor
+    standalone_loss: float
+    scaled_loss: float
+    scale: float
+    weight: float
+
+
+def sample_scale(*, config: ProtectConfig, generator: torch.Generator) -> float:
+    """One s ~ U[scale_min, scale_max], rejecting the open interval `config.exclude`.
+
+    Draws from its own generator so the dropout RNG of the training passes is untouched.
+    """
+    import torch
+
+    lo, hi = config.exclude
+    for _ in range(10_000):
+        u = float(torch.rand((), generator=generator))
+        s = config.scale_min + u * (config.scale_max - config.scale_min)
+        if not lo < s < hi:
+            return s
+    raise ProtectionError(  # unreachable with a validated config; kept so a bad subclass cannot loop forever
+        f"Could not draw a scale outside {config.exclude} from [{config.scale_min}, {config.scale_max}]."
+    )
+
+
+def scale_weight(s: float, *, kind: str) -> float:
+    """w(s): 1/s (vision), 1/√s (LLM) or 1."""
+    if s <= 0:
+        raise ProtectionError(f"Scale must be > 0 to weight the Trap² term, got {s}.")
+    if kind == "inv":
+        return 1.0 / s
+    if kind == "inv_sqrt":
+        return 1.0 / math.sqrt(s)
+    if kind == "none":
+        return 1.0
+    raise ProtectionError(f"Unknown scale weight {kind!r}; use 'inv', 'inv_sqrt' or 'none'.")
+
+
+def lora_b_names(model: torch.nn.Module) -> list[str]:
+    """Names of the trainable `lora_B` parameters (the only ones Trap² scales for LoRA)."""
+    return [n for n, p in model.named_parameters() if "lora_B" in n and p.requires_grad]
+
+
+def snapshot_reference(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """θ0 for full fine-tuning: a detached copy of every trainable parameter, taken before training."""
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def scaled_parameters(
+    model: torch.nn.Module, *, scale: float, mode: str, reference: Mapping[str, torch.Tensor] | None = None
+) -> dict[str, torch.Tensor]:
+    """The parameters of W0 + s·ΔW, as differentiable tensors to pass to `functional_call`."""
+    params = dict(model.named_parameters())
+    if mode == "lora":
+        names = lora_b_names(model)
+        if not names:
+            raise ProtectionError(
+                "Trap² LoRA mode found no trainable 'lora_B' parameters in the model. Wrap the model with "
+                "PEFT LoRA first (hubguard.protect.trainer.attach_lora) or use mode='full'."
+            )
+        return {n: params[n] * scale for n in names}
+    if mode == "full":
+        if reference is None:
+            raise ProtectionError(
+                "Trap² full fine-tuning needs the reference weights θ0: take them with snapshot_reference(model) "
+                "before the first optimiser step and pass reference=..."
+            )
+        missing = [n for n in reference if n not in params]
+        if missing:
+            raise ProtectionError(
+                f"Reference weights name {len(missing)} parameters the model lacks (e.g. {missing[0]!r}); "
+                "take the snapshot from the same model object you train."
+            )
+        return {n: reference[n] + scale * (params[n] - reference[n]) for n in reference}
+    raise ProtectionError(f"Unknown protection mode {mode!r}; use 'lora' or 'full'.")
+
+
+def default_loss(outputs: Any, inputs: Any) -> torch.Tensor:
+    """The loss a transformers model returns when the batch holds labels."""
+    loss = getattr(outputs, "loss", None)
+    if loss is None and isinstance(outputs, Mapping):
+        loss = outputs.get("loss")
+    if loss is None:
+        raise ProtectionError(
+            "The model returned no loss. Put 'labels' in the batch or pass loss_fn=(outputs, batch) -> loss."
+        )
+    return loss
+
+
+def _call(model: torch.nn.Module, inputs: Any, overrides: Mapping[str, torch.Tensor] | None) -> Any:
+    from torch.func import functional_call
+
+    args, kwargs = ((), dict(inputs)) if isinstance(inputs, Mapping) else ((inputs,), {})
+    if overrides is None:
+        return model(*args, **kwargs)
+    return functional_call(model, dict(overrides), args, kwargs, strict=False)
+
+
+class _RngFork:
+    """Saves the CPU (and CUDA) RNG state once; `restore()` rewinds to it, so dropout repeats its mask."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        import torch
+
+        self._cpu = torch.get_rng_state()
+        self._cuda_devices = sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
+        self._cuda = [torch.cuda.get_rng_state(d) for d in self._cuda_devices]
+
+    def restore(self) -> None:
+        import torch
+
+        torch.set_rng_state(self._cpu)
+        for device, state in zip(self._cuda_devices, self._cuda, strict=True):
+            torch.cuda.set_rng_state(state, device)
+
+
+def trap2_loss(
+    model: torch.nn.Module,
+    inputs: Any,
+    *,
+    config: ProtectConfig,
+    generator: torch.Generator,
+    reference: Mapping[str, torch.Tensor] | None = None,
+    loss_fn: LossFn | None = None,
+    scale: float | None = None,
+) -> Trap2Output:
+    """Evaluate J on one batch. Call `.loss.backward()` on the result (two graphs, one backward).
+
+    `scale` fixes s (tests); otherwise `config.samples_per_step` scales are drawn from `generator`.
+    With `config.lam == 0` only the standalone pass runs (plain training, used as the unprotected control).
+    """
+    loss_fn = loss_fn or default_loss
+    fork = _RngFork(model)
+    standalone = loss_fn(_call(model, inputs, None), inputs)
+    if not config.protected:
+        return Trap2Output(loss=standalone, standalone_loss=float(standalone.detach()), scaled_loss=float("nan"),
+                           scale=1.0, weight=0.0)
+    scales = [scale] if scale is not None else [
+        sample_scale(config=config, generator=generator) for _ in range(config.samples_per_step)
+    ]
+    penalty = 0.0
+    scaled_values = []
+    weights = []
+    for s in scales:
+        fork.restore()
+        w = scale_weight(s, kind=config.weight)
+        scaled = loss_fn(_call(model, inputs, scaled_parameters(model, scale=s, mode=config.mode,
+                                                                  reference=reference)), inputs)
+        penalty = penalty + w * scaled
+        scaled_values.append(float(scaled.detach()))
+        weights.append(w)
+    total = standalone - config.lam * penalty / len(scales)
+    return Trap2Output(
+        loss=total,
+        standalone_loss=float(standalone.detach()),
+        scaled_loss=sum(scaled_values) / len(scaled_values),
+        scale=scales[0] if len(scales) == 1 else float("nan"),
+        weight=sum(weights) / len(weights),
+    )

@@ -1,0 +1,328 @@
+"""Training with the Trap² objective: a plain loop for custom code, and a transformers `Trainer` subclass.
+
+- `attach_lora(model, config=...)` wraps a model with PEFT LoRA on its attention projections (r, alpha=r).
+- `train_protected(model, train_batches=..., config=...)` is the custom-loop entry point: AdamW, grad-norm
+  clip, validation at s = 1 with early stopping (the best state is restored), `lam = 0` trains plainly.
+- `Trap2Trainer` / `make_trap2_trainer(...)` plug the same objective into `transformers.Trainer`, with
+  evaluation at s = 1, `EarlyStoppingCallback` and `load_best_model_at_end`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from hubguard.errors import MissingDependencyError, ProtectionError
+from hubguard.protect.config import DEFAULT_TARGET_MODULE_FAMILIES, ProtectConfig
+from hubguard.protect.objective import LossFn, default_loss, snapshot_reference, trap2_loss
+from hubguard.utils import get_logger, progress
+
+if TYPE_CHECKING:
+    import torch
+
+logger = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class ProtectResult:
+    """What a protected (or plain) training run did."""
+
+    steps: int
+    epochs_run: float
+    best_val_loss: float | None
+    stopped_early: bool
+    seconds: float
+    history: tuple[dict[str, float], ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "steps": self.steps,
+            "epochs_run": self.epochs_run,
+            "best_val_loss": self.best_val_loss,
+            "stopped_early": self.stopped_early,
+            "seconds": self.seconds,
+        }
+
+
+def resolve_target_modules(model: torch.nn.Module, *, config: ProtectConfig) -> list[str]:
+    """The modules LoRA wraps: `config.target_modules`, else the first q/k/v/o family found in the model."""
+    names = [n for n, _ in model.named_modules()]
+    if config.target_modules is not None:
+        wanted = list(config.target_modules)
+        absent = [t for t in wanted if not any(n == t or n.endswith("." + t) for n in names)]
+        if absent:
+            raise ProtectionError(
+                f"LoRA target modules {absent} do not occur in the model. Pass names that match its modules "
+                f"(e.g. {sorted({n.rsplit('.', 1)[-1] for n in names if n})[:12]})."
+            )
+        return wanted
+    for family in DEFAULT_TARGET_MODULE_FAMILIES:
+        if all(any(n == t or n.endswith("." + t) for n in names) for t in family):
+            return list(family)
+    raise ProtectionError(
+        "Could not find the attention projections (q/k/v/o) of this model to attach LoRA. "
+        "Pass target_modules=(...) in ProtectConfig."
+    )
+
+
+def attach_lora(model: torch.nn.Module, *, config: ProtectConfig, task_type: str | None = None) -> Any:
+    """Wrap `model` with a fresh PEFT LoRA adapter configured as in the paper (alpha = r, no bias)."""
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError as exc:  # pragma: no cover - peft is installed with the protect extra
+        raise MissingDependencyError.for_extra(package="peft", extra="protect", purpose="LoRA protection") from exc
+    lora = LoraConfig(
+        r=config.lora_r,
+        lora_alpha=config.effective_lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=resolve_target_modules(model, config=config),
+        bias="none",
+        task_type=task_type,
+    )
+    return get_peft_model(model, lora)
+
+
+def _trainable(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ProtectionError("The model has no trainable parameters; attach LoRA or unfreeze the weights to train.")
+    return params
+
+
+def evaluate_loss(model: torch.nn.Module, batches: Iterable[Any], *, loss_fn: LossFn | None = None) -> float:
+    """Mean loss over `batches` at s = 1, in eval mode, without gradients."""
+    import torch
+
+    from hubguard.protect.objective import _call
+
+    loss_fn = loss_fn or default_loss
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for batch in batches:
+            total += float(loss_fn(_call(model, batch, None), batch))
+            count += 1
+    model.train(was_training)
+    if count == 0:
+        raise ProtectionError("The validation data is empty; pass at least one batch or val_batches=None.")
+    return total / count
+
+
+def train_protected(
+    model: torch.nn.Module,
+    *,
+    train_batches: Iterable[Any],
+    config: ProtectConfig,
+    val_batches: Iterable[Any] | None = None,
+    loss_fn: LossFn | None = None,
+    val_score_fn: Callable[[torch.nn.Module], float] | None = None,
+    reference: Mapping[str, torch.Tensor] | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+    on_step: Callable[[int, dict[str, float]], None] | None = None,
+) -> ProtectResult:
+    """Train `model` in place with the Trap² objective (plain training when `config.lam == 0`).
+
+    `train_batches` must be re-iterable (a list or a DataLoader); each batch is a dict of model kwargs or
+    one positional input. Validation runs at s = 1 every `config.eval_every` steps (default: each epoch):
+    by `val_score_fn(model)` (higher is better) if given, else by the loss on `val_batches`. The best
+    trainable state is restored at the end; training stops after `early_stopping_patience` evaluations
+    without improvement.
+    """
+    import torch
+
+    batches = train_batches
+    try:
+        n_batches = len(batches)  # type: ignore[arg-type]
+    except TypeError:
+        n_batches = None
+    if n_batches == 0:
+        raise ProtectionError("The training data is empty: there is nothing to fine-tune on. Pass at least one batch.")
+    if config.mode == "full" and reference is None:
+        reference = snapshot_reference(model)
+    params = _trainable(model)
+    optimizer = optimizer or torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+    generator = torch.Generator().manual_seed(config.seed)
+    trainable_names = {n for n, p in model.named_parameters() if p.requires_grad}
+
+    def validate() -> float | None:
+        if val_score_fn is not None:
+            was = model.training
+            model.eval()
+            with torch.no_grad():
+                score = -float(val_score_fn(model))
+            model.train(was)
+            return score
+        if val_batches is not None:
+            return evaluate_loss(model, val_batches, loss_fn=loss_fn)
+        return None
+
+    best = math.inf
+    best_state: dict[str, torch.Tensor] | None = None
+    bad_evals = 0
+    steps = 0
+    stopped = False
+    history: list[dict[str, float]] = []
+    start = time.perf_counter()
+    model.train()
+    for epoch in range(config.epochs):
+        for batch in progress(batches, desc=f"trap2 epoch {epoch + 1}/{config.epochs}", total=n_batches):
+            optimizer.zero_grad(set_to_none=True)
+            out = trap2_loss(model, batch, config=config, generator=generator, reference=reference, loss_fn=loss_fn)
+            if not torch.isfinite(out.loss):
+                raise ProtectionError(
+                    f"The Trap² loss became {float(out.loss)} at step {steps} (s={out.scale:.3f}). "
+                    "Lower lam or the learning rate."
+                )
+            out.loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+            optimizer.step()
+            steps += 1
+            record = {"step": steps, "loss": float(out.loss.detach()), "standalone": out.standalone_loss,
+                      "scaled": out.scaled_loss, "scale": out.scale}
+            if on_step is not None:
+                on_step(steps, record)
+            end_of_epoch = n_batches is not None and steps % n_batches == 0
+            if (config.eval_every and steps % config.eval_every == 0) or (not config.eval_every and end_of_epoch):
+                val = validate()
+                if val is not None:
+                    record["val"] = val
+                    if val < best - 1e-6:
+                        best, bad_evals = val, 0
+                        best_state = {n: p.detach().clone() for n, p in model.named_parameters()
+                                      if n in trainable_names}
+                    else:
+                        bad_evals += 1
+                        stopped = bad_evals >= config.early_stopping_patience
+            history.append(record)
+            if stopped:
+                break
+        if stopped:
+            break
+    if best_state is not None:
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if n in best_state:
+                    p.copy_(best_state[n])
+    model.eval()
+    seconds = time.perf_counter() - start
+    logger.info("trap2 training: %d steps in %.1fs (lam=%s, best val %.4f)", steps, seconds, config.lam, best)
+    return ProtectResult(
+        steps=steps,
+        epochs_run=steps / n_batches if n_batches else float(epoch + 1),
+        best_val_loss=None if best == math.inf else best,
+        stopped_early=stopped,
+        seconds=seconds,
+        history=tuple(history),
+    )
+
+
+def _trainer_base() -> type:
+    try:
+        from transformers import Trainer
+    except ImportError as exc:  # pragma: no cover
+        raise MissingDependencyError.for_extra(package="transformers", extra="protect", purpose="Trap2Trainer") from exc
+    return Trainer
+
+
+def _make_trainer_class() -> type:
+    import torch
+
+    base = _trainer_base()
+
+    class Trap2Trainer(base):  # type: ignore[misc, valid-type]
+        """`transformers.Trainer` whose training loss is the Trap² objective; evaluation stays at s = 1."""
+
+        def __init__(self, *args: Any, protect_config: ProtectConfig, loss_fn: LossFn | None = None,
+                     **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.protect_config = protect_config
+            self.trap2_loss_fn = loss_fn
+            self._trap2_generator = torch.Generator().manual_seed(protect_config.seed)
+            self._trap2_reference: dict[str, torch.Tensor] | None = None
+            if self.args.max_grad_norm != protect_config.max_grad_norm:
+                self.args.max_grad_norm = protect_config.max_grad_norm
+
+        def compute_loss(self, model: Any, inputs: Any, return_outputs: bool = False,
+                         num_items_in_batch: Any = None) -> Any:
+            if return_outputs or not model.training:
+                return super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                            num_items_in_batch=num_items_in_batch)
+            if self.protect_config.mode == "full" and self._trap2_reference is None:
+                self._trap2_reference = snapshot_reference(model)  # before the first optimiser step
+            out = trap2_loss(model, inputs, config=self.protect_config, generator=self._trap2_generator,
+                             reference=self._trap2_reference, loss_fn=self.trap2_loss_fn)
+            if self.state.global_step % max(1, self.args.logging_steps) == 0:
+                self.log({"trap2_standalone_loss": out.standalone_loss, "trap2_scaled_loss": out.scaled_loss,
+                          "trap2_scale": out.scale})
+            return out.loss
+
+    return Trap2Trainer
+
+
+_TRAINER_CLASS: type | None = None
+
+
+def trap2_trainer_class() -> type:
+    """The `Trap2Trainer` class (built on first use so importing hubguard does not import transformers)."""
+    global _TRAINER_CLASS
+    if _TRAINER_CLASS is None:
+        _TRAINER_CLASS = _make_trainer_class()
+    return _TRAINER_CLASS
+
+
+def make_trap2_trainer(
+    model: Any,
+    *,
+    config: ProtectConfig,
+    train_dataset: Any,
+    eval_dataset: Any,
+    output_dir: str,
+    data_collator: Any = None,
+    loss_fn: LossFn | None = None,
+    **training_args: Any,
+) -> Any:
+    """A ready `Trap2Trainer`: AdamW, clip 1.0, eval + save each epoch, early stopping on eval loss at s = 1."""
+    if eval_dataset is None or len(eval_dataset) == 0:
+        raise ProtectionError("Early stopping at s = 1 needs validation data: pass a non-empty eval_dataset.")
+    from transformers import EarlyStoppingCallback, TrainingArguments
+
+    args = TrainingArguments(
+        output_dir=output_dir,
+        learning_rate=config.learning_rate,
+        weight_decay=config.weight_decay,
+        num_train_epochs=config.epochs,
+        per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=config.batch_size,
+        max_grad_norm=config.max_grad_norm,
+        eval_strategy="epoch",
+        save_strategy="epoch",
+        save_total_limit=1,
+        load_best_model_at_end=True,
+        metric_for_best_model="eval_loss",
+        greater_is_better=False,
+        seed=config.seed,
+        report_to=[],
+        use_cpu=training_args.pop("use_cpu", None) or not _cuda_available(),
+        **training_args,
+    )
+    cls = trap2_trainer_class()
+    return cls(
+        model=model,
+        args=args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        data_collator=data_collator,
+        protect_config=config,
+        loss_fn=loss_fn,
+        callbacks=[EarlyStoppingCallback(early_stopping_patience=config.early_stopping_patience)],
+    )
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
