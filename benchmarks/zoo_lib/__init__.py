@@ -1,0 +1,1 @@
+"""Helpers of `benchmarks/zoo.py`: real-text corpora, tokenizers, tiny model training, derivatives, merges."""
