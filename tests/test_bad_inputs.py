@@ -1,0 +1,202 @@
+"""Bad input gets a hubguard error that says what to do — never a traceback from deep inside."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import struct
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+import hubguard
+from hubguard import errors
+
+
+@pytest.fixture()
+def llama_copy(family_models, tmp_path) -> Path:
+    dst = tmp_path / "model"
+    shutil.copytree(family_models["llama"][0], dst)
+    return dst
+
+
+def _rewrite_header(path: Path, edit) -> None:
+    raw = path.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8 : 8 + n])
+    edit(header)
+    new = json.dumps(header).encode()
+    new += b" " * (-len(new) % 8)
+    path.write_bytes(struct.pack("<Q", len(new)) + new + raw[8 + n :])
+
+
+def test_empty_folder(tmp_path) -> None:
+    with pytest.raises(errors.SourceNotFoundError, match="holds no weights"):
+        hubguard.fingerprint(tmp_path)
+
+
+def test_missing_path(tmp_path) -> None:
+    with pytest.raises(errors.SourceNotFoundError, match="does not exist"):
+        hubguard.fingerprint(tmp_path / "nope")
+
+
+def test_truncated_file(llama_copy) -> None:
+    st = llama_copy / "model.safetensors"
+    st.write_bytes(st.read_bytes()[: st.stat().st_size // 2])
+    with pytest.raises(errors.CorruptCheckpointError, match="truncated"):
+        hubguard.fingerprint(llama_copy)
+
+
+def test_tiny_file(llama_copy) -> None:
+    (llama_copy / "model.safetensors").write_bytes(b"\x01\x02")
+    with pytest.raises(errors.CorruptCheckpointError, match="not a safetensors file"):
+        hubguard.fingerprint(llama_copy)
+
+
+def test_header_lies_about_offsets(llama_copy) -> None:
+    def edit(h):
+        name = next(k for k in h if k.endswith("q_proj.weight"))
+        b, e = h[name]["data_offsets"]
+        h[name]["data_offsets"] = [b, e + 4096]
+
+    _rewrite_header(llama_copy / "model.safetensors", edit)
+    with pytest.raises(errors.CorruptCheckpointError, match="header lies|impossible"):
+        hubguard.fingerprint(llama_copy)
+
+
+def test_huge_header_is_refused(llama_copy) -> None:
+    st = llama_copy / "model.safetensors"
+    raw = st.read_bytes()
+    st.write_bytes(struct.pack("<Q", 10**9) + raw[8:])
+    with pytest.raises(errors.CorruptCheckpointError, match="limit"):
+        hubguard.fingerprint(llama_copy)
+
+
+def test_garbage_header(llama_copy) -> None:
+    st = llama_copy / "model.safetensors"
+    raw = st.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    st.write_bytes(raw[:8] + b"{" * n + raw[8 + n :])
+    with pytest.raises(errors.CorruptCheckpointError, match="unreadable header"):
+        hubguard.fingerprint(llama_copy)
+
+
+def test_missing_tensor(llama_copy) -> None:
+    st = llama_copy / "model.safetensors"
+    tensors = load_file(str(st))
+    del tensors[next(k for k in tensors if k.endswith("layers.1.mlp.down_proj.weight"))]
+    save_file(tensors, str(st))
+    with pytest.raises(errors.MissingTensorError, match="down_proj"):
+        hubguard.fingerprint(llama_copy)
+
+
+def test_nan_weights(llama_copy) -> None:
+    st = llama_copy / "model.safetensors"
+    tensors = load_file(str(st))
+    name = next(k for k in tensors if k.endswith("layers.0.self_attn.q_proj.weight"))
+    tensors[name][0, 0] = float("nan")
+    save_file(tensors, str(st))
+    with pytest.raises(errors.CorruptCheckpointError, match="NaN"):
+        hubguard.fingerprint(llama_copy)
+
+
+def test_missing_tokenizer(llama_copy) -> None:
+    (llama_copy / "tokenizer.json").unlink()
+    with pytest.raises(errors.TokenizerError, match="no tokenizer"):
+        hubguard.fingerprint(llama_copy)
+
+
+def test_unknown_architecture(llama_copy) -> None:
+    st = llama_copy / "model.safetensors"
+    tensors = load_file(str(st))
+    save_file({k.replace("layers", "blocks").replace("embed_tokens", "tok_emb"): v for k, v in tensors.items()}, str(st))
+    cfg = json.loads((llama_copy / "config.json").read_text())
+    cfg["model_type"] = "mystery"
+    cfg["architectures"] = ["MysteryForCausalLM"]
+    (llama_copy / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(errors.UnsupportedArchitectureError, match="JSON file"):
+        hubguard.fingerprint(llama_copy)
+
+
+def test_pickle_is_refused_then_read_only_with_weights_only(llama_copy) -> None:
+    st = llama_copy / "model.safetensors"
+    torch.save(load_file(str(st)), llama_copy / "pytorch_model.bin")
+    st.unlink()
+    with pytest.raises(errors.UnsafeCheckpointError, match="never unpickles"):
+        hubguard.fingerprint(llama_copy)
+    fp = hubguard.fingerprint(llama_copy, allow_pickle=True)
+    assert fp.model["family"] == "llama"
+
+
+def test_malicious_pickle_is_not_executed(llama_copy, tmp_path) -> None:
+    import pickle
+
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+
+    (llama_copy / "model.safetensors").unlink()
+    with open(llama_copy / "pytorch_model.bin", "wb") as f:
+        pickle.dump({"x": Evil()}, f)
+    with pytest.raises(errors.UnsafeCheckpointError):
+        hubguard.fingerprint(llama_copy, allow_pickle=True)
+    assert not marker.exists()
+
+
+def test_sharded_index_with_missing_shard(family_models, tmp_path) -> None:
+    import transformers as T
+
+    model = T.AutoModel.from_pretrained(family_models["llama"][0])
+    model.save_pretrained(tmp_path / "sharded", max_shard_size="100KB")
+    shutil.copy(family_models["llama"][0] / "tokenizer.json", tmp_path / "sharded")
+    shards = sorted((tmp_path / "sharded").glob("model-*.safetensors"))
+    assert len(shards) > 1
+    full = hubguard.fingerprint(family_models["llama"][0])
+    sharded = hubguard.fingerprint(tmp_path / "sharded")
+    assert all(torch.equal(full.terms[t], sharded.terms[t]) for t in full.terms)
+    shards[-1].unlink()
+    with pytest.raises(errors.SourceNotFoundError, match="missing"):
+        hubguard.fingerprint(tmp_path / "sharded")
+
+
+def test_fingerprint_file_round_trip_and_version_refusal(family_models, tmp_path) -> None:
+    fp = hubguard.fingerprint(family_models["gpt2"][0])
+    path = hubguard.save_fingerprint(fp, tmp_path / "fp.safetensors")
+    back = hubguard.load_fingerprint(path)
+    assert back.tokens == fp.tokens and back.layers == fp.layers
+    assert hubguard.compare(fp, path).score > 99.5
+    tensors = load_file(str(path))
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        meta = json.loads(f.metadata()["hubguard"])
+    meta["version"] = 99
+    meta["some_future_field"] = 1
+    save_file(tensors, str(tmp_path / "v99.safetensors"), metadata={"hubguard": json.dumps(meta)})
+    with pytest.raises(errors.IncompatibleFingerprintError, match="Re-fingerprint"):
+        hubguard.load_fingerprint(tmp_path / "v99.safetensors")
+    save_file(tensors, str(tmp_path / "foreign.safetensors"))
+    with pytest.raises(errors.HubguardError):
+        hubguard.load_fingerprint(tmp_path / "foreign.safetensors")
+
+
+def test_unknown_fields_are_tolerated(family_models, tmp_path) -> None:
+    from safetensors import safe_open
+
+    fp = hubguard.fingerprint(family_models["bert"][0])
+    path = hubguard.save_fingerprint(fp, tmp_path / "fp.safetensors")
+    with safe_open(str(path), "pt") as f:
+        meta = json.loads(f.metadata()["hubguard"])
+    meta["added_in_a_later_minor_version"] = {"x": 1}
+    save_file(load_file(str(path)), str(path), metadata={"hubguard": json.dumps(meta)})
+    assert hubguard.load_fingerprint(path).tokens == fp.tokens
+
+
+def test_cross_family_compare_uses_shared_terms(family_models) -> None:
+    result = hubguard.compare(family_models["llama"][0], family_models["gpt2"][0])
+    assert set(result.terms) == {"attn_qk", "attn_vo"}
+    assert result.verdict == "independent"
