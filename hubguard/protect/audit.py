@@ -73,13 +73,28 @@ def check_base(base: str | Path) -> Path:
     return p
 
 
+def load_adapter(base_model: torch.nn.Module, path: str | Path, **kwargs: Any) -> Any:
+    """`PeftModel.from_pretrained`, with a hubguard error when the adapter does not fit the base."""
+    import warnings
+
+    from peft import PeftModel
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", UserWarning)  # PEFT warns (not raises) on missing adapter keys
+            return PeftModel.from_pretrained(base_model, str(path), **kwargs)
+    except (RuntimeError, ValueError, KeyError, UserWarning) as exc:
+        raise ProtectionError(
+            f"Adapter {path} does not fit the base model ({str(exc).splitlines()[0][:300]}). "
+            "Audit it against the base it was trained from."
+        ) from exc
+
+
 def materialize_full(update: str | Path, *, base: str | Path, out_dir: str | Path, load_base: ModelLoader) -> Path:
     """A full-model folder for `update`: itself if full, else base + adapter merged by PEFT."""
     if update_kind(update) == "full":
         return Path(update)
-    from peft import PeftModel
-
-    model = PeftModel.from_pretrained(load_base(str(base)), str(update))
+    model = load_adapter(load_base(str(base)), update)
     merged = model.merge_and_unload()
     out = Path(out_dir)
     merged.save_pretrained(str(out))
@@ -143,7 +158,6 @@ def peft_weighted_merge(
     """Load `adapters` onto `base_model` and combine them with PEFT `add_weighted_adapter`; returns the model
     with the combined adapter active."""
     import torch
-    from peft import PeftModel
 
     if combination_type not in PEFT_METHODS:
         raise ProtectionError(f"Unknown PEFT combination {combination_type!r}; use one of {PEFT_METHODS}.")
@@ -151,7 +165,7 @@ def peft_weighted_merge(
         if update_kind(a) != "adapter":
             raise ProtectionError(f"{a} is not a PEFT adapter; add_weighted_adapter combines LoRA adapters only.")
     names = [f"u{i}" for i in range(len(adapters))]
-    model = PeftModel.from_pretrained(base_model, str(adapters[0]), adapter_name=names[0])
+    model = load_adapter(base_model, adapters[0], adapter_name=names[0])
     for name, path in zip(names[1:], adapters[1:], strict=True):
         model.load_adapter(str(path), adapter_name=name)
     kwargs: dict[str, Any] = {}
@@ -309,9 +323,7 @@ def run_audit(
     tmp = Path(tempfile.mkdtemp(prefix="hubguard-audit-", dir=work_dir))
     try:
         if kind == "adapter":
-            from peft import PeftModel
-
-            peft_model = PeftModel.from_pretrained(load_model(str(base)), str(update))
+            peft_model = load_adapter(load_model(str(base)), update)
             sweep = scale_sweep(model=peft_model, mode="lora", metrics=test_metrics, scales=scales)
             del peft_model
         else:

@@ -1,0 +1,224 @@
+"""`hubguard protect` and `hubguard audit`, as Typer apps the main CLI mounts.
+
+    hubguard protect --base BASE --data DATA --out OUT [--mode lora|full] [--task causal-lm|classification]
+    hubguard audit UPDATE --base BASE --eval DATA [--others A --others B] [--json] [--out report.json]
+
+Also callable from Python: `protect_main(...)`, `audit_main(...)` (keyword-only; they return the result).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from hubguard.errors import HubguardError, ProtectionError
+from hubguard.protect.data import TASKS, make_batches, read_text_data, split
+
+protect_app = typer.Typer(help="Fine-tune with Trap² merge protection.", add_completion=False)
+audit_app = typer.Typer(help="Attack an update with real merges and a scale sweep.", add_completion=False)
+
+
+def _load_model(folder: str, *, task: str, num_labels: int | None = None) -> Any:
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    try:
+        if task == "causal-lm":
+            return AutoModelForCausalLM.from_pretrained(folder)
+        kwargs = {"num_labels": num_labels} if num_labels else {}
+        return AutoModelForSequenceClassification.from_pretrained(folder, **kwargs)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ProtectionError(f"Cannot load {folder} as a {task} model: {exc}") from exc
+
+
+def _tokenizer(folder: str | Path) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(folder))
+    except (OSError, ValueError) as exc:
+        raise ProtectionError(f"{folder} has no usable tokenizer ({exc}); copy the base's tokenizer files there.") from exc
+
+
+def protect_main(
+    *, base: str | Path, data: str | Path, out: str | Path, mode: str = "lora", task: str = "causal-lm",
+    preset: str | None = "llm", lam: float | None = None, epochs: int = 3, learning_rate: float = 1e-4,
+    batch_size: int = 8, max_length: int = 128, val_fraction: float = 0.1, seed: int = 0, overwrite: bool = False,
+) -> dict[str, Any]:
+    """Train a protected update of `base` on `data` and save it to `out` (adapter or full model + card)."""
+    import torch
+
+    from hubguard.protect.audit import check_base
+    from hubguard.protect.card import write_protection_card
+    from hubguard.protect.config import ProtectConfig
+    from hubguard.protect.trainer import attach_lora, train_protected
+
+    base = check_base(base)
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise ProtectionError(f"Output folder {out} is not empty; pass --overwrite or choose another folder.")
+    overrides: dict[str, Any] = {"mode": mode, "epochs": epochs, "learning_rate": learning_rate,
+                                 "batch_size": batch_size, "seed": seed}
+    if lam is not None:
+        overrides["lam"] = lam
+    config = ProtectConfig.preset(preset, **overrides) if preset else ProtectConfig(**overrides)
+    text = read_text_data(data, task=task)
+    train_data, val_data = split(text, fraction=val_fraction, seed=seed)
+    tok = _tokenizer(base)
+    names = text.label_names
+    train_b = make_batches(train_data, tokenizer=tok, task=task, batch_size=batch_size, max_length=max_length,
+                           label_names=names)
+    val_b = make_batches(val_data, tokenizer=tok, task=task, batch_size=batch_size, max_length=max_length,
+                         label_names=names)
+    torch.manual_seed(seed)
+    model = _load_model(str(base), task=task, num_labels=len(names) if names else None)
+    if task == "classification":
+        model.config.id2label = dict(enumerate(names or ()))
+        model.config.label2id = {n: i for i, n in enumerate(names or ())}
+    if mode == "lora":
+        model = attach_lora(model, config=config, task_type="CAUSAL_LM" if task == "causal-lm" else "SEQ_CLS")
+    result = train_protected(model, train_batches=train_b, val_batches=val_b, config=config)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(out))
+    tok.save_pretrained(str(out))
+    training = {**result.to_dict(), "task": task, "data": str(data), "examples": len(text.texts)}
+    write_protection_card(out, config=config, base_model=str(base), training=training)
+    return {"out": str(out), "mode": mode, "settings": config.to_dict(), "training": training}
+
+
+def _evaluators(eval_batches: list[dict[str, Any]], *, task: str) -> tuple[Any, Any]:
+    import torch
+
+    def metrics(model: Any) -> dict[str, float]:
+        model.eval()
+        loss, correct, count = 0.0, 0, 0
+        with torch.no_grad():
+            for b in eval_batches:
+                outp = model(**b)
+                loss += float(outp.loss)
+                if task == "classification":
+                    correct += int((outp.logits.argmax(-1) == b["labels"]).sum())
+                    count += len(b["labels"])
+        res = {"loss": loss / len(eval_batches)}
+        if task == "classification":
+            res["accuracy"] = 100.0 * correct / count
+        return res
+
+    def score(model: Any) -> float:
+        m = metrics(model)
+        return m["accuracy"] if task == "classification" else -m["loss"]
+
+    return metrics, score
+
+
+def audit_main(
+    *, update: str | Path, base: str | Path, eval_data: str | Path, others: list[str] | None = None,
+    task: str = "causal-lm", coefficients: tuple[float, ...] = (0.3, 0.6, 1.0, 1.5),
+    mergekit_methods: tuple[str, ...] | None = None, peft_methods: tuple[str, ...] | None = None,
+    max_length: int = 128, batch_size: int = 8, out: str | Path | None = None, plot: str | Path | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Scale sweep + real merges of `update` with `others`; the attacker tunes on half of `eval_data` and is
+    scored on the other half. Returns the report dict (and writes JSON / PNG when asked)."""
+    from hubguard.protect.audit import MERGEKIT_METHODS, PEFT_METHODS, check_base, plot_sweep, run_audit, update_kind
+
+    base = check_base(base)
+    update_kind(update)
+    for o in others or []:
+        update_kind(o)
+    text = read_text_data(eval_data, task=task)
+    test_data, val_data = split(text, fraction=0.5, seed=seed)
+    tok = _tokenizer(base)
+    names = text.label_names
+    val_b = make_batches(val_data, tokenizer=tok, task=task, batch_size=batch_size, max_length=max_length,
+                         label_names=names)
+    test_b = make_batches(test_data, tokenizer=tok, task=task, batch_size=batch_size, max_length=max_length,
+                          label_names=names)
+    metrics, _ = _evaluators(test_b, task=task)
+    _, score = _evaluators(val_b, task=task)
+    report = run_audit(
+        update=update, base=base, others=list(others or []),
+        load_model=lambda f: _load_model(f, task=task, num_labels=len(names) if names else None),
+        val_score=score, test_metrics=metrics, coefficients=coefficients,
+        mergekit_methods=mergekit_methods if mergekit_methods is not None else MERGEKIT_METHODS,
+        peft_methods=peft_methods if peft_methods is not None else PEFT_METHODS, seed=seed,
+    )
+    result = report.to_dict()
+    result["metric"] = "accuracy" if task == "classification" else "loss"
+    if out:
+        report.write(out)
+    if plot:
+        key = "accuracy" if task == "classification" else "loss"
+        plot_sweep({"update": [(r["scale"], r[key]) for r in report.sweep]}, out=plot, title=f"{Path(update).name}",
+                   y_label=key)
+    return result
+
+
+def _fail(exc: HubguardError) -> None:
+    typer.echo(f"error: {exc}", err=True)
+    raise typer.Exit(code=2)
+
+
+@protect_app.callback(invoke_without_command=True)
+def protect_command(
+    base: Annotated[str, typer.Option(help="Local folder of the base model (config.json + safetensors).")],
+    data: Annotated[str, typer.Option(help=".txt (causal LM) or .jsonl with text[/label] fields.")],
+    out: Annotated[str, typer.Option(help="Output folder: PEFT adapter (lora) or full safetensors model.")],
+    mode: Annotated[str, typer.Option(help="lora or full")] = "lora",
+    task: Annotated[str, typer.Option(help=f"one of {TASKS}")] = "causal-lm",
+    preset: Annotated[str, typer.Option(help="paper preset: llm, vision-lora, vision-full, or none")] = "llm",
+    lam: Annotated[float | None, typer.Option("--lambda", help="Trap² weight λ (default: the preset's)")] = None,
+    epochs: int = 3,
+    lr: float = 1e-4,
+    batch_size: int = 8,
+    max_length: int = 128,
+    seed: int = 0,
+    overwrite: bool = False,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    try:
+        res = protect_main(base=base, data=data, out=out, mode=mode, task=task,
+                           preset=None if preset == "none" else preset, lam=lam, epochs=epochs, learning_rate=lr,
+                           batch_size=batch_size, max_length=max_length, seed=seed, overwrite=overwrite)
+    except HubguardError as exc:
+        _fail(exc)
+        return
+    typer.echo(json.dumps(res, indent=2) if as_json else f"protected update written to {res['out']}")
+
+
+@audit_app.callback(invoke_without_command=True)
+def audit_command(
+    update: Annotated[str, typer.Argument(help="PEFT adapter folder or full model folder to audit.")],
+    base: Annotated[str, typer.Option(help="Local folder of the base model.")],
+    eval_data: Annotated[str, typer.Option("--eval", help="Evaluation data (.txt or .jsonl), split val/test.")],
+    others: Annotated[list[str] | None, typer.Option(help="Other updates to merge with (repeat).")] = None,
+    task: str = "causal-lm",
+    coefficients: Annotated[str, typer.Option(help="comma-separated merge coefficients")] = "0.3,0.6,1.0,1.5",
+    out: Annotated[str | None, typer.Option(help="write the JSON report here")] = None,
+    plot: Annotated[str | None, typer.Option(help="write the scale-sweep PNG here")] = None,
+    max_length: int = 128,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    try:
+        coefs = tuple(float(c) for c in coefficients.split(",") if c.strip())
+    except ValueError:
+        _fail(ProtectionError(f"--coefficients must be numbers separated by commas, got {coefficients!r}."))
+        return
+    try:
+        res = audit_main(update=update, base=base, eval_data=eval_data, others=others, task=task,
+                         coefficients=coefs, out=out, plot=plot, max_length=max_length)
+    except HubguardError as exc:
+        _fail(exc)
+        return
+    if as_json:
+        typer.echo(json.dumps(res, indent=2))
+    else:
+        for row in res["sweep"]:
+            typer.echo(f"s={row['scale']:.2f}  " + "  ".join(f"{k}={v:.4f}" for k, v in row.items() if k != "scale"))
+        for name, m in res["merges"].items():
+            typer.echo(f"{name}: best coefficient {m['coefficient']:g} -> {m['test']}")
+
+
+__all__ = ["audit_app", "audit_main", "protect_app", "protect_main"]
