@@ -1,0 +1,170 @@
+"""`hubguard` command line.
+
+Examples:
+    hubguard fingerprint ./my-model --out my-model.fp.safetensors
+    hubguard fingerprint hf://meta-llama/Llama-3.2-1B --json
+    hubguard compare ./base ./candidate --json
+    hubguard compare base.fp.safetensors hf://someone/suspect@main --sheet pair.png
+    hubguard dog ./my-model --out dog.png
+    hubguard registry search ./my-model --top-k 5
+    hubguard check ./my-model --repo-id me/my-model --strict
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from hubguard.errors import HubguardError
+
+app = typer.Typer(
+    name="hubguard",
+    help="Lineage fingerprints, a base-model registry, upload checks and merge protection for model hubs.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def handle_errors(fn: F) -> F:
+    """Turn hubguard errors into a one-line message and exit code 2 (no traceback)."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except HubguardError as err:
+            typer.secho(f"Error: {err}", err=True, fg=typer.colors.RED)
+            raise typer.Exit(code=2) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+@app.command()
+@handle_errors
+def fingerprint(
+    source: Annotated[str, typer.Argument(help="Model folder, .safetensors file, or hf://ORG/NAME[@REVISION].")],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Save the fingerprint here (.safetensors).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary.")] = False,
+    max_layers: Annotated[int | None, typer.Option(help="Use at most this many layers, spread evenly.")] = None,
+    allow_pickle: Annotated[bool, typer.Option(help="Read .bin/.pt weights with torch.load(weights_only=True).")] = False,
+) -> None:
+    """Fingerprint a model: invariant terms of its layers over a versioned token set.
+
+    Example: hubguard fingerprint ./my-model --out my-model.fp.safetensors
+    """
+    from hubguard.lineage.fingerprint import compute_fingerprint, save_fingerprint
+
+    fp = compute_fingerprint(source, max_layers=max_layers, allow_pickle=allow_pickle)
+    summary = fp.summary()
+    if out is not None:
+        summary["saved_to"] = str(save_fingerprint(fp, out))
+    if as_json:
+        _print_json(summary)
+        return
+    st = fp.stats
+    typer.echo(f"{fp.name}: {fp.model['family']}, {len(fp.layers)} layers, {len(fp.tokens)} tokens, terms {sorted(fp.terms)}")
+    typer.echo(f"read {st['bytes_read']:,} of {st['bytes_total']:,} bytes ({100 * st['bytes_read'] / max(st['bytes_total'], 1):.1f}%) "
+               f"in {st['requests']} reads, {st['seconds']} s")
+    if out is not None:
+        typer.echo(f"saved to {summary['saved_to']}")
+
+
+def format_comparison(result: Any) -> str:
+    lines = [
+        f"verdict: {result.verdict}   score: {result.score:.1f} / 100   z: {result.z:.1f}"
+        + (f"   null FPR: {result.false_positive_rate:.3g}" if result.false_positive_rate is not None else ""),
+        "terms:   " + "  ".join(f"{k}={v:.1f}" for k, v in result.terms.items()),
+        f"tokens:  {result.common_tokens} shared",
+        "layers (candidate <- reference, score, z):",
+    ]
+    for m in result.layers:
+        lines.append(f"  {m.layer:>3} <- {m.match:<3} {m.score:6.1f}  z={m.z:6.1f}")
+    lines += [f"note: {n}" for n in result.notes]
+    return "\n".join(lines)
+
+
+@app.command()
+@handle_errors
+def compare(
+    a: Annotated[str, typer.Argument(help="Reference: a source or a saved fingerprint.")],
+    b: Annotated[str, typer.Argument(help="Candidate: a source or a saved fingerprint.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the comparison as JSON.")] = False,
+    sheet: Annotated[Path | None, typer.Option(help="Also write a side-by-side dog sheet PNG here.")] = None,
+    allow_pickle: Annotated[bool, typer.Option(help="Read .bin/.pt weights with torch.load(weights_only=True).")] = False,
+) -> None:
+    """Compare two models: score (0-100), z against the calibrated null, verdict and per-layer map.
+
+    Example: hubguard compare ./base ./candidate --json
+    """
+    from hubguard.lineage.api import as_fingerprint
+    from hubguard.lineage.compare import compare_fingerprints
+
+    fa, fb = as_fingerprint(a, allow_pickle=allow_pickle), as_fingerprint(b, allow_pickle=allow_pickle)
+    result = compare_fingerprints(a=fa, b=fb)
+    if sheet is not None:
+        from hubguard.fingerprint.dogs import comparison_sheet
+
+        comparison_sheet(query=fb, matches=[(fa, result)]).save(sheet)
+    if as_json:
+        _print_json(result.to_dict())
+    else:
+        typer.echo(format_comparison(result))
+
+
+@app.command()
+@handle_errors
+def dog(
+    source: Annotated[str, typer.Argument(help="A source or a saved fingerprint.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="PNG file to write.")],
+    size: Annotated[int, typer.Option(help="Image size in pixels.")] = 512,
+) -> None:
+    """Draw the model's dog fingerprint: similar lineage looks alike.
+
+    Example: hubguard dog ./my-model --out dog.png
+    """
+    from hubguard.fingerprint.dogs import dog_image
+    from hubguard.lineage.api import as_fingerprint
+
+    dog_image(as_fingerprint(source), size=size).save(out)
+    typer.echo(f"wrote {out}")
+
+
+def _mount_optional(module: str, attr: str, name: str, help_text: str) -> None:
+    """Mount a sub-app if its module is present (sub-apps import lazily inside their commands)."""
+    import importlib
+
+    try:
+        sub = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError):
+        return
+    if isinstance(sub, typer.Typer):
+        app.add_typer(sub, name=name, help=help_text)
+    else:
+        app.command(name=name, help=help_text)(sub)
+
+
+_mount_optional("hubguard.registry.cli", "app", "registry", "Search and manage the registry of base-model fingerprints.")
+_mount_optional("hubguard.hooks.cli", "check", "check", "Pre-upload check: flag undeclared derivatives and wrong base_model metadata.")
+_mount_optional("hubguard.protect.cli", "protect", "protect", "Fine-tune with Trap² merge protection.")
+_mount_optional("hubguard.protect.cli", "audit", "audit", "Audit a released update against real merges.")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
