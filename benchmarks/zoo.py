@@ -17,6 +17,7 @@ Bases of a family share config, data and tokenizer and differ only in seed (init
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import importlib.util
 import json
 import shutil
@@ -145,11 +146,12 @@ def _select(specs: list[ModelSpec], only: list[str] | None) -> list[ModelSpec]:
     if not only:
         return specs
     by_name = {s.name: s for s in specs}
-    unknown = [n for n in only if n not in by_name]
+    matched = {pattern: fnmatch.filter(by_name, pattern) for pattern in only}
+    unknown = [pattern for pattern, names in matched.items() if not names]
     if unknown:
         raise SystemExit(f"--only: unknown model(s) {unknown}; known: {sorted(by_name)}")
     wanted: set[str] = set()
-    stack = list(only)
+    stack = [name for names in matched.values() for name in names]
     while stack:
         name = stack.pop()
         if name not in wanted:
@@ -220,7 +222,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--quick", action="store_true", help="small zoo for tests (minutes on 1 thread)")
-    parser.add_argument("--only", nargs="+", metavar="NAME", help="build only these models (and what they need)")
+    parser.add_argument("--only", nargs="+", metavar="NAME",
+                        help="build only these models (shell patterns allowed, e.g. 'llama-s0*') and what they need")
+    parser.add_argument("--list", action="store_true", help="print the names of the planned models and exit")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     args = parser.parse_args(argv)
 
@@ -238,6 +242,9 @@ def main(argv: list[str] | None = None) -> int:
 
     specs = plan(ctx=ctx, out=out, quick=args.quick)
     selected = _select(specs, args.only)
+    if args.list:
+        print("\n".join(s.name for s in selected))
+        return 0
     built, skipped, timings = [], [], {}
     for spec in selected:
         _, was_built, seconds = build_one(spec, out=out, log=log)

@@ -60,12 +60,12 @@ def test_manifest_lists_every_kind_and_resolvable_bases(quick_zoo: tuple[Path, d
     models = _by_name(manifest)
     assert len(models) == len(manifest["models"]), "duplicate names in zoo.json"
     for entry in manifest["models"]:
-        assert ENTRY_KEYS <= set(entry), entry["name"]
+        assert set(entry) >= ENTRY_KEYS, entry["name"]
         assert Path(entry["path"]).is_dir()
         for base in _bases(entry):
             assert models[base]["kind"] == "base", (entry["name"], base)
     kinds = {m["kind"] for m in manifest["models"]}
-    assert REQUIRED_KINDS <= kinds, REQUIRED_KINDS - kinds
+    assert kinds >= REQUIRED_KINDS, REQUIRED_KINDS - kinds
     if manifest["attacks"].startswith("applied"):
         assert any(k.startswith("attack_") for k in kinds)
     for family in ("llama", "gpt2"):
