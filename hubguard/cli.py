@@ -48,6 +48,20 @@ def handle_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def parse_budget(text: str) -> float | str | None:
+    """'auto' | 'all' | a fraction such as 0.02 or 2%."""
+    from hubguard.errors import FingerprintError
+
+    t = text.strip().lower()
+    if t in {"auto", "all"}:
+        return None if t == "all" else "auto"
+    try:
+        value = float(t[:-1]) / 100 if t.endswith("%") else float(t)
+    except ValueError:
+        raise FingerprintError(f"--budget must be 'auto', 'all', a fraction like 0.02 or a percentage like 2%; got {text!r}.") from None
+    return value
+
+
 def _print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
 
@@ -59,6 +73,7 @@ def fingerprint(
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Save the fingerprint here (.safetensors).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary.")] = False,
     max_layers: Annotated[int | None, typer.Option(help="Use at most this many layers, spread evenly.")] = None,
+    budget: Annotated[str, typer.Option(help="Reading budget: a fraction of the checkpoint's bytes (e.g. 0.02), 'auto' or 'all'.")] = "auto",
     allow_pickle: Annotated[bool, typer.Option(help="Read .bin/.pt weights with torch.load(weights_only=True).")] = False,
 ) -> None:
     """Fingerprint a model: invariant terms of its layers over a versioned token set.
@@ -67,7 +82,7 @@ def fingerprint(
     """
     from hubguard.lineage.fingerprint import compute_fingerprint, save_fingerprint
 
-    fp = compute_fingerprint(source, max_layers=max_layers, allow_pickle=allow_pickle)
+    fp = compute_fingerprint(source, max_layers=max_layers, budget=parse_budget(budget), allow_pickle=allow_pickle)
     summary = fp.summary()
     if out is not None:
         summary["saved_to"] = str(save_fingerprint(fp, out))

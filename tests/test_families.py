@@ -40,3 +40,16 @@ def test_real_minilm(minilm) -> None:
     emb_bytes = 30522 * 384 * 4
     assert fp.stats["bytes_read"] < fp.stats["bytes_total"] - emb_bytes * 0.9
     json.dumps(fp.summary())
+
+
+def test_reading_budget(minilm) -> None:
+    full = hubguard.fingerprint(minilm, budget=None)
+    cheap = hubguard.fingerprint(minilm, budget=0.15)
+    assert cheap.stats["bytes_read"] <= 0.15 * cheap.stats["bytes_total"]
+    assert not cheap.stats["ffn_read"] and set(cheap.terms) == {"attn_qk", "attn_vo"}
+    assert 2 <= len(cheap.layers) < len(full.layers)
+    result = hubguard.compare(full, cheap)
+    assert result.verdict == "derivative" and result.score > 99
+    assert [m.match for m in result.layers] == list(cheap.layers)
+    with pytest.raises(hubguard.errors.FingerprintError, match="budget"):
+        hubguard.fingerprint(minilm, budget=0.001)

@@ -35,9 +35,13 @@ class CanonicalLayer:
     v: "torch.Tensor"  # [H, hd, d], expanded to query heads
     o: "torch.Tensor"  # [H, d, hd]
     ffn_type: str  # "gated" | "plain"
-    up: "torch.Tensor"  # [f, d]
-    down: "torch.Tensor"  # [d, f]
+    up: "torch.Tensor | None" = None  # [f, d]; None when only attention was read
+    down: "torch.Tensor | None" = None  # [d, f]
     gate: "torch.Tensor | None" = None  # [f, d] for gated FFNs
+
+
+def ffn_spec_type(spec: dict) -> str:
+    return str(spec["ffn"]["type"])
 
 
 class LayerReader:
@@ -76,7 +80,22 @@ class LayerReader:
 
     # -- layer ---------------------------------------------------------------------------------------
 
-    def read(self, layer: int) -> CanonicalLayer:
+    def part_names(self, layer: int) -> dict[str, list[str]]:
+        """Tensor names one layer reads, by part ("attention", "ffn"), for reading-budget estimates."""
+        spec = self.arch.spec
+        out: dict[str, list[str]] = {}
+        for part, keys in (("attention", ("norm", "q", "k", "v", "qkv", "o")), ("ffn", ("norm", "gate", "up", "gate_up", "down"))):
+            section = spec[part]
+            out[part] = [self.arch.resolve(section[k], layer=layer, names=self._names) for k in keys if k in section]
+        return out
+
+    def part_bytes(self, layer: int) -> dict[str, int]:
+        return {
+            part: sum(self.tensors.info(n).stop - self.tensors.info(n).start for n in names)
+            for part, names in self.part_names(layer).items()
+        }
+
+    def read(self, layer: int, *, with_ffn: bool = True) -> CanonicalLayer:
         arch, spec = self.arch, self.arch.spec
         H, KV, hd, d = arch.num_heads, arch.num_kv_heads, arch.head_dim, arch.hidden_size
         attn, ffn = spec["attention"], spec["ffn"]
@@ -111,6 +130,8 @@ class LayerReader:
         if o.shape != (d, H * hd):
             raise CorruptCheckpointError(f"Layer {layer}: output projection is {list(o.shape)}, expected {[d, H * hd]}.")
         o = o.reshape(d, H, hd).permute(1, 0, 2).contiguous()
+        if not with_ffn:
+            return CanonicalLayer(index=layer, q=q, k=k, v=v, o=o, ffn_type=ffn_spec_type(spec))
 
         ffn_gain = self._norm(ffn["norm"], layer)
         down = self._linear(ffn["down"], layer)

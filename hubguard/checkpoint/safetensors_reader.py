@@ -43,8 +43,8 @@ DTYPES: dict[str, tuple[int, str]] = {
 }
 
 INDEX_FILE = "model.safetensors.index.json"
-# Ranges closer than this are fetched in one read (cheap locally, saves requests remotely).
-DEFAULT_MAX_GAP = 64 * 1024
+# Rows closer than this many bytes are asked for as one range.
+DEFAULT_MAX_GAP = 0  # exact rows; stores coalesce as suits them (remote stores merge nearby ranges)
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 logger = get_logger(__name__)
 
 MIN_TOKENS = 32  # fewer shared tokens than this cannot support a verdict
+AUTO_FULL_BYTES = 2 * 1024**3  # "auto" budget: read everything of checkpoints up to this size...
+AUTO_BUDGET = 0.02  # ...and at most this fraction of larger ones
 FINGERPRINT_FORMAT = "hubguard.fingerprint"
 
 
@@ -85,12 +87,52 @@ def _select_layers(n_layers: int, layers: list[int] | None, max_layers: int | No
     return sorted({round(i * step) for i in range(max_layers)})
 
 
+def plan_reads(
+    *,
+    reader: Any,
+    n_layers: int,
+    layers: list[int] | None,
+    max_layers: int | None,
+    budget: "float | str | None",
+    total_bytes: int,
+    embedding_bytes: int,
+) -> tuple[list[int], bool]:
+    """Which layers to read and whether to read their FFNs, within a reading budget.
+
+    budget: None = everything asked for; a float = at most that fraction of the checkpoint's bytes; "auto" =
+    everything for checkpoints up to AUTO_FULL_BYTES, else AUTO_BUDGET. Under a budget, attention terms of as
+    many evenly spread layers as fit come first (they identify lineage on their own); FFN terms are added
+    when every chosen layer's FFN fits too. The plan depends only on the checkpoint, so a local and a remote
+    read of the same files give the same fingerprint.
+    """
+    chosen = _select_layers(n_layers, layers, max_layers)
+    if budget == "auto":
+        budget = None if total_bytes <= AUTO_FULL_BYTES else AUTO_BUDGET
+    if budget is None:
+        return chosen, True
+    if isinstance(budget, str) or not 0 < float(budget) <= 1:
+        raise FingerprintError(f"budget must be a fraction in (0, 1], 'auto' or None; got {budget!r}.")
+    allowed = float(budget) * total_bytes - embedding_bytes
+    sizes = reader.part_bytes(chosen[0])
+    attn, ffn = sizes["attention"], sizes["ffn"]
+    if allowed >= len(chosen) * (attn + ffn):
+        return chosen, True
+    fit = int(allowed // max(attn, 1))
+    if fit < 2:
+        raise FingerprintError(
+            f"A reading budget of {float(budget):.2%} of {total_bytes:,} bytes cannot hold the attention of two layers "
+            f"({attn:,} bytes each). Raise --budget."
+        )
+    return [chosen[i] for i in _select_layers(len(chosen), None, min(fit, len(chosen)))], False
+
+
 def fingerprint_checkpoint(
     *,
     checkpoint: "Checkpoint",
     token_set: str = "v1",
     layers: list[int] | None = None,
     max_layers: int | None = None,
+    budget: "float | str | None" = "auto",
     name: str | None = None,
 ) -> Fingerprint:
     """Fingerprint an opened checkpoint (see `compute_fingerprint` for the arguments)."""
@@ -121,11 +163,14 @@ def fingerprint_checkpoint(
         raise CorruptCheckpointError(f"Embedding rows are {x.shape[1]} wide but the hidden size is {arch.hidden_size}.")
     x = normalise_rows(x, centre=arch.spec["norm"]["type"] == "layer")
 
-    chosen = _select_layers(arch.num_layers, layers, max_layers)
     reader = LayerReader(tensors=tensors, arch=arch)
+    chosen, with_ffn = plan_reads(
+        reader=reader, n_layers=arch.num_layers, layers=layers, max_layers=max_layers, budget=budget,
+        total_bytes=tensors.total_bytes(), embedding_bytes=len(keys) * tensors.info(emb_name).row_bytes,
+    )
     per_term: dict[str, list[torch.Tensor]] = {}
     for li in progress(chosen, desc=f"fingerprint {Path(checkpoint.source).name or checkpoint.source}", total=len(chosen)):
-        layer = reader.read(li)
+        layer = reader.read(li, with_ffn=with_ffn)
         for tname, m in layer_terms(layer=layer, x=x).items():
             per_term.setdefault(tname, []).append(standardise(m))
         del layer
@@ -155,6 +200,8 @@ def fingerprint_checkpoint(
         "bytes_total": tensors.total_bytes(),
         "requests": checkpoint.stats.requests,
         "seconds": round(time.perf_counter() - start, 3),
+        "budget": budget,
+        "ffn_read": with_ffn,
     }
     logger.info("fingerprinted %s: %d layers, %d tokens, %.1f%% of bytes", checkpoint.source, len(chosen), len(keys),
                 100 * stats["bytes_read"] / max(stats["bytes_total"], 1))
@@ -167,6 +214,7 @@ def compute_fingerprint(
     token_set: str = "v1",
     layers: list[int] | None = None,
     max_layers: int | None = None,
+    budget: "float | str | None" = "auto",
     allow_pickle: bool = False,
     token: str | None = None,
     name: str | None = None,
@@ -177,13 +225,17 @@ def compute_fingerprint(
         source: where the weights are (or an already opened `Checkpoint`).
         token_set: version of the token set used to pick embedding rows.
         layers: explicit layer indices; default: every layer (or `max_layers` spread evenly).
+        budget: reading budget — a fraction of the checkpoint's bytes, "auto" (everything up to 2 GiB, else
+            2%), or None (everything); see `plan_reads`.
         allow_pickle: read `.bin`/`.pt` weights with `torch.load(weights_only=True)` (never plain unpickling).
         token: Hub token for gated/private repos (default: HF_TOKEN).
     """
     from hubguard.checkpoint.source import Checkpoint, open_source
 
     ckpt = source if isinstance(source, Checkpoint) else open_source(source, allow_pickle=allow_pickle, token=token)
-    return fingerprint_checkpoint(checkpoint=ckpt, token_set=token_set, layers=layers, max_layers=max_layers, name=name)
+    return fingerprint_checkpoint(
+        checkpoint=ckpt, token_set=token_set, layers=layers, max_layers=max_layers, budget=budget, name=name
+    )
 
 
 # --- saving and loading --------------------------------------------------------------------------------

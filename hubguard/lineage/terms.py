@@ -51,6 +51,8 @@ def layer_terms(*, layer: "CanonicalLayer", x: "torch.Tensor") -> dict[str, "tor
         "attn_qk": (x @ wq.t()) @ (x @ wk.t()).t(),  # [n, H*hd] @ [H*hd, n]
         "attn_vo": ((x @ wv.t()) @ wo.t()) @ xt,  # [n, H*hd] @ [H*hd, d] @ [d, n]
     }
+    if layer.up is None or layer.down is None:
+        return terms  # attention-only read (reading budget)
     if layer.ffn_type == "gated":
         assert layer.gate is not None
         unit_weight = (layer.gate * layer.up).sum(dim=1)  # [f]: ⟨Wg_i, Wu_i⟩
