@@ -1,0 +1,296 @@
+"""Remote fingerprinting benchmark: hubguard over HTTP Range vs hubguard on local files vs a full load.
+
+Writes random bf16 llama-layout checkpoints once into a cache folder (shard by shard, never the whole model in
+memory), serves them with the Hub-shaped test server (`tests/hubserver.py`) on 127.0.0.1, and runs each way of
+fingerprinting in its own subprocess (so peak RSS is per method):
+
+- `http`: `hubguard.fingerprint("hf://bench/NAME")` through `HubStore` with a cold range cache;
+- `http_warm`: the same again with the cache the cold run filled (pinned sha: no request at all);
+- `local`: `hubguard.fingerprint(folder)`;
+- `full_load`: the way HuRef's official code starts: `transformers` `from_pretrained` of the whole model, then the
+  same hubguard terms computed from the loaded weights (served from memory through a `ByteStore`).
+
+Prints one JSON object: per model and method `bytes_read`, `bytes_total`, `fraction`, `requests`, `wall_s`,
+`peak_rss_mb`, and the ratios full_load/http.
+
+    python benchmarks/remote.py                       # 1B only
+    python benchmarks/remote.py --models 1b 7b        # also 7B (13.5 GB on disk; checks free space first)
+    python benchmarks/remote.py --max-layers 4        # passed to hubguard.fingerprint
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+LAYOUTS = {
+    "1b": dict(hidden_size=2048, num_hidden_layers=16, intermediate_size=5632, num_attention_heads=32, num_key_value_heads=4),
+    "7b": dict(hidden_size=4096, num_hidden_layers=32, intermediate_size=11008, num_attention_heads=32, num_key_value_heads=32),
+}
+VOCAB = 32000
+SHARD_BYTES = {"1b": 1024**3, "7b": 2 * 1024**3}  # sharded like Hub checkpoints, small enough to write in RAM
+
+
+# -- writing checkpoints ----------------------------------------------------------------------------------
+
+
+def _tensor_shapes(layout: dict[str, int]) -> list[tuple[str, tuple[int, ...]]]:
+    h, f = layout["hidden_size"], layout["intermediate_size"]
+    kv = h // layout["num_attention_heads"] * layout["num_key_value_heads"]
+    shapes: list[tuple[str, tuple[int, ...]]] = [("model.embed_tokens.weight", (VOCAB, h))]
+    for i in range(layout["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        shapes += [
+            (p + "input_layernorm.weight", (h,)),
+            (p + "self_attn.q_proj.weight", (h, h)),
+            (p + "self_attn.k_proj.weight", (kv, h)),
+            (p + "self_attn.v_proj.weight", (kv, h)),
+            (p + "self_attn.o_proj.weight", (h, h)),
+            (p + "post_attention_layernorm.weight", (h,)),
+            (p + "mlp.gate_proj.weight", (f, h)),
+            (p + "mlp.up_proj.weight", (f, h)),
+            (p + "mlp.down_proj.weight", (h, f)),
+        ]
+    shapes += [("model.norm.weight", (h,)), ("lm_head.weight", (VOCAB, h))]
+    return shapes
+
+
+def _train_tokenizer(path: Path) -> None:
+    """A byte-level BPE tokenizer (vocab up to 32000) trained on CPython's docs and standard library sources."""
+    import sysconfig
+    from pydoc_data import topics
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    texts = list(topics.topics.values())
+    for p in sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py"))[:400]:
+        texts.append(p.read_text(encoding="utf-8", errors="ignore"))
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=VOCAB, special_tokens=["<s>", "</s>", "<unk>"], show_progress=False)
+    tok.train_from_iterator(texts, trainer=trainer)
+    tok.save(str(path))
+
+
+def write_checkpoint(folder: Path, layout_name: str) -> Path:
+    """Random bf16 weights in the llama layout, written shard by shard (idempotent: skipped when complete)."""
+    import torch
+    import transformers
+    from safetensors.torch import save_file
+
+    done = folder / ".complete"
+    if done.exists():
+        return folder
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    layout = LAYOUTS[layout_name]
+    config = transformers.LlamaConfig(vocab_size=VOCAB, tie_word_embeddings=False, dtype="bfloat16", **layout)
+    config.save_pretrained(folder)
+    _train_tokenizer(folder / "tokenizer.json")
+    gen = torch.Generator().manual_seed(0)
+    shapes = _tensor_shapes(layout)
+    groups: list[list[tuple[str, tuple[int, ...]]]] = [[]]
+    size = 0
+    for name, shape in shapes:
+        nbytes = 2 * int(torch.tensor(shape).prod())
+        if groups[-1] and size + nbytes > SHARD_BYTES[layout_name]:
+            groups.append([])
+            size = 0
+        groups[-1].append((name, shape))
+        size += nbytes
+    weight_map: dict[str, str] = {}
+    total = 0
+    for k, group in enumerate(groups):
+        shard = f"model-{k + 1:05d}-of-{len(groups):05d}.safetensors"
+        tensors = {}
+        for name, shape in group:
+            if name.endswith("norm.weight"):
+                t = 1.0 + 0.1 * torch.randn(shape, generator=gen)
+            else:
+                t = torch.randn(shape, generator=gen) * 0.02
+            tensors[name] = t.to(torch.bfloat16)
+            del t
+            weight_map[name] = shard
+            total += tensors[name].numel() * 2
+        save_file(tensors, str(folder / shard), metadata={"format": "pt"})
+        del tensors
+        print(f"wrote {folder.name}/{shard}", file=sys.stderr, flush=True)
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+    done.write_text("ok")
+    return folder
+
+
+# -- one measured run (in a subprocess) ------------------------------------------------------------------
+
+
+class _MemoryStore:
+    """The state dict of a loaded model seen as one safetensors file, read from memory (for the full-load baseline)."""
+
+    def __init__(self, state: dict, config_text: str, tokenizer_text: str) -> None:
+        from hubguard.checkpoint.store import ReadStats
+
+        dtypes = {"torch.bfloat16": "BF16", "torch.float32": "F32", "torch.float16": "F16"}
+        header: dict[str, dict] = {}
+        self._segments: list[tuple[int, object]] = []
+        offset = 0
+        for name, t in state.items():
+            t = t.detach().contiguous()
+            n = t.numel() * t.element_size()
+            header[name] = {"dtype": dtypes[str(t.dtype)], "shape": list(t.shape), "data_offsets": [offset, offset + n]}
+            self._segments.append((offset, t))
+            offset += n
+        raw = json.dumps(header).encode()
+        raw += b" " * (-len(raw) % 8)
+        self._head = len(raw).to_bytes(8, "little") + raw
+        self._size = len(self._head) + offset
+        self._texts = {"config.json": config_text, "tokenizer.json": tokenizer_text}
+        self.name = "memory://full-load"
+        self.stats = ReadStats()
+
+    def list_files(self) -> list[str]:
+        return ["model.safetensors", *self._texts]
+
+    def size(self, file: str) -> int:
+        return self._size
+
+    def read_ranges(self, file: str, ranges: list[tuple[int, int]]) -> list[bytes]:
+        import torch
+
+        out = []
+        base = len(self._head)
+        for start, stop in ranges:
+            if stop <= base:
+                out.append(self._head[start:stop])
+                continue
+            parts = []
+            for off, t in self._segments:
+                n = t.numel() * t.element_size()
+                lo, hi = max(start - base, off), min(stop - base, off + n)
+                if lo < hi:
+                    parts.append(t.reshape(-1).view(torch.uint8)[lo - off : hi - off].numpy().tobytes())
+            out.append(b"".join(parts))
+        return out
+
+    def read_text(self, file: str) -> str | None:
+        return self._texts.get(file)
+
+
+def _run_one(method: str, source: str, folder: str, kwargs: dict) -> dict:
+    import torch
+
+    torch.set_num_threads(1)
+    import hubguard
+
+    t0 = time.perf_counter()
+    if method == "full_load":
+        import transformers
+
+        from hubguard.checkpoint.source import Checkpoint
+        from hubguard.lineage import compute_fingerprint
+
+        model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16)
+        store = _MemoryStore(
+            model.state_dict(), (Path(folder) / "config.json").read_text(), (Path(folder) / "tokenizer.json").read_text()
+        )
+        fp = compute_fingerprint(Checkpoint(store=store, source=folder), **kwargs)
+        bytes_read = sum(p.stat().st_size for p in Path(folder).glob("*.safetensors"))
+        requests = 0
+    else:
+        fp = hubguard.fingerprint(source, **kwargs)
+        bytes_read, requests = fp.stats["bytes_read"], fp.stats["requests"]
+    wall = time.perf_counter() - t0
+    total = fp.stats["bytes_total"]
+    return {
+        "bytes_read": bytes_read,
+        "bytes_total": total,
+        "fraction": round(bytes_read / total, 5),
+        "requests": requests,
+        "wall_s": round(wall, 2),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "layers": list(fp.layers),
+        "n_tokens": len(fp.tokens),
+    }
+
+
+def _measure(method: str, source: str, folder: Path, kwargs: dict, env: dict[str, str]) -> dict:
+    cmd = [sys.executable, __file__, "--_run", method, "--_source", source, "--_folder", str(folder),
+           "--_kwargs", json.dumps(kwargs)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}"}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", nargs="+", default=["1b"], choices=sorted(LAYOUTS))
+    ap.add_argument("--cache", default=str(ROOT / "benchmarks" / "out" / "remote-checkpoints"))
+    ap.add_argument("--methods", nargs="+", default=["http", "http_warm", "local", "full_load"])
+    ap.add_argument("--full-load-max-gb", type=float, default=8.0, help="skip full_load for bigger checkpoints")
+    ap.add_argument("--max-layers", type=int, default=None, help="passed to hubguard.fingerprint")
+    ap.add_argument("--_run")
+    ap.add_argument("--_source")
+    ap.add_argument("--_folder")
+    ap.add_argument("--_kwargs", default="{}")
+    args = ap.parse_args()
+    if args._run:
+        print(json.dumps(_run_one(args._run, args._source, args._folder, json.loads(args._kwargs))))
+        return
+
+    from tests.hubserver import HubServer
+
+    cache = Path(args.cache)
+    cache.mkdir(parents=True, exist_ok=True)
+    kwargs = {"max_layers": args.max_layers} if args.max_layers else {}
+    results: dict[str, object] = {"kwargs": kwargs, "models": {}}
+    with tempfile.TemporaryDirectory(prefix="hubguard-bench-") as tmp, HubServer(Path(tmp) / "repos") as server:
+        for name in args.models:
+            need = {"1b": 2.5, "7b": 13.6}[name] * 1024**3
+            folder = cache / f"llama-{name}"
+            if not (folder / ".complete").exists() and shutil.disk_usage(cache).free < need * 1.2:
+                results["models"][name] = {"skipped": f"not enough free disk for {need / 1024**3:.1f} GB"}
+                continue
+            write_checkpoint(folder, name)
+            sha = server.add_repo(f"bench/llama-{name}", folder, link=True)
+            size_gb = sum(p.stat().st_size for p in folder.glob("*.safetensors")) / 1024**3
+            env = {**os.environ, "HF_ENDPOINT": server.endpoint, "HF_HUB_OFFLINE": "0",
+                   "HUBGUARD_REMOTE_CACHE": str(Path(tmp) / f"cache-{name}"), "HUBGUARD_DISABLE_PROGRESS_BARS": "1",
+                   "OMP_NUM_THREADS": "1"}
+            env.pop("HF_TOKEN", None)
+            row: dict[str, object] = {"checkpoint_gb": round(size_gb, 2)}
+            for method in args.methods:
+                if method == "full_load" and size_gb > args.full_load_max_gb:
+                    row[method] = {"skipped": f"{size_gb:.1f} GB > --full-load-max-gb {args.full_load_max_gb}"}
+                    continue
+                source = {"http": f"hf://bench/llama-{name}", "http_warm": f"hf://bench/llama-{name}@{sha}"}.get(
+                    method, str(folder)
+                )
+                row[method] = _measure(method, source, folder, kwargs, env)
+                print(f"{name} {method}: {row[method]}", file=sys.stderr, flush=True)
+            base, http = row.get("full_load"), row.get("http")
+            if isinstance(base, dict) and isinstance(http, dict) and "wall_s" in base and "wall_s" in http:
+                row["full_load_over_http"] = {
+                    "wall_s": round(base["wall_s"] / http["wall_s"], 2),
+                    "peak_rss_mb": round(base["peak_rss_mb"] / http["peak_rss_mb"], 2),
+                    "bytes_read": round(base["bytes_read"] / max(http["bytes_read"], 1), 2),
+                }
+            results["models"][name] = row
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
