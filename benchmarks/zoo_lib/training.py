@@ -120,7 +120,7 @@ def train_causal_lm(
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
-        losses.append(float(out.loss))
+        losses.append(float(out.loss.detach()))
         if hasattr(bar, "set_postfix") and len(losses) % 10 == 0:
             bar.set_postfix(loss=f"{sum(losses[-10:]) / 10:.3f}")
     model.eval()
