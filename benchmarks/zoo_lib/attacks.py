@@ -45,14 +45,14 @@ def _call(fn: Callable[..., Any], target: Any, seed: int) -> Any:
     return fn(target)
 
 
-def applicable(*, ctx: Any, family: str, attack: str) -> bool:
-    """Whether a model attack runs on this family (tried on an untrained model of the family config)."""
+def applicable(*, family: str, attack: str) -> bool:
+    """Whether a model attack runs on this family (tried on an untrained model of the family config with a
+    small vocabulary, so planning needs no tokenizer)."""
     from hubguard.errors import HubguardError
     from zoo_lib.training import family_config, new_model
 
     model_attacks, _ = discover()
-    tok = ctx.tokenizer(family)
-    model = new_model(family=family, config=family_config(family=family, vocab_size=len(tok), tokenizer=tok), seed=0)
+    model = new_model(family=family, config=family_config(family=family, vocab_size=64, tokenizer=None), seed=0)
     try:
         _call(model_attacks[attack], model, 0)
     except HubguardError:
@@ -113,7 +113,7 @@ def attack_model_specs(*, ctx: Any, out: Path, specs: list[Any], spec_cls: type)
         fam = sft.family
         for name in model_attacks:
             if (fam, name) not in cache:
-                cache[(fam, name)] = applicable(ctx=ctx, family=fam, attack=name)
+                cache[(fam, name)] = applicable(family=fam, attack=name)
         chains = {name: ([name], []) for name in model_attacks if cache[(fam, name)]}
         chains |= {name: ([], [name]) for name in folder_attacks}
         combined = [n for n in COMBINED_MODEL_CHAIN if n in model_attacks and cache[(fam, n)]]

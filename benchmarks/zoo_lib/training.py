@@ -11,21 +11,24 @@ CONTEXT = 128
 
 
 def family_config(*, family: str, vocab_size: int, tokenizer: Any) -> Any:
-    """The config shared by every base of a family (bases differ only in seed)."""
+    """The config shared by every base of a family (bases differ only in seed). ``tokenizer`` gives the special
+    token ids (None: no special ids, for throwaway models)."""
     from transformers import GPT2Config, LlamaConfig
+
+    bos, eos, pad = (None, None, None) if tokenizer is None else (
+        tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id)
 
     if family == "llama":
         return LlamaConfig(
             vocab_size=vocab_size, hidden_size=128, intermediate_size=344, num_hidden_layers=4,
             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=CONTEXT, rms_norm_eps=1e-5,
-            tie_word_embeddings=False, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
+            tie_word_embeddings=False, bos_token_id=bos, eos_token_id=eos, pad_token_id=pad,
         )
     if family == "gpt2":
         return GPT2Config(
             vocab_size=vocab_size, n_embd=128, n_layer=4, n_head=4, n_inner=512, n_positions=CONTEXT,
-            activation_function="gelu_new", tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+            activation_function="gelu_new", tie_word_embeddings=True, bos_token_id=bos, eos_token_id=eos,
+            pad_token_id=pad,
             resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
         )
     raise ValueError(f"unknown family {family!r}")
