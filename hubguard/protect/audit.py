@@ -80,14 +80,21 @@ def load_adapter(base_model: torch.nn.Module, path: str | Path, **kwargs: Any) -
     from peft import PeftModel
 
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", UserWarning)  # PEFT warns (not raises) on missing adapter keys
-            return PeftModel.from_pretrained(base_model, str(path), **kwargs)
-    except (RuntimeError, ValueError, KeyError, UserWarning) as exc:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model = PeftModel.from_pretrained(base_model, str(path), **kwargs)
+    except (RuntimeError, ValueError, KeyError) as exc:
         raise ProtectionError(
             f"Adapter {path} does not fit the base model ({str(exc).splitlines()[0][:300]}). "
             "Audit it against the base it was trained from."
         ) from exc
+    missing = [str(w.message) for w in caught if "missing adapter keys" in str(w.message).lower()]
+    if missing:
+        raise ProtectionError(
+            f"Adapter {path} does not fit the base model: {missing[0][:300]}. "
+            "Audit it against the base it was trained from."
+        )
+    return model
 
 
 def materialize_full(update: str | Path, *, base: str | Path, out_dir: str | Path, load_base: ModelLoader) -> Path:

@@ -77,8 +77,10 @@ def write_protection_card(
     tags = list(dict.fromkeys([*(data.get("tags") or []), *TAGS]))
     data["tags"] = tags
     if base_model:
-        data.setdefault("base_model", base_model)
-        data.setdefault("base_model_relation", "adapter" if config.mode == "lora" else "finetune")
+        if not data.get("base_model"):
+            data["base_model"] = base_model
+        if not data.get("base_model_relation"):
+            data["base_model_relation"] = "adapter" if config.mode == "lora" else "finetune"
     if config.mode == "lora":
         data.setdefault("library_name", "peft")
     body = card.text

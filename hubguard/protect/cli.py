@@ -3,7 +3,9 @@
     hubguard protect --base BASE --data DATA --out OUT [--mode lora|full] [--task causal-lm|classification]
     hubguard audit UPDATE --base BASE --eval DATA [--others A --others B] [--json] [--out report.json]
 
-Also callable from Python: `protect_main(...)`, `audit_main(...)` (keyword-only; they return the result).
+Mount in the main CLI with `app.command(name="protect")(protect_command)` and
+`app.command(name="audit")(audit_command)`; `protect_app` / `audit_app` are the same commands as standalone
+single-command Typer apps. Also callable from Python: `protect_main(...)`, `audit_main(...)` (keyword-only; they return the result).
 """
 
 from __future__ import annotations
@@ -161,7 +163,7 @@ def _fail(exc: HubguardError) -> None:
     raise typer.Exit(code=2)
 
 
-@protect_app.callback(invoke_without_command=True)
+@protect_app.command()
 def protect_command(
     base: Annotated[str, typer.Option(help="Local folder of the base model (config.json + safetensors).")],
     data: Annotated[str, typer.Option(help=".txt (causal LM) or .jsonl with text[/label] fields.")],
@@ -188,7 +190,7 @@ def protect_command(
     typer.echo(json.dumps(res, indent=2) if as_json else f"protected update written to {res['out']}")
 
 
-@audit_app.callback(invoke_without_command=True)
+@audit_app.command()
 def audit_command(
     update: Annotated[str, typer.Argument(help="PEFT adapter folder or full model folder to audit.")],
     base: Annotated[str, typer.Option(help="Local folder of the base model.")],
@@ -221,4 +223,4 @@ def audit_command(
             typer.echo(f"{name}: best coefficient {m['coefficient']:g} -> {m['test']}")
 
 
-__all__ = ["audit_app", "audit_main", "protect_app", "protect_main"]
+__all__ = ["audit_app", "audit_command", "audit_main", "protect_app", "protect_command", "protect_main"]

@@ -1,0 +1,387 @@
+"""Trap² merge protection: objective, training, standard outputs, real merges, bad inputs."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("peft")
+
+from hubguard.errors import ProtectionError  # noqa: E402
+from hubguard.protect.config import ProtectConfig  # noqa: E402
+from hubguard.protect.objective import (  # noqa: E402
+    _call,
+    sample_scale,
+    scale_weight,
+    scaled_parameters,
+    snapshot_reference,
+    trap2_loss,
+)
+from hubguard.protect.trainer import attach_lora, evaluate_loss, train_protected  # noqa: E402
+
+LICENSES = Path("/usr/share/common-licenses")
+L = 32
+
+
+def _ids(tok, name: str) -> torch.Tensor:
+    ids = tok((LICENSES / name).read_text(errors="replace"))["input_ids"]
+    ids = torch.tensor(ids[: (len(ids) // L) * L]).view(-1, L)
+    return ids[torch.randperm(len(ids), generator=torch.Generator().manual_seed(0))]
+
+
+def _batches(ids: torch.Tensor, size: int = 16) -> list[dict]:
+    return [{"input_ids": ids[i : i + size], "labels": ids[i : i + size]} for i in range(0, len(ids), size)]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A tiny Llama with a BPE tokenizer, pre-trained for a few seconds on GPL-3 text, saved as a base folder."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    files = [str(LICENSES / n) for n in ("GPL-3", "Apache-2.0", "MPL-2.0")]
+    bpe.train(files, trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "<pad>", "<eos>"],
+                                         initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, unk_token="<unk>", pad_token="<pad>", eos_token="<eos>")
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                      pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=None)
+    base = LlamaForCausalLM(cfg)
+    train_protected(base, train_batches=_batches(_ids(tok, "GPL-3")),
+                    config=ProtectConfig(lam=0, mode="full", learning_rate=3e-3, epochs=2))
+    folder = tmp_path_factory.mktemp("base")
+    base.save_pretrained(str(folder))
+    tok.save_pretrained(str(folder))
+    ft = _ids(tok, "Apache-2.0")
+    return {"folder": folder, "model": base.eval(), "tok": tok, "train": _batches(ft[:-32]),
+            "val": _batches(ft[-32:], 32)}
+
+
+def _lora(model, **kw):
+    return attach_lora(copy.deepcopy(model), config=ProtectConfig(**kw))
+
+
+# --- objective ---------------------------------------------------------------------------------------
+
+
+def test_scale_sampling_excludes_interval_and_covers_range():
+    cfg = ProtectConfig()
+    g = torch.Generator().manual_seed(0)
+    draws = [sample_scale(config=cfg, generator=g) for _ in range(4000)]
+    assert not [s for s in draws if 0.95 < s < 1.05]
+    assert min(draws) >= 0.05 and max(draws) <= 2.0
+    assert sum(s < 0.95 for s in draws) > 1500 and sum(s > 1.05 for s in draws) > 1500
+    assert min(draws) < 0.1 and max(draws) > 1.95
+
+
+def test_scale_weight_and_presets():
+    assert scale_weight(0.25, kind="inv") == pytest.approx(4.0)
+    assert scale_weight(0.25, kind="inv_sqrt") == pytest.approx(2.0)
+    assert scale_weight(0.25, kind="none") == 1.0
+    with pytest.raises(ProtectionError):
+        scale_weight(0.5, kind="log")
+    assert ProtectConfig.preset("vision-lora").lam == 0.001 and ProtectConfig.preset("vision-lora").weight == "inv"
+    assert ProtectConfig.preset("vision-full").lam == 0.005 and ProtectConfig.preset("vision-full").mode == "full"
+    llm = ProtectConfig.preset("llm")
+    assert (llm.lam, llm.weight, llm.lora_r, llm.effective_lora_alpha) == (0.01, "inv_sqrt", 32, 32)
+    d = {**llm.to_dict(), "field_from_the_future": 1}
+    assert ProtectConfig.from_dict(d).to_dict() == llm.to_dict()
+
+
+@pytest.mark.parametrize("bad", [{"lam": -1}, {"exclude": (1.1, 1.2)}, {"scale_min": 0}, {"weight": "x"},
+                                 {"mode": "bitfit"}, {"lora_r": 0}])
+def test_bad_config_is_a_hubguard_error(bad):
+    with pytest.raises(ProtectionError):
+        ProtectConfig(**bad)
+    with pytest.raises(ProtectionError):
+        ProtectConfig.preset("nope")
+
+
+def test_only_lora_b_is_scaled_and_matches_in_place_scaling(tiny):
+    model = _lora(tiny["model"])
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(std=0.05)
+    scaled = scaled_parameters(model, scale=0.4, mode="lora")
+    assert scaled and all("lora_B" in n for n in scaled)
+    assert not any("lora_A" in n for n in scaled)
+    batch = tiny["val"][0]
+    model.eval()
+    with torch.no_grad():
+        functional = _call(model, batch, scaled).logits
+        manual = copy.deepcopy(model)
+        for n, p in manual.named_parameters():
+            if "lora_B" in n:
+                p.mul_(0.4)
+        expected = manual(**batch).logits
+        unscaled = model(**batch).logits
+    assert torch.allclose(functional, expected, atol=1e-5)
+    assert not torch.allclose(functional, unscaled, atol=1e-4)
+
+
+def test_full_mode_scales_every_trainable_parameter(tiny):
+    model = copy.deepcopy(tiny["model"])
+    ref = snapshot_reference(model)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.01)
+    scaled = scaled_parameters(model, scale=1.5, mode="full", reference=ref)
+    assert set(scaled) == {n for n, p in model.named_parameters() if p.requires_grad}
+    assert any("norm" in n for n in scaled)
+    name = next(iter(scaled))
+    assert torch.allclose(scaled[name], ref[name] + 1.5 * 0.01 * torch.ones_like(ref[name]), atol=1e-6)
+    with pytest.raises(ProtectionError):
+        scaled_parameters(model, scale=1.5, mode="full")
+    with pytest.raises(ProtectionError):
+        scaled_parameters(model, scale=1.5, mode="lora")  # no LoRA attached
+
+
+def test_same_dropout_mask_in_both_passes(tiny):
+    model = _lora(tiny["model"], lora_dropout=0.5)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(std=0.5)  # B = 0 at init would hide the dropout
+    model.train()
+    batch = tiny["val"][0]
+    g = torch.Generator().manual_seed(0)
+    cfg = ProtectConfig(lam=0.1)
+    # At s = 1 the scaled pass is the same network: with the same dropout mask the losses are identical.
+    out = trap2_loss(model, batch, config=cfg, generator=g, scale=1.0)
+    assert out.scaled_loss == pytest.approx(out.standalone_loss, abs=1e-6)
+    # Control: two ordinary training passes draw different masks, so the check above can fail.
+    with torch.no_grad():
+        a, b = float(model(**batch).loss), float(model(**batch).loss)
+    assert a != b
+
+
+def test_lambda_sign_and_value(tiny):
+    model = _lora(tiny["model"])
+    model.eval()
+    batch = tiny["val"][0]
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(std=0.05)
+    cfg = ProtectConfig(lam=0.2, weight="inv")
+    out = trap2_loss(model, batch, config=cfg, generator=torch.Generator(), scale=0.5)
+    assert float(out.loss) == pytest.approx(out.standalone_loss - 0.2 * 2.0 * out.scaled_loss, rel=1e-5)
+    assert float(out.loss) < out.standalone_loss  # the scaled loss is *maximised*
+    # The gradient of J pushes the scaled loss up: one SGD step on J raises L(W0 + 0.5 ΔW).
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
+    before = out.scaled_loss
+    cfg_only_trap = ProtectConfig(lam=10.0, weight="none")
+    out2 = trap2_loss(model, batch, config=cfg_only_trap, generator=torch.Generator(), scale=0.5)
+    out2.loss.backward()
+    opt.step()
+    after = trap2_loss(model, batch, config=cfg_only_trap, generator=torch.Generator(), scale=0.5).scaled_loss
+    assert after > before
+    plain = trap2_loss(model, batch, config=ProtectConfig(lam=0), generator=torch.Generator())
+    assert plain.weight == 0.0 and plain.scaled_loss != plain.scaled_loss  # NaN: no second pass
+
+
+# --- training ----------------------------------------------------------------------------------------
+
+
+def _loss_at(model, batches, s):
+    from hubguard.protect.audit import scaled_in_place
+
+    with scaled_in_place(model, scale=s, mode="lora"):
+        return evaluate_loss(model, batches)
+
+
+@pytest.fixture(scope="module")
+def trained(tiny):
+    out = {}
+    for lam in (0.0, 0.05):
+        model = _lora(tiny["model"])
+        cfg = ProtectConfig(lam=lam, weight="inv", learning_rate=1e-2, epochs=8, early_stopping_patience=3)
+        torch.manual_seed(0)
+        res = train_protected(model, train_batches=tiny["train"], val_batches=tiny["val"], config=cfg)
+        out[lam] = (model, res, cfg)
+    return out
+
+
+def test_protected_update_works_alone_and_breaks_when_rescaled(tiny, trained):
+    (plain, _, _), (prot, res, _) = trained[0.0], trained[0.05]
+    val = tiny["val"]
+    base_loss = evaluate_loss(tiny["model"], val)
+    p1, u1 = _loss_at(prot, val, 1.0), _loss_at(plain, val, 1.0)
+    assert u1 < base_loss - 0.2  # the fine-tune learnt something
+    assert p1 < base_loss - 0.1 and p1 <= u1 + 0.15  # protected stays close to plain at s = 1
+    assert _loss_at(prot, val, 1.7) > _loss_at(plain, val, 1.7) + 0.3  # far worse when scaled up
+    assert _loss_at(prot, val, 0.3) > _loss_at(plain, val, 0.3)  # and worse when scaled down (weaker)
+    assert res.steps > 0 and res.best_val_loss is not None
+    assert all(r["scale"] < 0.95 or r["scale"] > 1.05 for r in res.history)
+
+
+def test_outputs_load_with_plain_peft_and_transformers(tiny, trained, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from hubguard.protect.card import read_protection, write_protection_card
+
+    model, res, cfg = trained[0.05]
+    model.save_pretrained(str(tmp_path / "adapter"))
+    write_protection_card(tmp_path / "adapter", config=cfg, base_model="tiny-base", training=res.to_dict())
+    assert {"adapter_config.json", "adapter_model.safetensors", "README.md"} <= {
+        p.name for p in (tmp_path / "adapter").iterdir()}
+    loaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(tiny["folder"])),
+                                       str(tmp_path / "adapter")).eval()
+    batch = tiny["val"][0]
+    with torch.no_grad():
+        assert torch.allclose(loaded(**batch).logits, model.eval()(**batch).logits, atol=1e-5)
+    card = (tmp_path / "adapter" / "README.md").read_text()
+    assert "## Merge protection (Trap²)" in card and "trap2" in card and "base_model: tiny-base" in card
+    assert "base_model_relation: adapter" in card and "| lam | `0.05` |" in card
+    rec = read_protection(tmp_path / "adapter")
+    assert rec["settings"]["lam"] == 0.05 and rec["schema_version"] == 1
+    write_protection_card(tmp_path / "adapter", config=cfg, base_model="tiny-base")  # idempotent section
+    assert (tmp_path / "adapter" / "README.md").read_text().count("## Merge protection") == 1
+    # Full fine-tuning output is a plain safetensors model.
+    full = copy.deepcopy(tiny["model"])
+    train_protected(full, train_batches=tiny["train"][:2], config=ProtectConfig(mode="full", lam=0.005, epochs=1))
+    full.save_pretrained(str(tmp_path / "full"))
+    again = AutoModelForCausalLM.from_pretrained(str(tmp_path / "full")).eval()
+    with torch.no_grad():
+        assert torch.allclose(again(**batch).logits, full.eval()(**batch).logits, atol=1e-5)
+    assert read_protection(tmp_path / "full") is None
+
+
+def test_transformers_trainer_integration(tiny, tmp_path):
+    from datasets import Dataset
+
+    from hubguard.protect.trainer import make_trap2_trainer
+
+    rows = [{"input_ids": r.tolist(), "labels": r.tolist()} for b in tiny["train"][:4] for r in b["input_ids"]]
+    val = [{"input_ids": r.tolist(), "labels": r.tolist()} for r in tiny["val"][0]["input_ids"]]
+    model = _lora(tiny["model"])
+    cfg = ProtectConfig(lam=0.1, epochs=2, batch_size=16, learning_rate=5e-3)
+    trainer = make_trap2_trainer(model, config=cfg, train_dataset=Dataset.from_list(rows),
+                                 eval_dataset=Dataset.from_list(val), output_dir=str(tmp_path / "run"),
+                                 logging_steps=1, disable_tqdm=True)
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_B" in n}
+    trainer.train()
+    logs = trainer.state.log_history
+    assert any("trap2_scaled_loss" in r for r in logs) and any("eval_loss" in r for r in logs)
+    assert trainer.args.max_grad_norm == 1.0 and trainer.args.load_best_model_at_end
+    assert any(not torch.equal(before[n], p) for n, p in model.named_parameters() if n in before)
+    with pytest.raises(ProtectionError):
+        make_trap2_trainer(model, config=cfg, train_dataset=Dataset.from_list(rows), eval_dataset=[],
+                           output_dir=str(tmp_path / "x"))
+
+
+# --- audit with the real tools -----------------------------------------------------------------------
+
+
+def test_audit_runs_real_mergekit_and_peft_merges(tiny, trained, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from hubguard.protect.audit import plot_sweep, run_audit
+
+    prot, plain = trained[0.05][0], trained[0.0][0]
+    prot.save_pretrained(str(tmp_path / "prot"))
+    plain.save_pretrained(str(tmp_path / "plain"))
+    val = tiny["val"]
+
+    def metrics(m):
+        return {"loss": evaluate_loss(m, val)}
+
+    report = run_audit(update=tmp_path / "prot", base=tiny["folder"], others=[tmp_path / "plain"],
+                       load_model=lambda f: AutoModelForCausalLM.from_pretrained(f).eval(),
+                       val_score=lambda m: -evaluate_loss(m, val), test_metrics=metrics,
+                       mergekit_methods=("task_arithmetic", "slerp"), peft_methods=("cat", "linear"),
+                       coefficients=(0.5, 1.0), scales=(0.0, 1.0, 1.7), work_dir=tmp_path)
+    d = report.to_dict()
+    assert [r["scale"] for r in d["sweep"]] == [0.0, 1.0, 1.7]
+    assert d["sweep"][2]["loss"] > d["sweep"][1]["loss"] + 0.3
+    assert set(d["merges"]) == {"mergekit_task_arithmetic", "mergekit_slerp", "peft_cat", "peft_linear"}
+    for m in d["merges"].values():
+        assert m["coefficient"] in (0.5, 1.0) and m["test"]["loss"] > 0 and len(m["val_by_coefficient"]) == 2
+    json.loads(json.dumps(d))
+    png = plot_sweep({"protected": [(r["scale"], r["loss"]) for r in d["sweep"]]}, out=tmp_path / "s.png")
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+# --- bad inputs --------------------------------------------------------------------------------------
+
+
+def test_bad_inputs_raise_hubguard_errors(tiny, trained, tmp_path):
+    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+    from hubguard.protect.audit import check_base, load_adapter, update_kind
+    from hubguard.protect.data import read_text_data
+
+    with pytest.raises(ProtectionError, match="missing"):
+        check_base(tmp_path / "nowhere")
+    with pytest.raises(ProtectionError):
+        update_kind(tmp_path)  # empty folder: neither adapter nor model
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / "adapter_config.json").write_text("{}")
+    with pytest.raises(ProtectionError, match="safetensors"):
+        update_kind(tmp_path / "half")
+    # An adapter trained on another base (different width) does not fit.
+    other = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=48, intermediate_size=64, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=2))
+    attach_lora(other, config=ProtectConfig()).save_pretrained(str(tmp_path / "wrong"))
+    with pytest.raises(ProtectionError, match="does not fit"):
+        load_adapter(AutoModelForCausalLM.from_pretrained(str(tiny["folder"])), tmp_path / "wrong")
+    with pytest.raises(ProtectionError, match="empty"):
+        train_protected(_lora(tiny["model"]), train_batches=[], config=ProtectConfig())
+    with pytest.raises(ProtectionError, match="empty"):
+        train_protected(_lora(tiny["model"]), train_batches=tiny["train"][:1], val_batches=[],
+                        config=ProtectConfig(epochs=1))
+    (tmp_path / "empty.txt").write_text("\n\n")
+    with pytest.raises(ProtectionError, match="no examples"):
+        read_text_data(tmp_path / "empty.txt", task="causal-lm")
+    (tmp_path / "bad.jsonl").write_text('{"text": "a"}\nnot json\n')
+    with pytest.raises(ProtectionError, match="JSON"):
+        read_text_data(tmp_path / "bad.jsonl", task="causal-lm")
+    with pytest.raises(ProtectionError, match="label"):
+        read_text_data(tmp_path / "bad.jsonl", task="classification")
+    with pytest.raises(ProtectionError, match="no trainable"):
+        frozen = copy.deepcopy(tiny["model"]).requires_grad_(False)
+        train_protected(frozen, train_batches=tiny["train"][:1], config=ProtectConfig(mode="full", epochs=1))
+
+
+# --- the CLI -----------------------------------------------------------------------------------------
+
+
+def test_cli_protect_then_audit(tiny, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+    from typer.testing import CliRunner
+
+    from hubguard.protect.cli import audit_app, protect_app
+
+    data = tmp_path / "apache.txt"
+    data.write_text((LICENSES / "Apache-2.0").read_text()[:6000])
+    runner = CliRunner()
+    res = runner.invoke(protect_app, ["--base", str(tiny["folder"]), "--data", str(data), "--out",
+                                      str(tmp_path / "out"), "--epochs", "1", "--lr", "0.005", "--max-length", "32",
+                                      "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output[res.output.index("{"):])["settings"]["lam"] == 0.01  # the llm preset
+    PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(tiny["folder"])), str(tmp_path / "out"))
+    res = runner.invoke(audit_app, [str(tmp_path / "out"), "--base", str(tiny["folder"]), "--eval", str(data),
+                                    "--coefficients", "1.0", "--max-length", "32", "--out",
+                                    str(tmp_path / "r.json"), "--plot", str(tmp_path / "r.png")])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "r.json").read_text())["schema_version"] == 1
+    assert (tmp_path / "r.png").exists()
+    res = runner.invoke(protect_app, ["--base", str(tmp_path / "missing"), "--data", str(data), "--out",
+                                      str(tmp_path / "o2")])
+    assert res.exit_code == 2 and "error:" in res.output
+    res = runner.invoke(audit_app, [str(tmp_path / "out"), "--base", str(tiny["folder"]), "--eval", str(data),
+                                    "--coefficients", "a,b"])
+    assert res.exit_code == 2
