@@ -139,6 +139,32 @@ def mergekit_config(
     return cfg
 
 
+@contextmanager
+def _optional_alias_fix() -> Iterator[None]:
+    """Work around a mergekit 0.1.5 bug: `MergePlanner.plan_tensor` does `[name] + aliases` where aliases is a
+    tuple, so every architecture with optional aliased weights (BERT's pooler) crashes. We do the presence
+    check ourselves and hand mergekit the weight marked non-optional; nothing else changes."""
+    from mergekit import plan
+    from mergekit.io.tasks import LoaderCache
+
+    original = plan.MergePlanner.plan_tensor
+
+    def plan_tensor(self: Any, weight: Any, weights_in: Any, models: Any, cfg_reader: Any) -> Any:
+        if weight.optional:
+            present = any(name in LoaderCache().get(m).index.tensor_paths
+                          for m, w in zip(models, weights_in, strict=False) for name in (w.name, *(w.aliases or ())))
+            if not present:
+                return None
+            weight = weight.model_copy(update={"optional": False})
+        return original(self, weight, weights_in, models, cfg_reader)
+
+    plan.MergePlanner.plan_tensor = plan_tensor
+    try:
+        yield
+    finally:
+        plan.MergePlanner.plan_tensor = original
+
+
 def mergekit_merge(config: Mapping[str, Any], *, out_dir: str | Path, seed: int = 0) -> Path:
     """Run a merge with mergekit's Python API (`run_merge`), exactly as `mergekit-yaml` does."""
     try:
@@ -148,8 +174,9 @@ def mergekit_merge(config: Mapping[str, Any], *, out_dir: str | Path, seed: int 
         raise MissingDependencyError.for_extra(package="mergekit", extra="protect", purpose="The merge audit") from exc
     try:
         merge_config = MergeConfiguration.model_validate(dict(config))
-        run_merge(merge_config, str(out_dir), MergeOptions(copy_tokenizer=False, quiet=True, random_seed=seed,
-                                                            write_model_card=True))
+        with _optional_alias_fix():
+                run_merge(merge_config, str(out_dir), MergeOptions(copy_tokenizer=False, quiet=True, random_seed=seed,
+                                                                write_model_card=True))
     except ProtectionError:
         raise
     except Exception as exc:  # mergekit raises RuntimeError/ValueError/pydantic errors
