@@ -226,6 +226,36 @@ def _run_one(method: str, source: str, folder: str, kwargs: dict) -> dict:
     }
 
 
+def request_pattern(folder: Path) -> dict:
+    """How the embedding rows of the token set fall into HTTP requests at several coalescing gaps (no weight read).
+
+    Also the number of tensors per layer and their sizes, i.e. the requests and bytes one more layer costs.
+    """
+    from hubguard.checkpoint.source import open_source
+    from hubguard.checkpoint.store import coalesce_ranges
+    from hubguard.lineage.tokens import load_token_set, load_vocabulary
+
+    ckpt = open_source(folder)
+    info = ckpt.tensors.info("model.embed_tokens.weight")
+    _, ids = load_vocabulary(ckpt.store).lookup(list(load_token_set("v1")))
+    ids = sorted(set(i for i in ids if i < info.shape[0]))
+    rb = info.row_bytes
+    rows = [(info.start + i * rb, info.start + (i + 1) * rb) for i in ids]
+    out: dict[str, object] = {
+        "n_rows": len(ids),
+        "row_bytes": rb,
+        "id_quantiles": [ids[int(q * (len(ids) - 1))] for q in (0, 0.25, 0.5, 0.75, 0.9, 1.0)],
+        "embedding_bytes": info.stop - info.start,
+    }
+    for gap in (64 * 1024, 1 << 20, 4 << 20, 16 << 20):
+        spans = coalesce_ranges(rows, max_gap=gap)
+        out[f"gap_{gap // 1024}k"] = {"requests": len(spans), "bytes": sum(e - s for s, e in spans)}
+    layer0 = [n for n in ckpt.tensors.names() if n.startswith("model.layers.0.")]
+    out["layer_tensors"] = len(layer0)
+    out["layer_bytes"] = sum(ckpt.tensors.info(n).stop - ckpt.tensors.info(n).start for n in layer0)
+    return out
+
+
 def _measure(method: str, source: str, folder: Path, kwargs: dict, env: dict[str, str]) -> dict:
     cmd = [sys.executable, __file__, "--_run", method, "--_source", source, "--_folder", str(folder),
            "--_kwargs", json.dumps(kwargs)]
@@ -242,6 +272,7 @@ def main() -> None:
     ap.add_argument("--methods", nargs="+", default=["http", "http_warm", "local", "full_load"])
     ap.add_argument("--full-load-max-gb", type=float, default=8.0, help="skip full_load for bigger checkpoints")
     ap.add_argument("--max-layers", type=int, default=None, help="passed to hubguard.fingerprint")
+    ap.add_argument("--pattern-only", action="store_true", help="only write the checkpoints and print request_pattern")
     ap.add_argument("--_run")
     ap.add_argument("--_source")
     ap.add_argument("--_folder")
@@ -271,8 +302,8 @@ def main() -> None:
                    "HUBGUARD_REMOTE_CACHE": str(Path(tmp) / f"cache-{name}"), "HUBGUARD_DISABLE_PROGRESS_BARS": "1",
                    "OMP_NUM_THREADS": "1"}
             env.pop("HF_TOKEN", None)
-            row: dict[str, object] = {"checkpoint_gb": round(size_gb, 2)}
-            for method in args.methods:
+            row: dict[str, object] = {"checkpoint_gb": round(size_gb, 2), "request_pattern": request_pattern(folder)}
+            for method in [] if args.pattern_only else args.methods:
                 if method == "full_load" and size_gb > args.full_load_max_gb:
                     row[method] = {"skipped": f"{size_gb:.1f} GB > --full-load-max-gb {args.full_load_max_gb}"}
                     continue

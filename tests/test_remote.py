@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from hubguard.checkpoint.remote import HEADER_PREFETCH, HubStore
+from hubguard.checkpoint.remote import HubStore
 from hubguard.checkpoint.source import open_source
 from hubguard.errors import CorruptCheckpointError, RemoteError, SourceNotFoundError
 from tests.hubserver import HubServer, hub_server  # noqa: F401  (pytest fixture)
@@ -362,10 +362,9 @@ def test_fingerprint_over_http_equals_local(hub_server: HubServer, bpe_tokenizer
         assert torch.equal(remote.terms[name], t), name
     same = {k: v for k, v in local.model.items() if k not in {"source", "name", "revision"}}
     assert {k: remote.model[k] for k in same} == same
-    # Over HTTP, the extra bytes are the header prefetch of each shard and the text files (config, tokenizer).
-    extra = sum(min(p.stat().st_size, HEADER_PREFETCH) for p in folder.glob("*.safetensors"))
-    extra += sum(p.stat().st_size for p in folder.glob("*.json"))
-    assert remote.stats["requests"] > 0 and remote.stats["bytes_read"] <= local.stats["bytes_read"] + extra
+    # Over HTTP, nearby ranges share a request: fewer requests than local reads, never more bytes than the repo.
+    assert 0 < remote.stats["requests"] <= local.stats["requests"]
+    assert remote.stats["bytes_read"] <= sum(p.stat().st_size for p in folder.iterdir())
 
     hub_server.clear_log()  # fingerprinting the same commit again costs nothing
     again = compute_fingerprint(f"hf://org/llama@{sha}")
