@@ -142,3 +142,32 @@ def compare_fingerprints(*, a: Fingerprint, b: Fingerprint, calibration: "Calibr
         matched_layers=matched,
         notes=tuple(notes),
     )
+
+
+@dataclass(frozen=True)
+class LayerSource:
+    layer: int  # candidate layer
+    source: str | None  # reference name whose layer matches best (None: no reference matches)
+    match: int | None  # that reference's layer index
+    score: float
+    z: float
+
+
+def layer_provenance(
+    *, candidate: Fingerprint, references: dict[str, Fingerprint], calibration: "Calibration | None" = None
+) -> list[LayerSource]:
+    """For each candidate layer, which reference (and which of its layers) it matches best.
+
+    A merge of two bases shows both; a layer no reference explains (z below the derivative threshold) gets
+    source None.
+    """
+    from hubguard.lineage.calibration import load_calibration
+
+    cal = calibration or load_calibration()
+    best: list[LayerSource] = [LayerSource(layer=i, source=None, match=None, score=float("-inf"), z=float("-inf")) for i in candidate.layers]
+    for name, ref in references.items():
+        result = compare_fingerprints(a=ref, b=candidate, calibration=cal)
+        for j, m in enumerate(result.layers):
+            if m.score > best[j].score:
+                best[j] = LayerSource(layer=m.layer, source=name, match=m.match, score=m.score, z=m.z)
+    return [b if b.z >= cal.derivative_z else LayerSource(layer=b.layer, source=None, match=None, score=b.score, z=b.z) for b in best]

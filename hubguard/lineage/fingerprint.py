@@ -140,7 +140,7 @@ def fingerprint_checkpoint(
 
     from hubguard.checkpoint.architectures import bind_architecture
     from hubguard.checkpoint.canonical import LayerReader
-    from hubguard.lineage.terms import layer_terms, normalise_rows, standardise
+    from hubguard.lineage.terms import decorrelate_tokens, layer_terms, normalise_rows, standardise
     from hubguard.lineage.tokens import load_token_set, load_vocabulary
 
     start = time.perf_counter()
@@ -161,7 +161,7 @@ def fingerprint_checkpoint(
     x = tensors.get_rows(emb_name, [i for _, i in usable])
     if x.shape[1] != arch.hidden_size:
         raise CorruptCheckpointError(f"Embedding rows are {x.shape[1]} wide but the hidden size is {arch.hidden_size}.")
-    x = normalise_rows(x, centre=arch.spec["norm"]["type"] == "layer")
+    x = decorrelate_tokens(normalise_rows(x, centre=arch.spec["norm"]["type"] == "layer"))
 
     reader = LayerReader(tensors=tensors, arch=arch)
     chosen, with_ffn = plan_reads(

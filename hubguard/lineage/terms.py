@@ -1,7 +1,8 @@
 """Invariant terms of one canonical layer over the token embeddings X.
 
 X is [n, d]: the input-embedding rows of the token set, each row RMS-normalised (centred first for
-LayerNorm families), as a norm would see them. All terms are [n, n]:
+LayerNorm families), as a norm would see them, then decorrelated across tokens (`decorrelate_tokens`).
+All terms are [n, n]:
 
     attn_qk  = X Wqᵀ Wk Xᵀ                       (summed over heads; K expanded for GQA)
     attn_vo  = X Wvᵀ Woᵀ Xᵀ
@@ -37,6 +38,27 @@ def normalise_rows(x: "torch.Tensor", *, centre: bool) -> "torch.Tensor":
     if centre:
         x = x - x.mean(dim=1, keepdim=True)
     return x / torch.sqrt((x * x).mean(dim=1, keepdim=True) + 1e-12)
+
+
+WHITEN_SHRINK = 0.1  # λ = WHITEN_SHRINK × mean eigenvalue of the token covariance
+
+
+def decorrelate_tokens(x: "torch.Tensor", *, shrink: float = WHITEN_SHRINK) -> "torch.Tensor":
+    """Centre the token rows and soft-whiten them: X_c (Σ + λI)^(-1/2), Σ = X_cᵀX_c / n.
+
+    Models trained on the same data share a few dominant embedding directions (a common offset, the
+    token-frequency direction), which make independently trained models look alike. Centring over tokens and
+    shrinking the dominant directions removes that shared structure while keeping the model-specific
+    geometry. Both steps are equivariant under hidden-space rotations (Σ rotates with X), so every term stays
+    invariant. Computed through the SVD of X_c ([n, d], n ≤ d in practice).
+    """
+    import torch
+
+    xc = x - x.mean(dim=0, keepdim=True)
+    u, s, vh = torch.linalg.svd(xc.double(), full_matrices=False)
+    ev = s**2 / x.shape[0]
+    lam = shrink * ev.sum() / x.shape[1]
+    return ((u * (s * (ev + lam).rsqrt())) @ vh).to(x.dtype)
 
 
 def layer_terms(*, layer: "CanonicalLayer", x: "torch.Tensor") -> dict[str, "torch.Tensor"]:

@@ -1,0 +1,184 @@
+"""Lineage benchmark: every (base, candidate) pair of the zoo, scored by hubguard, HuRef's official terms and PCS.
+
+    python benchmarks/lineage.py [--zoo DIR] [--out FILE] [--write-calibration [FILE]]
+
+Positives: a candidate derived from the base (fine-tunes, LoRA, vocabulary changes, pruning, duplication,
+quantisation, merges, frankenmerges, output-preserving attacks). Negatives: every other pair — the hardest
+are bases of one family trained from different seeds on the same data. Prints JSON:
+
+    {"pairs": N, "positives": P, "negatives": Q,
+     "methods": {"hubguard": {...}, "huref_official": {...}, "pcs": {...}},
+     "multi_base": [...], "calibration": {...}}
+
+where each method has auc, tpr_at_fpr0, min_positive_score, max_negative_score, margin_z and by_kind.
+A method that cannot score a pair (shapes differ, vocabularies differ) gets score 0 for it — HuRef's code
+silently skips such parameters; we count the miss. With --write-calibration, the null of hubguard's z is
+re-estimated from this run's negatives and written (default: hubguard/lineage/calibration_v1.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+NORMAL_Z_1E4 = 3.719  # one-sided normal tail p = 1e-4
+INDEPENDENT_Z = 2.0
+
+
+def bases_of(entry: dict[str, Any]) -> set[str]:
+    base = entry.get("base")
+    return set(base) if isinstance(base, list) else {base} if base else set()
+
+
+def auc(pos: list[float], neg: list[float]) -> float:
+    if not pos or not neg:
+        return float("nan")
+    wins = sum((p > n) + 0.5 * (p == n) for p in pos for n in neg)
+    return wins / (len(pos) * len(neg))
+
+
+def method_summary(rows: list[dict[str, Any]], key: str) -> dict[str, Any]:
+    pos = [r[key] for r in rows if r["positive"]]
+    neg = [r[key] for r in rows if not r["positive"]]
+    mu, sd = statistics.fmean(neg), statistics.pstdev(neg) or 1.0
+    max_neg = max(neg)
+    by_kind: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        kind = r["kind"] if r["positive"] else ("independent_seed" if r["same_family"] else "unrelated")
+        slot = by_kind.setdefault(kind, {"positive": r["positive"], "scores": [], "pairs": []})
+        slot["scores"].append(round(r[key], 2))
+        slot["pairs"].append(f"{r['base']} -> {r['model']}")
+    for slot in by_kind.values():
+        s = slot["scores"]
+        slot.update(min=min(s), mean=round(statistics.fmean(s), 2), max=max(s), detected=(sum(x > max_neg for x in s) if slot["positive"] else None))
+    return {
+        "auc": round(auc(pos, neg), 4),
+        "tpr_at_fpr0": round(sum(p > max_neg for p in pos) / len(pos), 4),
+        "min_positive_score": round(min(pos), 2),
+        "max_negative_score": round(max_neg, 2),
+        "null_mean": round(mu, 3),
+        "null_std": round(sd, 3),
+        "margin_z": round((min(pos) - max_neg) / sd, 2),
+        "by_kind": by_kind,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--zoo", type=Path, default=ROOT / "benchmarks" / "out" / "zoo")
+    parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
+    parser.add_argument("--write-calibration", nargs="?", const=ROOT / "hubguard" / "lineage" / "calibration_v1.json", type=Path, default=None)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from hubguard.errors import HubguardError
+    from hubguard.lineage.baselines import huref_official, pcs
+    from hubguard.lineage.calibration import Calibration, Null, load_calibration
+    from hubguard.lineage.compare import compare_fingerprints, layer_provenance
+    from hubguard.lineage.fingerprint import compute_fingerprint
+
+    manifest = json.loads((args.zoo / "zoo.json").read_text())
+    models = {m["name"]: m for m in manifest["models"]}
+    path = {n: (args.zoo / m["path"]) if not Path(m["path"]).is_absolute() else Path(m["path"]) for n, m in models.items()}
+    bases = [n for n, m in models.items() if m["kind"] == "base"]
+    t0 = time.perf_counter()
+    fps = {n: compute_fingerprint(path[n], name=n) for n in models}
+    t_fp = time.perf_counter() - t0
+
+    def safe(fn, a, b) -> float:  # noqa: ANN001
+        try:
+            return float(fn(path[a], path[b]).score)
+        except HubguardError:
+            return 0.0
+
+    rows = []
+    for b in bases:
+        for m in models:
+            if m == b:
+                continue
+            res = compare_fingerprints(a=fps[b], b=fps[m], calibration=load_calibration())
+            rows.append({
+                "base": b, "model": m, "kind": models[m]["kind"], "positive": b in bases_of(models[m]),
+                "same_family": models[m]["family"] == models[b]["family"],
+                "hubguard": res.score, "layer_scores": [lm.score for lm in res.layers],
+                "huref_official": safe(huref_official, b, m), "pcs": safe(pcs, b, m),
+            })
+
+    calibration = load_calibration()
+    if args.write_calibration is not None:
+        neg = [r["hubguard"] for r in rows if not r["positive"]]
+        neg_layers = [s for r in rows if not r["positive"] for s in r["layer_scores"]]
+        overall = Null(mean=statistics.fmean(neg), std=statistics.pstdev(neg), samples=tuple(sorted(round(x, 3) for x in neg)))
+        layer = Null(mean=statistics.fmean(neg_layers), std=statistics.pstdev(neg_layers))
+        derivative_z = max(NORMAL_Z_1E4, overall.z(max(neg)) + 1.0)
+        calibration = Calibration(
+            overall=overall, layer=layer, derivative_z=round(derivative_z, 3), independent_z=INDEPENDENT_Z,
+            source=f"benchmarks/lineage.py --write-calibration on {manifest.get('root', args.zoo)} "
+            f"({'quick' if manifest.get('quick') else 'full'} zoo, {len(neg)} negative pairs)",
+            method_version=1,
+        )
+        args.write_calibration.write_text(json.dumps(calibration.to_dict(), indent=2) + "\n")
+    for r in rows:
+        r["z"] = round(calibration.overall.z(r["hubguard"]), 3)
+        r["verdict"] = calibration.verdict(r["z"])
+
+    methods = {k: method_summary(rows, k) for k in ("hubguard", "huref_official", "pcs")}
+    pos_z = [r["z"] for r in rows if r["positive"]]
+    neg_z = [r["z"] for r in rows if not r["positive"]]
+    methods["hubguard"]["margin_z"] = round(min(pos_z) - max(neg_z), 2)
+    methods["hubguard"]["min_positive_z"], methods["hubguard"]["max_negative_z"] = round(min(pos_z), 2), round(max(neg_z), 2)
+    methods["hubguard"]["verdicts"] = {
+        "positives": {v: sum(r["verdict"] == v for r in rows if r["positive"]) for v in ("derivative", "inconclusive", "independent")},
+        "negatives": {v: sum(r["verdict"] == v for r in rows if not r["positive"]) for v in ("derivative", "inconclusive", "independent")},
+    }
+
+    multi = []
+    for n, m in models.items():
+        if len(bases_of(m)) > 1 or m["kind"] in {"frankenmerge", "layer_pruning", "layer_duplication"} or m["kind"].startswith("merge_"):
+            refs = {b: fps[b] for b in bases if models[b]["family"] == m["family"]}
+            prov = layer_provenance(candidate=fps[n], references=refs, calibration=calibration)
+            found = sorted({p.source for p in prov if p.source})
+            truth = m.get("layer_sources")
+            multi.append({
+                "model": n, "kind": m["kind"], "declared_bases": sorted(bases_of(m)), "bases_found": found,
+                "all_bases_found": set(found) == bases_of(m),
+                "layer_map": [{"layer": p.layer, "source": p.source, "match": p.match, "score": p.score} for p in prov],
+                "layer_map_correct": None if not truth else all(
+                    p.source == t.get("base") and p.match == t.get("layer") for p, t in zip(prov, truth, strict=False)
+                ),
+            })
+
+    out = {
+        "pairs": len(rows),
+        "positives": sum(r["positive"] for r in rows),
+        "negatives": sum(not r["positive"] for r in rows),
+        "zoo": {"quick": manifest.get("quick"), "models": len(models), "bases": bases},
+        "methods": methods,
+        "multi_base": multi,
+        "calibration": {k: v for k, v in calibration.to_dict().items() if k != "null"} | {
+            "null_overall": {"mean": round(calibration.overall.mean, 3), "std": round(calibration.overall.std, 3)},
+        },
+        "fingerprint_seconds": round(t_fp, 2),
+        "pairs_detail": [{k: v for k, v in r.items() if k != "layer_scores"} for r in rows],
+    }
+    text = json.dumps(out, indent=1)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
