@@ -1,0 +1,122 @@
+"""Verification data: the fingerprint file stored for each registry entry, full or compact.
+
+A fingerprint's terms are [L, n, n] matrices (n ≈ 288 tokens): float16 costs ~0.16 MB per layer and term,
+so a 32-layer model with 4 terms is ~21 MB. To stay under the per-entry budget (16 MB by default) the
+registry stores, in order of preference:
+
+1. `float16` — the file `save_fingerprint` writes (lossless w.r.t. the saved fingerprint);
+2. `float8` — the same terms as float8 e4m3 (the terms are z-scored, so clamping at ±448 loses nothing
+   real); half the bytes, score error well under 0.5 points (measured by `benchmarks/registry.py`);
+3. `float8` with fewer layers, spread evenly over the depth, until the file fits.
+
+Every form is an ordinary hubguard fingerprint file (`load_fingerprint` and `hubguard compare` read it),
+with a `storage` field in its metadata saying what was kept.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from hubguard import constants
+from hubguard.errors import HubguardError, RegistryCorruptError, RegistryError
+
+if TYPE_CHECKING:
+    from hubguard.lineage.fingerprint import Fingerprint
+
+DEFAULT_BUDGET_BYTES = 16 * 1024 * 1024
+STORAGES = ("auto", "float16", "float8")
+_F8_MAX = 448.0
+_HEADER_SLACK = 64 * 1024  # JSON header (token strings, model facts)
+
+
+def _payload_bytes(fp: "Fingerprint", *, itemsize: int, n_layers: int) -> int:
+    n = len(fp.tokens)
+    return len(fp.terms) * n_layers * n * n * itemsize + _HEADER_SLACK
+
+
+def plan_storage(fp: "Fingerprint", *, storage: str = "auto", budget_bytes: int = DEFAULT_BUDGET_BYTES) -> tuple[str, list[int]]:
+    """(dtype, indices of the fingerprint's layers to keep) for `storage` under `budget_bytes`."""
+    if storage not in STORAGES:
+        raise RegistryError(f"Unknown verification storage '{storage}'; use one of {', '.join(STORAGES)}.")
+    n_layers = len(fp.layers)
+    every = list(range(n_layers))
+    if storage == "float16":
+        return "float16", every
+    if storage == "auto" and _payload_bytes(fp, itemsize=2, n_layers=n_layers) <= budget_bytes:
+        return "float16", every
+    if _payload_bytes(fp, itemsize=1, n_layers=n_layers) <= budget_bytes:
+        return "float8", every
+    per_layer = _payload_bytes(fp, itemsize=1, n_layers=1) - _HEADER_SLACK
+    keep = max(1, (budget_bytes - _HEADER_SLACK) // max(per_layer, 1))
+    if keep >= n_layers:
+        return "float8", every
+    step = (n_layers - 1) / max(keep - 1, 1)
+    return "float8", sorted({round(i * step) for i in range(int(keep))})
+
+
+def save_verification(
+    fp: "Fingerprint", path: "str | os.PathLike[str]", *, storage: str = "auto", budget_bytes: int = DEFAULT_BUDGET_BYTES
+) -> tuple[Path, str]:
+    """Write `fp` as verification data at `path` (atomically); returns (path, storage description)."""
+    import torch
+    from safetensors.torch import save_file
+
+    from hubguard.lineage.fingerprint import FINGERPRINT_FORMAT
+
+    dtype, keep = plan_storage(fp, storage=storage, budget_bytes=budget_bytes)
+    description = dtype if len(keep) == len(fp.layers) else f"{dtype}/layers={len(keep)}of{len(fp.layers)}"
+    idx = torch.tensor(keep, dtype=torch.long)
+    tensors = {}
+    for t, m in fp.terms.items():
+        kept = m.index_select(0, idx).float()
+        if dtype == "float8":
+            kept = kept.clamp(-_F8_MAX, _F8_MAX).to(torch.float8_e4m3fn)
+        else:
+            kept = kept.to(torch.float16)
+        tensors[f"terms.{t}"] = kept.contiguous()
+    meta: dict[str, Any] = {
+        "format": FINGERPRINT_FORMAT,
+        "schema_version": constants.SCHEMA_VERSION,
+        "method": fp.method,
+        "version": fp.version,
+        "token_set": fp.token_set,
+        "tokens": list(fp.tokens),
+        "layers": [fp.layers[i] for i in keep],
+        "model": fp.model,
+        "stats": fp.stats,
+        "storage": {"dtype": dtype, "layers_kept": len(keep), "layers_total": len(fp.layers), "all_layers": list(fp.layers)},
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        save_file(tensors, str(tmp), metadata={"hubguard": json.dumps(meta, ensure_ascii=False)})
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path, description
+
+
+def load_verification(path: "str | os.PathLike[str]") -> "Fingerprint":
+    """Read verification data; any defect becomes a `RegistryCorruptError` naming the file."""
+    from hubguard.lineage.fingerprint import load_fingerprint
+
+    p = Path(path)
+    if not p.is_file():
+        raise RegistryCorruptError(
+            f"Verification data '{p}' is missing. The registry folder is incomplete; run `hubguard registry pull` "
+            "or re-add the entry."
+        )
+    try:
+        return load_fingerprint(p)
+    except HubguardError as err:
+        raise RegistryCorruptError(f"Verification data '{p}' cannot be used: {err}") from err
+    except Exception as err:  # noqa: BLE001 - any parser failure on a registry file means the file is bad
+        raise RegistryCorruptError(f"Verification data '{p}' is corrupted ({type(err).__name__}: {err}).") from err
