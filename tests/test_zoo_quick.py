@@ -228,3 +228,41 @@ def test_foreign_folder_in_the_way_is_refused(tmp_path: Path) -> None:
     assert proc.returncode != 0
     assert "has no zoo_entry.json" in proc.stderr
     assert (tmp_path / "llama-s0" / "model.safetensors").read_bytes() == b"not mine"
+
+
+def _zoo_lib() -> Any:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from zoo_lib import manifest
+
+    return manifest
+
+
+@pytest.mark.slow
+def test_manifest_reader_labels_pairs(quick_zoo: tuple[Path, dict[str, Any]]) -> None:
+    manifest = _zoo_lib()
+    out, raw = quick_zoo
+    zoo = manifest.read_manifest(out)
+    assert len(zoo.models) == len(raw["models"]) and zoo.quick
+    pairs = manifest.labelled_pairs(zoo)
+    by_key = {(p.base, p.candidate): p for p in pairs}
+    assert by_key[("llama-s0", "llama-s1")].kind == "independent_seed" and not by_key[("llama-s0", "llama-s1")].positive
+    assert by_key[("llama-s1", "llama-s0-sft")].kind == "unrelated_derivative"
+    for base in ("llama-s0", "llama-s1"):  # a frankenmerge derives from both of its bases
+        assert by_key[(base, "llama-franken-s0-s1")].positive
+    positives = {p.kind for p in pairs if p.positive}
+    assert positives >= REQUIRED_KINDS - {"base"}
+    assert all(p.same_family for p in pairs)
+    assert any(not p.same_family for p in manifest.labelled_pairs(zoo, cross_family=True))
+
+
+def test_manifest_reader_refuses_other_schema_versions(tmp_path: Path) -> None:
+    manifest = _zoo_lib()
+    (tmp_path / "zoo.json").write_text(json.dumps({"schema_version": 2, "models": []}))
+    with pytest.raises(ValueError, match="schema_version 2"):
+        manifest.read_manifest(tmp_path)
+    with pytest.raises(FileNotFoundError, match="build the zoo first"):
+        manifest.read_manifest(tmp_path / "missing")
+    (tmp_path / "zoo.json").write_text(json.dumps({"schema_version": 1, "future_field": 1, "models": [
+        {"name": "a", "path": "a", "family": "f", "base": "a", "kind": "base", "seed": 0, "new": True}]}))
+    zoo = manifest.read_manifest(tmp_path)
+    assert zoo.get("a").path == tmp_path / "a" and zoo.bases[0].name == "a"
