@@ -56,7 +56,7 @@ class ModelSpec:
 
 
 def plan(*, ctx: Any, out: Path, quick: bool) -> list[ModelSpec]:
-    """Every model of the zoo, dependencies first."""
+    """Every model of the zoo, dependencies first (a stable sort by stage keeps that order)."""
     from zoo_lib import builders as b
     from zoo_lib.merging import layer_sources_of
 
@@ -128,7 +128,8 @@ def plan(*, ctx: Any, out: Path, quick: bool) -> list[ModelSpec]:
                            parents=("minilm",),
                            build=lambda o: b.build_minilm_finetune(ctx, parent=p("minilm"), seed=7, out=o)))
     specs.extend(attack_specs(ctx=ctx, out=out, specs=specs))
-    return specs
+    # every base first (a partial build still holds the independent-seed negatives), then derivatives, then attacks
+    return sorted(specs, key=lambda s: 0 if s.kind == "base" else 2 if s.kind.startswith("attack_") else 1)
 
 
 def attack_specs(*, ctx: Any, out: Path, specs: list[ModelSpec]) -> list[ModelSpec]:
