@@ -272,6 +272,7 @@ def main() -> None:
     ap.add_argument("--methods", nargs="+", default=["http", "http_warm", "local", "full_load"])
     ap.add_argument("--full-load-max-gb", type=float, default=8.0, help="skip full_load for bigger checkpoints")
     ap.add_argument("--max-layers", type=int, default=None, help="passed to hubguard.fingerprint")
+    ap.add_argument("--budget", default=None, help="passed to hubguard.fingerprint: a fraction, 'auto' or 'none'")
     ap.add_argument("--pattern-only", action="store_true", help="only write the checkpoints and print request_pattern")
     ap.add_argument("--_run")
     ap.add_argument("--_source")
@@ -286,7 +287,9 @@ def main() -> None:
 
     cache = Path(args.cache)
     cache.mkdir(parents=True, exist_ok=True)
-    kwargs = {"max_layers": args.max_layers} if args.max_layers else {}
+    kwargs: dict[str, object] = {"max_layers": args.max_layers} if args.max_layers else {}
+    if args.budget is not None:
+        kwargs["budget"] = None if args.budget.lower() == "none" else args.budget if args.budget == "auto" else float(args.budget)
     results: dict[str, object] = {"kwargs": kwargs, "models": {}}
     with tempfile.TemporaryDirectory(prefix="hubguard-bench-") as tmp, HubServer(Path(tmp) / "repos") as server:
         for name in args.models:
