@@ -14,14 +14,12 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable
-from functools import wraps
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
 
-from hubguard.errors import HubguardError
+from hubguard.cli_utils import handle_errors
 
 app = typer.Typer(
     name="hubguard",
@@ -30,23 +28,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def handle_errors(fn: F) -> F:
-    """Turn hubguard errors into a one-line message and exit code 2 (no traceback)."""
-
-    @wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except HubguardError as err:
-            typer.secho(f"Error: {err}", err=True, fg=typer.colors.RED)
-            raise typer.Exit(code=2) from None
-
-    return wrapper  # type: ignore[return-value]
-
 
 def parse_budget(text: str) -> float | str | None:
     """'auto' | 'all' | a fraction such as 0.02 or 2%."""
@@ -172,9 +153,18 @@ def _mount_optional(module: str, attr: str, name: str, help_text: str) -> None:
 
 
 _mount_optional("hubguard.registry.cli", "app", "registry", "Search and manage the registry of base-model fingerprints.")
-_mount_optional("hubguard.hooks.cli", "check", "check", "Pre-upload check: flag undeclared derivatives and wrong base_model metadata.")
 _mount_optional("hubguard.protect.cli", "protect", "protect", "Fine-tune with Trap² merge protection.")
 _mount_optional("hubguard.protect.cli", "audit", "audit", "Audit a released update against real merges.")
+
+
+def _mount_hooks() -> None:
+    from hubguard.hooks.cli import check, hooks_app
+
+    app.command(name="check")(check)
+    app.add_typer(hooks_app, name="hooks")
+
+
+_mount_hooks()
 
 
 def main() -> None:

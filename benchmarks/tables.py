@@ -1,0 +1,112 @@
+"""Regenerate the README's result tables from the committed benchmark JSON (never typed by hand).
+
+    python benchmarks/tables.py            # rewrite README.md between <!-- table:NAME --> ... <!-- /table:NAME -->
+    python benchmarks/tables.py --check    # exit 1 if README.md is out of date
+
+Each benchmark writes its JSON to benchmarks/results/NAME.json (the command that made it is recorded there or
+in the README next to the table).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+README = ROOT / "README.md"
+
+
+def _fmt(x: Any, nd: int = 1) -> str:
+    if x is None:
+        return "–"
+    if isinstance(x, float):
+        return f"{x:.{nd}f}"
+    return str(x)
+
+
+def lineage_summary(d: dict[str, Any]) -> str:
+    rows = ["| method | AUC | TPR @ 0 FP | min positive | max negative | margin (z) |", "|---|---|---|---|---|---|"]
+    for name, m in d["methods"].items():
+        rows.append(
+            f"| {name} | {m['auc']:.3f} | {100 * m['tpr_at_fpr0']:.1f}% | {m['min_positive_score']:.1f} | "
+            f"{m['max_negative_score']:.1f} | {m['margin_z']:.1f} |"
+        )
+    v = d["methods"]["hubguard"].get("verdicts", {})
+    rows.append("")
+    rows.append(
+        f"{d['pairs']} pairs ({d['positives']} positive, {d['negatives']} negative) over {d['zoo']['models']} models; "
+        f"hubguard verdicts on positives: {v.get('positives')}, on negatives: {v.get('negatives')}."
+    )
+    return "\n".join(rows)
+
+
+def lineage_by_kind(d: dict[str, Any]) -> str:
+    methods = list(d["methods"])
+    kinds = list(d["methods"]["hubguard"]["by_kind"])
+    head = "| pair kind | n | " + " | ".join(f"{m} min / mean" for m in methods) + " | hubguard detected |"
+    rows = [head, "|" + "---|" * (len(methods) + 3)]
+    for k in kinds:
+        hg = d["methods"]["hubguard"]["by_kind"][k]
+        cells = [f"{d['methods'][m]['by_kind'][k]['min']:.1f} / {d['methods'][m]['by_kind'][k]['mean']:.1f}" for m in methods]
+        det = f"{hg['detected']}/{len(hg['scores'])}" if hg["positive"] else "(negatives)"
+        rows.append(f"| {k} | {len(hg['scores'])} | " + " | ".join(cells) + f" | {det} |")
+    return "\n".join(rows)
+
+
+def lineage_multi_base(d: dict[str, Any]) -> str:
+    rows = ["| model | kind | declared bases | bases found | per-layer map (layer ← base:layer) |", "|---|---|---|---|---|"]
+    for m in d["multi_base"]:
+        lm = ", ".join(f"{x['layer']}←{(x['source'] or '?').split('-')[-1]}:{_fmt(x['match'])}" for x in m["layer_map"])
+        rows.append(f"| {m['model']} | {m['kind']} | {', '.join(m['declared_bases'])} | {', '.join(m['bases_found']) or '–'} | {lm} |")
+    return "\n".join(rows)
+
+
+def generic(d: Any) -> str:
+    """Fallback: a fenced JSON block (for benchmarks whose table is not specialised yet)."""
+    return "```json\n" + json.dumps(d, indent=1)[:4000] + "\n```"
+
+
+TABLES: dict[str, tuple[str, Callable[[Any], str]]] = {
+    "lineage-summary": ("lineage", lineage_summary),
+    "lineage-by-kind": ("lineage", lineage_by_kind),
+    "lineage-multi-base": ("lineage", lineage_multi_base),
+}
+
+
+def render(text: str) -> str:
+    def replace(match: re.Match[str]) -> str:
+        name = match.group(1)
+        source, fn = TABLES.get(name, (name, generic))
+        path = RESULTS / f"{source}.json"
+        if not path.exists():
+            body = f"_(no results yet: run the benchmark that writes benchmarks/results/{source}.json)_"
+        else:
+            body = fn(json.loads(path.read_text()))
+        return f"<!-- table:{name} -->\n{body}\n<!-- /table:{name} -->"
+
+    return re.sub(r"<!-- table:([\w-]+) -->.*?<!-- /table:\1 -->", replace, text, flags=re.S)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true")
+    args = parser.parse_args(argv)
+    old = README.read_text(encoding="utf-8")
+    new = render(old)
+    if args.check:
+        if new != old:
+            print("README.md tables are out of date: run python benchmarks/tables.py", file=sys.stderr)
+            return 1
+        return 0
+    README.write_text(new, encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,67 @@
+"""From a lineage fingerprint to its dog: the glue between `hubguard.lineage` and the encoder/renderer.
+
+The dog vector of a model is the mean over its layers of the encoder's output for that layer's attention
+terms, placed on the full token-set grid (tokens a vocabulary lacks stay zero, so every model's matrices
+line up position by position), rescaled to the norm of a standard normal vector. Only attention terms are
+used: they exist in every family and in every reading budget, so the same model always gets the same dog.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import numpy as np
+    from PIL import Image
+
+    from hubguard.lineage.compare import Comparison
+    from hubguard.lineage.fingerprint import Fingerprint
+
+DOG_TERMS = ("attn_qk", "attn_vo")
+
+
+def dog_vector(fp: "Fingerprint") -> "np.ndarray":
+    """The model's point in the renderer's input space: float32 [VECTOR_DIM], norm ≈ sqrt(VECTOR_DIM)."""
+    import numpy as np
+    import torch
+
+    from hubguard.fingerprint.encoder import VECTOR_DIM, encode_terms
+    from hubguard.lineage.tokens import load_token_set
+
+    full = load_token_set(fp.token_set)
+    pos = {t: i for i, t in enumerate(full)}
+    idx = torch.tensor([pos[t] for t in fp.tokens])
+    n = len(full)
+    acc = np.zeros(VECTOR_DIM, dtype=np.float64)
+    for li in range(len(fp.layers)):
+        grid = torch.zeros(len(DOG_TERMS), n, n)
+        for c, t in enumerate(DOG_TERMS):
+            grid[c][idx[:, None], idx[None, :]] = fp.terms[t][li].float()
+        acc += encode_terms(terms=grid)
+    vec = acc / max(len(fp.layers), 1)
+    return (vec * np.sqrt(VECTOR_DIM) / max(np.linalg.norm(vec), 1e-12)).astype(np.float32)
+
+
+def dog_image(fp: "Fingerprint", *, size: int = 512) -> "Image.Image":
+    """The model's dog portrait."""
+    from hubguard.fingerprint.renderer import render_dog
+
+    return render_dog(vector=dog_vector(fp), size=size)
+
+
+def caption(name: str, result: "Comparison | None" = None, extra: dict[str, Any] | None = None) -> str:
+    lines = [name if len(name) <= 40 else "…" + name[-39:]]
+    if result is not None:
+        lines.append(f"{result.verdict} · score {result.score:.1f} · z {result.z:.1f}")
+    for k, v in (extra or {}).items():
+        lines.append(f"{k}: {v}")
+    return "\n".join(lines)
+
+
+def comparison_sheet(*, query: "Fingerprint", matches: list[tuple["Fingerprint", "Comparison"]], size: int = 320) -> "Image.Image":
+    """Side-by-side sheet: the query's dog first, then each reference's dog with its verdict."""
+    from hubguard.fingerprint.sheet import make_sheet
+
+    items = [(dog_image(query, size=size), caption(query.name) + "\nquery")]
+    items += [(dog_image(ref, size=size), caption(ref.name, result)) for ref, result in matches]
+    return make_sheet(items=items)

@@ -1,0 +1,60 @@
+"""CLI for the upload hooks: `hubguard check` and `hubguard hooks install-git`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from hubguard.cli_utils import handle_errors
+
+hooks_app = typer.Typer(help="Install upload guards.", no_args_is_help=True)
+
+
+@handle_errors
+def check(
+    folder: Annotated[Path, typer.Argument(help="The model folder you are about to upload.")],
+    repo_id: Annotated[str | None, typer.Option("--repo-id", help="The repo it goes to (its own registry entry is not a match).")] = None,
+    strict: Annotated[bool, typer.Option("--strict", help="Exit 1 when an undeclared derivative or a false base_model is found.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    registry: Annotated[str | None, typer.Option("--registry", help="Registry folder (default: HUBGUARD_REGISTRY or the shipped one).")] = None,
+    top_k: Annotated[int, typer.Option("--top-k", help="Registry candidates to verify.")] = 5,
+) -> None:
+    """Pre-upload check: flag undeclared derivatives and false or missing base_model metadata.
+
+    Example: hubguard check ./my-finetune --repo-id me/my-finetune --strict
+    """
+    from hubguard.hooks.check import check_upload
+
+    report = check_upload(folder, repo_id=repo_id, registry=registry, top_k=top_k)
+    if as_json:
+        typer.echo(json.dumps(report.to_dict(), indent=2, default=str))
+    else:
+        d = report.declared
+        typer.echo(f"declared base_model: {d['base_model'] or '-'}  relation: {d['base_model_relation'] or '-'}")
+        for m in report.matches:
+            typer.echo(f"  {m['name']:<50} {m['verdict']:<13} score {m['score']:6.1f}  z {m['z']:6.1f}")
+        if not report.matches:
+            typer.echo("  no registry entry resembles these weights")
+        for p in report.problems:
+            typer.secho(f"{'ERROR' if p.is_error else 'warning'} [{p.code}] {p.message}", fg=typer.colors.RED if p.is_error else typer.colors.YELLOW)
+        typer.echo("OK: declared lineage and weights agree." if report.agrees else "Declared lineage and weights DISAGREE.")
+    raise typer.Exit(code=report.exit_code(strict=strict))
+
+
+@hooks_app.command("install-git")
+@handle_errors
+def install_git(
+    repo_dir: Annotated[Path, typer.Argument(help="A git clone of the Hub repo.")] = Path("."),
+    strict: Annotated[bool, typer.Option(help="Block the push when the check fails.")] = True,
+    registry: Annotated[str | None, typer.Option(help="Registry folder the hook should use.")] = None,
+) -> None:
+    """Install a git pre-push hook that runs `hubguard check` before every push.
+
+    Example: hubguard hooks install-git ./my-model-repo
+    """
+    from hubguard.hooks.upload import install_git_hook
+
+    typer.echo(f"installed {install_git_hook(repo_dir=repo_dir, strict=strict, registry=registry)}")

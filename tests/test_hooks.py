@@ -1,0 +1,132 @@
+"""The pre-upload check, its CLI and the git pre-push hook, on real tiny models and a real registry folder."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from typer.testing import CliRunner
+
+from hubguard import errors
+from hubguard.cli import app
+from hubguard.hooks import check_upload, install_git_hook, upload_folder_checked
+from hubguard.registry import Registry
+
+BASE = "org/base-llama"
+
+
+def _finetune_like(src: Path, dst: Path, *, noise: float = 0.2, seed: int = 0) -> Path:
+    """A copy whose every matrix moved by `noise` of its own scale (the size of a real fine-tune's update)."""
+    shutil.copytree(src, dst)
+    st = dst / "model.safetensors"
+    tensors = load_file(str(st))
+    g = torch.Generator().manual_seed(seed)
+    for k, t in tensors.items():
+        if t.dim() == 2:
+            tensors[k] = t + noise * t.std() * torch.randn(t.shape, generator=g)
+    save_file(tensors, str(st))
+    return dst
+
+
+def _card(folder: Path, yaml: str) -> None:
+    (folder / "README.md").write_text(f"---\n{yaml}\n---\n\n# A model\n")
+
+
+@pytest.fixture(scope="module")
+def registry(family_models, tmp_path_factory) -> Registry:
+    reg = Registry(tmp_path_factory.mktemp("registry"))
+    reg.add(family_models["llama"][0], name=BASE, family="llama", license="apache-2.0")
+    return reg
+
+
+@pytest.fixture()
+def derivative(family_models, tmp_path) -> Path:
+    return _finetune_like(family_models["llama"][0], tmp_path / "finetune")
+
+
+def test_undeclared_derivative_is_flagged(registry, derivative) -> None:
+    report = check_upload(derivative, registry=registry, repo_id="me/finetune")
+    assert report.found_bases == [BASE]
+    assert [p.code for p in report.problems] == ["undeclared_derivative"]
+    assert not report.agrees and report.exit_code(strict=True) == 1 and report.exit_code(strict=False) == 0
+    assert report.matches[0]["score"] > 90
+
+
+def test_declared_derivative_passes(registry, derivative) -> None:
+    _card(derivative, f"base_model: {BASE}\nbase_model_relation: finetune")
+    report = check_upload(derivative, registry=registry)
+    assert report.agrees and report.problems == [] and report.exit_code(strict=True) == 0
+
+
+def test_false_base_model_is_flagged(registry, family_models, tmp_path) -> None:
+    other = tmp_path / "independent"
+    shutil.copytree(family_models["llama"][1], other)
+    _card(other, f"base_model: {BASE}")
+    report = check_upload(other, registry=registry)
+    assert report.found_bases == []
+    assert [p.code for p in report.problems] == ["false_base_model"]
+    assert report.exit_code(strict=True) == 1
+
+
+def test_unknown_declared_base_is_a_warning(registry, family_models, tmp_path) -> None:
+    other = tmp_path / "independent"
+    shutil.copytree(family_models["llama"][1], other)
+    _card(other, "base_model: someone/not-registered")
+    report = check_upload(other, registry=registry)
+    assert [p.code for p in report.problems] == ["unverifiable_base_model"]
+    assert report.agrees and report.exit_code(strict=True) == 0
+
+
+def test_wrong_relation_is_a_warning(registry, derivative) -> None:
+    _card(derivative, f"base_model: {BASE}\nbase_model_relation: quantized")
+    report = check_upload(derivative, registry=registry)
+    assert [p.code for p in report.problems] == ["relation_mismatch"] and report.agrees
+
+
+def test_cli_check_json_and_strict_exit_code(registry, derivative) -> None:
+    runner = CliRunner()
+    res = runner.invoke(app, ["check", str(derivative), "--registry", str(registry.path), "--json", "--strict"])
+    assert res.exit_code == 1, res.output
+    data = json.loads(res.output)
+    assert data["found_bases"] == [BASE] and data["agrees"] is False
+    assert data["problems"][0]["level"] == "error"
+    res = runner.invoke(app, ["check", str(derivative / "nope"), "--registry", str(registry.path)])
+    assert res.exit_code == 2 and "is not a folder" in res.output
+
+
+def test_broken_model_card_is_a_hubguard_error(registry, derivative) -> None:
+    (derivative / "README.md").write_text("---\nbase_model: [unclosed\n---\n")
+    with pytest.raises(errors.HookError, match="YAML"):
+        check_upload(derivative, registry=registry)
+
+
+def test_strict_upload_wrapper_refuses_before_any_network_call(registry, derivative) -> None:
+    class NoNetwork:
+        def upload_folder(self, **kwargs):  # pragma: no cover - must not be reached
+            raise AssertionError("upload attempted")
+
+    with pytest.raises(errors.HookError, match="refused"):
+        upload_folder_checked(folder=derivative, repo_id="me/finetune", registry=registry, api=NoNetwork())
+
+
+def test_git_pre_push_hook(registry, derivative, tmp_path) -> None:
+    subprocess.run(["git", "init", "-q", str(derivative)], check=True)
+    hook = install_git_hook(repo_dir=derivative, registry=str(registry.path))
+    env = {"HUBGUARD_DISABLE_PROGRESS_BARS": "1", "PATH": str(Path(sys.executable).parent) + ":/usr/bin:/bin"}
+    blocked = subprocess.run([str(hook)], cwd=derivative, env=env, capture_output=True, text=True)
+    assert blocked.returncode == 1, blocked.stdout + blocked.stderr
+    assert "undeclared_derivative" in blocked.stdout
+    _card(derivative, f"base_model: {BASE}")
+    assert subprocess.run([str(hook)], cwd=derivative, env=env, capture_output=True).returncode == 0
+    install_git_hook(repo_dir=derivative)  # re-installing over our own hook is fine
+    hook.write_text("#!/bin/sh\necho someone else's hook\n")
+    with pytest.raises(errors.HookError, match="not written by hubguard"):
+        install_git_hook(repo_dir=derivative)
+    with pytest.raises(errors.HookError, match="not a git repository"):
+        install_git_hook(repo_dir=tmp_path)
