@@ -105,6 +105,7 @@ def build(
     storage: str = "auto",
 ) -> BuildReport:
     """Fingerprint every manifest model not yet in `registry` and add it; see the module docstring."""
+    from hubguard.checkpoint.source import open_source
     from hubguard.lineage.fingerprint import compute_fingerprint
 
     path = Path(manifest) if manifest is not None else registry.path / schema.MANIFEST_FILE
@@ -127,9 +128,11 @@ def build(
             continue
         spec = f"hf://{m.repo_id}" + (f"@{m.revision}" if m.revision else "")
         try:
-            fp = compute_fingerprint(spec, max_layers=max_layers, token=token, name=m.repo_id)
+            ckpt = open_source(spec, token=token)
+            fp = compute_fingerprint(ckpt, max_layers=max_layers, name=m.repo_id)
+            sha = getattr(ckpt.store, "sha", None) or fp.model.get("revision") or m.revision  # the resolved commit
             registry.add(fp, name=m.repo_id, family=m.family, license=m.license, repo_id=m.repo_id,
-                         revision=fp.model.get("revision") or m.revision, notes=m.notes, storage=storage)
+                         revision=sha, notes=m.notes, storage=storage)
         except HubguardError as err:
             logger.error("%s: %s", m.repo_id, err)
             failed.append((m.repo_id, f"{m.repo_id}: {err}"))
