@@ -52,19 +52,24 @@ class LayerReader:
         self.arch = arch
         self.fold_norms = fold_norms
         self._names = set(tensors.names())
+        self._prefetched: dict[str, torch.Tensor] = {}
 
     # -- primitives ----------------------------------------------------------------------------------
 
+    def _get(self, name: str) -> "torch.Tensor":
+        t = self._prefetched.pop(name, None)
+        return t if t is not None else self.tensors.get(name)
+
     def _linear(self, entry: object, layer: int) -> "torch.Tensor":
         name = self.arch.resolve(entry, layer=layer, names=self._names)
-        w = self.tensors.get(name)
+        w = self._get(name)
         if w.dim() != 2:
             raise CorruptCheckpointError(f"'{name}' should be a matrix but has shape {list(w.shape)}.")
         return w.t().contiguous() if self.arch.spec.get("conv1d") else w
 
     def _norm(self, entry: object, layer: int) -> "torch.Tensor":
         name = self.arch.resolve(entry, layer=layer, names=self._names)
-        g = self.tensors.get(name)
+        g = self._get(name)
         return g + float(self.arch.spec["norm"].get("offset", 0.0))
 
     def _fold(self, w: "torch.Tensor", gain: "torch.Tensor") -> "torch.Tensor":
@@ -97,6 +102,9 @@ class LayerReader:
 
     def read(self, layer: int, *, with_ffn: bool = True) -> CanonicalLayer:
         arch, spec = self.arch, self.arch.spec
+        parts = self.part_names(layer)
+        # one batched read per layer: a remote store turns neighbouring tensors into a single request
+        self._prefetched = self.tensors.get_many(parts["attention"] + (parts["ffn"] if with_ffn else []))
         H, KV, hd, d = arch.num_heads, arch.num_kv_heads, arch.head_dim, arch.hidden_size
         attn, ffn = spec["attention"], spec["ffn"]
 
@@ -131,6 +139,7 @@ class LayerReader:
             raise CorruptCheckpointError(f"Layer {layer}: output projection is {list(o.shape)}, expected {[d, H * hd]}.")
         o = o.reshape(d, H, hd).permute(1, 0, 2).contiguous()
         if not with_ffn:
+            self._prefetched = {}
             return CanonicalLayer(index=layer, q=q, k=k, v=v, o=o, ffn_type=ffn_spec_type(spec))
 
         ffn_gain = self._norm(ffn["norm"], layer)
@@ -146,4 +155,5 @@ class LayerReader:
         up = self._fold(up, ffn_gain)
         if down.shape != (d, up.shape[0]):
             raise CorruptCheckpointError(f"Layer {layer}: FFN down projection is {list(down.shape)}, expected {[d, up.shape[0]]}.")
+        self._prefetched = {}
         return CanonicalLayer(index=layer, q=q, k=k, v=v, o=o, ffn_type=ffn["type"], up=up, down=down, gate=gate)

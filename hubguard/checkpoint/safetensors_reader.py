@@ -250,6 +250,27 @@ class SafetensorsCheckpoint:
         buf = self.store.read_ranges(info.file, [(info.start, info.stop)])[0]
         return self._check(name, _bytes_to_tensor(buf, dtype=info.dtype, shape=info.shape))
 
+    def get_many(self, names: Sequence[str]) -> dict[str, "torch.Tensor"]:
+        """Several whole tensors, as float32, fetched with one `read_ranges` call per file.
+
+        One call lets a remote store merge neighbouring tensors (a layer's matrices sit next to each other in
+        the file) into a few requests and fetch them in parallel.
+        """
+        out: dict[str, torch.Tensor] = {}
+        by_file: dict[str, list[str]] = {}
+        for name in dict.fromkeys(names):
+            info = self.info(name)
+            if self._pickled is not None and name in self._pickled:
+                out[name] = self.get(name)
+            else:
+                by_file.setdefault(info.file, []).append(name)
+        for file, group in by_file.items():
+            infos = [self.info(n) for n in group]
+            bufs = self.store.read_ranges(file, [(i.start, i.stop) for i in infos])
+            for n, i, buf in zip(group, infos, bufs):
+                out[n] = self._check(n, _bytes_to_tensor(buf, dtype=i.dtype, shape=i.shape))
+        return out
+
     def get_rows(self, name: str, rows: Sequence[int], *, max_gap: int = DEFAULT_MAX_GAP) -> "torch.Tensor":
         """Rows `rows` (first-axis indices, any order, repeats allowed) of a tensor, as float32.
 

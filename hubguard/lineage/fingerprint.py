@@ -27,8 +27,8 @@ if TYPE_CHECKING:
 logger = get_logger(__name__)
 
 MIN_TOKENS = 32  # fewer shared tokens than this cannot support a verdict
-AUTO_FULL_BYTES = 2 * 1024**3  # "auto" budget: read everything of checkpoints up to this size...
-AUTO_BUDGET = 0.02  # ...and at most this fraction of larger ones
+AUTO_FULL_BYTES = 1024**3  # "auto" budget: read everything of checkpoints up to 1 GiB...
+AUTO_BUDGET = 0.05  # ...and at most this fraction of larger ones
 FINGERPRINT_FORMAT = "hubguard.fingerprint"
 
 
@@ -193,7 +193,7 @@ def fingerprint_checkpoint(
         "vocab_size": emb_rows,
         "tokenizer_sha256": vocab.sha256,
         "tokenizer_style": vocab.style,
-        "revision": getattr(checkpoint.store, "revision", None),
+        "revision": getattr(checkpoint.store, "sha", None) or getattr(checkpoint.store, "revision", None),
     }
     stats = {
         "bytes_read": checkpoint.stats.bytes_read,
@@ -225,8 +225,8 @@ def compute_fingerprint(
         source: where the weights are (or an already opened `Checkpoint`).
         token_set: version of the token set used to pick embedding rows.
         layers: explicit layer indices; default: every layer (or `max_layers` spread evenly).
-        budget: reading budget — a fraction of the checkpoint's bytes, "auto" (everything up to 2 GiB, else
-            2%), or None (everything); see `plan_reads`.
+        budget: reading budget — a fraction of the checkpoint's bytes, "auto" (everything up to 1 GiB, else
+            5%), or None (everything); see `plan_reads`.
         allow_pickle: read `.bin`/`.pt` weights with `torch.load(weights_only=True)` (never plain unpickling).
         token: Hub token for gated/private repos (default: HF_TOKEN).
     """
