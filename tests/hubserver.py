@@ -94,6 +94,7 @@ class HubServer:
         self._lock = threading.Lock()
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
+        self._discussions: dict[tuple[str, str], list[dict]] = {}  # (repo_type, repo_id) -> discussions (see below)
 
     # -- lifecycle -----------------------------------------------------------------------------------
 
@@ -204,6 +205,19 @@ class HubServer:
     def clear_log(self) -> None:
         with self._lock:
             self.log.clear()
+
+    # -- discussions and comments (added for the webhook bot tests; in memory) --------------------------
+
+    def discussions(self, repo_id: str, repo_type: str = "model") -> list[dict]:
+        """The discussions and PRs of a repo as stored: `num`, `title`, `isPullRequest`, `status`, `events`
+        (comments: `event["data"]["latest"]["raw"]`)."""
+        with self._lock:
+            return [dict(d) for d in self._discussions.get((repo_type, repo_id), [])]
+
+    def comments(self, repo_id: str, repo_type: str = "model") -> list[str]:
+        """The text of every comment (descriptions included) on every discussion of a repo, oldest first."""
+        return [e["data"]["latest"]["raw"] for d in self.discussions(repo_id, repo_type) for e in d["events"]
+                if e["type"] == "comment"]
 
 
 def _file_etag(path: Path) -> str:
@@ -367,8 +381,88 @@ class _Handler(BaseHTTPRequestHandler):
                         entry["lfs"] = {"oid": _file_etag(p) * 2, "size": p.stat().st_size, "pointerSize": 134}
                     entries.append(entry)
             self._send(200, json.dumps(entries).encode(), rec=rec)
+        elif rest[0] == "discussions":
+            self._discussion_route(repo_type, repo_id, rest[1:], query, rec)
         else:
             self._error(404, "NotFound", "unknown API route", rec=rec)
+
+    # -- discussions and comments (added for the webhook bot tests) -------------------------------------
+
+    def do_POST(self) -> None:  # noqa: N802 - only the discussion routes accept POST
+        if not (self.path.startswith("/api/") and "/discussions" in self.path):
+            rec = RequestRecord(method="POST", path=self.path, range=None, status=0, authorized=self._authorized())
+            self._error(405, "MethodNotAllowed", "POST is only served for discussions", rec=rec)
+            self.hub._record(rec)
+            return
+        self._dispatch()
+
+    def _json_body(self) -> dict:
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        try:
+            data = json.loads(raw or b"{}")
+        except json.JSONDecodeError:
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def _discussion_route(self, repo_type: str, repo_id: str, rest: list[str], query: dict[str, list[str]],
+                          rec: RequestRecord) -> None:
+        """`GET|POST /api/{type}s/{repo}/discussions`, `GET .../discussions/{num}`, `POST .../discussions/{num}/comment`."""
+        body = self._json_body() if self.command == "POST" else {}
+        if self._repo(repo_type, repo_id, None, rec) is None:
+            return
+        if self.command == "POST" and not rec.authorized:
+            self._error(401, "Unauthorized", "Invalid username or password.", rec=rec)
+            return
+        store = self.hub._discussions.setdefault((repo_type, repo_id), [])
+        now = "2024-01-01T00:00:00.000Z"
+
+        def comment(text: str) -> dict:
+            n = sum(len(d["events"]) for d in store) + 1
+            return {"id": f"{n:024x}", "type": "comment", "createdAt": now, "author": {"name": "hubguard-bot"},
+                    "data": {"edited": False, "hidden": False, "latest": {"raw": text}}}
+
+        def public(d: dict, *, details: bool) -> dict:
+            out = {k: d[k] for k in ("num", "title", "status", "isPullRequest", "createdAt", "author")}
+            out["repo"] = {"name": repo_id, "type": repo_type}
+            if details:
+                out.update(events=d["events"], changes={"base": "refs/heads/main"}, filesWithConflicts=[], diff="")
+            return out
+
+        with self.hub._lock:
+            if not rest and self.command == "POST":
+                title = str(body.get("title") or "").strip()
+                if len(title) < 3:
+                    self._error(400, "BadRequest", "title must be at least 3 characters", rec=rec)
+                    return
+                pr = bool(body.get("pullRequest"))
+                d = {"num": len(store) + 1, "title": title, "status": "draft" if pr else "open", "isPullRequest": pr,
+                     "createdAt": now, "author": {"name": "hubguard-bot"}, "events": []}
+                d["events"].append(comment(str(body.get("description") or "")))
+                store.append(d)
+                self._send(200, json.dumps({"num": d["num"], "url": f"/{repo_id}/discussions/{d['num']}"}).encode(), rec=rec)
+                return
+            if not rest:
+                items = [public(d, details=False) for d in store]
+                self._send(200, json.dumps({"discussions": items, "count": len(items), "start": 0}).encode(), rec=rec)
+                return
+            found = [d for d in store if rest[0].isdigit() and d["num"] == int(rest[0])]
+            if not found:
+                self._error(404, "NotFound", f"Discussion {rest[0]} not found", rec=rec)
+                return
+            d = found[0]
+            if len(rest) == 1 and self.command in {"GET", "HEAD"}:
+                self._send(200, json.dumps(public(d, details=True)).encode(), rec=rec)
+            elif rest[1:] == ["comment"] and self.command == "POST":
+                text = str(body.get("comment") or "")
+                if not text.strip():
+                    self._error(400, "BadRequest", "comment must not be empty", rec=rec)
+                    return
+                event = comment(text)
+                d["events"].append(event)
+                self._send(200, json.dumps({"newMessage": event}).encode(), rec=rec)
+            else:
+                self._error(404, "NotFound", "unknown API route", rec=rec)
 
     # -- file content --------------------------------------------------------------------------------
 
