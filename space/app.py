@@ -45,7 +45,9 @@ CSS = """
 .hg-stat b {display: block; font-size: 1.35em;}
 .hg-stat span {font-size: 0.85em; color: var(--body-text-color-subdued);}
 .hg-lineage {border-collapse: collapse; margin-top: 4px;}
-.hg-lineage td, .hg-lineage th {padding: 5px 12px; text-align: left; border-bottom: 1px solid var(--border-color-primary);}
+.hg-card table.hg-lineage, .hg-card .hg-lineage td, .hg-card .hg-lineage th {border: none !important;}
+.hg-card .hg-lineage td, .hg-card .hg-lineage th {padding: 5px 12px; text-align: left;
+  border-bottom: 1px solid var(--border-color-primary) !important;}
 #hg-gallery .caption-label, #hg-cmp-gallery .caption-label {white-space: normal;}
 .hg-ok {color: #067647; font-weight: 600;} .hg-bad {color: #b42318; font-weight: 600;}
 .hg-muted {color: var(--body-text-color-subdued);}
@@ -104,6 +106,15 @@ def portrait(fp: "Fingerprint", notes: list[str]) -> "Image.Image":
             logger.warning("dog portraits unavailable: %s", err)
             notes.append("Dog portraits are unavailable on this install; showing each model's attention invariant map.")
         return _term_map(fp, DOG_SIZE)
+
+
+def _short(name: str) -> str:
+    """A caption-sized model name: the repo id of hf:// sources, the folder name of local paths."""
+    if name.startswith("hf://"):
+        return name[5:]
+    if name.startswith(("/", ".", "~")) or name.count("/") > 1:
+        return Path(name).name or name
+    return name
 
 
 def _fmt(x: float | None, spec: str = ".1f") -> str:
@@ -186,7 +197,7 @@ def check_lineage(source: str, top_k: float, registry_path: str | None = None, p
                  for s in layers]
         progress(0.85, desc="Drawing fingerprints")
         notes: list[str] = []
-        gallery = [(portrait(fp, notes), f"query · {Path(spec).name if not spec.startswith('hf://') else spec[5:]}")]
+        gallery = [(portrait(fp, notes), f"query · {_short(spec)}")]
         for h in hits:
             gallery.append((portrait(reg.fingerprint(h.name), notes), f"{h.name} · {h.verdict} · score {h.score:.1f}"))
         for n in notes:
@@ -214,13 +225,14 @@ def compare_models(a: str, b: str, progress: gr.Progress = gr.Progress()):  # no
         progress(0.85, desc="Comparing")
         c = compare_fingerprints(a=fa, b=fb)
         notes: list[str] = []
-        gallery = [(portrait(fa, notes), f"A · {fa.name}"), (portrait(fb, notes), f"B · {fb.name} · {c.verdict} · score {c.score:.1f}")]
+        gallery = [(portrait(fa, notes), f"A · {_short(fa.name)}"),
+                   (portrait(fb, notes), f"B · {_short(fb.name)} · {c.verdict} · score {c.score:.1f}")]
         for n in notes:
             gr.Warning(n)
         d = c.to_dict()
         summary = {k: d[k] for k in ("verdict", "score", "z", "false_positive_rate", "terms", "matched_layers", "common_tokens", "notes")}
         summary |= {"a": fa.name, "b": fb.name}
-        table = [[m.layer, "A", m.match, round(m.score, 1), round(m.z, 1)] for m in c.layers]
+        table = [[m.layer, m.match, round(m.score, 1), round(m.z, 1)] for m in c.layers]
         return summary, gallery, table
     except Exception as err:  # noqa: BLE001
         raise _fail(err) from None
@@ -278,8 +290,8 @@ def build_demo(registry: "str | os.PathLike[str] | None" = None) -> gr.Blocks:
                     go = gr.Button("Check lineage", variant="primary", elem_id="hg-check")
                     top_k = gr.Slider(1, 10, value=5, step=1, label="registry matches", show_label=True)
             card = gr.HTML('<div class="hg-card hg-muted">The verdict appears here.</div>', elem_id="hg-card")
-            gallery = gr.Gallery(label="Fingerprints: the query and its closest registry entries", columns=5, height=330,
-                                 object_fit="contain", elem_id="hg-gallery", interactive=False)
+            gallery = gr.Gallery(label="Fingerprints: the query and its closest registry entries", columns=5, height="auto",
+                                 object_fit="contain", elem_id="hg-gallery", interactive=False, fit_columns=False)
             layers = gr.Dataframe(headers=LAYER_COLUMNS, label="Per-layer provenance (candidate layer → best registry layer)",
                                   interactive=False, elem_id="hg-layers")
             with gr.Accordion("Raw report (JSON)", open=False):
@@ -296,7 +308,7 @@ def build_demo(registry: "str | os.PathLike[str] | None" = None) -> gr.Blocks:
                 cmp_gallery = gr.Gallery(label="A and B", columns=2, height=330, object_fit="contain", scale=1,
                                          interactive=False, elem_id="hg-cmp-gallery")
                 cmp_json = gr.JSON(label="Comparison", scale=1, elem_id="hg-cmp-json")
-            cmp_layers = gr.Dataframe(headers=["B layer", "ref", "A layer", "score", "z"], label="Layer matching", interactive=False)
+            cmp_layers = gr.Dataframe(headers=["B layer", "best A layer", "score", "z"], label="Layer matching (each layer of B → its best layer of A)", interactive=False)
             cmp_go.click(compare_models, [a, b], [cmp_json, cmp_gallery, cmp_layers], api_name="compare")
         with gr.Tab("Registry"):
             with gr.Row(equal_height=True):
