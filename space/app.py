@@ -290,7 +290,7 @@ def build_demo(registry: "str | os.PathLike[str] | None" = None) -> gr.Blocks:
                     go = gr.Button("Check lineage", variant="primary", elem_id="hg-check")
                     top_k = gr.Slider(1, 10, value=5, step=1, label="registry matches", show_label=True)
             card = gr.HTML('<div class="hg-card hg-muted">The verdict appears here.</div>', elem_id="hg-card")
-            gallery = gr.Gallery(label="Fingerprints: the query and its closest registry entries", columns=5, height="auto",
+            gallery = gr.Gallery(label="Fingerprints: the query and its closest registry entries", columns=6, height=270,
                                  object_fit="contain", elem_id="hg-gallery", interactive=False, fit_columns=False)
             layers = gr.Dataframe(headers=LAYER_COLUMNS, label="Per-layer provenance (candidate layer → best registry layer)",
                                   interactive=False, elem_id="hg-layers")
