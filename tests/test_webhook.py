@@ -253,3 +253,20 @@ def test_serve_refuses_to_run_without_a_secret(monkeypatch, registry) -> None:
     monkeypatch.delenv("WEBHOOK_SECRET", raising=False)
     out = CliRunner().invoke(bot_app, ["serve", "--registry", str(registry.path), "--port", str(_free_port())])
     assert out.exit_code == 2 and "needs a secret" in out.output
+
+
+def test_serve_hosts_the_bot_with_webhooks_server(registry) -> None:
+    """The deployment path: huggingface_hub.WebhooksServer (a Gradio app) with the bot at /webhooks/lineage."""
+    from hubguard.hooks.webhook import serve
+
+    served = serve(registry=registry.path, secret=SECRET, host="127.0.0.1", port=_free_port(), prevent_thread_lock=True)
+    try:
+        assert served.url.endswith(WEBHOOK_PATH)
+        body = payload("someone/data", "a" * 40, repo_type="dataset")
+        assert httpx.post(served.url, json=body, headers={"X-Webhook-Secret": "nope"}, timeout=30).status_code == 403
+        ok = httpx.post(served.url, json=body, headers={"X-Webhook-Secret": SECRET}, timeout=30)
+        assert ok.status_code == 200 and ok.json()["status"] == "ignored"
+        bad = httpx.post(served.url, content=b"{", headers={"X-Webhook-Secret": SECRET}, timeout=30)
+        assert bad.status_code == 400 and "not JSON" in bad.json()["error"]
+    finally:
+        served.close()
