@@ -138,33 +138,22 @@ def dog(
     typer.echo(f"wrote {out}")
 
 
-def _mount_optional(module: str, attr: str, name: str, help_text: str) -> None:
-    """Mount a sub-app if its module is present (sub-apps import lazily inside their commands)."""
-    import importlib
-
-    try:
-        sub = getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError):
-        return
-    if isinstance(sub, typer.Typer):
-        app.add_typer(sub, name=name, help=help_text)
-    else:
-        app.command(name=name, help=help_text)(sub)
-
-
-_mount_optional("hubguard.registry.cli", "app", "registry", "Search and manage the registry of base-model fingerprints.")
-_mount_optional("hubguard.protect.cli", "protect", "protect", "Fine-tune with Trap² merge protection.")
-_mount_optional("hubguard.protect.cli", "audit", "audit", "Audit a released update against real merges.")
-
-
-def _mount_hooks() -> None:
+def _mount_subcommands() -> None:
+    """Sub-apps import their heavy dependencies inside their commands, so mounting them is cheap."""
     from hubguard.hooks.cli import check, hooks_app
+    from hubguard.hooks.webhook_cli import bot_app
+    from hubguard.protect.cli import audit_command, protect_command
+    from hubguard.registry.cli import app as registry_app
 
+    app.add_typer(registry_app, name="registry", help="Search and manage the registry of base-model fingerprints.")
     app.command(name="check")(check)
     app.add_typer(hooks_app, name="hooks")
+    app.add_typer(bot_app, name="bot", help="The moderators' webhook bot.")
+    app.command(name="protect")(protect_command)
+    app.command(name="audit")(audit_command)
 
 
-_mount_hooks()
+_mount_subcommands()
 
 
 def main() -> None:

@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("HUBGUARD_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Tests never touch the user's hubguard data or caches: everything goes to a throwaway folder, set before
+# hubguard.constants is imported.
+_SANDBOX = Path(tempfile.mkdtemp(prefix="hubguard-tests-"))
+os.environ["HUBGUARD_HOME"] = str(_SANDBOX / "home")
+os.environ["HUBGUARD_CACHE"] = str(_SANDBOX / "cache")
+os.environ["HUBGUARD_REMOTE_CACHE"] = str(_SANDBOX / "cache" / "remote")
+os.environ.pop("HUBGUARD_REGISTRY", None)
+atexit.register(shutil.rmtree, _SANDBOX, ignore_errors=True)
+
+from tests.hubserver import HubServer, hub_server  # noqa: E402, F401  (the Hub-shaped test server fixture)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -7,7 +7,9 @@ import json
 import pytest
 
 import hubguard
-from hubguard.checkpoint.architectures import load_architecture_maps
+from hubguard.checkpoint.architectures import bind_architecture, load_architecture_maps
+from hubguard.checkpoint.canonical import LayerReader
+from hubguard.checkpoint.source import open_source
 
 FAMILIES = ["llama", "mistral", "qwen2", "gemma", "phi3", "gpt2", "gpt_neox", "falcon", "bert", "roberta", "distilbert", "mpnet"]
 
@@ -53,3 +55,24 @@ def test_reading_budget(minilm) -> None:
     assert [m.match for m in result.layers] == list(cheap.layers)
     with pytest.raises(hubguard.errors.FingerprintError, match="budget"):
         hubguard.fingerprint(minilm, budget=0.001)
+
+
+@pytest.mark.parametrize("family", ["llama", "phi3", "gpt_neox", "falcon", "gemma"])
+def test_head_slice_budget(family: str, family_models: dict) -> None:
+    """Tight budgets read only query/key rows of a few heads; verdicts against full references hold."""
+    a, b = family_models[family][0], family_models[family][1]
+    full = hubguard.fingerprint(a, budget=None)
+    total = full.stats["bytes_total"]
+    ckpt = open_source(a)
+    reader = LayerReader(tensors=ckpt.tensors, arch=bind_architecture(config=ckpt.config, tensor_names=ckpt.tensors.names()))
+    emb_bytes = len(full.tokens) * ckpt.tensors.info(reader.arch.embedding_name).row_bytes
+    # room for the embedding rows and ~1.5 layers of attention: too little for attention terms of every layer
+    budget = (emb_bytes + 1.5 * reader.part_bytes(0)["attention"]) / total
+    sliced = hubguard.fingerprint(a, budget=budget)
+    assert sliced.stats["plan"]["mode"] == "qk_heads", sliced.stats["plan"]
+    assert set(sliced.terms) == {"attn_qk"} and len(sliced.layers) == len(full.layers)
+    assert sliced.stats["bytes_read"] <= budget * total + 16384  # + headers and tokenizer-independent overhead
+    same = hubguard.compare(full, sliced)
+    assert same.verdict == "derivative", same.to_dict()["terms"]
+    other = hubguard.compare(full, hubguard.fingerprint(b, budget=budget))
+    assert other.verdict == "independent"

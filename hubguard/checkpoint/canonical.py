@@ -100,6 +100,52 @@ class LayerReader:
             for part, names in self.part_names(layer).items()
         }
 
+    @property
+    def supports_head_slices(self) -> bool:
+        """Head slices are contiguous row blocks only in the [out, in] layout (not Conv1D)."""
+        return not self.arch.spec.get("conv1d")
+
+    def kv_group(self) -> int:
+        """Query heads per key/value head."""
+        return self.arch.num_heads // self.arch.num_kv_heads
+
+    def head_slice_bytes(self, layer: int, *, kv_heads: int) -> int:
+        """Bytes `read_qk_heads` reads for `kv_heads` key heads (and their query heads)."""
+        arch, attn = self.arch, self.arch.spec["attention"]
+        hd, d, rep = arch.head_dim, arch.hidden_size, self.kv_group()
+        name = self.arch.resolve(attn["qkv"] if "qkv" in attn else attn["q"], layer=layer, names=self._names)
+        itemsize = self.tensors.info(name).itemsize
+        grouped = "qkv" in attn and attn["qkv_layout"] == "grouped"
+        rows = kv_heads * (rep + 2) * hd if grouped else kv_heads * (rep + 1) * hd  # grouped blocks carry V too
+        return rows * d * itemsize + d * itemsize
+
+    def read_qk_heads(self, layer: int, *, kv_heads: int) -> CanonicalLayer:
+        """Only the query/key rows of the first `kv_heads` key heads and their query heads (contiguous row
+        blocks: a few requests, a few MB even for 7B models). V, O and the FFN are not read; the layer's
+        `v`/`o` are empty. Used by tight reading budgets: the partial QK sum still correlates with the full one."""
+        import torch
+
+        arch, attn = self.arch, self.arch.spec["attention"]
+        H, KV, hd, d, rep = arch.num_heads, arch.num_kv_heads, arch.head_dim, arch.hidden_size, self.kv_group()
+        kv_heads = max(1, min(kv_heads, KV))
+        gain = self._norm(attn["norm"], layer)
+        if "qkv" in attn:
+            name = self.arch.resolve(attn["qkv"], layer=layer, names=self._names)
+            if attn["qkv_layout"] == "concat":
+                rows = list(range(kv_heads * rep * hd)) + list(range(H * hd, H * hd + kv_heads * hd))
+                block = self.tensors.get_rows(name, rows)
+                q, k = block[: kv_heads * rep * hd], block[kv_heads * rep * hd :]
+            else:
+                block = self.tensors.get_rows(name, list(range(kv_heads * (rep + 2) * hd))).reshape(kv_heads, rep + 2, hd, d)
+                q, k = block[:, :rep].reshape(-1, d), block[:, rep].reshape(-1, d)
+        else:
+            q = self.tensors.get_rows(self.arch.resolve(attn["q"], layer=layer, names=self._names), list(range(kv_heads * rep * hd)))
+            k = self.tensors.get_rows(self.arch.resolve(attn["k"], layer=layer, names=self._names), list(range(kv_heads * hd)))
+        q = self._fold(q, gain).reshape(kv_heads * rep, hd, d)
+        k = self._fold(k, gain).reshape(kv_heads, hd, d).repeat_interleave(rep, dim=0)
+        empty = torch.zeros(0, hd, d)
+        return CanonicalLayer(index=layer, q=q, k=k, v=empty, o=torch.zeros(0, d, hd), ffn_type=ffn_spec_type(self.arch.spec))
+
     def read(self, layer: int, *, with_ffn: bool = True) -> CanonicalLayer:
         arch, spec = self.arch, self.arch.spec
         parts = self.part_names(layer)

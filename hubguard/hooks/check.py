@@ -23,6 +23,7 @@ from hubguard.errors import HookError
 
 if TYPE_CHECKING:
     from hubguard.checkpoint.store import ByteStore
+    from hubguard.lineage.fingerprint import Fingerprint
     from hubguard.registry import Registry
 
 ERRORS = {"undeclared_derivative", "false_base_model"}
@@ -47,6 +48,7 @@ class CheckReport:
     found_bases: list[str]
     expected_relation: str | None
     problems: list[Problem] = field(default_factory=list)
+    fingerprint: "Fingerprint | None" = field(default=None, repr=False, compare=False)
 
     @property
     def agrees(self) -> bool:
@@ -57,7 +59,7 @@ class CheckReport:
         return 1 if strict and not self.agrees else 0
 
     def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
+        out = {k: v for k, v in asdict(self).items() if k != "fingerprint"}
         out["agrees"] = self.agrees
         out["problems"] = [asdict(p) | {"level": "error" if p.is_error else "warning"} for p in self.problems]
         return out
@@ -111,8 +113,10 @@ def check_upload(
     repo_id: str | None = None,
     registry: "Registry | str | os.PathLike[str] | None" = None,
     top_k: int = 5,
+    token: str | None = None,
 ) -> CheckReport:
-    """Check a model folder (or an `hf://` repo) against the registry and its own model card."""
+    """Check a model folder (or an `hf://` repo, read with `token` or HF_TOKEN) against the registry and its
+    own model card. The report carries the query's fingerprint (`report.fingerprint`) for callers that draw it."""
     from hubguard.checkpoint.source import open_source
     from hubguard.lineage.compare import compare_fingerprints
     from hubguard.lineage.fingerprint import fingerprint_checkpoint
@@ -122,7 +126,7 @@ def check_upload(
     if not spec.startswith("hf://") and not Path(spec).is_dir():
         raise HookError(f"'{spec}' is not a folder. `hubguard check` takes the model folder you are about to upload.")
     reg = registry if isinstance(registry, Registry) else Registry(registry)
-    ckpt = open_source(spec)
+    ckpt = open_source(spec, token=token)
     declared = read_declared_lineage(ckpt.store)
     fp = fingerprint_checkpoint(checkpoint=ckpt, name=repo_id or spec)
     own = [repo_id] if repo_id else []
@@ -164,5 +168,5 @@ def check_upload(
         ))
     return CheckReport(
         folder=spec, repo_id=repo_id, declared=declared, matches=matches, found_bases=found,
-        expected_relation=expected, problems=problems,
+        expected_relation=expected, problems=problems, fingerprint=fp,
     )

@@ -27,8 +27,6 @@ if TYPE_CHECKING:
 logger = get_logger(__name__)
 
 MIN_TOKENS = 32  # fewer shared tokens than this cannot support a verdict
-AUTO_FULL_BYTES = 1024**3  # "auto" budget: read everything of checkpoints up to 1 GiB...
-AUTO_BUDGET = 0.05  # ...and at most this fraction of larger ones
 FINGERPRINT_FORMAT = "hubguard.fingerprint"
 
 
@@ -75,57 +73,6 @@ class Fingerprint:
 # --- computing ---------------------------------------------------------------------------------------
 
 
-def _select_layers(n_layers: int, layers: list[int] | None, max_layers: int | None) -> list[int]:
-    if layers is not None:
-        bad = [i for i in layers if not 0 <= i < n_layers]
-        if bad:
-            raise FingerprintError(f"Layers {bad} do not exist; the model has {n_layers} (0..{n_layers - 1}).")
-        return sorted(set(layers))
-    if max_layers is None or max_layers >= n_layers:
-        return list(range(n_layers))
-    step = (n_layers - 1) / max(max_layers - 1, 1)
-    return sorted({round(i * step) for i in range(max_layers)})
-
-
-def plan_reads(
-    *,
-    reader: Any,
-    n_layers: int,
-    layers: list[int] | None,
-    max_layers: int | None,
-    budget: "float | str | None",
-    total_bytes: int,
-    embedding_bytes: int,
-) -> tuple[list[int], bool]:
-    """Which layers to read and whether to read their FFNs, within a reading budget.
-
-    budget: None = everything asked for; a float = at most that fraction of the checkpoint's bytes; "auto" =
-    everything for checkpoints up to AUTO_FULL_BYTES, else AUTO_BUDGET. Under a budget, attention terms of as
-    many evenly spread layers as fit come first (they identify lineage on their own); FFN terms are added
-    when every chosen layer's FFN fits too. The plan depends only on the checkpoint, so a local and a remote
-    read of the same files give the same fingerprint.
-    """
-    chosen = _select_layers(n_layers, layers, max_layers)
-    if budget == "auto":
-        budget = None if total_bytes <= AUTO_FULL_BYTES else AUTO_BUDGET
-    if budget is None:
-        return chosen, True
-    if isinstance(budget, str) or not 0 < float(budget) <= 1:
-        raise FingerprintError(f"budget must be a fraction in (0, 1], 'auto' or None; got {budget!r}.")
-    allowed = float(budget) * total_bytes - embedding_bytes
-    sizes = reader.part_bytes(chosen[0])
-    attn, ffn = sizes["attention"], sizes["ffn"]
-    if allowed >= len(chosen) * (attn + ffn):
-        return chosen, True
-    fit = int(allowed // max(attn, 1))
-    if fit < 2:
-        raise FingerprintError(
-            f"A reading budget of {float(budget):.2%} of {total_bytes:,} bytes cannot hold the attention of two layers "
-            f"({attn:,} bytes each). Raise --budget."
-        )
-    return [chosen[i] for i in _select_layers(len(chosen), None, min(fit, len(chosen)))], False
-
-
 def fingerprint_checkpoint(
     *,
     checkpoint: "Checkpoint",
@@ -140,6 +87,7 @@ def fingerprint_checkpoint(
 
     from hubguard.checkpoint.architectures import bind_architecture
     from hubguard.checkpoint.canonical import LayerReader
+    from hubguard.lineage.plan import plan_reads
     from hubguard.lineage.terms import decorrelate_tokens, layer_terms, normalise_rows, standardise
     from hubguard.lineage.tokens import load_token_set, load_vocabulary
 
@@ -164,13 +112,17 @@ def fingerprint_checkpoint(
     x = decorrelate_tokens(normalise_rows(x, centre=arch.spec["norm"]["type"] == "layer"))
 
     reader = LayerReader(tensors=tensors, arch=arch)
-    chosen, with_ffn = plan_reads(
+    plan = plan_reads(
         reader=reader, n_layers=arch.num_layers, layers=layers, max_layers=max_layers, budget=budget,
         total_bytes=tensors.total_bytes(), embedding_bytes=len(keys) * tensors.info(emb_name).row_bytes,
     )
+    chosen = list(plan.layers)
     per_term: dict[str, list[torch.Tensor]] = {}
     for li in progress(chosen, desc=f"fingerprint {Path(checkpoint.source).name or checkpoint.source}", total=len(chosen)):
-        layer = reader.read(li, with_ffn=with_ffn)
+        if plan.mode == "qk_heads":
+            layer = reader.read_qk_heads(li, kv_heads=plan.kv_heads or 1)
+        else:
+            layer = reader.read(li, with_ffn=plan.mode == "full")
         for tname, m in layer_terms(layer=layer, x=x).items():
             per_term.setdefault(tname, []).append(standardise(m))
         del layer
@@ -201,7 +153,8 @@ def fingerprint_checkpoint(
         "requests": checkpoint.stats.requests,
         "seconds": round(time.perf_counter() - start, 3),
         "budget": budget,
-        "ffn_read": with_ffn,
+        "plan": plan.to_dict(),
+        "ffn_read": plan.mode == "full",
     }
     logger.info("fingerprinted %s: %d layers, %d tokens, %.1f%% of bytes", checkpoint.source, len(chosen), len(keys),
                 100 * stats["bytes_read"] / max(stats["bytes_total"], 1))
@@ -226,7 +179,7 @@ def compute_fingerprint(
         token_set: version of the token set used to pick embedding rows.
         layers: explicit layer indices; default: every layer (or `max_layers` spread evenly).
         budget: reading budget — a fraction of the checkpoint's bytes, "auto" (everything up to 1 GiB, else
-            5%), or None (everything); see `plan_reads`.
+            2%), or None (everything); see `plan_reads`.
         allow_pickle: read `.bin`/`.pt` weights with `torch.load(weights_only=True)` (never plain unpickling).
         token: Hub token for gated/private repos (default: HF_TOKEN).
     """

@@ -66,13 +66,13 @@ def layer_terms(*, layer: "CanonicalLayer", x: "torch.Tensor") -> dict[str, "tor
     H, hd, d = layer.q.shape
     wq = layer.q.reshape(H * hd, d)
     wk = layer.k.reshape(H * hd, d)
-    wv = layer.v.reshape(H * hd, d)
-    wo = layer.o.permute(1, 0, 2).reshape(d, H * hd)  # [d, H*hd], the HF o_proj layout
+    wv = layer.v.reshape(-1, d)
+    wo = layer.o.permute(1, 0, 2).reshape(d, -1)  # [d, H*hd], the HF o_proj layout
     xt = x.t()
-    terms = {
-        "attn_qk": (x @ wq.t()) @ (x @ wk.t()).t(),  # [n, H*hd] @ [H*hd, n]
-        "attn_vo": ((x @ wv.t()) @ wo.t()) @ xt,  # [n, H*hd] @ [H*hd, d] @ [d, n]
-    }
+    terms = {"attn_qk": (x @ wq.t()) @ (x @ wk.t()).t()}  # [n, H*hd] @ [H*hd, n]
+    if layer.v.shape[0] == 0:
+        return terms  # query/key head slices only (tight reading budget)
+    terms["attn_vo"] = ((x @ wv.t()) @ wo.t()) @ xt  # [n, H*hd] @ [H*hd, d] @ [d, n]
     if layer.up is None or layer.down is None:
         return terms  # attention-only read (reading budget)
     if layer.ffn_type == "gated":

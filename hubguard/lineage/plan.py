@@ -1,0 +1,91 @@
+"""Reading plans: what to read of a checkpoint within a byte budget.
+
+The plan depends only on the checkpoint's headers (never on where the bytes come from), so a local and a
+remote read of the same files give the same fingerprint. Modes, from richest to cheapest:
+
+- `full`: attention and FFN terms of every chosen layer;
+- `attention`: attention terms (QK and VO) of as many evenly spread layers as fit;
+- `qk_heads`: for big models, the query/key rows of the first few heads of `HEAD_LAYERS` evenly spread
+  layers — contiguous row blocks, so a handful of requests and a few MB per layer even at 7B. The partial
+  QK sum over k of H heads correlates with the full sum (≈ sqrt(k/H) for a derivative, ≈ 0 for an
+  independent model), so such fingerprints still give calibrated verdicts against full references, at lower
+  raw scores.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from hubguard.errors import FingerprintError
+
+AUTO_FULL_BYTES = 1024**3  # "auto" budget: read everything of checkpoints up to 1 GiB...
+AUTO_BUDGET = 0.02  # ...and at most this fraction of larger ones
+MIN_ATTENTION_LAYERS = 8  # below this many (or half the layers), head slices of more layers are the better buy
+HEAD_LAYERS = 10  # layers read in qk_heads mode (each costs ~3 requests remotely)
+
+
+@dataclass(frozen=True)
+class ReadPlan:
+    layers: tuple[int, ...]
+    mode: str  # "full" | "attention" | "qk_heads"
+    kv_heads: int | None = None  # qk_heads mode: key heads read per layer (with their query heads)
+    estimated_bytes: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"layers": list(self.layers), "mode": self.mode, "kv_heads": self.kv_heads, "estimated_bytes": self.estimated_bytes}
+
+
+def select_layers(n_layers: int, layers: list[int] | None, max_layers: int | None) -> list[int]:
+    """Explicit layers (validated), or `max_layers` spread evenly (first and last included), or all."""
+    if layers is not None:
+        bad = [i for i in layers if not 0 <= i < n_layers]
+        if bad:
+            raise FingerprintError(f"Layers {bad} do not exist; the model has {n_layers} (0..{n_layers - 1}).")
+        return sorted(set(layers))
+    if max_layers is None or max_layers >= n_layers:
+        return list(range(n_layers))
+    step = (n_layers - 1) / max(max_layers - 1, 1)
+    return sorted({round(i * step) for i in range(max_layers)})
+
+
+def plan_reads(
+    *,
+    reader: Any,
+    n_layers: int,
+    layers: list[int] | None = None,
+    max_layers: int | None = None,
+    budget: "float | str | None" = "auto",
+    total_bytes: int,
+    embedding_bytes: int,
+) -> ReadPlan:
+    """The richest plan that fits `budget` (a fraction of the checkpoint's bytes, "auto", or None = all)."""
+    chosen = select_layers(n_layers, layers, max_layers)
+    if budget == "auto":
+        budget = None if total_bytes <= AUTO_FULL_BYTES else AUTO_BUDGET
+    sizes = reader.part_bytes(chosen[0])
+    attn, ffn = sizes["attention"], sizes["ffn"]
+    if budget is None:
+        return ReadPlan(layers=tuple(chosen), mode="full", estimated_bytes=len(chosen) * (attn + ffn) + embedding_bytes)
+    if isinstance(budget, str) or not 0 < float(budget) <= 1:
+        raise FingerprintError(f"budget must be a fraction in (0, 1], 'auto' or None; got {budget!r}.")
+    allowed = float(budget) * total_bytes - embedding_bytes
+    if allowed >= len(chosen) * (attn + ffn):
+        return ReadPlan(layers=tuple(chosen), mode="full", estimated_bytes=len(chosen) * (attn + ffn) + embedding_bytes)
+    fit = min(int(allowed // max(attn, 1)), len(chosen))
+    if fit >= min(MIN_ATTENTION_LAYERS, len(chosen) // 2 + 1) or (fit >= 2 and not reader.supports_head_slices):
+        picked = [chosen[i] for i in select_layers(len(chosen), None, fit)]
+        return ReadPlan(layers=tuple(picked), mode="attention", estimated_bytes=fit * attn + embedding_bytes)
+    if reader.supports_head_slices:
+        n = min(HEAD_LAYERS, len(chosen))
+        picked = [chosen[i] for i in select_layers(len(chosen), None, n)]
+        kv_total = reader.arch.num_kv_heads
+        per_head = reader.head_slice_bytes(picked[0], kv_heads=1)
+        kv = min(kv_total, int(allowed // max(n * per_head, 1)))
+        if kv >= 1:
+            cost = sum(reader.head_slice_bytes(li, kv_heads=kv) for li in picked)
+            return ReadPlan(layers=tuple(picked), mode="qk_heads", kv_heads=kv, estimated_bytes=cost + embedding_bytes)
+    raise FingerprintError(
+        f"A reading budget of {float(budget):.2%} of {total_bytes:,} bytes cannot hold even the smallest fingerprint "
+        f"(embedding rows: {embedding_bytes:,} bytes; one layer's attention: {attn:,} bytes). Raise --budget."
+    )
