@@ -2,7 +2,9 @@
 
     python benchmarks/lineage.py [--zoo DIR] [--out FILE] [--write-calibration [FILE]]
 
-Positives: a candidate derived from the base (fine-tunes, LoRA, vocabulary changes, pruning, duplication,
+hubguard's score for a pair is `hubguard compare BASE CANDIDATE` on the two folders: the candidate's layers are
+read through its own embedding and through the base's token rows (which finds layers copied under another
+embedding). Positives: a candidate derived from the base (fine-tunes, LoRA, vocabulary changes, pruning, duplication,
 quantisation, merges, frankenmerges, output-preserving attacks). Negatives: every other pair — the hardest
 are bases of one family trained from different seeds on the same data. Prints JSON:
 
@@ -82,10 +84,12 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
+    from hubguard.checkpoint.source import open_source
     from hubguard.errors import HubguardError
     from hubguard.lineage.baselines import huref_official, pcs
     from hubguard.lineage.calibration import Calibration, Null, load_calibration
     from hubguard.lineage.compare import compare_fingerprints, layer_provenance
+    from hubguard.lineage.cross import cross_scores
     from hubguard.lineage.fingerprint import compute_fingerprint
 
     manifest = json.loads((args.zoo / "zoo.json").read_text())
@@ -93,8 +97,12 @@ def main(argv: list[str] | None = None) -> int:
     path = {n: (args.zoo / m["path"]) if not Path(m["path"]).is_absolute() else Path(m["path"]) for n, m in models.items()}
     bases = [n for n, m in models.items() if m["kind"] == "base"]
     t0 = time.perf_counter()
-    fps = {n: compute_fingerprint(path[n], name=n) for n in models}
+    fps = {n: compute_fingerprint(path[n], name=n, keep_probe=models[n]["kind"] == "base") for n in models}
     t_fp = time.perf_counter() - t0
+    ckpts = {n: open_source(path[n]) for n in models}
+
+    def cross(b: str, m: str):  # noqa: ANN202 - candidate m's layers read through base b's token rows
+        return cross_scores(reference=fps[b], candidate=ckpts[m], layers=list(fps[m].layers))
 
     def safe(fn, a, b) -> float:  # noqa: ANN001
         try:
@@ -107,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         for m in models:
             if m == b:
                 continue
-            res = compare_fingerprints(a=fps[b], b=fps[m], calibration=load_calibration())
+            res = compare_fingerprints(a=fps[b], b=fps[m], calibration=load_calibration(), cross=cross(b, m))
             rows.append({
                 "base": b, "model": m, "kind": models[m]["kind"], "positive": b in bases_of(models[m]),
                 "same_family": models[m]["family"] == models[b]["family"],
@@ -147,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     for n, m in models.items():
         if len(bases_of(m)) > 1 or m["kind"] in {"frankenmerge", "layer_pruning", "layer_duplication"} or m["kind"].startswith("merge_"):
             refs = {b: fps[b] for b in bases if models[b]["family"] == m["family"]}
-            prov = layer_provenance(candidate=fps[n], references=refs, calibration=calibration)
+            prov = layer_provenance(candidate=fps[n], references=refs, calibration=calibration, candidate_checkpoint=ckpts[n])
             found = sorted({p.source for p in prov if p.source})
             truth = m.get("layer_sources")
             multi.append({
@@ -155,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
                 "all_bases_found": set(found) == bases_of(m),
                 "layer_map": [{"layer": p.layer, "source": p.source, "match": p.match, "score": p.score} for p in prov],
                 "layer_map_correct": None if not truth else all(
-                    p.source == t.get("base") and p.match == t.get("layer") for p, t in zip(prov, truth, strict=False)
+                    p.source == t.get("base") and p.match == t.get("base_layer") for p, t in zip(prov, truth, strict=False)
                 ),
             })
 

@@ -105,11 +105,9 @@ def compare(
 
     Example: hubguard compare ./base ./candidate --json
     """
-    from hubguard.lineage.api import as_fingerprint
-    from hubguard.lineage.compare import compare_fingerprints
+    from hubguard.lineage.api import compare_with_fingerprints
 
-    fa, fb = as_fingerprint(a, allow_pickle=allow_pickle), as_fingerprint(b, allow_pickle=allow_pickle)
-    result = compare_fingerprints(a=fa, b=fb)
+    fa, fb, result = compare_with_fingerprints(a, b, allow_pickle=allow_pickle)
     if sheet is not None:
         from hubguard.fingerprint.dogs import comparison_sheet
 

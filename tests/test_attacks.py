@@ -174,3 +174,29 @@ def test_official_huref_fails_on_rotation_and_rescaling(llama_source, attacked) 
     assert pcs(llama_source, attacked["permute_hidden"]).score < 85
     assert pcs(llama_source, attacked["rotate_hidden"]).score < 85
     assert pcs(llama_source, attacked["all_at_once"]).score < 70
+
+
+def test_frankenmerge_of_two_bases_shows_both(family_models, tmp_path) -> None:
+    """Layers copied under another model's embedding are found by reading them through the reference's rows."""
+    from safetensors.torch import load_file, save_file
+
+    s0, s1 = family_models["llama"][0], family_models["llama"][1]
+    t0, t1 = load_file(str(s0 / "model.safetensors")), load_file(str(s1 / "model.safetensors"))
+    mixed = {k: (t1[k] if any(f"layers.{i}." in k for i in (1, 2)) else v) for k, v in t0.items()}
+    dst = tmp_path / "franken"
+    shutil.copytree(s0, dst)
+    save_file(mixed, str(dst / "model.safetensors"))
+    from_s1 = hubguard.compare(s1, dst)
+    assert from_s1.verdict == "derivative"
+    assert [(m.layer, m.match) for m in from_s1.layers if m.z >= 5] == [(1, 1), (2, 2)]
+    assert any("reference's embedding" in n for n in from_s1.notes)
+    # fingerprints alone (no weights, no probe) cannot see it; the candidate's own embedding is s0's
+    assert hubguard.compare(hubguard.fingerprint(s1), hubguard.fingerprint(dst)).verdict != "derivative"
+    from_s0 = hubguard.compare(s0, dst)
+    assert [m.match for m in from_s0.layers if m.z >= 5] == [0]
+    # a saved reference keeps its token rows when asked to, and the cross reading works from the file too
+    ref = hubguard.save_fingerprint(hubguard.fingerprint(s1, keep_probe=True), tmp_path / "s1.fp.safetensors")
+    assert hubguard.load_fingerprint(ref).probe is not None
+    assert hubguard.compare(ref, dst).verdict == "derivative"
+    # independent models stay independent with the cross reading
+    assert hubguard.compare(s0, s1).verdict == "independent"

@@ -18,13 +18,20 @@ def fingerprint(source: "str | os.PathLike[str]", **kwargs: object) -> Fingerpri
     return compute_fingerprint(source, **kwargs)  # type: ignore[arg-type]
 
 
-def as_fingerprint(item: "Fingerprint | str | os.PathLike[str]", *, allow_pickle: bool = False) -> Fingerprint:
+def is_weight_source(item: "Fingerprint | str | os.PathLike[str]") -> bool:
+    """True for a model folder, weights file or hf:// repo (not a Fingerprint or a saved fingerprint)."""
+    return not isinstance(item, Fingerprint) and not is_fingerprint_file(item)
+
+
+def as_fingerprint(
+    item: "Fingerprint | str | os.PathLike[str]", *, allow_pickle: bool = False, keep_probe: bool = False
+) -> Fingerprint:
     """A Fingerprint as is, a saved fingerprint file, or a weight source to fingerprint."""
     if isinstance(item, Fingerprint):
         return item
     if is_fingerprint_file(item):
         return load_fingerprint(item)
-    return compute_fingerprint(item, allow_pickle=allow_pickle)
+    return compute_fingerprint(item, allow_pickle=allow_pickle, keep_probe=keep_probe)
 
 
 def compare(
@@ -34,9 +41,38 @@ def compare(
     calibration: "Calibration | None" = None,
     allow_pickle: bool = False,
 ) -> "Comparison":
-    """Compare reference `a` with candidate `b` (sources, saved fingerprints, or Fingerprint objects)."""
-    from hubguard.lineage.compare import compare_fingerprints
+    """Compare reference `a` with candidate `b` (sources, saved fingerprints, or Fingerprint objects).
 
-    return compare_fingerprints(
-        a=as_fingerprint(a, allow_pickle=allow_pickle), b=as_fingerprint(b, allow_pickle=allow_pickle), calibration=calibration
-    )
+    See `compare_with_fingerprints`, which also returns the two fingerprints.
+    """
+    return compare_with_fingerprints(a, b, calibration=calibration, allow_pickle=allow_pickle)[2]
+
+
+def compare_with_fingerprints(
+    a: "Fingerprint | str | os.PathLike[str]",
+    b: "Fingerprint | str | os.PathLike[str]",
+    *,
+    calibration: "Calibration | None" = None,
+    allow_pickle: bool = False,
+) -> tuple[Fingerprint, Fingerprint, "Comparison"]:
+    """Compare reference `a` with candidate `b` (sources, saved fingerprints, or Fingerprint objects).
+
+    When `b` is a weight source and `a`'s fingerprint has its token rows (a source, or a fingerprint made with
+    keep_probe=True), `b`'s layers are also read through `a`'s embedding (`hubguard.lineage.cross`), which
+    finds layers copied under another embedding.
+    """
+    from hubguard.checkpoint.source import open_source
+    from hubguard.lineage.compare import compare_fingerprints
+    from hubguard.lineage.cross import cross_scores
+    from hubguard.lineage.fingerprint import fingerprint_checkpoint
+
+    fa = as_fingerprint(a, allow_pickle=allow_pickle, keep_probe=True)
+    cross = None
+    if is_weight_source(b):
+        ckpt = open_source(b, allow_pickle=allow_pickle)
+        fb = fingerprint_checkpoint(checkpoint=ckpt, name=str(b))
+        if fa.probe is not None and fb.stats.get("plan", {}).get("mode") != "qk_heads":
+            cross = cross_scores(reference=fa, candidate=ckpt, layers=list(fb.layers), with_ffn=bool(fb.stats.get("ffn_read")))
+    else:
+        fb = as_fingerprint(b)
+    return fa, fb, compare_fingerprints(a=fa, b=fb, calibration=calibration, cross=cross)

@@ -21,6 +21,7 @@ from hubguard.lineage.fingerprint import MIN_TOKENS, Fingerprint
 if TYPE_CHECKING:
     import torch
 
+    from hubguard.checkpoint.source import Checkpoint
     from hubguard.lineage.calibration import Calibration
 
 
@@ -93,8 +94,18 @@ def term_scores(*, a: Fingerprint, b: Fingerprint) -> tuple[dict[str, "torch.Ten
     return scores, len(shared)
 
 
-def compare_fingerprints(*, a: Fingerprint, b: Fingerprint, calibration: "Calibration | None" = None) -> Comparison:
-    """Compare reference A with candidate B."""
+def compare_fingerprints(
+    *,
+    a: Fingerprint,
+    b: Fingerprint,
+    calibration: "Calibration | None" = None,
+    cross: "dict[str, torch.Tensor] | None" = None,
+) -> Comparison:
+    """Compare reference A with candidate B.
+
+    cross: optional per-term [La, Lb] scores of B's layers read through A's token rows
+    (`hubguard.lineage.cross.cross_scores`); a layer pair takes the better of the two readings.
+    """
     import torch
 
     from hubguard.lineage.calibration import load_calibration
@@ -102,8 +113,14 @@ def compare_fingerprints(*, a: Fingerprint, b: Fingerprint, calibration: "Calibr
     cal = calibration or load_calibration()
     per_term, n_shared = term_scores(a=a, b=b)
     # Attention terms exist in every family; FFN terms only between like FFNs. Average what is shared.
-    stacked = torch.stack(list(per_term.values()))  # [T, La, Lb]
-    layer_scores = stacked.mean(dim=0)  # [La, Lb]
+    layer_scores = torch.stack(list(per_term.values())).mean(dim=0)  # [La, Lb]
+    via_cross = torch.zeros_like(layer_scores, dtype=torch.bool)
+    if cross:
+        cross_layers = torch.stack([cross[t] for t in per_term if t in cross]).mean(dim=0)
+        if cross_layers.shape == layer_scores.shape:
+            via_cross = cross_layers > layer_scores
+            layer_scores = torch.maximum(layer_scores, cross_layers)
+            per_term = {t: torch.where(via_cross, cross[t], m) if t in cross else m for t, m in per_term.items()}
     best, best_i = layer_scores.max(dim=0)  # per B layer
     matches = []
     for j in range(layer_scores.shape[1]):
@@ -127,6 +144,9 @@ def compare_fingerprints(*, a: Fingerprint, b: Fingerprint, calibration: "Calibr
     notes = []
     if a.model.get("tokenizer_sha256") and a.model.get("tokenizer_sha256") != b.model.get("tokenizer_sha256"):
         notes.append(f"tokenizers differ; compared on {n_shared} shared tokens")
+    n_cross = sum(bool(via_cross[int(best_i[j]), j]) and matches[j].z >= cal.derivative_z for j in range(len(matches)))
+    if n_cross:
+        notes.append(f"{n_cross} layer(s) match only when read through the reference's embedding (copied under another embedding)")
     if a.model.get("family") != b.model.get("family"):
         notes.append(f"families differ ({a.model.get('family')} vs {b.model.get('family')}); shared terms: {sorted(per_term)}")
     return Comparison(
@@ -154,19 +174,30 @@ class LayerSource:
 
 
 def layer_provenance(
-    *, candidate: Fingerprint, references: dict[str, Fingerprint], calibration: "Calibration | None" = None
+    *,
+    candidate: Fingerprint,
+    references: dict[str, Fingerprint],
+    calibration: "Calibration | None" = None,
+    candidate_checkpoint: "Checkpoint | None" = None,
 ) -> list[LayerSource]:
     """For each candidate layer, which reference (and which of its layers) it matches best.
 
     A merge of two bases shows both; a layer no reference explains (z below the derivative threshold) gets
-    source None.
+    source None. With the candidate's weights (`candidate_checkpoint`) and references made with
+    `keep_probe=True`, layers copied under another embedding are found too (`hubguard.lineage.cross`).
     """
     from hubguard.lineage.calibration import load_calibration
 
     cal = calibration or load_calibration()
     best: list[LayerSource] = [LayerSource(layer=i, source=None, match=None, score=float("-inf"), z=float("-inf")) for i in candidate.layers]
     for name, ref in references.items():
-        result = compare_fingerprints(a=ref, b=candidate, calibration=cal)
+        cross = None
+        if candidate_checkpoint is not None:
+            from hubguard.lineage.cross import cross_scores
+
+            cross = cross_scores(reference=ref, candidate=candidate_checkpoint, layers=list(candidate.layers),
+                                 with_ffn=bool(candidate.stats.get("ffn_read", True)))
+        result = compare_fingerprints(a=ref, b=candidate, calibration=cal, cross=cross)
         for j, m in enumerate(result.layers):
             if m.score > best[j].score:
                 best[j] = LayerSource(layer=m.layer, source=name, match=m.match, score=m.score, z=m.z)

@@ -40,6 +40,10 @@ class Fingerprint:
         terms: term name -> float32 tensor [len(layers), n, n], each [n, n] slice z-scored off-diagonal.
         model: facts about the source (family, sizes, tokenizer hash, ...).
         stats: reading cost (bytes_read, bytes_total, requests, seconds).
+        probe: optional [n, d] float32: the normalised, decorrelated token rows the terms were computed over.
+            Kept for registry references (`keep_probe=True`): with it, a candidate's layers can be read through
+            this model's embedding, which finds layers copied under another embedding (frankenmerges,
+            re-trained embeddings). It reveals those n embedding rows, so it is off by default.
     """
 
     tokens: tuple[str, ...]
@@ -50,6 +54,7 @@ class Fingerprint:
     method: str = constants.FINGERPRINT_METHOD
     version: int = constants.FINGERPRINT_VERSION
     stats: dict[str, Any] = field(default_factory=dict)
+    probe: "torch.Tensor | None" = None
 
     @property
     def name(self) -> str:
@@ -81,6 +86,7 @@ def fingerprint_checkpoint(
     max_layers: int | None = None,
     budget: "float | str | None" = "auto",
     name: str | None = None,
+    keep_probe: bool = False,
 ) -> Fingerprint:
     """Fingerprint an opened checkpoint (see `compute_fingerprint` for the arguments)."""
     import torch
@@ -158,7 +164,10 @@ def fingerprint_checkpoint(
     }
     logger.info("fingerprinted %s: %d layers, %d tokens, %.1f%% of bytes", checkpoint.source, len(chosen), len(keys),
                 100 * stats["bytes_read"] / max(stats["bytes_total"], 1))
-    return Fingerprint(tokens=tuple(keys), layers=tuple(chosen), terms=terms, model=model, token_set=token_set, stats=stats)
+    return Fingerprint(
+        tokens=tuple(keys), layers=tuple(chosen), terms=terms, model=model, token_set=token_set, stats=stats,
+        probe=x.clone() if keep_probe else None,
+    )
 
 
 def compute_fingerprint(
@@ -171,6 +180,7 @@ def compute_fingerprint(
     allow_pickle: bool = False,
     token: str | None = None,
     name: str | None = None,
+    keep_probe: bool = False,
 ) -> Fingerprint:
     """Fingerprint a model folder, a `.safetensors` file, or `hf://ORG/NAME[@REV]`.
 
@@ -182,12 +192,14 @@ def compute_fingerprint(
             2%), or None (everything); see `plan_reads`.
         allow_pickle: read `.bin`/`.pt` weights with `torch.load(weights_only=True)` (never plain unpickling).
         token: Hub token for gated/private repos (default: HF_TOKEN).
+        keep_probe: keep the token rows in the fingerprint (see `Fingerprint.probe`).
     """
     from hubguard.checkpoint.source import Checkpoint, open_source
 
     ckpt = source if isinstance(source, Checkpoint) else open_source(source, allow_pickle=allow_pickle, token=token)
     return fingerprint_checkpoint(
-        checkpoint=ckpt, token_set=token_set, layers=layers, max_layers=max_layers, budget=budget, name=name
+        checkpoint=ckpt, token_set=token_set, layers=layers, max_layers=max_layers, budget=budget, name=name,
+        keep_probe=keep_probe,
     )
 
 
@@ -212,6 +224,8 @@ def save_fingerprint(fp: Fingerprint, path: "str | os.PathLike[str]") -> Path:
         "stats": fp.stats,
     }
     tensors = {f"terms.{t}": m.to(torch.float16).contiguous() for t, m in fp.terms.items()}
+    if fp.probe is not None:
+        tensors["probe"] = fp.probe.to(torch.float16).contiguous()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     save_file(tensors, str(tmp), metadata={"hubguard": json.dumps(meta, ensure_ascii=False)})
@@ -255,6 +269,9 @@ def load_fingerprint(path: "str | os.PathLike[str]") -> Fingerprint:
             f"{constants.FINGERPRINT_METHOD} v{constants.FINGERPRINT_VERSION}. Re-fingerprint the model from its weights."
         )
     terms = {n.removeprefix("terms."): st.get(n) for n in st.names() if n.startswith("terms.")}
+    probe = st.get("probe") if "probe" in st else None
+    if probe is not None and (probe.dim() != 2 or probe.shape[0] != len(meta["tokens"])):
+        raise FingerprintError(f"'{p}': its probe has shape {list(probe.shape)}, expected [{len(meta['tokens'])}, hidden].")
     n_tok, n_lay = len(meta["tokens"]), len(meta["layers"])
     for t, m in terms.items():
         if tuple(m.shape) != (n_lay, n_tok, n_tok):
@@ -268,4 +285,5 @@ def load_fingerprint(path: "str | os.PathLike[str]") -> Fingerprint:
         method=meta["method"],
         version=int(meta["version"]),
         stats=dict(meta.get("stats") or {}),
+        probe=probe,
     )
