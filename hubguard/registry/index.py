@@ -1,25 +1,30 @@
-"""The search stage over sketches: exact (vectorised numpy) for small registries, an IVF index above.
+"""The search stage over sketches: exact (vectorised numpy) for small registries, a compressed full scan above.
 
-Sketches are unit vectors, so similarity is a dot product. Below `EXACT_LIMIT` entries the whole [n, d]
-matrix is scanned in float32 (one BLAS call). Above it, a spherical k-means inverted file (IVF): √n
-centroids trained on a sample, every sketch stored in its centroid's contiguous list (float16), and a query
-scans only the `nprobe` lists whose centroids are closest. The index is a few small numpy arrays
-(centroids, order, list offsets) cached next to the registry and rebuilt when the entries change;
-nothing is pickled.
+Sketches are unit vectors, so similarity is a dot product. Below `EXACT_LIMIT` entries the whole [n, d] matrix
+is scanned in float32 (one BLAS call). Above it, every sketch is also stored as a 4-bit product-quantisation
+code (d/2 sub-spaces of 2 dimensions, 16 centroids each: d/4 bytes, 128 bytes for 512-d) that FAISS scans with
+SIMD in-register look-up tables (`IndexPQFastScan`); the `RERANK` best codes are then re-scored exactly from the
+float16 sketches. Why a full scan and not a partition or a graph: the registry is mostly unrelated models, whose
+sketches are near-orthogonal random vectors, so a query's exact top 10 often holds entries at noise level
+(cosine ~0.2 at 10⁶) that no clustering or neighbour graph can route to; a precise compressed scan finds them
+(benchmarks/registry.py: recall@10 against exact search, p50 latency, build time).
 
-Status: the exact stage meets its targets; this IVF stage does NOT yet (benchmarks/registry.py at 10⁵
-synthetic entries: recall@10 0.74, p50 34 ms). HNSW (usearch) at 512 dimensions built at a few hundred
-vectors per second on the shared 2 cores in a quick trial, so it was not wired in.
+The index is built once and cached as one file in `cache_dir` (`sketch-index-v2.bin`: a magic, a JSON header
+with the entries key, the parameters and the payload's sha256, then FAISS's own serialisation — no pickle). It
+is written to a temporary name and renamed into place; a missing, stale or damaged file is rebuilt (with a log
+message), reusing the trained codebooks of a stale one. Without FAISS (`pip install faiss-cpu`) every size is
+searched exactly.
 """
 
 from __future__ import annotations
 
 import hashlib
-import math
-from dataclasses import dataclass
+import json
+import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from hubguard.errors import RegistryError
 from hubguard.utils import get_logger
 
 if TYPE_CHECKING:
@@ -27,8 +32,12 @@ if TYPE_CHECKING:
 
 logger = get_logger(__name__)
 
-EXACT_LIMIT = 100_000
-INDEX_VERSION = 1
+EXACT_LIMIT = 50_000  # below: exact float32 scan (≤ 100 MB, a few ms); above: PQ fast scan + exact re-rank
+RERANK = 400  # candidates re-scored exactly from the float16 sketches
+TRAIN_SIZE = 8_192  # rows sampled to train the PQ codebooks (16 centroids per 2-d sub-space)
+INDEX_VERSION = 2
+INDEX_FILE = f"sketch-index-v{INDEX_VERSION}.bin"
+_MAGIC = b"HGSKIDX\x00"
 _CHUNK = 65_536
 
 
@@ -38,7 +47,7 @@ def _topk(sims: "np.ndarray", k: int) -> "np.ndarray":
     k = min(k, sims.shape[0])
     if k <= 0:
         return np.zeros(0, dtype=np.int64)
-    part = np.argpartition(-sims, k - 1)[:k]
+    part = np.argpartition(-sims, k - 1)[:k] if k < sims.shape[0] else np.arange(sims.shape[0])
     return part[np.argsort(-sims[part], kind="stable")]
 
 
@@ -46,7 +55,7 @@ def exact_search(matrix: "np.ndarray", query: "np.ndarray", k: int) -> tuple["np
     """(rows, similarities) of the k best rows of `matrix` for `query`, scanning in float32 chunks."""
     import numpy as np
 
-    q = np.asarray(query, dtype=np.float32)
+    q = np.asarray(query, dtype=np.float32).reshape(-1)
     if matrix.dtype == np.float32:
         sims = matrix @ q
     else:
@@ -57,160 +66,225 @@ def exact_search(matrix: "np.ndarray", query: "np.ndarray", k: int) -> tuple["np
     return rows, sims[rows]
 
 
-def _assign(matrix: "np.ndarray", centroids: "np.ndarray") -> "np.ndarray":
-    import numpy as np
-
-    out = np.empty(matrix.shape[0], dtype=np.int32)
-    ct = centroids.T.astype(np.float32)
-    for s in range(0, matrix.shape[0], _CHUNK):
-        out[s : s + _CHUNK] = np.argmax(matrix[s : s + _CHUNK].astype(np.float32) @ ct, axis=1)
-    return out
-
-
-def train_centroids(matrix: "np.ndarray", *, n_lists: int, iterations: int = 8, seed: int = 0) -> "np.ndarray":
-    """Spherical k-means on a sample of the rows: [n_lists, d] unit float32 centroids."""
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    n = matrix.shape[0]
-    sample = matrix[np.sort(rng.choice(n, size=min(n, 32 * n_lists), replace=False))].astype(np.float32)
-    cent = sample[rng.choice(sample.shape[0], size=n_lists, replace=False)].copy()
-    for _ in range(iterations):
-        assign = np.argmax(sample @ cent.T, axis=1)
-        sums = np.zeros_like(cent)
-        np.add.at(sums, assign, sample)
-        counts = np.bincount(assign, minlength=n_lists)
-        empty = counts == 0
-        if empty.any():  # re-seed empty lists with random sample rows
-            sums[empty] = sample[rng.choice(sample.shape[0], size=int(empty.sum()), replace=False)]
-        cent = sums / np.linalg.norm(sums, axis=1, keepdims=True).clip(1e-12)
-    return cent.astype(np.float32)
-
-
-@dataclass
-class IVFIndex:
-    """Inverted file over unit sketches. `vectors` holds the sketches grouped by list (rows `order`)."""
-
-    centroids: "np.ndarray"  # [L, d] float32
-    order: "np.ndarray"  # [n] int64: registry row of each stored vector
-    offsets: "np.ndarray"  # [L + 1] int64: list l is vectors[offsets[l]:offsets[l+1]]
-    vectors: "np.ndarray"  # [n, d] float16
-    nprobe: int
-
-    @classmethod
-    def build(cls, matrix: "np.ndarray", *, n_lists: int | None = None, nprobe: int | None = None,
-              centroids: "np.ndarray | None" = None) -> "IVFIndex":
-        import numpy as np
-
-        n = matrix.shape[0]
-        if centroids is None:
-            n_lists = n_lists or max(16, int(math.sqrt(n)))
-            centroids = train_centroids(matrix, n_lists=n_lists)
-        assign = _assign(matrix, centroids)
-        order = np.argsort(assign, kind="stable").astype(np.int64)
-        counts = np.bincount(assign, minlength=centroids.shape[0])
-        offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-        n_lists = centroids.shape[0]
-        return cls(centroids=centroids, order=order, offsets=offsets, vectors=matrix[order].astype(np.float16),
-                   nprobe=nprobe or max(8, n_lists // 24))
-
-    def search(self, query: "np.ndarray", k: int, *, nprobe: int | None = None) -> tuple["np.ndarray", "np.ndarray"]:
-        import numpy as np
-
-        q = np.asarray(query, dtype=np.float32)
-        probe = min(nprobe or self.nprobe, self.centroids.shape[0])
-        lists = _topk(self.centroids @ q, probe)
-        spans = [(int(self.offsets[i]), int(self.offsets[i + 1])) for i in lists]
-        idx = np.concatenate([np.arange(a, b) for a, b in spans]) if spans else np.zeros(0, np.int64)
-        cand = self.vectors[idx].astype(np.float32)
-        sims = cand @ q
-        best = _topk(sims, k)
-        return self.order[idx[best]], sims[best]
-
-    # -- cache on disk (plain .npy arrays; np.load with allow_pickle=False) ---------------------------------
-
-    def save(self, folder: Path, *, key: str) -> None:
-        import numpy as np
-
-        folder.mkdir(parents=True, exist_ok=True)
-        for name in ("centroids", "order", "offsets"):
-            tmp = folder / f".{name}.tmp.npy"
-            np.save(tmp, getattr(self, name), allow_pickle=False)
-            tmp.replace(folder / f"{name}.npy")
-        (folder / "key.txt").write_text(f"{INDEX_VERSION}:{key}:{self.nprobe}\n")
-
-    @classmethod
-    def load(cls, folder: Path, *, key: str, matrix: "np.ndarray") -> "IVFIndex | None":
-        """The cached index for `key`, or None when absent, stale or unreadable (then it is rebuilt)."""
-        import numpy as np
-
-        try:
-            version, stored_key, nprobe = (folder / "key.txt").read_text().strip().split(":")
-            if int(version) != INDEX_VERSION or stored_key != key:
-                return None
-            arrays = {n: np.load(folder / f"{n}.npy", allow_pickle=False) for n in ("centroids", "order", "offsets")}
-        except (OSError, ValueError):
-            return None
-        order = arrays["order"]
-        if order.shape != (matrix.shape[0],) or arrays["offsets"][-1] != matrix.shape[0]:
-            return None
-        return cls(centroids=arrays["centroids"], order=order, offsets=arrays["offsets"],
-                   vectors=matrix[order].astype("float16"), nprobe=int(nprobe))
-
-    @staticmethod
-    def load_centroids(folder: Path, *, dim: int) -> "np.ndarray | None":
-        import numpy as np
-
-        try:
-            cent = np.load(folder / "centroids.npy", allow_pickle=False)
-        except (OSError, ValueError):
-            return None
-        return cent if cent.ndim == 2 and cent.shape[1] == dim else None
-
-
 def matrix_key(names: list[str], matrix: "np.ndarray") -> str:
-    """A digest identifying a sketch matrix (names and a sample of values) for index caching."""
+    """A digest of the entries (names, dtype, shape and every sketch value): the index cache is valid for it only."""
+    import numpy as np
+
     h = hashlib.sha256()
-    h.update(str(matrix.shape).encode())
+    h.update(f"{matrix.dtype}:{matrix.shape}".encode())
     h.update("\0".join(names).encode())
-    h.update(matrix[:: max(1, matrix.shape[0] // 1024)].tobytes())
+    h.update(memoryview(np.ascontiguousarray(matrix)).cast("B"))
     return h.hexdigest()[:32]
 
 
-class SketchSearcher:
-    """Exact below `exact_limit` entries, IVF above; the IVF is cached in `cache_dir` when given."""
+def faiss_available() -> bool:
+    try:
+        import faiss  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
-    def __init__(self, matrix: "np.ndarray", *, names: list[str], cache_dir: Path | None = None,
-                 exact_limit: int = EXACT_LIMIT) -> None:
+
+def _float32_rows(matrix: "np.ndarray", start: int, stop: int) -> "np.ndarray":
+    import numpy as np
+
+    return np.ascontiguousarray(matrix[start:stop], dtype=np.float32)
+
+
+class PQFastScan:
+    """4-bit product-quantisation codes of every sketch, scanned by FAISS; candidates re-ranked exactly."""
+
+    def __init__(self, index: Any, *, trained_on: int) -> None:
+        self.index = index
+        self.trained_on = trained_on
+
+    @property
+    def subspaces(self) -> int:
+        return int(self.index.pq.M)
+
+    @staticmethod
+    def supports(dim: int) -> bool:
+        return dim >= 4 and dim % 4 == 0  # d/2 two-dimensional sub-spaces, an even number of them
+
+    @classmethod
+    def build(cls, matrix: "np.ndarray", *, template: "PQFastScan | None" = None, train_size: int = TRAIN_SIZE,
+              seed: int = 0) -> "PQFastScan":
+        """Train codebooks on a sample (or reuse `template`'s) and encode every row."""
+        import faiss
         import numpy as np
 
-        self.n = matrix.shape[0]
-        self.ivf: IVFIndex | None = None
+        n, dim = matrix.shape
+        if template is not None:
+            index, trained_on = template.index, template.trained_on
+            index.reset()
+        else:
+            index = faiss.IndexPQFastScan(dim, dim // 2, 4, faiss.METRIC_INNER_PRODUCT)
+            rng = np.random.default_rng(seed)
+            sample = np.sort(rng.choice(n, size=min(n, train_size), replace=False))
+            threads = faiss.omp_get_max_threads()
+            faiss.omp_set_num_threads(1)  # d/2 tiny k-means: thread start-up costs more than it saves
+            try:
+                index.train(np.ascontiguousarray(matrix[sample], dtype=np.float32))
+            finally:
+                faiss.omp_set_num_threads(threads)
+            trained_on = len(sample)
+        for s in range(0, n, _CHUNK):
+            index.add(_float32_rows(matrix, s, s + _CHUNK))
+        return cls(index, trained_on=trained_on)
+
+    def candidates(self, query: "np.ndarray", n: int) -> "np.ndarray":
+        import numpy as np
+
+        _, rows = self.index.search(np.asarray(query, dtype=np.float32).reshape(1, -1), n)
+        rows = rows[0]
+        return rows[rows >= 0].astype(np.int64)
+
+    # -- the cache file --------------------------------------------------------------------------------------
+
+    def save(self, path: Path, *, key: str) -> None:
+        """Write the index atomically: temporary file in the same folder, fsync, rename."""
+        import faiss
+
+        payload = faiss.serialize_index(self.index).tobytes()
+        header = json.dumps({
+            "format": "hubguard.registry.sketch-index", "version": INDEX_VERSION, "kind": "pq-fastscan",
+            "key": key, "entries": int(self.index.ntotal), "dim": int(self.index.d), "subspaces": self.subspaces,
+            "trained_on": self.trained_on, "payload_bytes": len(payload),
+            "payload_sha256": hashlib.sha256(payload).hexdigest(),
+        }).encode()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(_MAGIC + len(header).to_bytes(4, "little") + header + payload)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    @classmethod
+    def load(cls, path: Path) -> tuple["PQFastScan", dict[str, Any]]:
+        """The index in `path` and its header. Raises ValueError (saying what is wrong) or OSError."""
+        import faiss
+        import numpy as np
+
+        data = path.read_bytes()
+        if not data.startswith(_MAGIC) or len(data) < len(_MAGIC) + 4:
+            raise ValueError("not a hubguard sketch index (bad magic)")
+        hlen = int.from_bytes(data[len(_MAGIC) : len(_MAGIC) + 4], "little")
+        start = len(_MAGIC) + 4 + hlen
+        try:
+            header = json.loads(data[len(_MAGIC) + 4 : start])
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ValueError(f"unreadable header ({err})") from err
+        if not isinstance(header, dict) or header.get("version") != INDEX_VERSION:
+            raise ValueError(f"index version {header.get('version') if isinstance(header, dict) else '?'} "
+                             f"is not {INDEX_VERSION}")
+        payload = data[start:]
+        if len(payload) != header.get("payload_bytes") or hashlib.sha256(payload).hexdigest() != header.get(
+            "payload_sha256"
+        ):
+            raise ValueError("payload checksum mismatch (truncated or damaged)")
+        try:
+            index = faiss.deserialize_index(np.frombuffer(payload, dtype=np.uint8))
+        except RuntimeError as err:
+            raise ValueError(f"FAISS could not read the payload ({str(err).splitlines()[0][:200]})") from err
+        if not isinstance(index, faiss.IndexPQFastScan) or index.ntotal != header.get("entries") or index.d != header.get(
+            "dim"
+        ):
+            raise ValueError("payload does not match its header")
+        return cls(index, trained_on=int(header.get("trained_on", 0))), header
+
+
+class SketchSearcher:
+    """Exact below `exact_limit` entries, PQ fast scan + exact re-rank above; the index is cached in `cache_dir`.
+
+    `search(query, k)` returns (rows, cosines) of the k best entries, best first, k capped at the entry count.
+    """
+
+    def __init__(self, matrix: "np.ndarray", *, names: list[str], cache_dir: Path | None = None,
+                 exact_limit: int = EXACT_LIMIT, rerank: int = RERANK) -> None:
+        import numpy as np
+
+        if len(names) != matrix.shape[0]:
+            raise RegistryError(f"The sketch index got {len(names)} names for {matrix.shape[0]} sketches; they must "
+                                "be the rows of one entries table.")
+        self.n, self.dim = matrix.shape
+        self.rerank = rerank
+        self.matrix = matrix
         self.exact: np.ndarray | None = None
-        if self.n < exact_limit:
-            self.exact = matrix.astype(np.float32)
+        self.pq: PQFastScan | None = None
+        self.cache_path = None if cache_dir is None else Path(cache_dir) / INDEX_FILE
+        self.loaded_from_cache = False
+        if self.n < exact_limit or not PQFastScan.supports(self.dim) or not faiss_available():
+            if self.n >= exact_limit and PQFastScan.supports(self.dim):
+                logger.info("faiss is not installed: searching %d sketches exactly (pip install faiss-cpu for the "
+                            "fast index)", self.n)
+            self.exact = matrix if matrix.dtype == np.float32 else matrix.astype(np.float32)
             return
         key = matrix_key(names, matrix)
-        if cache_dir is not None:
-            self.ivf = IVFIndex.load(cache_dir, key=key, matrix=matrix)
-        if self.ivf is None:
-            centroids = IVFIndex.load_centroids(cache_dir, dim=matrix.shape[1]) if cache_dir is not None else None
-            if centroids is not None and centroids.shape[0] < max(16, int(math.sqrt(self.n)) // 2):
-                centroids = None  # the registry grew a lot: retrain
+        template = None
+        if self.cache_path is not None:
+            self.pq, template = self._load_cached(key)
+        if self.pq is None:
+            if template is not None and template.trained_on < min(self.n, TRAIN_SIZE) // 2:
+                template = None  # trained on a much smaller registry: train again
             logger.info("building the sketch index over %d entries", self.n)
-            self.ivf = IVFIndex.build(matrix, centroids=centroids)
-            if cache_dir is not None:
+            self.pq = PQFastScan.build(matrix, template=template)
+            if self.cache_path is not None:
                 try:
-                    self.ivf.save(cache_dir, key=key)
+                    self.pq.save(self.cache_path, key=key)
                 except OSError as err:  # a read-only registry: keep the index in memory only
-                    logger.info("cannot cache the sketch index in %s (%s)", cache_dir, err)
+                    logger.info("cannot cache the sketch index in %s (%s)", self.cache_path, err)
+
+    def _load_cached(self, key: str) -> tuple[PQFastScan | None, PQFastScan | None]:
+        """(index for `key`, or None; a stale but valid index whose codebooks can be reused, or None)."""
+        assert self.cache_path is not None
+        if not self.cache_path.exists():
+            return None, None
+        try:
+            pq, header = PQFastScan.load(self.cache_path)
+        except (OSError, ValueError, MemoryError) as err:
+            logger.warning("the sketch index cache %s is unreadable (%s); rebuilding it", self.cache_path, err)
+            return None, None
+        if pq.index.d != self.dim:
+            return None, None
+        if header.get("key") != key or pq.index.ntotal != self.n:
+            logger.info("the registry entries changed since the sketch index was cached; rebuilding it")
+            return None, pq
+        self.loaded_from_cache = True
+        return pq, None
 
     @property
     def kind(self) -> str:
-        return "exact" if self.exact is not None else "ivf"
+        return "exact" if self.exact is not None else "pq-fastscan"
+
+    @property
+    def index_bytes(self) -> int:
+        """Memory of the search structure beyond the float16 sketches (the float32 copy or the PQ codes)."""
+        if self.exact is not None:
+            return 0 if self.exact is self.matrix else int(self.exact.nbytes)
+        assert self.pq is not None
+        return int(self.pq.index.ntotal) * int(self.pq.index.code_size) + 4 * self.dim * 16
 
     def search(self, query: "np.ndarray", k: int) -> tuple["np.ndarray", "np.ndarray"]:
+        import numpy as np
+
+        q = np.asarray(query, dtype=np.float32).reshape(-1)
+        if q.shape[0] != self.dim:
+            raise RegistryError(f"The query sketch has {q.shape[0]} values but the registry's sketches have "
+                                f"{self.dim}; the registry was built with another sketch version — rebuild it.")
+        k = min(int(k), self.n)
+        if k <= 0:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
         if self.exact is not None:
-            return exact_search(self.exact, query, k)
-        assert self.ivf is not None
-        return self.ivf.search(query, k)
+            return exact_search(self.exact, q, k)
+        assert self.pq is not None
+        n_cand = min(self.n, max(self.rerank, 4 * k))
+        if n_cand >= self.n // 2:
+            return exact_search(self.matrix, q, k)
+        cand = np.unique(self.pq.candidates(q, n_cand))  # sorted rows: a forward gather
+        sims = np.asarray(self.matrix[cand], dtype=np.float32) @ q
+        best = _topk(sims, k)
+        return cand[best], sims[best]
