@@ -283,7 +283,7 @@ class Registry:
         """Fingerprint `source` (or take a Fingerprint / saved fingerprint file) and register it as `name`."""
         from hubguard.lineage.api import as_fingerprint
 
-        fp = as_fingerprint(source)
+        fp = as_fingerprint(source, keep_probe=True)  # references keep their token rows (lineage.cross)
         meta = dict(family=family, license=license, base_model=base_model, base_model_relation=base_model_relation,
                     repo_id=repo_id, revision=revision, notes=notes, added_by=added_by)
         return self.add_many([(fp, name, meta)], storage=storage, replace=replace)[0]
@@ -411,14 +411,28 @@ class Registry:
         self, source: "Fingerprint | str | os.PathLike[str]", *, top_k: int = 5, candidates: int | None = None,
         exclude: list[str] | None = None,
     ) -> list[SearchResult]:
-        """Two-stage search: nearest sketches, then a full `compare` of each candidate; best score first."""
-        from hubguard.lineage.api import as_fingerprint
+        """Two-stage search: nearest sketches, then a full `compare` of each candidate; best score first.
+
+        When `source` is a weight source, candidates are also verified by reading its layers through each
+        reference's token rows (`hubguard.lineage.cross`), which finds layers copied under another embedding.
+        """
+        from hubguard.lineage.api import as_fingerprint, is_weight_source
         from hubguard.lineage.compare import compare_fingerprints
         from hubguard.lineage.sketch import sketch
 
         if top_k < 1:
             raise RegistryError(f"--top-k must be at least 1 (got {top_k}).")
-        fp = as_fingerprint(source)
+        ckpt = None
+        if is_weight_source(source):
+            from hubguard.checkpoint.source import open_source
+            from hubguard.lineage.fingerprint import fingerprint_checkpoint
+
+            ckpt = open_source(source)
+            fp = fingerprint_checkpoint(checkpoint=ckpt)
+            if fp.stats.get("plan", {}).get("mode") == "qk_heads":
+                ckpt = None  # a tight reading budget: no second reading of the layers
+        else:
+            fp = as_fingerprint(source)
         n_cand = candidates or max(4 * top_k, 16)
         results = []
         skip = set(exclude or ())
@@ -434,7 +448,12 @@ class Registry:
             if entry.fingerprint_file and not (self.path / entry.fingerprint_file).exists() and name not in self.names():
                 continue  # removed between reading the entry and its verification data
             ref = self.fingerprint(name)
-            c = compare_fingerprints(a=ref, b=fp)
+            cross = None
+            if ckpt is not None and ref.probe is not None:
+                from hubguard.lineage.cross import cross_scores
+
+                cross = cross_scores(reference=ref, candidate=ckpt, layers=list(fp.layers), with_ffn=bool(fp.stats.get("ffn_read")))
+            c = compare_fingerprints(a=ref, b=fp, cross=cross)
             results.append(SearchResult(name=name, score=c.score, z=c.z, verdict=c.verdict, sketch_similarity=sim,
                                         entry=entry, comparison=c))
         results.sort(key=lambda r: (-r.score, r.name))

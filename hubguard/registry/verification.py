@@ -77,6 +77,8 @@ def save_verification(
         else:
             kept = kept.to(torch.float16)
         tensors[f"terms.{t}"] = kept.contiguous()
+    if fp.probe is not None:  # the reference's token rows, for cross-embedding reading (hubguard.lineage.cross)
+        tensors["probe"] = fp.probe.to(torch.float16).contiguous()
     meta: dict[str, Any] = {
         "format": FINGERPRINT_FORMAT,
         "schema_version": constants.SCHEMA_VERSION,
