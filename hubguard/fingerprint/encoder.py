@@ -1,0 +1,229 @@
+"""Invariant terms -> a 512-d vector distributed like N(0, I): the input of the dog renderer.
+
+Same idea as HuRef's fingerprint encoder (ANCHORS.md §1), sized for a CPU: a small CNN trained only on
+synthetic Gaussian low-rank products with a contrastive locality loss and a Gaussianity term (see
+`hubguard.fingerprint.train_encoder`). The trained weights ship inside the package and are checked against
+a SHA-256 on load.
+
+Input: [C, n, n] float32, C <= 4 term channels (attn_qk, attn_vo, ffn_a, ffn_b; missing ones zero), each
+z-scored, over a token list whose order is fixed and shared between models. Each channel is area-pooled to
+a fixed 64x64 grid (so any n works, and dropping or shifting a few tokens moves little), z-scored again, and
+encoded. Output: float32 [512]; independent inputs give approximately N(0, I) vectors, similar inputs give
+vectors whose cosine grows with the input similarity.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from hubguard.errors import FingerprintError
+from hubguard.utils import get_logger
+
+if TYPE_CHECKING:
+    import numpy
+    import torch
+
+logger = get_logger(__name__)
+
+VECTOR_DIM = 512
+N_CHANNELS = 4
+POOL_SIZE = 64
+MIN_TOKENS = 32
+MAX_TOKENS = 4096
+ENCODER_FORMAT = "hubguard-fingerprint-encoder"
+ENCODER_SCHEMA_VERSION = 1
+ENCODER_FILE = Path(__file__).with_name("encoder_v1.safetensors")
+# SHA-256 of the shipped encoder_v1.safetensors; written by train_encoder.py --out <package file>.
+ENCODER_SHA256 = "fa189de1c2439c75bf619cfcd3fb3e0afb70de853ef2d7b5b1d9fc6f56ffa212"
+
+DEFAULT_CONFIG: dict[str, Any] = {
+    "pool": POOL_SIZE,
+    "in_channels": N_CHANNELS,
+    "width1": 32,
+    "width2": 64,
+    "vector_dim": VECTOR_DIM,
+}
+
+
+def build_network(config: dict[str, Any]) -> "torch.nn.Module":
+    """The encoder CNN (without the output whitening): [B, C, P, P] -> [B, VECTOR_DIM]."""
+    from torch import nn
+
+    pool, w1, w2 = int(config["pool"]), int(config["width1"]), int(config["width2"])
+    side = pool // 8
+    return nn.Sequential(
+        nn.Conv2d(int(config["in_channels"]), w1, kernel_size=4, stride=4),  # P -> P/4 (patchify)
+        nn.GELU(),
+        nn.Conv2d(w1, w2, kernel_size=3, stride=2, padding=1),  # P/4 -> P/8
+        nn.GELU(),
+        nn.Conv2d(w2, w2, kernel_size=3, padding=1),
+        nn.GELU(),
+        nn.Flatten(),
+        nn.Linear(w2 * side * side, int(config["vector_dim"])),
+    )
+
+
+def pool_terms(terms: "torch.Tensor", *, pool: int = POOL_SIZE) -> "torch.Tensor":
+    """[B, C, n, n] z-scored terms -> [B, C, pool, pool]: area pooling, then z-scored again per channel."""
+    import torch.nn.functional as F
+
+    from hubguard.fingerprint.synthetic import zscore_channels
+
+    n = terms.shape[-1]
+    if n == pool:
+        pooled = terms
+    elif n > pool:
+        pooled = F.adaptive_avg_pool2d(terms, pool)
+    else:
+        pooled = F.interpolate(terms, size=(pool, pool), mode="bilinear", align_corners=False)
+    return zscore_channels(pooled)
+
+
+def _validate_terms(terms: Any) -> "torch.Tensor":
+    import numpy as np
+    import torch
+
+    if isinstance(terms, np.ndarray):
+        terms = torch.from_numpy(np.ascontiguousarray(terms))
+    if not isinstance(terms, torch.Tensor):
+        raise FingerprintError(
+            f"encode_terms got terms of type {type(terms).__name__}; it needs a torch.Tensor of shape [C, n, n]. "
+            "Pass the stacked invariant term matrices of one model."
+        )
+    if terms.ndim != 3 or terms.shape[1] != terms.shape[2]:
+        raise FingerprintError(
+            f"encode_terms got terms of shape {tuple(terms.shape)}; it needs [C, n, n] with square matrices. "
+            "Stack one [n, n] matrix per term channel."
+        )
+    c, n = int(terms.shape[0]), int(terms.shape[1])
+    if not 1 <= c <= N_CHANNELS:
+        raise FingerprintError(
+            f"encode_terms got {c} channels; it takes 1 to {N_CHANNELS} (attn_qk, attn_vo, ffn_a, ffn_b). "
+            "Average or select term channels before encoding."
+        )
+    if not MIN_TOKENS <= n <= MAX_TOKENS:
+        raise FingerprintError(
+            f"encode_terms got matrices over {n} tokens; it supports {MIN_TOKENS} to {MAX_TOKENS}. "
+            "Compute the terms over a token set within that range."
+        )
+    if not (terms.is_floating_point() or terms.dtype in (torch.int32, torch.int64)):
+        raise FingerprintError(f"encode_terms got terms of dtype {terms.dtype}; it needs a floating-point tensor.")
+    terms = terms.detach().to(device="cpu", dtype=torch.float32)
+    if not bool(torch.isfinite(terms).all()):
+        raise FingerprintError(
+            "encode_terms got terms holding NaN or Inf values, so no fingerprint vector can be drawn. "
+            "Check the checkpoint for corrupt tensors (hubguard fingerprint reports them) and recompute the terms."
+        )
+    if c < N_CHANNELS:
+        terms = torch.cat([terms, terms.new_zeros(N_CHANNELS - c, n, n)], dim=0)
+    return terms
+
+
+def _sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class Encoder:
+    """A loaded fingerprint encoder. Use `encode(terms=...)` or the module-level `encode_terms`."""
+
+    version: str
+    seed: int
+    config: dict[str, Any]
+    sha256: str
+    network: Any  # torch.nn.Module in eval mode
+    mean: Any  # torch.Tensor [VECTOR_DIM]
+    whitening: Any  # torch.Tensor [VECTOR_DIM, VECTOR_DIM]
+
+    def encode_batch(self, *, terms: "torch.Tensor") -> "torch.Tensor":
+        """[B, 4, n, n] validated float32 terms -> [B, VECTOR_DIM] float32 (torch, no grad)."""
+        import torch
+
+        with torch.no_grad():
+            hidden = self.network(pool_terms(terms, pool=int(self.config["pool"])))
+            return (hidden - self.mean) @ self.whitening
+
+    def encode(self, *, terms: "torch.Tensor") -> "numpy.ndarray":
+        import numpy as np
+
+        checked = _validate_terms(terms)
+        vector = self.encode_batch(terms=checked[None])[0]
+        return np.ascontiguousarray(vector.numpy(), dtype=np.float32)
+
+
+def read_encoder(*, path: Path, sha256: str | None) -> Encoder:
+    """Read an encoder file; when sha256 is given, refuse a file whose hash differs."""
+    import torch
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise FingerprintError(
+            f"The fingerprint encoder weights {path} are missing, so no dog can be drawn. "
+            "Reinstall hubguard (pip install --force-reinstall hubguard)."
+        )
+    actual = _sha256_of(path)
+    if sha256 is not None and actual != sha256:
+        raise FingerprintError(
+            f"The fingerprint encoder weights {path} have SHA-256 {actual}, expected {sha256}: the file is "
+            "corrupted or was modified. Reinstall hubguard (pip install --force-reinstall hubguard)."
+        )
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = dict(handle.metadata() or {})
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise FingerprintError(
+            f"The fingerprint encoder weights {path} cannot be read ({exc}). Reinstall hubguard."
+        ) from exc
+    if metadata.get("format") != ENCODER_FORMAT:
+        raise FingerprintError(
+            f"{path} is not a hubguard fingerprint encoder (format={metadata.get('format')!r}). Reinstall hubguard."
+        )
+    try:
+        config = {**DEFAULT_CONFIG, **json.loads(metadata.get("config", "{}"))}
+        network = build_network(config)
+        state = {k.removeprefix("network."): v for k, v in tensors.items() if k.startswith("network.")}
+        network.load_state_dict(state)
+        mean, whitening = tensors["whiten.mean"], tensors["whiten.matrix"]
+    except (KeyError, RuntimeError, ValueError, json.JSONDecodeError) as exc:
+        raise FingerprintError(
+            f"The fingerprint encoder weights {path} do not match the encoder's layout ({exc}). Reinstall hubguard."
+        ) from exc
+    network.eval()
+    for parameter in network.parameters():
+        parameter.requires_grad_(False)
+    return Encoder(
+        version=metadata.get("version", "unknown"),
+        seed=int(metadata.get("seed", -1)),
+        config=config,
+        sha256=actual,
+        network=network,
+        mean=mean.to(torch.float32),
+        whitening=whitening.to(torch.float32),
+    )
+
+
+@lru_cache(maxsize=1)
+def load_encoder() -> Encoder:
+    """The shipped encoder (cached); its SHA-256 is checked against the one recorded in this module."""
+    encoder = read_encoder(path=ENCODER_FILE, sha256=ENCODER_SHA256)
+    logger.debug("loaded fingerprint encoder %s (sha256 %s)", encoder.version, encoder.sha256[:12])
+    return encoder
+
+
+def encode_terms(*, terms: "torch.Tensor") -> "numpy.ndarray":
+    """[C, n, n] z-scored invariant terms (C <= 4) -> float32 vector of length VECTOR_DIM, ~N(0, I)."""
+    return load_encoder().encode(terms=terms)
