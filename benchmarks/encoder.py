@@ -128,7 +128,9 @@ def main() -> None:
                 dists, trait_dists = [], []
                 for i in range(args.dog_pairs):
                     va, vp = za[i].numpy(), zp[i].numpy()
-                    dists.append(image_distance(a=renderer.render(vector=va, size=256), b=renderer.render(vector=vp, size=256)))
+                    dists.append(
+                        image_distance(a=renderer.render(vector=va, size=256), b=renderer.render(vector=vp, size=256))
+                    )
                     ta, tp = renderer.traits(vector=va), renderer.traits(vector=vp)
                     trait_dists.append(math.sqrt(sum((ta[k] - tp[k]) ** 2 for k in ta)))
                 row["dog_image_distance_mean"] = round(sum(dists) / len(dists), 4)

@@ -96,7 +96,9 @@ def test_output_cosine_grows_with_input_similarity():
     for sigma in (0.05, 0.3, 0.8):
         anchor, positive = _pair(11, n=96, sigma=sigma, batch=5)
         in_cos = float(pair_cosine(anchor, positive).mean())
-        out_cos = np.mean([_cos(enc.encode_terms(terms=a), enc.encode_terms(terms=p)) for a, p in zip(anchor, positive)])
+        out_cos = np.mean(
+            [_cos(enc.encode_terms(terms=a), enc.encode_terms(terms=p)) for a, p in zip(anchor, positive)]
+        )
         rows.append((in_cos, out_cos))
     assert rows[0][0] > rows[1][0] > rows[2][0]
     assert rows[0][1] > rows[1][1] > rows[2][1]

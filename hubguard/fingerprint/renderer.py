@@ -200,7 +200,9 @@ class DogRenderer:
         img = Image.linear_gradient("L").resize((s, s))
         img = Image.composite(Image.new("RGB", (s, s), bg_bottom), Image.new("RGB", (s, s), bg_top), img)
         halo = _mask_of(s, lambda d: d.ellipse((0.14 * s, 0.08 * s, 0.86 * s, 0.80 * s), fill=90))
-        img = Image.composite(Image.new("RGB", (s, s), _shade(bg_top, 0.45)), img, halo.filter(ImageFilter.GaussianBlur(s / 20)))
+        img = Image.composite(
+            Image.new("RGB", (s, s), _shade(bg_top, 0.45)), img, halo.filter(ImageFilter.GaussianBlur(s / 20))
+        )
         draw = ImageDraw.Draw(img, "RGBA")
         lw = max(2, s // 200)
 
@@ -212,7 +214,9 @@ class DogRenderer:
 
         # --- body and chest
         bw = _lerp(0.30, 0.40, t["head_width"]) * s
-        draw.ellipse((0.5 * s - bw, cy + hh * 0.9, 0.5 * s + bw, cy + hh * 0.9 + 2.2 * bw), fill=fur, outline=line, width=lw)
+        draw.ellipse(
+            (0.5 * s - bw, cy + hh * 0.9, 0.5 * s + bw, cy + hh * 0.9 + 2.2 * bw), fill=fur, outline=line, width=lw
+        )
         draw.rectangle((cx - hw * 0.62, cy, cx + hw * 0.62, cy + hh * 1.3), fill=fur)
         chest_a = _smooth(0.3, 0.7, t["chest"])
         if chest_a > 0:
@@ -223,11 +227,20 @@ class DogRenderer:
         if collar_a > 0:
             collar = _hsv(t["collar_hue"], 0.75, 0.8)
             cy2 = cy + hh * 0.98
-            draw.rounded_rectangle((0.5 * s - 0.2 * s, cy2, 0.5 * s + 0.2 * s, cy2 + 0.05 * s), radius=0.02 * s,
-                                   fill=_rgba(collar, collar_a), outline=_rgba(_shade(collar, -0.4), collar_a), width=lw)
+            draw.rounded_rectangle(
+                (0.5 * s - 0.2 * s, cy2, 0.5 * s + 0.2 * s, cy2 + 0.05 * s),
+                radius=0.02 * s,
+                fill=_rgba(collar, collar_a),
+                outline=_rgba(_shade(collar, -0.4), collar_a),
+                width=lw,
+            )
             tag = (0.5 * s, cy2 + 0.075 * s)
-            draw.ellipse((tag[0] - 0.03 * s, tag[1] - 0.03 * s, tag[0] + 0.03 * s, tag[1] + 0.03 * s),
-                         fill=_rgba((232, 190, 72), collar_a), outline=_rgba((150, 110, 30), collar_a), width=lw)
+            draw.ellipse(
+                (tag[0] - 0.03 * s, tag[1] - 0.03 * s, tag[0] + 0.03 * s, tag[1] + 0.03 * s),
+                fill=_rgba((232, 190, 72), collar_a),
+                outline=_rgba((150, 110, 30), collar_a),
+                width=lw,
+            )
 
         # --- ears (behind the head; hanging ears are drawn again in front, faded in)
         droop = t["ear_droop"]
@@ -307,9 +320,13 @@ class DogRenderer:
             ex = cx + side * eye_dx
             if brow_a > 0:
                 bx, by, br = ex + side * eye_r * 0.3, eye_y - eye_r * 1.9, eye_r * 0.55
-                draw.ellipse((bx - br * 1.3, by - br, bx + br * 1.3, by + br), fill=_rgba(_mix(second, light, 0.4), brow_a))
+                draw.ellipse(
+                    (bx - br * 1.3, by - br, bx + br * 1.3, by + br), fill=_rgba(_mix(second, light, 0.4), brow_a)
+                )
             iris = _palette(_EYES, t["eye_colour"] ** 1.6)
-            draw.ellipse((ex - eye_r * 1.15, eye_y - eye_r * 1.1, ex + eye_r * 1.15, eye_y + eye_r * 1.1), fill=(28, 22, 22))
+            draw.ellipse(
+                (ex - eye_r * 1.15, eye_y - eye_r * 1.1, ex + eye_r * 1.15, eye_y + eye_r * 1.1), fill=(28, 22, 22)
+            )
             draw.ellipse((ex - eye_r, eye_y - eye_r, ex + eye_r, eye_y + eye_r), fill=iris)
             pr = eye_r * 0.55
             draw.ellipse((ex - pr, eye_y - pr, ex + pr, eye_y + pr), fill=(14, 12, 12))
@@ -334,13 +351,23 @@ class DogRenderer:
             tw = mouth_w * 0.42
             tongue_col = (226, 106, 120)
             tongue = [(cx - tw, mouth_y - tw * 0.3), (cx + tw, mouth_y - tw * 0.3)]
-            tongue += [(cx + tw * math.cos(a * math.pi / 24), mouth_y + tl + tw * math.sin(a * math.pi / 24)) for a in range(25)]
-            draw.polygon(tongue, fill=_rgba(tongue_col, tongue_a), outline=_rgba(_shade(tongue_col, -0.35), tongue_a), width=lw)
+            tongue += [
+                (cx + tw * math.cos(a * math.pi / 24), mouth_y + tl + tw * math.sin(a * math.pi / 24))
+                for a in range(25)
+            ]
+            draw.polygon(
+                tongue, fill=_rgba(tongue_col, tongue_a), outline=_rgba(_shade(tongue_col, -0.35), tongue_a), width=lw
+            )
             draw.line((cx, mouth_y, cx, mouth_y + tl * 0.6), fill=_rgba(_shade(tongue_col, -0.3), tongue_a), width=lw)
         mw = max(3, int(lw * 1.5))
         draw.line((cx, ny + nw * 0.65, cx, mouth_y), fill=line, width=mw)
         for side in (-1, 1):
-            box = (cx + min(0, side) * mouth_w, mouth_y - mouth_w * 0.5, cx + max(0, side) * mouth_w, mouth_y + mouth_w * 0.35)
+            box = (
+                cx + min(0, side) * mouth_w,
+                mouth_y - mouth_w * 0.5,
+                cx + max(0, side) * mouth_w,
+                mouth_y + mouth_w * 0.35,
+            )
             draw.arc(box, 20, 160, fill=line, width=mw)
         return img
 

@@ -40,7 +40,9 @@ def make_sheet(*, items: "list[tuple[Image.Image, str]]", columns: int | None = 
     if len(items) > MAX_ITEMS:
         raise FingerprintError(f"make_sheet got {len(items)} items; at most {MAX_ITEMS} fit on one sheet. Split them.")
     for i, item in enumerate(items):
-        if not (isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], Image.Image) and isinstance(item[1], str)):
+        if not (
+            isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], Image.Image) and isinstance(item[1], str)
+        ):
             raise FingerprintError(
                 f"make_sheet item {i} is not a (PIL.Image.Image, str) pair; pass (picture, caption) tuples."
             )
