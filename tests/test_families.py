@@ -66,8 +66,8 @@ def test_head_slice_budget(family: str, family_models: dict) -> None:
     ckpt = open_source(a)
     reader = LayerReader(tensors=ckpt.tensors, arch=bind_architecture(config=ckpt.config, tensor_names=ckpt.tensors.names()))
     emb_bytes = len(full.tokens) * ckpt.tensors.info(reader.arch.embedding_name).row_bytes
-    # room for the embedding rows and ~1.5 layers of attention: too little for attention terms of every layer
-    budget = (emb_bytes + 1.5 * reader.part_bytes(0)["attention"]) / total
+    # room for the embedding rows and ~2.5 layers of attention: too little for attention terms of most layers
+    budget = (emb_bytes + 2.5 * reader.part_bytes(0)["attention"]) / total
     sliced = hubguard.fingerprint(a, budget=budget)
     assert sliced.stats["plan"]["mode"] == "qk_heads", sliced.stats["plan"]
     assert set(sliced.terms) == {"attn_qk"} and len(sliced.layers) == len(full.layers)

@@ -271,6 +271,13 @@ class SafetensorsCheckpoint:
                 out[n] = self._check(n, _bytes_to_tensor(buf, dtype=i.dtype, shape=i.shape))
         return out
 
+    def rows_bytes(self, name: str, rows: Sequence[int], *, max_gap: int = DEFAULT_MAX_GAP) -> int:
+        """Bytes `get_rows(name, rows, max_gap=...)` reads (for reading-budget plans)."""
+        info = self.info(name)
+        rb = info.row_bytes
+        spans = coalesce_ranges([(r * rb, (r + 1) * rb) for r in set(rows)], max_gap=max_gap)
+        return sum(e - s for s, e in spans)
+
     def get_rows(self, name: str, rows: Sequence[int], *, max_gap: int = DEFAULT_MAX_GAP) -> "torch.Tensor":
         """Rows `rows` (first-axis indices, any order, repeats allowed) of a tensor, as float32.
 

@@ -93,7 +93,7 @@ def fingerprint_checkpoint(
 
     from hubguard.checkpoint.architectures import bind_architecture
     from hubguard.checkpoint.canonical import LayerReader
-    from hubguard.lineage.plan import plan_reads
+    from hubguard.lineage.plan import embedding_gap, plan_reads
     from hubguard.lineage.terms import decorrelate_tokens, layer_terms, normalise_rows, standardise
     from hubguard.lineage.tokens import load_token_set, load_vocabulary
 
@@ -112,16 +112,19 @@ def fingerprint_checkpoint(
             "with a non-English or character-level vocabulary needs another token set."
         )
     keys = [k for k, _ in usable]
-    x = tensors.get_rows(emb_name, [i for _, i in usable])
+    rows = [i for _, i in usable]
+    reader = LayerReader(tensors=tensors, arch=arch)
+    total = tensors.total_bytes()
+    gap = embedding_gap(tensors=tensors, name=emb_name, rows=rows, budget=budget, total_bytes=total)
+    plan = plan_reads(
+        reader=reader, n_layers=arch.num_layers, layers=layers, max_layers=max_layers, budget=budget,
+        total_bytes=total, embedding_bytes=tensors.rows_bytes(emb_name, rows, max_gap=gap),
+    )
+    x = tensors.get_rows(emb_name, rows, max_gap=gap)
     if x.shape[1] != arch.hidden_size:
         raise CorruptCheckpointError(f"Embedding rows are {x.shape[1]} wide but the hidden size is {arch.hidden_size}.")
     x = decorrelate_tokens(normalise_rows(x, centre=arch.spec["norm"]["type"] == "layer"))
 
-    reader = LayerReader(tensors=tensors, arch=arch)
-    plan = plan_reads(
-        reader=reader, n_layers=arch.num_layers, layers=layers, max_layers=max_layers, budget=budget,
-        total_bytes=tensors.total_bytes(), embedding_bytes=len(keys) * tensors.info(emb_name).row_bytes,
-    )
     chosen = list(plan.layers)
     per_term: dict[str, list[torch.Tensor]] = {}
     for li in progress(chosen, desc=f"fingerprint {Path(checkpoint.source).name or checkpoint.source}", total=len(chosen)):

@@ -21,8 +21,11 @@ from hubguard.errors import FingerprintError
 
 AUTO_FULL_BYTES = 1024**3  # "auto" budget: read everything of checkpoints up to 1 GiB...
 AUTO_BUDGET = 0.02  # ...and at most this fraction of larger ones
+EMBEDDING_GAPS = (0, 64 * 1024, 256 * 1024, 1024**2, 4 * 1024**2)  # candidate windows for token rows
+EMBEDDING_SHARE = 0.25  # under a budget, token-row windows may take this share of it
+LAYER_SHARE = 0.85  # share of the budget planned for layers; the rest covers headers, tokenizer, coalescing
 MIN_ATTENTION_LAYERS = 8  # below this many (or half the layers), head slices of more layers are the better buy
-HEAD_LAYERS = 10  # layers read in qk_heads mode (each costs ~3 requests remotely)
+HEAD_LAYERS = 8  # layers read in qk_heads mode (each costs ~3 requests remotely: norm, query rows, key rows)
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,21 @@ def select_layers(n_layers: int, layers: list[int] | None, max_layers: int | Non
     return sorted({round(i * step) for i in range(max_layers)})
 
 
+def embedding_gap(*, tensors: Any, name: str, rows: list[int], budget: "float | str | None", total_bytes: int) -> int:
+    """Under a budget, read token rows in wide windows (fewer requests, a few more bytes): the widest merge gap
+    whose reads stay within EMBEDDING_SHARE of the budget. Without a budget, exact rows."""
+    if budget == "auto":
+        budget = None if total_bytes <= AUTO_FULL_BYTES else AUTO_BUDGET
+    if budget is None or isinstance(budget, str):
+        return 0
+    limit = EMBEDDING_SHARE * float(budget) * total_bytes
+    best = 0
+    for gap in EMBEDDING_GAPS:
+        if tensors.rows_bytes(name, rows, max_gap=gap) <= limit:
+            best = gap
+    return best
+
+
 def plan_reads(
     *,
     reader: Any,
@@ -69,7 +87,7 @@ def plan_reads(
         return ReadPlan(layers=tuple(chosen), mode="full", estimated_bytes=len(chosen) * (attn + ffn) + embedding_bytes)
     if isinstance(budget, str) or not 0 < float(budget) <= 1:
         raise FingerprintError(f"budget must be a fraction in (0, 1], 'auto' or None; got {budget!r}.")
-    allowed = float(budget) * total_bytes - embedding_bytes
+    allowed = LAYER_SHARE * float(budget) * total_bytes - embedding_bytes
     if allowed >= len(chosen) * (attn + ffn):
         return ReadPlan(layers=tuple(chosen), mode="full", estimated_bytes=len(chosen) * (attn + ffn) + embedding_bytes)
     fit = min(int(allowed // max(attn, 1)), len(chosen))
