@@ -39,7 +39,7 @@ ENCODER_FORMAT = "hubguard-fingerprint-encoder"
 ENCODER_SCHEMA_VERSION = 1
 ENCODER_FILE = Path(__file__).with_name("encoder_v1.safetensors")
 # SHA-256 of the shipped encoder_v1.safetensors; written by train_encoder.py --out <package file>.
-ENCODER_SHA256 = "fa189de1c2439c75bf619cfcd3fb3e0afb70de853ef2d7b5b1d9fc6f56ffa212"
+ENCODER_SHA256 = "d4677f9b8a0443615b23dc7cf968b3cda8be2c434a015cb613489a05d5e84059"
 
 DEFAULT_CONFIG: dict[str, Any] = {
     "pool": POOL_SIZE,
@@ -141,8 +141,7 @@ class Encoder:
     config: dict[str, Any]
     sha256: str
     network: Any  # torch.nn.Module in eval mode
-    mean: Any  # torch.Tensor [VECTOR_DIM]
-    whitening: Any  # torch.Tensor [VECTOR_DIM, VECTOR_DIM]
+    whitenings: dict[str, tuple[Any, Any]]  # channel mask ("1111", "1100") -> (mean [D], ZCA matrix [D, D])
 
     def encode_batch(self, *, terms: "torch.Tensor") -> "torch.Tensor":
         """[B, 4, n, n] validated float32 terms -> [B, VECTOR_DIM] float32 (torch, no grad)."""
@@ -150,7 +149,13 @@ class Encoder:
 
         with torch.no_grad():
             hidden = self.network(pool_terms(terms, pool=int(self.config["pool"])))
-            return (hidden - self.mean) @ self.whitening
+            present = terms.flatten(2).abs().amax(dim=2) > 0  # [B, C]
+            out = torch.empty_like(hidden)
+            for i in range(hidden.shape[0]):
+                key = "".join("1" if p else "0" for p in present[i].tolist())
+                mean, matrix = self.whitenings.get(key, self.whitenings["1111"])
+                out[i] = (hidden[i] - mean) @ matrix
+            return out
 
     def encode(self, *, terms: "torch.Tensor") -> "numpy.ndarray":
         import numpy as np
@@ -162,7 +167,6 @@ class Encoder:
 
 def read_encoder(*, path: Path, sha256: str | None) -> Encoder:
     """Read an encoder file; when sha256 is given, refuse a file whose hash differs."""
-    import torch
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -197,7 +201,11 @@ def read_encoder(*, path: Path, sha256: str | None) -> Encoder:
         network = build_network(config)
         state = {k.removeprefix("network."): v for k, v in tensors.items() if k.startswith("network.")}
         network.load_state_dict(state)
-        mean, whitening = tensors["whiten.mean"], tensors["whiten.matrix"]
+        whitenings = {"1111": (tensors["whiten.mean"].float(), tensors["whiten.matrix"].float())}
+        for key in tensors:
+            parts = key.split(".")
+            if len(parts) == 3 and parts[0] == "whiten" and parts[2] == "mean":
+                whitenings[parts[1]] = (tensors[key].float(), tensors[f"whiten.{parts[1]}.matrix"].float())
     except (KeyError, RuntimeError, ValueError, json.JSONDecodeError) as exc:
         raise FingerprintError(
             f"The fingerprint encoder weights {path} do not match the encoder's layout ({exc}). Reinstall hubguard."
@@ -211,8 +219,7 @@ def read_encoder(*, path: Path, sha256: str | None) -> Encoder:
         config=config,
         sha256=actual,
         network=network,
-        mean=mean.to(torch.float32),
-        whitening=whitening.to(torch.float32),
+        whitenings=whitenings,
     )
 
 

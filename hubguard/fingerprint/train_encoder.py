@@ -14,7 +14,7 @@ Q, K and X, sometimes with a few tokens dropped):
   distribution, not only moments — what HuRef's discriminator does, without an adversarial game that is
   unstable at the small batches a CPU affords.
 After training, the outputs on held-in independent draws are whitened (mean and ZCA matrix stored with the
-weights), so mean and covariance match N(0, I) closely; the benchmark measures them on held-out data.
+weights; one whitening for all four channels, one for the attention channels only), so mean and covariance match N(0, I) closely; the benchmark measures them on held-out data.
 """
 
 from __future__ import annotations
@@ -87,22 +87,36 @@ def contrastive_loss(ha: "Any", hp: "Any", *, p: float = 1.3) -> "Any":
     return p * (1 - positive).mean() + (2 - p) * off.abs().mean()
 
 
-def fit_whitening(network: "Any", *, generator: "Any", samples: int, batch: int = 256) -> tuple:
-    """Mean and ZCA whitening matrix of the network's outputs on independent full-channel draws."""
+WHITEN_MASKS = ("1111", "1100")  # all four term channels (the default), attention terms only
+
+
+def fit_whitening(network: "Any", *, generator: "Any", samples: int, mask: str = "1111", batch: int = 256) -> tuple:
+    """Mean and ZCA whitening matrix of the network's outputs on independent draws with the given channels."""
     import torch
 
+    keep = torch.tensor([float(c) for c in mask])[None, :, None, None]
     outs = []
     with torch.no_grad():
-        for i in progress(range(0, samples, batch), desc="whitening"):
+        for i in progress(range(0, samples, batch), desc=f"whitening {mask}"):
             n = TRAIN_SIZES[i // batch % len(TRAIN_SIZES)]
             models = draw_models(generator=generator, batch=min(batch, samples - i), n=n)
-            outs.append(network(_pool(terms_of(models))))
+            outs.append(network(_pool(terms_of(models) * keep)))
     h = torch.cat(outs).double()
     mean = h.mean(dim=0)
     cov = torch.cov((h - mean).T)
     evals, evecs = torch.linalg.eigh(cov)
     zca = evecs @ torch.diag(evals.clamp_min(1e-8).rsqrt()) @ evecs.T
     return mean.float(), zca.float()
+
+
+def fit_whitenings(network: "Any", *, seed: int, samples: int) -> dict:
+    """One whitening per channel mask in WHITEN_MASKS, each from its own generator (seed + 1 + index)."""
+    import torch
+
+    return {
+        mask: fit_whitening(network, generator=torch.Generator().manual_seed(seed + 1 + i), samples=samples, mask=mask)
+        for i, mask in enumerate(WHITEN_MASKS)
+    }
 
 
 def train(
@@ -153,11 +167,9 @@ def train(
             print(json.dumps(entry), flush=True)
             running = dict.fromkeys(running, 0.0)
     network.eval()
-    mean, zca = fit_whitening(network, generator=g, samples=whiten_samples)
     return {
         "network": network,
-        "mean": mean,
-        "zca": zca,
+        "whitenings": fit_whitenings(network, seed=seed, samples=whiten_samples),
         "config": config,
         "history": history,
         "seconds": time.perf_counter() - start,
@@ -168,11 +180,11 @@ def save_encoder(*, result: dict, out: Path, seed: int, args: dict) -> str:
     """Write the safetensors file with metadata; return its SHA-256."""
     import hashlib
 
-    from safetensors.torch import save_file
-
     tensors = {f"network.{k}": v.detach().contiguous() for k, v in result["network"].state_dict().items()}
-    tensors["whiten.mean"] = result["mean"].contiguous()
-    tensors["whiten.matrix"] = result["zca"].contiguous()
+    for mask, (mean, zca) in result["whitenings"].items():
+        prefix = "whiten." if mask == "1111" else f"whiten.{mask}."
+        tensors[prefix + "mean"] = mean.contiguous()
+        tensors[prefix + "matrix"] = zca.contiguous()
     metadata = {
         "format": ENCODER_FORMAT,
         "schema_version": str(ENCODER_SCHEMA_VERSION),
@@ -180,11 +192,60 @@ def save_encoder(*, result: dict, out: Path, seed: int, args: dict) -> str:
         "seed": str(seed),
         "config": json.dumps(result["config"], sort_keys=True),
         "training": json.dumps({**args, "seconds": round(result["seconds"], 1)}, sort_keys=True),
+        "whiten_masks": json.dumps(sorted(result["whitenings"])),
         "final_losses": json.dumps(result["history"][-1] if result["history"] else {}),
     }
     out.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(out), metadata=metadata)
+    out.write_bytes(_safetensors_bytes(tensors, metadata))
     return hashlib.sha256(out.read_bytes()).hexdigest()
+
+
+def _safetensors_bytes(tensors: dict, metadata: dict[str, str]) -> bytes:
+    """Serialise float32 tensors as safetensors with sorted keys, so the same weights give the same bytes.
+
+    (safetensors' own writer orders the metadata by a hash map, which changes the file's SHA-256 run to run.)
+    """
+    import struct
+
+    header: dict[str, Any] = {"__metadata__": dict(sorted(metadata.items()))}
+    blobs, offset = [], 0
+    for name in sorted(tensors):
+        data = tensors[name].detach().float().contiguous().numpy().astype("<f4").tobytes()
+        header[name] = {
+            "dtype": "F32",
+            "shape": list(tensors[name].shape),
+            "data_offsets": [offset, offset + len(data)],
+        }
+        blobs.append(data)
+        offset += len(data)
+    raw = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    return struct.pack("<Q", len(raw)) + raw + b"".join(blobs)
+
+
+def refit(*, source: Path, out: Path, samples: int) -> None:
+    """Refit the whitenings of a trained encoder (same result as the end of a full training run)."""
+    import torch
+    from safetensors import safe_open
+
+    from hubguard.fingerprint.encoder import read_encoder
+
+    torch.set_num_threads(1)
+    encoder = read_encoder(path=source, sha256=None)
+    with safe_open(str(source), framework="pt") as handle:
+        metadata = dict(handle.metadata() or {})
+    start = time.perf_counter()
+    whitenings = fit_whitenings(encoder.network, seed=encoder.seed, samples=samples)
+    args = {**json.loads(metadata.get("training", "{}")), "whiten_samples": samples}
+    result = {
+        "network": encoder.network,
+        "whitenings": whitenings,
+        "config": encoder.config,
+        "history": [json.loads(metadata.get("final_losses", "{}"))],
+        "seconds": float(args.pop("seconds", 0.0)),
+    }
+    digest = save_encoder(result=result, out=out, seed=encoder.seed, args=args)
+    print(json.dumps({"out": str(out), "sha256": digest, "refit_seconds": round(time.perf_counter() - start, 1)}))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -198,7 +259,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--whiten-samples", type=int, default=8192)
     parser.add_argument("--drop-prob", type=float, default=0.5, help="share of batches whose positives lose tokens")
     parser.add_argument("--drop-div", type=int, default=10, help="at most n // drop_div tokens are dropped")
+    parser.add_argument(
+        "--refit-whitening",
+        type=Path,
+        default=None,
+        help="skip training: take the network of this encoder file and only refit the output whitenings",
+    )
     args = parser.parse_args(argv)
+    if args.refit_whitening is not None:
+        refit(source=args.refit_whitening, out=args.out, samples=args.whiten_samples)
+        return
     settings = {
         "steps": args.steps,
         "batch": args.batch,
