@@ -247,13 +247,13 @@ class DogRenderer:
         ear_len = _lerp(0.17, 0.32, t["ear_length"]) * s * _lerp(0.85, 1.25, droop)
         ear_w = _lerp(0.11, 0.19, t["ear_width"]) * s
         set_angle = _lerp(0.45, 0.95, t["ear_set"])  # where on the head outline the ear sits
-        tilt = _lerp(0.15, 2.75, droop)  # 0 = straight up, pi = straight down
-        bend = _lerp(0.1, 0.5, droop) * _lerp(0.4, 1.2, t["ear_round"])
+        tilt = _lerp(0.15, 2.85, droop)  # 0 = straight up, pi = straight down
+        bend = _lerp(0.1, 0.5, droop * (1 - droop) * 2.5) * _lerp(0.4, 1.1, t["ear_round"])
         roundness = _lerp(1.4, 0.45, 0.6 * droop + 0.4 * t["ear_round"])
         inner = _mix(ear_col, (236, 170, 168), _lerp(0.35, 0.75, t["inner_ear"]))
         ears = []
         for side in (-1, 1):
-            root = (cx + side * hw * math.sin(set_angle) * 0.9, cy - hh * math.cos(set_angle) * 0.95)
+            root = (cx + side * hw * (math.sin(set_angle) * 0.9 + 0.3 * droop**2), cy - hh * math.cos(set_angle) * 0.95)
             outer = _ear(root, side * tilt, ear_len, ear_w, roundness, side * bend)
             inner_pts = _ear(root, side * tilt, ear_len * 0.78, ear_w * 0.55, roundness, side * bend)
             ears.append((outer, inner_pts))
@@ -347,7 +347,7 @@ class DogRenderer:
         mouth_w = snout_w * 0.55
         tongue_a = _smooth(0.45, 0.7, t["tongue"])
         if tongue_a > 0:
-            tl = _lerp(0.04, 0.10, t["tongue_length"]) * s
+            tl = _lerp(0.025, 0.065, t["tongue_length"]) * s
             tw = mouth_w * 0.42
             tongue_col = (226, 106, 120)
             tongue = [(cx - tw, mouth_y - tw * 0.3), (cx + tw, mouth_y - tw * 0.3)]
