@@ -16,7 +16,14 @@ from hubguard.fingerprint.renderer import DogRenderer, FingerprintRenderer, dog_
 from hubguard.fingerprint.sheet import make_sheet
 from hubguard.fingerprint.synthetic import draw_models, pair_cosine, perturb, terms_of
 
-torch.set_num_threads(1)
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """These tensors are small: a second intra-op thread only spins on the shared cores (20x slower here)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def _pair(seed: int, *, n: int, sigma: float, batch: int = 8):
