@@ -2,7 +2,8 @@
 
     python -m hubguard.fingerprint.train_encoder --out hubguard/fingerprint/encoder_v1.safetensors
 
-Reproducible: one seed drives every random draw; torch runs on one thread. Runs in about 10 minutes.
+Reproducible: one seed drives every random draw; torch runs on one thread; the weights file is byte-identical
+run to run. 3000 steps took 1065 s on one thread of a shared 2-core machine.
 
 Loss per batch of B anchors (fresh synthetic models) and their positives (the same models after noise on
 Q, K and X, sometimes with a few tokens dropped):
