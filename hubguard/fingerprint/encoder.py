@@ -9,7 +9,12 @@ Input: [C, n, n] float32, C <= 4 term channels (attn_qk, attn_vo, ffn_a, ffn_b; 
 z-scored, over a token list whose order is fixed and shared between models. Each channel is area-pooled to
 a fixed 64x64 grid (so any n works, and dropping or shifting a few tokens moves little), z-scored again, and
 encoded. Output: float32 [512]; independent inputs give approximately N(0, I) vectors, similar inputs give
-vectors whose cosine grows with the input similarity.
+vectors whose cosine grows with the input similarity. The output whitening depends on which channels are
+present: the file holds one for all four channels and one for the attention channels only (attn_qk, attn_vo);
+other channel sets use the four-channel whitening.
+
+Tokens missing from a model's vocabulary are best left as zero rows/columns at their place in the shared token
+list (rather than removed), so that the grid stays aligned position by position between models.
 """
 
 from __future__ import annotations
