@@ -22,7 +22,7 @@ from hubguard.errors import FingerprintError
 AUTO_FULL_BYTES = 1024**3  # "auto" budget: read everything of checkpoints up to 1 GiB...
 AUTO_BUDGET = 0.02  # ...and at most this fraction of larger ones
 EMBEDDING_GAPS = (0, 64 * 1024, 256 * 1024, 1024**2, 4 * 1024**2)  # candidate windows for token rows
-EMBEDDING_SHARE = 0.25  # under a budget, token-row windows may take this share of it
+EMBEDDING_SHARE = 0.3  # under a budget, token-row windows may take this share of it
 LAYER_SHARE = 0.85  # share of the budget planned for layers; the rest covers headers, tokenizer, coalescing
 MIN_ATTENTION_LAYERS = 8  # below this many (or half the layers), head slices of more layers are the better buy
 HEAD_LAYERS = 8  # layers read in qk_heads mode (each costs ~3 requests remotely: norm, query rows, key rows)
