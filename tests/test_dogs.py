@@ -12,7 +12,14 @@ from PIL import Image
 
 from hubguard.errors import FingerprintError, HubguardError
 from hubguard.fingerprint import encoder as enc
-from hubguard.fingerprint.renderer import DogRenderer, FingerprintRenderer, dog_traits, image_distance, render_dog
+from hubguard.fingerprint.renderer import (
+    DogRenderer,
+    FingerprintRenderer,
+    dog_traits,
+    image_distance,
+    render_dog,
+    trait_distance,
+)
 from hubguard.fingerprint.sheet import make_sheet
 from hubguard.fingerprint.synthetic import draw_models, pair_cosine, perturb, terms_of
 
@@ -180,6 +187,10 @@ def test_independent_vectors_give_clearly_different_dogs():
     assert min(distances) > 0.08
     near = render_dog(vector=_vec(100) + 0.02 * _vec(7), size=192)
     assert image_distance(a=dogs[0], b=near) < min(distances) / 3
+    # trait distance grows with the vector distance and is ~2.6 for independent vectors
+    steps = [trait_distance(a=_vec(100), b=np.sqrt(1 - r**2) * _vec(100) + r * _vec(8)) for r in (0.05, 0.3, 0.7)]
+    assert steps[0] < steps[1] < steps[2]
+    assert 1.8 < trait_distance(a=_vec(100), b=_vec(101)) < 3.4
 
 
 @pytest.mark.parametrize(

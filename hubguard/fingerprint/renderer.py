@@ -391,3 +391,14 @@ def image_distance(*, a: "Image.Image", b: "Image.Image") -> float:
         return np.asarray(img.resize((64, 64), Image.Resampling.BILINEAR), dtype=np.float64) / 255.0
 
     return float(np.sqrt(np.mean((small(a) - small(b)) ** 2)))
+
+
+def trait_distance(*, a: "numpy.ndarray", b: "numpy.ndarray") -> float:
+    """Euclidean distance between the renderer's trait vectors (each trait in [0, 1]) of two fingerprint vectors.
+
+    This is the distance between what the renderer draws, before pixels: it does not saturate as early as
+    `image_distance` (where background and layout are shared by all dogs), so it ranks related dogs better.
+    Independent N(0, I) vectors give about sqrt(n_traits / 6) ≈ 2.6.
+    """
+    ta, tb = dog_traits(vector=a), dog_traits(vector=b)
+    return math.sqrt(sum((ta[k] - tb[k]) ** 2 for k in ta))
