@@ -2,8 +2,12 @@
 
     python -m hubguard.fingerprint.train_encoder --out hubguard/fingerprint/encoder_v1.safetensors
 
-Reproducible: one seed drives every random draw; torch runs on one thread; the weights file is byte-identical
-run to run. 3000 steps took 1065 s on one thread of a shared 2-core machine.
+Reproducible: one seed drives every random draw, torch runs on one thread, and the file is written with
+sorted keys. 3000 steps took 1065 s on one thread of a shared 2-core machine. The whitening stage alone
+(`--refit-whitening FILE`, about 40 s) was run twice and gave byte-identical files; the full training run was
+done once. The shipped file was made by a full run followed by `--refit-whitening` (the run predates the
+attention-only whitening); a full run of the current script gives the same tensors if the training steps are
+deterministic on one thread.
 
 Loss per batch of B anchors (fresh synthetic models) and their positives (the same models after noise on
 Q, K and X, sometimes with a few tokens dropped):
