@@ -6,8 +6,11 @@ code (d/2 sub-spaces of 2 dimensions, 16 centroids each: d/4 bytes, 128 bytes fo
 SIMD in-register look-up tables (`IndexPQFastScan`); the `RERANK` best codes are then re-scored exactly from the
 float16 sketches. Why a full scan and not a partition or a graph: the registry is mostly unrelated models, whose
 sketches are near-orthogonal random vectors, so a query's exact top 10 often holds entries at noise level
-(cosine ~0.2 at 10⁶) that no clustering or neighbour graph can route to; a precise compressed scan finds them
-(benchmarks/registry.py: recall@10 against exact search, p50 latency, build time).
+(cosine ~0.2 at 10⁶) that no clustering or neighbour graph can route to; a precise compressed scan finds them.
+Measured (benchmarks/registry.py, 2 shared cores, registry-shaped synthetic sketches): 10⁶ entries p50 13.5 ms,
+p99 21 ms, recall@10 0.995 against exact search (1.0 on entries with cosine ≥ 0.3), build 22 s, 1152 bytes per
+entry in memory (float16 sketch + 128-byte code); 10⁵: p50 1.0 ms, recall@10 0.999. The IVF this replaces
+reached recall@10 0.74 at 10⁵.
 
 The index is built once and cached as one file in `cache_dir` (`sketch-index-v2.bin`: a magic, a JSON header
 with the entries key, the parameters and the payload's sha256, then FAISS's own serialisation — no pickle). It
