@@ -194,7 +194,9 @@ def _run_one(method: str, source: str, folder: str, kwargs: dict) -> dict:
 
     torch.set_num_threads(1)
     import hubguard
+    import hubguard.lineage  # noqa: F401 - imports done before the baseline RSS is taken
 
+    import_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     t0 = time.perf_counter()
     if method == "full_load":
         import transformers
@@ -202,7 +204,8 @@ def _run_one(method: str, source: str, folder: str, kwargs: dict) -> dict:
         from hubguard.checkpoint.source import Checkpoint
         from hubguard.lineage import compute_fingerprint
 
-        model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16)
+        # HuRef's official code: the whole model in float32, then the terms
+        model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
         store = _MemoryStore(
             model.state_dict(), (Path(folder) / "config.json").read_text(), (Path(folder) / "tokenizer.json").read_text()
         )
@@ -221,6 +224,7 @@ def _run_one(method: str, source: str, folder: str, kwargs: dict) -> dict:
         "requests": requests,
         "wall_s": round(wall, 2),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "import_rss_mb": round(import_rss, 1),  # RSS after importing torch + hubguard, before any work
         "layers": list(fp.layers),
         "n_tokens": len(fp.tokens),
     }
@@ -307,9 +311,15 @@ def main() -> None:
             env.pop("HF_TOKEN", None)
             row: dict[str, object] = {"checkpoint_gb": round(size_gb, 2), "request_pattern": request_pattern(folder)}
             for method in [] if args.pattern_only else args.methods:
-                if method == "full_load" and size_gb > args.full_load_max_gb:
-                    row[method] = {"skipped": f"{size_gb:.1f} GB > --full-load-max-gb {args.full_load_max_gb}"}
-                    continue
+                if method == "full_load":
+                    import psutil
+
+                    need_gb = 2 * size_gb * 1.1  # float32 copy of bf16 weights, plus slack
+                    free_gb = psutil.virtual_memory().available / 1024**3
+                    if size_gb > args.full_load_max_gb or need_gb > free_gb:
+                        row[method] = {"skipped": f"a float32 full load needs ~{need_gb:.0f} GB of RAM; {free_gb:.0f} GB "
+                                       f"available (limit --full-load-max-gb {args.full_load_max_gb})", "needs_gb": round(need_gb, 1)}
+                        continue
                 source = {"http": f"hf://bench/llama-{name}", "http_warm": f"hf://bench/llama-{name}@{sha}"}.get(
                     method, str(folder)
                 )

@@ -67,6 +67,31 @@ def lineage_multi_base(d: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
+def remote(d: dict[str, Any]) -> str:
+    rows = [
+        "| model | method | bytes read | of checkpoint | requests | wall s | peak RSS MB (after imports) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    notes = []
+    for name, m in d["models"].items():
+        for method in ("http", "http_warm", "local", "full_load"):
+            r = m.get(method)
+            if not isinstance(r, dict):
+                continue
+            if "skipped" in r:
+                rows.append(f"| {name} ({m.get('checkpoint_gb')} GB) | {method} | skipped: {r['skipped']} | | | | |")
+                continue
+            rows.append(
+                f"| {name} ({m.get('checkpoint_gb')} GB) | {method} | {r['bytes_read'] / 1e6:,.1f} MB | {100 * r['fraction']:.2f}% | "
+                f"{r['requests']} | {r['wall_s']:.1f} | {r['peak_rss_mb']:.0f} ({r.get('import_rss_mb', 0):.0f}) |"
+            )
+        ratio = m.get("full_load_over_http")
+        if ratio:
+            notes.append(f"{name}: the full load takes {ratio['wall_s']}× the time, {ratio['peak_rss_mb']}× the peak memory and "
+                         f"{ratio['bytes_read']}× the bytes of hubguard over HTTP.")
+    return "\n".join(rows + [""] + notes)
+
+
 def generic(d: Any) -> str:
     """Fallback: a fenced JSON block (for benchmarks whose table is not specialised yet)."""
     return "```json\n" + json.dumps(d, indent=1)[:4000] + "\n```"
@@ -76,6 +101,7 @@ TABLES: dict[str, tuple[str, Callable[[Any], str]]] = {
     "lineage-summary": ("lineage", lineage_summary),
     "lineage-by-kind": ("lineage", lineage_by_kind),
     "lineage-multi-base": ("lineage", lineage_multi_base),
+    "remote": ("remote", remote),
 }
 
 

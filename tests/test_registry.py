@@ -12,7 +12,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from hubguard.errors import RegistryCorruptError, RegistryError
@@ -381,31 +380,6 @@ def test_bad_manifests_are_refused(tmp_path: Path, text: str, match: str) -> Non
 
 
 # --- the ANN stage -------------------------------------------------------------------------------------------------
-
-
-def test_ivf_stage_agrees_with_exact_search(tmp_path: Path) -> None:
-    from hubguard.registry.index import SketchSearcher, exact_search
-
-    rng = np.random.default_rng(0)
-    centres = rng.standard_normal((300, 512)).astype(np.float32)
-    mat = centres[rng.integers(0, 300, 6000)] + 0.7 * rng.standard_normal((6000, 512)).astype(np.float32)
-    mat = (mat / np.linalg.norm(mat, axis=1, keepdims=True)).astype(np.float16)
-    names = [f"m{i}" for i in range(len(mat))]
-    ivf = SketchSearcher(mat, names=names, cache_dir=tmp_path / "idx", exact_limit=1000)
-    assert ivf.kind == "ivf" and (tmp_path / "idx" / "centroids.npy").exists()
-    cached = SketchSearcher(mat, names=names, cache_dir=tmp_path / "idx", exact_limit=1000)
-    assert np.array_equal(cached.ivf.order, ivf.ivf.order)
-    full = mat.astype(np.float32)
-    hits = []
-    for i in rng.integers(0, len(mat), 50):
-        q = full[i] + 0.02 * rng.standard_normal(512).astype(np.float32)
-        exact, _ = exact_search(full, q, 10)
-        got, _ = ivf.search(q, 10)
-        hits.append(len(set(exact.tolist()) & set(got.tolist())) / 10)
-    assert np.mean(hits) >= 0.95
-
-
-# --- concurrency and crashes ----------------------------------------------------------------------------------------
 
 
 def _worker(path: str, fp_files: list[str], wid: int, out: mp.Queue) -> None:
