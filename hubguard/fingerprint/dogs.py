@@ -33,11 +33,17 @@ def dog_vector(fp: "Fingerprint") -> "np.ndarray":
     idx = torch.tensor([pos[t] for t in fp.tokens])
     n = len(full)
     acc = np.zeros(VECTOR_DIM, dtype=np.float64)
-    for li in range(len(fp.layers)):
-        grid = torch.zeros(len(DOG_TERMS), n, n)
-        for c, t in enumerate(DOG_TERMS):
-            grid[c][idx[:, None], idx[None, :]] = fp.terms[t][li].float()
-        acc += encode_terms(terms=grid)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small convolutions: one thread beats two busy ones
+    try:
+        for li in range(len(fp.layers)):
+            grid = torch.zeros(len(DOG_TERMS), n, n)  # the full token-set grid; missing tokens stay zero
+            for c, t in enumerate(DOG_TERMS):
+                if t in fp.terms:
+                    grid[c][idx[:, None], idx[None, :]] = fp.terms[t][li].float()
+            acc += encode_terms(terms=grid)
+    finally:
+        torch.set_num_threads(threads)
     vec = acc / max(len(fp.layers), 1)
     return (vec * np.sqrt(VECTOR_DIM) / max(np.linalg.norm(vec), 1e-12)).astype(np.float32)
 
