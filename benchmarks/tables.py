@@ -74,7 +74,7 @@ def remote(d: dict[str, Any]) -> str:
     ]
     notes = []
     for name, m in d["models"].items():
-        for method in ("http", "http_warm", "local", "full_load"):
+        for method in ("http", "http_warm", "local", "full_load", "full_load_bf16"):
             r = m.get(method)
             if not isinstance(r, dict):
                 continue
@@ -85,11 +85,63 @@ def remote(d: dict[str, Any]) -> str:
                 f"| {name} ({m.get('checkpoint_gb')} GB) | {method} | {r['bytes_read'] / 1e6:,.1f} MB | {100 * r['fraction']:.2f}% | "
                 f"{r['requests']} | {r['wall_s']:.1f} | {r['peak_rss_mb']:.0f} ({r.get('import_rss_mb', 0):.0f}) |"
             )
-        ratio = m.get("full_load_over_http")
-        if ratio:
-            notes.append(f"{name}: the full load takes {ratio['wall_s']}× the time, {ratio['peak_rss_mb']}× the peak memory and "
-                         f"{ratio['bytes_read']}× the bytes of hubguard over HTTP.")
+        for baseline, label in (("full_load", "float32 full load (HuRef's way)"), ("full_load_bf16", "bf16 full load")):
+            ratio = m.get(f"{baseline}_over_http")
+            if ratio:
+                notes.append(f"{name}: the {label} takes {ratio['wall_s']}× the time, {ratio['peak_rss_mb']}× the peak memory "
+                             f"and {ratio['bytes_read']}× the bytes of hubguard over HTTP.")
     return "\n".join(rows + [""] + notes)
+
+
+def registry(d: dict[str, Any]) -> str:
+    rows = ["| entries | stage | p50 ms | p99 ms | recall@10 vs exact | index build s | bytes/entry (search) | peak RSS MB |",
+            "|---|---|---|---|---|---|---|---|"]
+    for r in d.get("search", []):
+        rows.append(f"| {r['entries']:,} | {r['stage']} | {r['search_p50_ms']:.2f} | {r['search_p99_ms']:.2f} | "
+                    f"{r['recall_at_10']:.3f} | {r['index_build_s']:.1f} | {r['search_bytes_per_entry']:.0f} | {r['peak_rss_mb']:.0f} |")
+    v = d.get("verification", {})
+    if v:
+        rows += ["", f"Verification data ({v.get('layers')} layers, {v.get('tokens')} tokens, terms {', '.join(v.get('terms', []))}):", "",
+                 "| storage | bytes | score error (derivative) | score error (independent) | verdicts unchanged |", "|---|---|---|---|---|"]
+        for key, r in v.items():
+            if isinstance(r, dict) and "bytes" in r:
+                same = r.get("deriv", {}).get("verdict_same") and r.get("indep", {}).get("verdict_same")
+                rows.append(f"| {r.get('storage', key)} | {r['bytes'] / 1e6:.1f} MB | {r.get('deriv', {}).get('abs_error', '–')} | "
+                            f"{r.get('indep', {}).get('abs_error', '–')} | {same} |")
+    return "\n".join(rows)
+
+
+def dogs(d: dict[str, Any]) -> str:
+    def st(x: dict[str, Any]) -> str:
+        return f"{x.get('min', '–')} / {x.get('mean', '–')} / {x.get('max', '–')} (n={x.get('n', 0)})"
+
+    rows = [
+        f"Derivatives whose dog is nearest to their own base's dog: **{100 * d['nearest_own_base_rate']:.1f}%** of {d['derivatives']} "
+        f"(distance: {d['distance']}).",
+        "",
+        "| pairs | trait distance min / mean / max |",
+        "|---|---|",
+        f"| derivative ↔ own base | {st(d['derivative_to_own_base'])} |",
+        f"| derivative ↔ other bases | {st(d['derivative_to_other_bases'])} |",
+        f"| base ↔ base, same family (independent seeds) | {st(d['base_to_base_same_family'])} |",
+        f"| base ↔ base, all | {st(d['base_to_base'])} |",
+        "",
+        f"![contact sheet]({d['sheet']})",
+    ]
+    return "\n".join(rows)
+
+
+def protect(d: dict[str, Any]) -> str:
+    task = d["protected_task"]
+    rows = [f"Protected task: **{task}** ({d.get('metric', 'metric')}; base/zero-shot: {d['base'].get(task, '–')}).", "",
+            "| setting | unprotected | protected | attacker's coefficient |", "|---|---|---|---|"]
+    sa = d["standalone"]
+    rows.append(f"| standalone | {_fmt(sa['unprotected'].get(task))} | {_fmt(sa['protected'].get(task))} | – |")
+    for method, r in d.get("merged", {}).items():
+        rows.append(f"| merged: {method} | {_fmt(r['unprotected'].get(task))} | {_fmt(r['protected'].get(task))} | {_fmt(r.get('coefficient'))} |")
+    if "time_ratio" in d:
+        rows += ["", f"Training time, protected / plain: {_fmt(d['time_ratio'], 2)}×."]
+    return "\n".join(rows)
 
 
 def generic(d: Any) -> str:
@@ -102,6 +154,9 @@ TABLES: dict[str, tuple[str, Callable[[Any], str]]] = {
     "lineage-by-kind": ("lineage", lineage_by_kind),
     "lineage-multi-base": ("lineage", lineage_multi_base),
     "remote": ("remote", remote),
+    "registry": ("registry", registry),
+    "dogs": ("dogs", dogs),
+    "protect": ("protect", protect),
 }
 
 
