@@ -7,8 +7,10 @@ fingerprinting in its own subprocess (so peak RSS is per method):
 - `http`: `hubguard.fingerprint("hf://bench/NAME")` through `HubStore` with a cold range cache;
 - `http_warm`: the same again with the cache the cold run filled (pinned sha: no request at all);
 - `local`: `hubguard.fingerprint(folder)`;
-- `full_load`: the way HuRef's official code starts: `transformers` `from_pretrained` of the whole model, then the
-  same hubguard terms computed from the loaded weights (served from memory through a `ByteStore`).
+- `full_load`: the way HuRef's official code starts: `transformers` `from_pretrained` of the Hub repo (every shard
+  downloaded from the same server) in float32, then the same hubguard terms computed from the loaded weights
+  (served from memory through a `ByteStore`); `full_load_bf16` loads in the checkpoint's dtype instead, for
+  machines where a float32 copy does not fit in RAM.
 
 Prints one JSON object: per model and method `bytes_read`, `bytes_total`, `fraction`, `requests`, `wall_s`,
 `peak_rss_mb`, and the ratios full_load/http.
@@ -199,20 +201,25 @@ def _run_one(method: str, source: str, folder: str, kwargs: dict) -> dict:
     import_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     t0 = time.perf_counter()
     if method in ("full_load", "full_load_bf16"):
+        import tempfile
+
         import transformers
 
         from hubguard.checkpoint.source import Checkpoint
         from hubguard.lineage import compute_fingerprint
 
-        # HuRef's official code: the whole model in float32, then the terms; full_load_bf16 is the cheaper
-        # variant (the checkpoint's own dtype) for machines where a float32 copy does not fit
+        # HuRef's official code: from_pretrained of the Hub repo — download every shard from the same server
+        # hubguard reads from, load the whole model (float32; full_load_bf16 keeps the checkpoint's dtype for
+        # machines where a float32 copy does not fit), then compute the terms from the loaded weights.
         dtype = torch.float32 if method == "full_load" else torch.bfloat16
-        model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
-        store = _MemoryStore(
-            model.state_dict(), (Path(folder) / "config.json").read_text(), (Path(folder) / "tokenizer.json").read_text()
-        )
-        fp = compute_fingerprint(Checkpoint(store=store, source=folder), **kwargs)
-        bytes_read = sum(p.stat().st_size for p in Path(folder).glob("*.safetensors"))
+        repo_id = source.removeprefix("hf://")
+        with tempfile.TemporaryDirectory(prefix="hf-full-load-", dir=Path(folder).parent) as cache_dir:
+            model = transformers.AutoModelForCausalLM.from_pretrained(repo_id, dtype=dtype, cache_dir=cache_dir)
+            store = _MemoryStore(
+                model.state_dict(), (Path(folder) / "config.json").read_text(), (Path(folder) / "tokenizer.json").read_text()
+            )
+            fp = compute_fingerprint(Checkpoint(store=store, source=folder), **kwargs)
+            bytes_read = sum(p.stat().st_size for p in Path(cache_dir).rglob("*.safetensors"))
         requests = 0
     else:
         fp = hubguard.fingerprint(source, **kwargs)
@@ -323,7 +330,8 @@ def main() -> None:
                         row[method] = {"skipped": f"a {'float32' if method == 'full_load' else 'bf16'} full load needs ~{need_gb:.0f} GB of RAM; {free_gb:.0f} GB "
                                        f"available (limit --full-load-max-gb {args.full_load_max_gb})", "needs_gb": round(need_gb, 1)}
                         continue
-                source = {"http": f"hf://bench/llama-{name}", "http_warm": f"hf://bench/llama-{name}@{sha}"}.get(
+                source = {"http": f"hf://bench/llama-{name}", "http_warm": f"hf://bench/llama-{name}@{sha}",
+                          "full_load": f"hf://bench/llama-{name}", "full_load_bf16": f"hf://bench/llama-{name}"}.get(
                     method, str(folder)
                 )
                 row[method] = _measure(method, source, folder, kwargs, env)

@@ -16,7 +16,7 @@ its body is read; a short body is retried, never padded; 401/403 say to set `HF_
 Settings read when a store is made (so tests and CLIs can set them): `HF_ENDPOINT`, `HF_TOKEN`,
 `HUBGUARD_REMOTE_CACHE` (folder, or "off"), `HUBGUARD_REMOTE_RETRIES` (default 5), `HUBGUARD_REMOTE_BACKOFF`
 (seconds, default 1), `HUBGUARD_REMOTE_MAX_WAIT` (seconds, default 60), `HUBGUARD_REMOTE_MAX_GAP` (bytes, default
-1 MiB).
+64 KiB).
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ DEFAULT_ENDPOINT = "https://huggingface.co"
 # Ranges closer than this are fetched in one request. A Hub request costs ~50-100 ms of latency, about what 1-5 MB
 # of transfer costs, so fetching a 1 MiB gap is cheaper than a second request. For the embedding rows of a fixed
 # token set in a 32k vocabulary this turns ~150 row requests into ~8 (`benchmarks/remote.py`, request_pattern).
-REMOTE_MAX_GAP = 1 << 20
+REMOTE_MAX_GAP = 64 << 10  # the reading plan opens wider windows itself when a budget makes that worthwhile
 # The first read of a .safetensors file at offset 0 fetches this much, so the 8-byte length and the JSON header
 # usually arrive in one request.
 HEADER_PREFETCH = 256 * 1024
@@ -99,7 +99,7 @@ class HubStore:
         max_retries: tries per request for transient faults.
         backoff_s: first backoff wait (doubles each try).
         max_wait_s: longest single wait (a 429 asking for longer fails at once).
-        max_gap: ranges closer than this many bytes share a request (default `HUBGUARD_REMOTE_MAX_GAP` or 1 MiB).
+        max_gap: ranges closer than this many bytes share a request (default `HUBGUARD_REMOTE_MAX_GAP` or 64 KiB).
         max_workers: parallel range requests.
     """
 
