@@ -45,6 +45,10 @@ class ProtectConfig:
     exclude: tuple[float, float] = (0.95, 1.05)
     weight: WeightKind = "inv_sqrt"
     samples_per_step: int = 1
+    # Ceiling on the maximised loss L(W0 + s·ΔW) (None = uncapped, as in the paper's code). Once a scaled
+    # loss reaches it, that term stops pushing, so the update cannot spend itself on making off-scale losses
+    # absurdly large (e.g. 2·log(k) for a k-class task: twice the loss of a uniform guess).
+    scaled_loss_cap: float | None = None
     # LoRA (PEFT); alpha = r as in the paper. None = the attention projections q/k/v/o of the model.
     lora_r: int = 16
     lora_alpha: int | None = None
@@ -76,6 +80,8 @@ class ProtectConfig:
             problems.append(f"exclude {self.exclude} leaves nothing of [{self.scale_min}, {self.scale_max}]")
         if self.weight not in ("inv", "inv_sqrt", "none"):
             problems.append(f"weight must be 'inv', 'inv_sqrt' or 'none', got {self.weight!r}")
+        if self.scaled_loss_cap is not None and not self.scaled_loss_cap > 0:
+            problems.append(f"scaled_loss_cap must be > 0 or None, got {self.scaled_loss_cap}")
         if self.samples_per_step < 1:
             problems.append("samples_per_step must be >= 1")
         if self.lora_r < 1:

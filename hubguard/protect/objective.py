@@ -5,7 +5,9 @@
 LoRA: only `lora_B` is multiplied by s (so B·A scales by s). Full fine-tuning: every trainable parameter
 becomes θ0 + s(θ − θ0). The scaled pass is a `torch.func.functional_call` with the scaled tensors, so the
 gradient flows through the multiplication into the real parameters. Both passes see the same dropout mask:
-the RNG state is saved before the first pass and restored before the second.
+the RNG state is saved before the first pass and restored before the second. With
+`config.scaled_loss_cap` set, the maximised term is min(L(W0 + s·ΔW), cap): it stops pushing (zero
+gradient) once the scaled loss reaches the cap (the paper's code has no cap; see benchmarks/protect.py).
 """
 
 from __future__ import annotations
@@ -176,7 +178,8 @@ def trap2_loss(
         w = scale_weight(s, kind=config.weight)
         scaled = loss_fn(_call(model, inputs, scaled_parameters(model, scale=s, mode=config.mode,
                                                                   reference=reference)), inputs)
-        penalty = penalty + w * scaled
+        pushed = scaled if config.scaled_loss_cap is None else scaled.clamp(max=config.scaled_loss_cap)
+        penalty = penalty + w * pushed
         scaled_values.append(float(scaled.detach()))
         weights.append(w)
     total = standalone - config.lam * penalty / len(scales)
