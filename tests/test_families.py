@@ -76,3 +76,12 @@ def test_head_slice_budget(family: str, family_models: dict) -> None:
     assert same.verdict == "derivative", same.to_dict()["terms"]
     other = hubguard.compare(full, hubguard.fingerprint(b, budget=budget))
     assert other.verdict == "independent"
+
+
+def test_fingerprint_function_survives_the_fingerprint_package_import(minilm) -> None:
+    """`hubguard.fingerprint` names both the dog package and the API function; both uses must work."""
+    import hubguard.fingerprint.renderer  # noqa: F401 - rebinds hubguard.fingerprint to the package
+
+    fp = hubguard.fingerprint(minilm)
+    assert isinstance(fp, hubguard.lineage.Fingerprint)
+    assert callable(hubguard.fingerprint.renderer.render_dog)
