@@ -21,6 +21,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
 def _bases(entry: dict[str, Any]) -> set[str]:
@@ -44,12 +45,14 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(1)
+    from lineage import load_zoo  # benchmarks/lineage.py: the manifest, or the models built so far
+
     from hubguard.fingerprint.dogs import dog_vector
     from hubguard.fingerprint.renderer import render_dog, trait_distance
     from hubguard.fingerprint.sheet import make_sheet
     from hubguard.lineage.fingerprint import compute_fingerprint
 
-    manifest = json.loads((args.zoo / "zoo.json").read_text())
+    manifest = load_zoo(args.zoo)
     models = {m["name"]: m for m in manifest["models"]}
     path = {n: Path(m["path"]) if Path(m["path"]).is_absolute() else args.zoo / m["path"] for n, m in models.items()}
     vec = {n: dog_vector(compute_fingerprint(path[n], name=n)) for n in models}
@@ -82,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     make_sheet(items=items, columns=8).save(args.sheet)
 
     out = {
+        "zoo": {"root": str(manifest.get("root")), "quick": manifest.get("quick"), "partial": manifest.get("partial", False)},
         "distance": "trait_distance (Euclidean over the renderer's 42 traits in [0, 1]; independent N(0, I) vectors ≈ 2.6)",
         "derivatives": len(derivatives),
         "nearest_own_base_rate": round(nearest_ok / max(len(derivatives), 1), 4),

@@ -73,6 +73,23 @@ def method_summary(rows: list[dict[str, Any]], key: str) -> dict[str, Any]:
     }
 
 
+def load_zoo(zoo: Path) -> dict[str, Any]:
+    """The zoo manifest; while a zoo is still being built (no zoo.json yet), the models finished so far
+    (each complete model folder holds its zoo_entry.json), marked partial."""
+    if (zoo / "zoo.json").is_file():
+        return json.loads((zoo / "zoo.json").read_text())
+    entries = []
+    for f in sorted(zoo.glob("*/zoo_entry.json")):
+        entry = json.loads(f.read_text())
+        entry.setdefault("path", str(f.parent))
+        entries.append(entry)
+    if not entries:
+        raise SystemExit(f"{zoo} holds no zoo: run benchmarks/zoo.py --out {zoo} first")
+    names = {e["name"] for e in entries}
+    entries = [e for e in entries if bases_of(e) <= names]  # a derivative needs its bases
+    return {"models": entries, "root": str(zoo), "quick": False, "partial": True}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--zoo", type=Path, default=ROOT / "benchmarks" / "out" / "zoo")
@@ -92,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     from hubguard.lineage.cross import cross_scores
     from hubguard.lineage.fingerprint import compute_fingerprint
 
-    manifest = json.loads((args.zoo / "zoo.json").read_text())
+    manifest = load_zoo(args.zoo)
     models = {m["name"]: m for m in manifest["models"]}
     path = {n: (args.zoo / m["path"]) if not Path(m["path"]).is_absolute() else Path(m["path"]) for n, m in models.items()}
     bases = [n for n, m in models.items() if m["kind"] == "base"]
@@ -171,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         "pairs": len(rows),
         "positives": sum(r["positive"] for r in rows),
         "negatives": sum(not r["positive"] for r in rows),
-        "zoo": {"quick": manifest.get("quick"), "models": len(models), "bases": bases},
+        "zoo": {"quick": manifest.get("quick"), "partial": manifest.get("partial", False), "models": len(models), "bases": bases},
         "methods": methods,
         "multi_base": multi,
         "calibration": {k: v for k, v in calibration.to_dict().items() if k != "null"} | {
