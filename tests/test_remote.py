@@ -137,7 +137,8 @@ def test_damaged_cache_entries_are_ignored_and_refetched(hub_server: HubServer, 
     hub_server.clear_log()
     again = HubStore(repo_id="org/tiny", cache_dir=cache)
     assert again.read_ranges("model.safetensors", [(300_000, 310_000)])[0] == want
-    assert len(_range_gets(hub_server)) == 1
+    # refetched from the server, not served from the damaged entry (a busy machine may add one retried request)
+    assert 1 <= len(_range_gets(hub_server)) <= 2
 
 
 # -- faults ----------------------------------------------------------------------------------------------
