@@ -130,3 +130,12 @@ def test_git_pre_push_hook(registry, derivative, tmp_path) -> None:
         install_git_hook(repo_dir=derivative)
     with pytest.raises(errors.HookError, match="not a git repository"):
         install_git_hook(repo_dir=tmp_path)
+
+
+def test_check_a_hub_repo_over_http(registry, derivative, hub_server) -> None:
+    """`hubguard check hf://ORG/NAME` reads the repo over HTTP Range (the local Hub-shaped server)."""
+    hub_server.add_repo("someone/finetune", derivative)
+    res = CliRunner().invoke(app, ["check", "hf://someone/finetune", "--registry", str(registry.path), "--json"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.output)
+    assert data["found_bases"] == [BASE] and data["problems"][0]["code"] == "undeclared_derivative"

@@ -15,7 +15,7 @@ hooks_app = typer.Typer(help="Install upload guards.", no_args_is_help=True)
 
 @handle_errors
 def check(
-    folder: Annotated[Path, typer.Argument(help="The model folder you are about to upload.")],
+    folder: Annotated[str, typer.Argument(help="The model folder you are about to upload (or hf://ORG/NAME[@REV]).")],
     repo_id: Annotated[str | None, typer.Option("--repo-id", help="The repo it goes to (its own registry entry is not a match).")] = None,
     strict: Annotated[bool, typer.Option("--strict", help="Exit 1 when an undeclared derivative or a false base_model is found.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
