@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         calibration = Calibration(
             overall=overall, layer=layer, derivative_z=round(derivative_z, 3), independent_z=INDEPENDENT_Z,
             source=f"benchmarks/lineage.py --write-calibration on {manifest.get('root', args.zoo)} "
-            f"({'quick' if manifest.get('quick') else 'full'} zoo, {len(neg)} negative pairs)",
+            f"({'quick' if manifest.get('quick') else 'full'}-zoo configuration, {len(models)} models, {len(neg)} negative pairs)",
             method_version=1,
         )
         args.write_calibration.write_text(json.dumps(calibration.to_dict(), indent=2) + "\n")
