@@ -28,6 +28,12 @@ of W0 + s·ΔW, base 62.5):
   standalone 58.3. With 240 training examples the trap costs standalone accuracy: no setting tried met both
   the standalone and the merged targets. CLIP's logit scale 100 instead of 20 (λ=0.5, 45 steps) was worse
   (standalone 59.4). The cap's own effect was not isolated.
+- Full --quick runs (benchmarks/results/protect.json: λ=0.3; protect_lam0.2.json: --lam 0.2), test accuracy
+  on man_section, base 62.5, plain update 75.0 at s=1: λ=0.3 gives a two-sided trap (s=0.3/0.5/0.8/1/1.2/1.5/2
+  -> 20.8/27.1/44.8/61.5/60.4/30.2/19.8) but the protected update is no better than the base alone (61.5);
+  λ=0.2 keeps a little more (65.6) and traps only s > 1 (62.5/64.6/68.8/65.6/47.9/26.0/17.7). Neither meets
+  "standalone within 1 point" at this data size (240 examples, 180 steps): the default stays at λ=0.3, the
+  setting that shows the paper's two-sided landscape; protect.json reports where it fails.
 """
 
 from __future__ import annotations
