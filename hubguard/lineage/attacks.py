@@ -4,10 +4,10 @@ Each function changes a transformers model in place (or a saved model folder) so
 different while its outputs stay the same up to float error. They exist to red-team fingerprints — ours
 (`tests/test_attacks.py`, `benchmarks/lineage.py`) and the baselines (HuRef's official terms, PCS).
 
-Hidden-space attacks (`rotate_hidden`, `permute_hidden`, `rescale_hidden`, `fold_norm_gains`) and
-per-head maps need a pre-norm RMSNorm decoder with the Llama module layout (llama, mistral, qwen2: the
-families such attacks target in the literature); FFN-unit and head permutations work on any family through
-the architecture maps' module names.
+Two module layouts are supported: the Llama layout (llama, mistral, qwen2: RMSNorm, so rotations too) and
+the GPT-2 layout (LayerNorm, Conv1D; `attacks_gpt2`: permutations, per-dimension rescaling of LayerNorm gain
+and bias, per-head maps). `rotate_hidden`, `fold_norm_gains`, `scale_gammas_uniformly` and `scale_ffn_units`
+(gated FFNs) are Llama-layout only: LayerNorm does not commute with rotations.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hubguard.errors import HubguardError
+from hubguard.lineage import attacks_gpt2
+from hubguard.lineage.attacks_gpt2 import gpt2_parts
 
 if TYPE_CHECKING:
     import torch
@@ -92,6 +94,9 @@ def rotate_hidden(model: "nn.Module", *, seed: int = 0) -> None:
 
 def permute_hidden(model: "nn.Module", *, seed: int = 0) -> None:
     """Permute the hidden dimensions everywhere (norm gains permuted alike; no folding needed)."""
+    if gpt2_parts(model) is not None:
+        return attacks_gpt2.permute_hidden(model, generator=_generator(seed))
+
     import torch
 
     d = model.config.hidden_size
@@ -106,6 +111,9 @@ def permute_hidden(model: "nn.Module", *, seed: int = 0) -> None:
 
 def rescale_hidden(model: "nn.Module", *, seed: int = 0, low: float = 0.25, high: float = 4.0) -> None:
     """Per-dimension rescaling: every norm gain γ -> γ / s and the maps reading it W -> W diag(s)."""
+    if gpt2_parts(model) is not None:
+        return attacks_gpt2.rescale_hidden(model, generator=_generator(seed), low=low, high=high)
+
     import torch
 
     base, layers, head = _llama_parts(model)
@@ -136,6 +144,9 @@ def scale_gammas_uniformly(model: "nn.Module", *, factor: float = 3.0) -> None:
 def per_head_maps(model: "nn.Module", *, seed: int = 0) -> None:
     """Per-head invertible maps: V/O by a random invertible B per head, Q/K by per-plane rotation+scaling
     (the maps that commute with rotary embeddings; A on Q, A⁻ᵀ on K)."""
+    if gpt2_parts(model) is not None:
+        return attacks_gpt2.per_head_maps(model, generator=_generator(seed))
+
     import torch
 
     _, layers, _ = _llama_parts(model)
@@ -172,6 +183,9 @@ def per_head_maps(model: "nn.Module", *, seed: int = 0) -> None:
 
 def permute_ffn_units(model: "nn.Module", *, seed: int = 0) -> None:
     """Permute FFN hidden units (rows of gate/up, columns of down) in every layer of a Llama-layout model."""
+    if gpt2_parts(model) is not None:
+        return attacks_gpt2.permute_ffn_units(model, generator=_generator(seed))
+
     import torch
 
     _, layers, _ = _llama_parts(model)
@@ -202,6 +216,9 @@ def scale_ffn_units(model: "nn.Module", *, seed: int = 0) -> None:
 
 def permute_heads(model: "nn.Module", *, seed: int = 0) -> None:
     """Permute key/value heads (with their query groups) and the query heads inside each group."""
+    if gpt2_parts(model) is not None:
+        return attacks_gpt2.permute_heads(model, generator=_generator(seed))
+
     import torch
 
     _, layers, _ = _llama_parts(model)
