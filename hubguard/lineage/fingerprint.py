@@ -209,23 +209,28 @@ def compute_fingerprint(
 # --- saving and loading --------------------------------------------------------------------------------
 
 
-def save_fingerprint(fp: Fingerprint, path: "str | os.PathLike[str]") -> Path:
-    """Write a fingerprint as safetensors (float16 terms + versioned JSON metadata), atomically."""
-    import torch
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    meta = {
+def fingerprint_metadata(fp: Fingerprint, *, layers: list[int] | None = None) -> dict[str, Any]:
+    """The versioned JSON metadata stored with a fingerprint's tensors (`layers`: those actually stored)."""
+    return {
         "format": FINGERPRINT_FORMAT,
         "schema_version": constants.SCHEMA_VERSION,
         "method": fp.method,
         "version": fp.version,
         "token_set": fp.token_set,
         "tokens": list(fp.tokens),
-        "layers": list(fp.layers),
+        "layers": list(fp.layers) if layers is None else layers,
         "model": fp.model,
         "stats": fp.stats,
     }
+
+
+def save_fingerprint(fp: Fingerprint, path: "str | os.PathLike[str]") -> Path:
+    """Write a fingerprint as safetensors (float16 terms + versioned JSON metadata), atomically."""
+    import torch
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    meta = fingerprint_metadata(fp)
     tensors = {f"terms.{t}": m.to(torch.float16).contiguous() for t, m in fp.terms.items()}
     if fp.probe is not None:
         tensors["probe"] = fp.probe.to(torch.float16).contiguous()

@@ -20,7 +20,6 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hubguard import constants
 from hubguard.errors import HubguardError, RegistryCorruptError, RegistryError
 
 if TYPE_CHECKING:
@@ -64,7 +63,7 @@ def save_verification(
     import torch
     from safetensors.torch import save_file
 
-    from hubguard.lineage.fingerprint import FINGERPRINT_FORMAT
+    from hubguard.lineage.fingerprint import fingerprint_metadata
 
     dtype, keep = plan_storage(fp, storage=storage, budget_bytes=budget_bytes)
     description = dtype if len(keep) == len(fp.layers) else f"{dtype}/layers={len(keep)}of{len(fp.layers)}"
@@ -79,18 +78,8 @@ def save_verification(
         tensors[f"terms.{t}"] = kept.contiguous()
     if fp.probe is not None:  # the reference's token rows, for cross-embedding reading (hubguard.lineage.cross)
         tensors["probe"] = fp.probe.to(torch.float16).contiguous()
-    meta: dict[str, Any] = {
-        "format": FINGERPRINT_FORMAT,
-        "schema_version": constants.SCHEMA_VERSION,
-        "method": fp.method,
-        "version": fp.version,
-        "token_set": fp.token_set,
-        "tokens": list(fp.tokens),
-        "layers": [fp.layers[i] for i in keep],
-        "model": fp.model,
-        "stats": fp.stats,
-        "storage": {"dtype": dtype, "layers_kept": len(keep), "layers_total": len(fp.layers), "all_layers": list(fp.layers)},
-    }
+    meta: dict[str, Any] = fingerprint_metadata(fp, layers=[fp.layers[i] for i in keep])
+    meta["storage"] = {"dtype": dtype, "layers_kept": len(keep), "layers_total": len(fp.layers), "all_layers": list(fp.layers)}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
