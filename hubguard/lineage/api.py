@@ -63,16 +63,15 @@ def compare_with_fingerprints(
     """
     from hubguard.checkpoint.source import open_source
     from hubguard.lineage.compare import compare_fingerprints
-    from hubguard.lineage.cross import cross_scores
+    from hubguard.lineage.cross import CrossTerms
     from hubguard.lineage.fingerprint import fingerprint_checkpoint
 
     fa = as_fingerprint(a, allow_pickle=allow_pickle, keep_probe=True)
     cross = None
     if is_weight_source(b):
-        ckpt = open_source(b, allow_pickle=allow_pickle)
-        fb = fingerprint_checkpoint(checkpoint=ckpt, name=str(b))
-        if fa.probe is not None and fb.stats.get("plan", {}).get("mode") != "qk_heads":
-            cross = cross_scores(reference=fa, candidate=ckpt, layers=list(fb.layers), with_ffn=bool(fb.stats.get("ffn_read")))
+        acc = CrossTerms(reference=fa)  # b's layers read through a's token rows, in the same pass
+        fb = fingerprint_checkpoint(checkpoint=open_source(b, allow_pickle=allow_pickle), name=str(b), on_layer=acc.add)
+        cross = acc.scores()
     else:
         fb = as_fingerprint(b)
     return fa, fb, compare_fingerprints(a=fa, b=fb, calibration=calibration, cross=cross)

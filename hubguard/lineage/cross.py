@@ -19,8 +19,46 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import torch
 
+    from hubguard.checkpoint.canonical import CanonicalLayer
     from hubguard.checkpoint.source import Checkpoint
     from hubguard.lineage.fingerprint import Fingerprint
+
+
+class CrossTerms:
+    """Accumulates a candidate's layers read through `reference`'s token rows, one canonical layer at a time
+    (so the fingerprinting pass can feed it and no layer is read twice)."""
+
+    def __init__(self, *, reference: "Fingerprint") -> None:
+        self.reference = reference
+        self.usable = reference.probe is not None
+        self._terms: dict[str, list[torch.Tensor]] = {}
+
+    def add(self, layer: "CanonicalLayer") -> None:
+        from hubguard.lineage.terms import layer_terms, standardise
+
+        if not self.usable:
+            return
+        if layer.v.shape[0] == 0 or layer.q.shape[-1] != self.reference.probe.shape[1]:
+            self.usable = False  # head slices (tight budgets) or another hidden size: not applicable
+            return
+        for t, m in layer_terms(layer=layer, x=self.reference.probe.float()).items():
+            self._terms.setdefault(t, []).append(standardise(m))
+
+    def scores(self) -> dict[str, "torch.Tensor"] | None:
+        """Per shared term, [len(reference.layers), layers added] scores (0-100); None when not applicable."""
+        import torch
+
+        from hubguard.lineage.compare import _flatten_offdiag
+
+        if not self.usable or not self._terms:
+            return None
+        idx = torch.arange(len(self.reference.tokens))
+        out = {}
+        for t in sorted(set(self._terms) & set(self.reference.terms)):
+            ref = _flatten_offdiag(self.reference.terms[t], idx)
+            cand = _flatten_offdiag(torch.stack(self._terms[t]), idx)
+            out[t] = 100.0 * (ref @ cand.t())
+        return out or None
 
 
 def cross_scores(
@@ -28,29 +66,14 @@ def cross_scores(
 ) -> dict[str, "torch.Tensor"] | None:
     """Per shared term, [len(reference.layers), len(layers)] scores (0-100) of the candidate's layers read
     through the reference's token rows; None when not applicable (no probe, different hidden size)."""
-    import torch
-
     from hubguard.checkpoint.architectures import bind_architecture
     from hubguard.checkpoint.canonical import LayerReader
-    from hubguard.lineage.compare import _flatten_offdiag
-    from hubguard.lineage.terms import layer_terms, standardise
 
-    if reference.probe is None:
+    acc = CrossTerms(reference=reference)
+    if not acc.usable:
         return None
     arch = bind_architecture(config=candidate.config, tensor_names=candidate.tensors.names(), source=candidate.source)
-    if arch.hidden_size != reference.probe.shape[1]:
-        return None
-    chosen = list(range(arch.num_layers)) if layers is None else list(layers)
     reader = LayerReader(tensors=candidate.tensors, arch=arch)
-    x = reference.probe.float()
-    per_term: dict[str, list[torch.Tensor]] = {}
-    for li in chosen:
-        for t, m in layer_terms(layer=reader.read(li, with_ffn=with_ffn), x=x).items():
-            per_term.setdefault(t, []).append(standardise(m))
-    idx = torch.arange(len(reference.tokens))
-    out = {}
-    for t in sorted(set(per_term) & set(reference.terms)):
-        ref = _flatten_offdiag(reference.terms[t], idx)
-        cand = _flatten_offdiag(torch.stack(per_term[t]), idx)
-        out[t] = 100.0 * (ref @ cand.t())
-    return out or None
+    for li in list(range(arch.num_layers)) if layers is None else list(layers):
+        acc.add(reader.read(li, with_ffn=with_ffn))
+    return acc.scores()

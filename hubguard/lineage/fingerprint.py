@@ -20,8 +20,11 @@ from hubguard.errors import CorruptCheckpointError, FingerprintError, Incompatib
 from hubguard.utils import get_logger, progress
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     import torch
 
+    from hubguard.checkpoint.canonical import CanonicalLayer
     from hubguard.checkpoint.source import Checkpoint
 
 logger = get_logger(__name__)
@@ -87,8 +90,13 @@ def fingerprint_checkpoint(
     budget: "float | str | None" = "auto",
     name: str | None = None,
     keep_probe: bool = False,
+    on_layer: "Callable[[CanonicalLayer], None] | None" = None,
 ) -> Fingerprint:
-    """Fingerprint an opened checkpoint (see `compute_fingerprint` for the arguments)."""
+    """Fingerprint an opened checkpoint (see `compute_fingerprint` for the arguments).
+
+    on_layer: called with each canonical layer as it is read (e.g. to compute cross-embedding terms in the
+    same pass).
+    """
     import torch
 
     from hubguard.checkpoint.architectures import bind_architecture
@@ -134,6 +142,8 @@ def fingerprint_checkpoint(
             layer = reader.read(li, with_ffn=plan.mode == "full")
         for tname, m in layer_terms(layer=layer, x=x).items():
             per_term.setdefault(tname, []).append(standardise(m))
+        if on_layer is not None:
+            on_layer(layer)
         del layer
     terms = {t: torch.stack(ms) for t, ms in per_term.items()}
     params = sum(
