@@ -13,7 +13,6 @@ architecture and data), per-model detail, and writes a contact sheet of all base
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 from pathlib import Path
@@ -45,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(1)
-    from lineage import load_zoo  # benchmarks/lineage.py: the manifest, or the models built so far
+    from lineage import emit_json, load_zoo  # benchmarks/lineage.py: the manifest (or the models built so far)
 
     from hubguard.fingerprint.dogs import dog_vector
     from hubguard.fingerprint.renderer import render_dog, trait_distance
@@ -96,11 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         "sheet": str(args.sheet.relative_to(ROOT)) if args.sheet.is_relative_to(ROOT) else str(args.sheet),
         "detail": detail,
     }
-    text = json.dumps(out, indent=1)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
-    print(text)
+    emit_json(out, path=args.out)
     return 0
 
 

@@ -73,6 +73,15 @@ def method_summary(rows: list[dict[str, Any]], key: str) -> dict[str, Any]:
     }
 
 
+def emit_json(data: dict[str, Any], *, path: Path | None) -> None:
+    """Print a benchmark's JSON, and write it to `path` too when given (benchmarks/results/NAME.json)."""
+    text = json.dumps(data, indent=1)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text + "\n")
+    print(text)
+
+
 def load_zoo(zoo: Path) -> dict[str, Any]:
     """The zoo manifest; while a zoo is still being built (no zoo.json yet), the models finished so far
     (each complete model folder holds its zoo_entry.json), marked partial."""
@@ -197,11 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         "fingerprint_seconds": round(t_fp, 2),
         "pairs_detail": [{k: v for k, v in r.items() if k != "layer_scores"} for r in rows],
     }
-    text = json.dumps(out, indent=1)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
-    print(text)
+    emit_json(out, path=args.out)
     return 0
 
 

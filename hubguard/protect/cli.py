@@ -70,10 +70,8 @@ def protect_main(
     train_data, val_data = split(text, fraction=val_fraction, seed=seed)
     tok = _tokenizer(base)
     names = text.label_names
-    train_b = make_batches(train_data, tokenizer=tok, task=task, batch_size=batch_size, max_length=max_length,
-                           label_names=names)
-    val_b = make_batches(val_data, tokenizer=tok, task=task, batch_size=batch_size, max_length=max_length,
-                         label_names=names)
+    train_b, val_b = (make_batches(d, tokenizer=tok, task=task, batch_size=batch_size, max_length=max_length,
+                                   label_names=names) for d in (train_data, val_data))
     torch.manual_seed(seed)
     model = _load_model(str(base), task=task, num_labels=len(names) if names else None)
     if task == "classification":
@@ -134,10 +132,8 @@ def audit_main(
     test_data, val_data = split(text, fraction=0.5, seed=seed)
     tok = _tokenizer(base)
     names = text.label_names
-    val_b = make_batches(val_data, tokenizer=tok, task=task, batch_size=batch_size, max_length=max_length,
-                         label_names=names)
-    test_b = make_batches(test_data, tokenizer=tok, task=task, batch_size=batch_size, max_length=max_length,
-                          label_names=names)
+    val_b, test_b = (make_batches(d, tokenizer=tok, task=task, batch_size=batch_size, max_length=max_length,
+                                  label_names=names) for d in (val_data, test_data))
     metrics, _ = _evaluators(test_b, task=task)
     _, score = _evaluators(val_b, task=task)
     report = run_audit(
