@@ -255,6 +255,38 @@ def test_protected_update_works_alone_and_breaks_when_rescaled(tiny, trained):
     assert all(r["scale"] < 0.95 or r["scale"] > 1.05 for r in res.history)
 
 
+def test_trap_selection_continues_an_update_within_tolerance(tiny, trained):
+    """Protecting an update you already trained: the kept state stays within tolerance of it at s = 1 and is
+    more protected at the probe scales than where it started."""
+    plain = copy.deepcopy(trained[0.0][0])
+    val = tiny["val"]
+    start_one = _loss_at(plain, val, 1.0)
+    start_probe = sum(_loss_at(plain, val, s) for s in (0.3, 1.5)) / 2
+    cfg = ProtectConfig(lam=0.3, weight="inv", learning_rate=1e-2, epochs=8, selection="trap", eval_every=2,
+                        standalone_tolerance=0.1, probe_scales=(0.3, 1.5), early_stopping_patience=30)
+    torch.manual_seed(0)
+    res = train_protected(plain, train_batches=tiny["train"], val_batches=val, config=cfg)
+    sel = res.selected
+    assert sel is not None and sel["step"] > 0  # a trained checkpoint was kept, not the start
+    # Scores are negative losses: the reference is the best s = 1 score seen (the start's or better).
+    assert sel["reference"] >= -start_one - 1e-6
+    assert sel["standalone"] >= sel["reference"] - 0.1
+    end_one = _loss_at(plain, val, 1.0)
+    assert end_one == pytest.approx(-sel["standalone"], abs=1e-5)  # the kept state is the one reported
+    assert end_one <= start_one + 0.1 + 1e-6
+    end_probe = sum(_loss_at(plain, val, s) for s in (0.3, 1.5)) / 2
+    assert end_probe == pytest.approx(-sel["trap"], abs=1e-5)
+    assert end_probe > start_probe + 0.2  # measured: 3.22 -> 7.15 nats (s = 1: 3.01 -> 3.09)
+    evals = [r for r in res.history if "val_trap" in r]
+    assert evals and all("val_standalone" in r for r in evals)
+
+
+def test_trap_selection_needs_validation_data(tiny):
+    model = _lora(tiny["model"])
+    with pytest.raises(ProtectionError, match="validation"):
+        train_protected(model, train_batches=tiny["train"], config=ProtectConfig(lam=0.1, selection="trap"))
+
+
 def test_outputs_load_with_plain_peft_and_transformers(tiny, trained, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
@@ -409,6 +441,18 @@ def test_cli_protect_then_audit(tiny, tmp_path):
     assert res.exit_code == 0, res.output
     assert json.loads((tmp_path / "r.json").read_text())["schema_version"] == 1
     assert (tmp_path / "r.png").exists()
+    # Protect the update just written (continue it, keep the most protected checkpoint within tolerance).
+    res = runner.invoke(protect_app, ["--base", str(tiny["folder"]), "--data", str(data), "--out",
+                                      str(tmp_path / "cont"), "--init", str(tmp_path / "out"), "--selection", "trap",
+                                      "--tolerance", "0.05", "--lambda", "0.3", "--epochs", "2", "--lr", "0.005",
+                                      "--max-length", "32", "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output[res.output.index("{"):])
+    assert out["settings"]["selection"] == "trap" and out["training"]["init"] == str(tmp_path / "out")
+    assert out["training"]["selected"]["standalone"] >= out["training"]["selected"]["reference"] - 0.05
+    res = runner.invoke(protect_app, ["--base", str(tiny["folder"]), "--data", str(data), "--out",
+                                      str(tmp_path / "o3"), "--init", str(tiny["folder"])])
+    assert res.exit_code == 2 and "adapter" in res.output  # a full model given to --mode lora
     res = runner.invoke(protect_app, ["--base", str(tmp_path / "missing"), "--data", str(data), "--out",
                                       str(tmp_path / "o2")])
     assert res.exit_code == 2 and "error:" in res.output

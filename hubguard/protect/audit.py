@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hubguard.errors import MissingDependencyError, ProtectionError
+from hubguard.protect.objective import scaled_in_place
 from hubguard.utils import get_logger, progress
 
 if TYPE_CHECKING:
@@ -256,39 +257,6 @@ def best_coefficient(
     if cleanup:
         cleanup(model)
     return AttackResult(method=method, coefficient=best[0], val_score=best[1], test=test, val_by_coefficient=scores)
-
-
-@contextmanager
-def scaled_in_place(
-    model: torch.nn.Module, *, scale: float, mode: str, reference: Mapping[str, torch.Tensor] | None = None
-) -> Iterator[torch.nn.Module]:
-    """Temporarily set the weights of `model` to W0 + s·ΔW (inference only); restored on exit."""
-    import torch
-
-    params = dict(model.named_parameters())
-    if mode == "lora":
-        names = [n for n in params if "lora_B" in n]
-        if not names:
-            raise ProtectionError("No lora_B parameters found: the model is not a PEFT LoRA model.")
-    elif mode == "full":
-        if reference is None:
-            raise ProtectionError("A full-model scale sweep needs the base weights (reference=...).")
-        names = [n for n in reference if n in params]
-    else:
-        raise ProtectionError(f"Unknown protection mode {mode!r}; use 'lora' or 'full'.")
-    saved = {n: params[n].detach().clone() for n in names}
-    try:
-        with torch.no_grad():
-            for n in names:
-                if mode == "lora":
-                    params[n].mul_(scale)
-                else:
-                    params[n].copy_(reference[n] + scale * (saved[n] - reference[n]))  # type: ignore[index]
-        yield model
-    finally:
-        with torch.no_grad():
-            for n in names:
-                params[n].copy_(saved[n])
 
 
 def scale_sweep(

@@ -48,8 +48,14 @@ def protect_main(
     *, base: str | Path, data: str | Path, out: str | Path, mode: str = "lora", task: str = "causal-lm",
     preset: str | None = "llm", lam: float | None = None, epochs: int = 3, learning_rate: float = 1e-4,
     batch_size: int = 8, max_length: int = 128, val_fraction: float = 0.1, seed: int = 0, overwrite: bool = False,
+    init: str | Path | None = None, selection: str = "standalone", tolerance: float | None = None,
 ) -> dict[str, Any]:
-    """Train a protected update of `base` on `data` and save it to `out` (adapter or full model + card)."""
+    """Train a protected update of `base` on `data` and save it to `out` (adapter or full model + card).
+
+    `init`: continue from an update you already trained (a PEFT adapter folder for `mode="lora"`, a full
+    fine-tuned model folder for `mode="full"`) instead of starting from the base; pair it with
+    `selection="trap"` to keep the most protected checkpoint that stays within `tolerance` of it at s = 1.
+    """
     import torch
 
     from hubguard.protect.audit import check_base
@@ -65,6 +71,9 @@ def protect_main(
                                  "batch_size": batch_size, "seed": seed}
     if lam is not None:
         overrides["lam"] = lam
+    overrides["selection"] = selection
+    if tolerance is not None:
+        overrides["standalone_tolerance"] = tolerance
     config = ProtectConfig.preset(preset, **overrides) if preset else ProtectConfig(**overrides)
     text = read_text_data(data, task=task)
     train_data, val_data = split(text, fraction=val_fraction, seed=seed)
@@ -77,15 +86,43 @@ def protect_main(
     if task == "classification":
         model.config.id2label = dict(enumerate(names or ()))
         model.config.label2id = {n: i for i, n in enumerate(names or ())}
-    if mode == "lora":
+    reference = None
+    if init is not None:
+        model, reference = _continue_from(model, init=init, mode=mode, task=task,
+                                          num_labels=len(names) if names else None)
+    elif mode == "lora":
         model = attach_lora(model, config=config, task_type="CAUSAL_LM" if task == "causal-lm" else "SEQ_CLS")
-    result = train_protected(model, train_batches=train_b, val_batches=val_b, config=config)
+    result = train_protected(model, train_batches=train_b, val_batches=val_b, config=config, reference=reference)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(out))
     tok.save_pretrained(str(out))
-    training = {**result.to_dict(), "task": task, "data": str(data), "examples": len(text.texts)}
+    training = {**result.to_dict(), "task": task, "data": str(data), "examples": len(text.texts),
+                "init": str(init) if init is not None else None}
     write_protection_card(out, config=config, base_model=str(base), training=training)
     return {"out": str(out), "mode": mode, "settings": config.to_dict(), "training": training}
+
+
+def _continue_from(base_model: Any, *, init: str | Path, mode: str, task: str,
+                   num_labels: int | None) -> tuple[Any, dict[str, Any] | None]:
+    """The update at `init`, trainable, on top of `base_model`; for full mode also θ0 (the base's weights)."""
+    from hubguard.protect.audit import load_adapter, update_kind
+    from hubguard.protect.objective import snapshot_reference
+
+    kind = update_kind(init)
+    if mode == "lora":
+        if kind != "adapter":
+            raise ProtectionError(f"--init {init} is a full model; with --mode lora pass a PEFT adapter folder.")
+        return load_adapter(base_model, init, is_trainable=True), None
+    if kind != "full":
+        raise ProtectionError(f"--init {init} is an adapter; with --mode full pass a fine-tuned model folder.")
+    reference = snapshot_reference(base_model)
+    model = _load_model(str(init), task=task, num_labels=num_labels)
+    names = {n for n, _ in model.named_parameters()}
+    missing = sorted(set(reference) - names)
+    if missing:
+        raise ProtectionError(f"--init {init} lacks {len(missing)} of the base's parameters (e.g. {missing[0]!r}); "
+                              "pass a fine-tune of this base.")
+    return model, reference
 
 
 def _evaluators(eval_batches: list[dict[str, Any]], *, task: str) -> tuple[Any, Any]:
@@ -174,12 +211,26 @@ def protect_command(
     max_length: int = 128,
     seed: int = 0,
     overwrite: bool = False,
+    init: Annotated[str | None, typer.Option(help="Continue from an update you trained (adapter / full model).")] = None,
+    selection: Annotated[str, typer.Option(help="standalone (paper: best s=1 checkpoint) or trap (most "
+                                                 "protected within --tolerance of the best s=1)")] = "standalone",
+    tolerance: Annotated[float | None, typer.Option(help="trap selection: allowed s=1 loss increase (nats)")] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
+    """Fine-tune BASE on DATA with Trap² protection and write a standard adapter / model to OUT.
+
+    Examples:
+
+        hubguard protect --base ./tinyllama --data notes.txt --out ./protected-lora
+
+        hubguard protect --base ./bert --data train.jsonl --task classification --out ./p \\
+            --init ./my-lora --selection trap --tolerance 0.02
+    """
     try:
         res = protect_main(base=base, data=data, out=out, mode=mode, task=task,
                            preset=None if preset == "none" else preset, lam=lam, epochs=epochs, learning_rate=lr,
-                           batch_size=batch_size, max_length=max_length, seed=seed, overwrite=overwrite)
+                           batch_size=batch_size, max_length=max_length, seed=seed, overwrite=overwrite,
+                           init=init, selection=selection, tolerance=tolerance)
     except HubguardError as exc:
         _fail(exc)
         return

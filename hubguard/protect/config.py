@@ -15,6 +15,7 @@ from hubguard.errors import ProtectionError
 
 Mode = Literal["lora", "full"]
 WeightKind = Literal["inv", "inv_sqrt", "none"]
+Selection = Literal["standalone", "trap"]
 
 PROTECTION_METHOD = "trap2"
 PROTECTION_SCHEMA_VERSION = 1
@@ -62,6 +63,14 @@ class ProtectConfig:
     batch_size: int = 16
     eval_every: int | None = None  # steps between validation passes; None = once per epoch
     early_stopping_patience: int = 2
+    # Which validation checkpoint is kept. "standalone" (the paper): the best score at s = 1. "trap": among
+    # checkpoints whose s = 1 score is within `standalone_tolerance` of the reference (the best s = 1 score
+    # seen, or the starting update's when training continues from one), the one whose scores at
+    # `probe_scales` are lowest, i.e. the most protected update that still works as released. Tolerance is
+    # in the validation score's units: accuracy points with a score function, nats with the loss.
+    selection: Selection = "standalone"
+    standalone_tolerance: float = 1.0
+    probe_scales: tuple[float, ...] = (0.3, 0.6, 1.5)
     seed: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -82,6 +91,12 @@ class ProtectConfig:
             problems.append(f"weight must be 'inv', 'inv_sqrt' or 'none', got {self.weight!r}")
         if self.scaled_loss_cap is not None and not self.scaled_loss_cap > 0:
             problems.append(f"scaled_loss_cap must be > 0 or None, got {self.scaled_loss_cap}")
+        if self.selection not in ("standalone", "trap"):
+            problems.append(f"selection must be 'standalone' or 'trap', got {self.selection!r}")
+        if self.standalone_tolerance < 0:
+            problems.append(f"standalone_tolerance must be >= 0, got {self.standalone_tolerance}")
+        if not self.probe_scales or any(x < 0 or abs(x - 1.0) < 1e-9 for x in self.probe_scales):
+            problems.append(f"probe_scales must be non-empty, >= 0 and exclude 1, got {self.probe_scales}")
         if self.samples_per_step < 1:
             problems.append("samples_per_step must be >= 1")
         if self.lora_r < 1:
@@ -121,6 +136,7 @@ class ProtectConfig:
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["exclude"] = list(self.exclude)
+        data["probe_scales"] = list(self.probe_scales)
         data["target_modules"] = list(self.target_modules) if self.target_modules is not None else None
         data["lora_alpha"] = self.effective_lora_alpha
         return {"method": PROTECTION_METHOD, "schema_version": PROTECTION_SCHEMA_VERSION, **data}
@@ -130,8 +146,9 @@ class ProtectConfig:
         """Read back `to_dict()` output; unknown fields are ignored (newer writers)."""
         known = {f.name for f in dataclasses.fields(cls)}
         kwargs = {k: v for k, v in data.items() if k in known}
-        if "exclude" in kwargs:
-            kwargs["exclude"] = tuple(kwargs["exclude"])
+        for key in ("exclude", "probe_scales"):
+            if key in kwargs:
+                kwargs[key] = tuple(kwargs[key])
         if kwargs.get("target_modules") is not None:
             kwargs["target_modules"] = tuple(kwargs["target_modules"])
         return cls(**kwargs)

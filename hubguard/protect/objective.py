@@ -13,7 +13,8 @@ gradient) once the scaled loss reaches the cap (the paper's code has no cap; see
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -190,3 +191,36 @@ def trap2_loss(
         scale=scales[0] if len(scales) == 1 else float("nan"),
         weight=sum(weights) / len(weights),
     )
+
+
+@contextmanager
+def scaled_in_place(
+    model: torch.nn.Module, *, scale: float, mode: str, reference: Mapping[str, torch.Tensor] | None = None
+) -> Iterator[torch.nn.Module]:
+    """Temporarily set the weights of `model` to W0 + s·ΔW (inference only); restored on exit."""
+    import torch
+
+    params = dict(model.named_parameters())
+    if mode == "lora":
+        names = [n for n in params if "lora_B" in n]
+        if not names:
+            raise ProtectionError("No lora_B parameters found: the model is not a PEFT LoRA model.")
+    elif mode == "full":
+        if reference is None:
+            raise ProtectionError("A full-model scale sweep needs the base weights (reference=...).")
+        names = [n for n in reference if n in params]
+    else:
+        raise ProtectionError(f"Unknown protection mode {mode!r}; use 'lora' or 'full'.")
+    saved = {n: params[n].detach().clone() for n in names}
+    try:
+        with torch.no_grad():
+            for n in names:
+                if mode == "lora":
+                    params[n].mul_(scale)
+                else:
+                    params[n].copy_(reference[n] + scale * (saved[n] - reference[n]))  # type: ignore[index]
+        yield model
+    finally:
+        with torch.no_grad():
+            for n in names:
+                params[n].copy_(saved[n])

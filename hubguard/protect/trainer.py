@@ -28,7 +28,12 @@ logger = get_logger(__name__)
 
 @dataclass(frozen=True)
 class ProtectResult:
-    """What a protected (or plain) training run did."""
+    """What a protected (or plain) training run did.
+
+    `selected` describes the kept checkpoint: its step, its validation score at s = 1 (`standalone`) and,
+    with `selection="trap"`, its mean score at the probe scales (`trap`) and the s = 1 reference it had to
+    stay within tolerance of. Scores are "higher is better" (the negative loss when no score function).
+    """
 
     steps: int
     epochs_run: float
@@ -36,6 +41,7 @@ class ProtectResult:
     stopped_early: bool
     seconds: float
     history: tuple[dict[str, float], ...]
+    selected: dict[str, float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -44,7 +50,38 @@ class ProtectResult:
             "best_val_loss": self.best_val_loss,
             "stopped_early": self.stopped_early,
             "seconds": self.seconds,
+            "selected": self.selected,
         }
+
+
+@dataclass
+class _Candidate:
+    step: int
+    standalone: float  # validation score at s = 1 (higher is better)
+    trap: float  # mean validation score at the probe scales (lower is more protected)
+    state: dict[str, Any]
+
+
+class _TrapSelector:
+    """Keeps the Pareto front of (standalone high, trap low) checkpoints; picks the most protected one whose
+    standalone score is within `tolerance` of the best standalone score seen."""
+
+    def __init__(self, tolerance: float) -> None:
+        self.tolerance = tolerance
+        self.reference = -math.inf
+        self.front: list[_Candidate] = []
+
+    def add(self, cand: _Candidate) -> bool:
+        """Record `cand`; True when it is within tolerance of the reference (the update still works)."""
+        self.reference = max(self.reference, cand.standalone)
+        if not any(c.standalone >= cand.standalone and c.trap <= cand.trap for c in self.front):
+            self.front = [c for c in self.front if not (cand.standalone >= c.standalone and cand.trap <= c.trap)]
+            self.front.append(cand)
+        return cand.standalone >= self.reference - self.tolerance
+
+    def best(self) -> _Candidate | None:
+        ok = [c for c in self.front if c.standalone >= self.reference - self.tolerance]
+        return min(ok, key=lambda c: (c.trap, -c.standalone)) if ok else None
 
 
 def resolve_target_modules(model: torch.nn.Module, *, config: ProtectConfig) -> list[str]:
@@ -128,11 +165,22 @@ def train_protected(
 
     `train_batches` must be re-iterable (a list or a DataLoader); each batch is a dict of model kwargs or
     one positional input. Validation runs at s = 1 every `config.eval_every` steps (default: each epoch):
-    by `val_score_fn(model)` (higher is better) if given, else by the loss on `val_batches`. The best
-    trainable state is restored at the end; training stops after `early_stopping_patience` evaluations
-    without improvement.
+    by `val_score_fn(model)` (higher is better) if given, else by the loss on `val_batches`.
+
+    `config.selection="standalone"` (the paper): the best s = 1 state is restored; training stops after
+    `early_stopping_patience` evaluations without improvement. `config.selection="trap"`: validation also
+    scores W0 + s·ΔW at `config.probe_scales`, and the kept state is the most protected one whose s = 1
+    score is within `config.standalone_tolerance` of the best s = 1 score seen (the starting state counts,
+    so continuing an already trained update never returns something worse than it by more than the
+    tolerance); training stops after `early_stopping_patience` evaluations in a row outside the tolerance.
+
+    To protect an update you already trained, load it trainable (`PeftModel.from_pretrained(base, path,
+    is_trainable=True)`, or the fine-tuned model with `reference` = the base's parameters for full mode)
+    and call this with `selection="trap"`.
     """
     import torch
+
+    from hubguard.protect.objective import scaled_in_place
 
     batches = train_batches
     try:
@@ -141,6 +189,12 @@ def train_protected(
         n_batches = None
     if n_batches == 0:
         raise ProtectionError("The training data is empty: there is nothing to fine-tune on. Pass at least one batch.")
+    trap_selection = config.selection == "trap"
+    if trap_selection and val_batches is None and val_score_fn is None:
+        raise ProtectionError(
+            "selection='trap' picks the checkpoint on validation data: pass val_batches or val_score_fn "
+            "(or use selection='standalone')."
+        )
     if config.mode == "full" and reference is None:
         reference = snapshot_reference(model)
     params = _trainable(model)
@@ -148,18 +202,43 @@ def train_protected(
     generator = torch.Generator().manual_seed(config.seed)
     trainable_names = {n for n, p in model.named_parameters() if p.requires_grad}
 
-    def validate() -> float | None:
+    def score() -> float:
+        """Validation score of the model as it stands (higher is better)."""
         if val_score_fn is not None:
-            was = model.training
-            model.eval()
-            with torch.no_grad():
-                score = -float(val_score_fn(model))
-            model.train(was)
-            return score
-        if val_batches is not None:
-            return evaluate_loss(model, val_batches, loss_fn=loss_fn)
-        return None
+            return float(val_score_fn(model))
+        return -evaluate_loss(model, val_batches, loss_fn=loss_fn)  # type: ignore[arg-type]
 
+    def scores() -> tuple[float, float]:
+        """(score at s = 1, mean score at the probe scales), in eval mode, without gradients."""
+        was = model.training
+        model.eval()
+        with torch.no_grad():
+            at_one = score()
+            probes = []
+            for s in config.probe_scales:
+                with scaled_in_place(model, scale=s, mode=config.mode, reference=reference):
+                    probes.append(score())
+        model.train(was)
+        return at_one, sum(probes) / len(probes)
+
+    def snapshot() -> dict[str, torch.Tensor]:
+        return {n: p.detach().clone() for n, p in model.named_parameters() if n in trainable_names}
+
+    def validate() -> float | None:
+        """Validation at s = 1 for the paper's selection, as a loss-like number (lower is better)."""
+        if val_score_fn is None and val_batches is None:
+            return None
+        was = model.training
+        model.eval()
+        with torch.no_grad():
+            value = -score()
+        model.train(was)
+        return value
+
+    selector = _TrapSelector(config.standalone_tolerance) if trap_selection else None
+    if selector is not None:  # the starting point is a candidate too (it matters when continuing an update)
+        at_one, trap = scores()
+        selector.add(_Candidate(0, at_one, trap, snapshot()))
     best = math.inf
     best_state: dict[str, torch.Tensor] | None = None
     bad_evals = 0
@@ -187,21 +266,37 @@ def train_protected(
                 on_step(steps, record)
             end_of_epoch = n_batches is not None and steps % n_batches == 0
             if (config.eval_every and steps % config.eval_every == 0) or (not config.eval_every and end_of_epoch):
-                val = validate()
-                if val is not None:
-                    record["val"] = val
-                    if val < best - 1e-6:
-                        best, bad_evals = val, 0
-                        best_state = {n: p.detach().clone() for n, p in model.named_parameters()
-                                      if n in trainable_names}
-                    else:
-                        bad_evals += 1
-                        stopped = bad_evals >= config.early_stopping_patience
+                if selector is not None:
+                    at_one, trap = scores()
+                    record["val_standalone"], record["val_trap"] = at_one, trap
+                    works = selector.add(_Candidate(steps, at_one, trap, snapshot()))
+                    bad_evals = 0 if works else bad_evals + 1
+                    stopped = bad_evals >= config.early_stopping_patience
+                else:
+                    val = validate()
+                    if val is not None:
+                        record["val"] = val
+                        if val < best - 1e-6:
+                            best, bad_evals = val, 0
+                            best_state = snapshot()
+                        else:
+                            bad_evals += 1
+                            stopped = bad_evals >= config.early_stopping_patience
             history.append(record)
             if stopped:
                 break
         if stopped:
             break
+    selected: dict[str, float] | None = None
+    if selector is not None:
+        chosen = selector.best()
+        if chosen is not None:
+            best_state = chosen.state
+            selected = {"step": chosen.step, "standalone": chosen.standalone, "trap": chosen.trap,
+                        "reference": selector.reference, "tolerance": config.standalone_tolerance}
+    elif best_state is not None:
+        selected = {"step": min((r["step"] for r in history if r.get("val") == best), default=steps),
+                    "standalone": -best}
     if best_state is not None:
         with torch.no_grad():
             for n, p in model.named_parameters():
@@ -209,7 +304,7 @@ def train_protected(
                     p.copy_(best_state[n])
     model.eval()
     seconds = time.perf_counter() - start
-    logger.info("trap2 training: %d steps in %.1fs (lam=%s, best val %.4f)", steps, seconds, config.lam, best)
+    logger.info("trap2 training: %d steps in %.1fs (lam=%s, selected %s)", steps, seconds, config.lam, selected)
     return ProtectResult(
         steps=steps,
         epochs_run=steps / n_batches if n_batches else float(epoch + 1),
@@ -217,6 +312,7 @@ def train_protected(
         stopped_early=stopped,
         seconds=seconds,
         history=tuple(history),
+        selected=selected,
     )
 
 
