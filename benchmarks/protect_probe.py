@@ -56,8 +56,7 @@ def main() -> None:
     folder = minilm_folder()
     tok = AutoTokenizer.from_pretrained(str(folder))
     base = BertModel.from_pretrained(str(folder)).eval()
-    tasks = {t.name: t for t in build_tasks(n_train=240, n_val=48, n_test=96, seed=0)}
-    task = tasks[os.environ.get("TASK", "man_section")]
+    (task,) = build_tasks(n_train=240, n_val=48, n_test=96, names=[os.environ.get("TASK", "man_section")], seed=0)
 
     def encode(items):
         e = tok([t for t, _ in items], padding="max_length", truncation=True, max_length=MAX_LEN,
