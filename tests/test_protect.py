@@ -281,6 +281,40 @@ def test_trap_selection_continues_an_update_within_tolerance(tiny, trained):
     assert evals and all("val_standalone" in r for r in evals)
 
 
+def test_projected_gradient_never_opposes_the_standalone_gradient(tiny, trained):
+    from hubguard.protect.objective import backward_projected
+
+    model = copy.deepcopy(trained[0.0][0]).train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    cfg = ProtectConfig(lam=2.0, weight="inv", project_conflicts=True)
+    batch = tiny["train"][0]
+    seen = set()
+    for s in (0.1, 0.3, 0.6, 1.5, 1.9):
+        out = trap2_loss(model, batch, config=cfg, generator=torch.Generator(), scale=s)
+        g_a = torch.autograd.grad(out.standalone_term, params, retain_graph=True)
+        g_b = torch.autograd.grad(-out.trap_term, params, retain_graph=True)
+        for p in params:
+            p.grad = None
+        projected = backward_projected(out, params)
+        dot = sum(float((a * b).sum()) for a, b in zip(g_a, g_b))
+        norm2 = sum(float((a * a).sum()) for a in g_a)
+        g_dot_a = sum(float((p.grad * a).sum()) for p, a in zip(params, g_a))
+        assert projected == (dot < 0)
+        if projected:  # the trap part is orthogonal to the standalone gradient: first-order standalone change kept
+            assert g_dot_a == pytest.approx(norm2, rel=1e-4)
+        else:
+            for p, a, b in zip(params, g_a, g_b):
+                torch.testing.assert_close(p.grad, a + b)
+        seen.add(projected)
+    assert True in seen  # conflicts do occur at this lambda
+    res = train_protected(model, train_batches=tiny["train"][:3], config=cfg.replace(epochs=1, learning_rate=1e-3))
+    assert res.steps == 3
+    with pytest.raises(ProtectionError, match="project_conflicts"):
+        from hubguard.protect.trainer import trap2_trainer_class
+
+        trap2_trainer_class()(model=model, protect_config=cfg)
+
+
 def test_trap_selection_needs_validation_data(tiny):
     model = _lora(tiny["model"])
     with pytest.raises(ProtectionError, match="validation"):
@@ -444,11 +478,12 @@ def test_cli_protect_then_audit(tiny, tmp_path):
     # Protect the update just written (continue it, keep the most protected checkpoint within tolerance).
     res = runner.invoke(protect_app, ["--base", str(tiny["folder"]), "--data", str(data), "--out",
                                       str(tmp_path / "cont"), "--init", str(tmp_path / "out"), "--selection", "trap",
-                                      "--tolerance", "0.05", "--lambda", "0.3", "--epochs", "2", "--lr", "0.005",
+                                      "--tolerance", "0.05", "--lambda", "0.3", "--project-conflicts", "--epochs", "2", "--lr", "0.005",
                                       "--max-length", "32", "--json"])
     assert res.exit_code == 0, res.output
     out = json.loads(res.output[res.output.index("{"):])
     assert out["settings"]["selection"] == "trap" and out["training"]["init"] == str(tmp_path / "out")
+    assert out["settings"]["project_conflicts"] is True
     assert out["training"]["selected"]["standalone"] >= out["training"]["selected"]["reference"] - 0.05
     res = runner.invoke(protect_app, ["--base", str(tiny["folder"]), "--data", str(data), "--out",
                                       str(tmp_path / "o3"), "--init", str(tiny["folder"])])

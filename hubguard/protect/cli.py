@@ -49,6 +49,7 @@ def protect_main(
     preset: str | None = "llm", lam: float | None = None, epochs: int = 3, learning_rate: float = 1e-4,
     batch_size: int = 8, max_length: int = 128, val_fraction: float = 0.1, seed: int = 0, overwrite: bool = False,
     init: str | Path | None = None, selection: str = "standalone", tolerance: float | None = None,
+    project_conflicts: bool = False,
 ) -> dict[str, Any]:
     """Train a protected update of `base` on `data` and save it to `out` (adapter or full model + card).
 
@@ -72,6 +73,7 @@ def protect_main(
     if lam is not None:
         overrides["lam"] = lam
     overrides["selection"] = selection
+    overrides["project_conflicts"] = project_conflicts
     if tolerance is not None:
         overrides["standalone_tolerance"] = tolerance
     config = ProtectConfig.preset(preset, **overrides) if preset else ProtectConfig(**overrides)
@@ -215,6 +217,8 @@ def protect_command(
     selection: Annotated[str, typer.Option(help="standalone (paper: best s=1 checkpoint) or trap (most "
                                                  "protected within --tolerance of the best s=1)")] = "standalone",
     tolerance: Annotated[float | None, typer.Option(help="trap selection: allowed s=1 loss increase (nats)")] = None,
+    project_conflicts: Annotated[bool, typer.Option(help="PCGrad: drop the trap gradient's part that opposes the "
+                                                          "standalone gradient (not in the paper)")] = False,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Fine-tune BASE on DATA with Trap² protection and write a standard adapter / model to OUT.
@@ -230,7 +234,8 @@ def protect_command(
         res = protect_main(base=base, data=data, out=out, mode=mode, task=task,
                            preset=None if preset == "none" else preset, lam=lam, epochs=epochs, learning_rate=lr,
                            batch_size=batch_size, max_length=max_length, seed=seed, overwrite=overwrite,
-                           init=init, selection=selection, tolerance=tolerance)
+                           init=init, selection=selection, tolerance=tolerance,
+                           project_conflicts=project_conflicts)
     except HubguardError as exc:
         _fail(exc)
         return

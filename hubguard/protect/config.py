@@ -46,6 +46,9 @@ class ProtectConfig:
     exclude: tuple[float, float] = (0.95, 1.05)
     weight: WeightKind = "inv_sqrt"
     samples_per_step: int = 1
+    # Not in the paper: when the trap gradient conflicts with the standalone one, drop its component along the
+    # standalone gradient (PCGrad), so no step trades standalone loss for trap at first order.
+    project_conflicts: bool = False
     # Ceiling on the maximised loss L(W0 + s·ΔW) (None = uncapped, as in the paper's code). Once a scaled
     # loss reaches it, that term stops pushing, so the update cannot spend itself on making off-scale losses
     # absurdly large (e.g. 2·log(k) for a k-class task: twice the loss of a uniform guess).
@@ -60,6 +63,7 @@ class ProtectConfig:
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     epochs: int = 3
+    max_steps: int | None = None  # stop after this many optimiser steps, whatever `epochs` says
     batch_size: int = 16
     eval_every: int | None = None  # steps between validation passes; None = once per epoch
     early_stopping_patience: int = 2
@@ -91,6 +95,8 @@ class ProtectConfig:
             problems.append(f"weight must be 'inv', 'inv_sqrt' or 'none', got {self.weight!r}")
         if self.scaled_loss_cap is not None and not self.scaled_loss_cap > 0:
             problems.append(f"scaled_loss_cap must be > 0 or None, got {self.scaled_loss_cap}")
+        if self.max_steps is not None and self.max_steps < 1:
+            problems.append(f"max_steps must be >= 1 or None, got {self.max_steps}")
         if self.selection not in ("standalone", "trap"):
             problems.append(f"selection must be 'standalone' or 'trap', got {self.selection!r}")
         if self.standalone_tolerance < 0:

@@ -36,6 +36,10 @@ class Trap2Output:
     scaled_loss: float
     scale: float
     weight: float
+    # The two terms of `loss` (loss = standalone_term - trap_term), each with its graph; what
+    # `backward_projected` needs. None for plain training.
+    standalone_term: torch.Tensor | None = None
+    trap_term: torch.Tensor | None = None
 
 
 def sample_scale(*, config: ProtectConfig, generator: torch.Generator) -> float:
@@ -183,14 +187,45 @@ def trap2_loss(
         penalty = penalty + w * pushed
         scaled_values.append(float(scaled.detach()))
         weights.append(w)
-    total = standalone - config.lam * penalty / len(scales)
+    trap = config.lam * penalty / len(scales)
     return Trap2Output(
-        loss=total,
+        loss=standalone - trap,
         standalone_loss=float(standalone.detach()),
         scaled_loss=sum(scaled_values) / len(scaled_values),
         scale=scales[0] if len(scales) == 1 else float("nan"),
         weight=sum(weights) / len(weights),
+        standalone_term=standalone,
+        trap_term=trap,
     )
+
+
+def backward_projected(out: Trap2Output, params: list[torch.nn.Parameter]) -> bool:
+    """Set `p.grad` to ∇J, with the trap part projected off the standalone gradient when the two conflict.
+
+    g_a = ∇L(W0 + ΔW), g_b = −∇(λ·w(s)·L(W0 + s·ΔW)). When ⟨g_a, g_b⟩ < 0 the trap step would raise the
+    standalone loss at first order, so g_b loses its component along g_a (PCGrad, Yu et al. 2020):
+    g = g_a + g_b − (⟨g_a, g_b⟩ / |g_a|²)·g_a. Not in the paper; `ProtectConfig.project_conflicts`.
+    Returns True when a projection happened. Costs the same two backward passes as `out.loss.backward()`.
+    """
+    import torch
+
+    if out.standalone_term is None or out.trap_term is None:
+        out.loss.backward()
+        return False
+
+    def grads(t: torch.Tensor) -> list[torch.Tensor]:
+        got = torch.autograd.grad(t, params, allow_unused=True)
+        return [torch.zeros_like(p) if g is None else g for p, g in zip(params, got, strict=True)]
+
+    g_a = grads(out.standalone_term)
+    g_b = grads(-out.trap_term)
+    dot = sum(float((a * b).sum()) for a, b in zip(g_a, g_b, strict=True))
+    norm2 = sum(float((a * a).sum()) for a in g_a)
+    projected = dot < 0 and norm2 > 0
+    for p, a, b in zip(params, g_a, g_b, strict=True):
+        g = a + b - (dot / norm2) * a if projected else a + b
+        p.grad = g if p.grad is None else p.grad + g
+    return projected
 
 
 @contextmanager

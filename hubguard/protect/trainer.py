@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from hubguard.errors import MissingDependencyError, ProtectionError
 from hubguard.protect.config import DEFAULT_TARGET_MODULE_FAMILIES, ProtectConfig
-from hubguard.protect.objective import LossFn, default_loss, snapshot_reference, trap2_loss
+from hubguard.protect.objective import LossFn, backward_projected, default_loss, snapshot_reference, trap2_loss
 from hubguard.utils import get_logger, progress
 
 if TYPE_CHECKING:
@@ -256,7 +256,10 @@ def train_protected(
                     f"The Trap² loss became {float(out.loss)} at step {steps} (s={out.scale:.3f}). "
                     "Lower lam or the learning rate."
                 )
-            out.loss.backward()
+            if config.project_conflicts:
+                backward_projected(out, params)
+            else:
+                out.loss.backward()
             torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
             optimizer.step()
             steps += 1
@@ -283,9 +286,9 @@ def train_protected(
                             bad_evals += 1
                             stopped = bad_evals >= config.early_stopping_patience
             history.append(record)
-            if stopped:
+            if stopped or (config.max_steps is not None and steps >= config.max_steps):
                 break
-        if stopped:
+        if stopped or (config.max_steps is not None and steps >= config.max_steps):
             break
     selected: dict[str, float] | None = None
     if selector is not None:
@@ -334,6 +337,11 @@ def _make_trainer_class() -> type:
 
         def __init__(self, *args: Any, protect_config: ProtectConfig, loss_fn: LossFn | None = None,
                      **kwargs: Any) -> None:
+            if protect_config.project_conflicts:
+                raise ProtectionError(
+                    "project_conflicts needs the two gradients separately, and Trainer backpropagates one loss: "
+                    "train with hubguard.protect.train_protected, or set project_conflicts=False."
+                )
             super().__init__(*args, **kwargs)
             self.protect_config = protect_config
             self.trap2_loss_fn = loss_fn
