@@ -315,6 +315,18 @@ def test_projected_gradient_never_opposes_the_standalone_gradient(tiny, trained)
         trap2_trainer_class()(model=model, protect_config=cfg)
 
 
+def test_trap_selection_from_the_start_measures_tolerance_from_the_starting_update(tiny, trained):
+    plain = copy.deepcopy(trained[0.0][0])
+    start_one = _loss_at(plain, tiny["val"], 1.0)
+    cfg = ProtectConfig(lam=0.3, weight="inv", learning_rate=1e-2, epochs=4, selection="trap", eval_every=2,
+                        standalone_tolerance=0.1, tolerance_reference="start", probe_scales=(0.3, 1.5),
+                        early_stopping_patience=30)
+    torch.manual_seed(0)
+    sel = train_protected(plain, train_batches=tiny["train"], val_batches=tiny["val"], config=cfg).selected
+    assert sel["reference"] == pytest.approx(-start_one, abs=1e-5)  # not a later validation peak
+    assert _loss_at(plain, tiny["val"], 1.0) <= start_one + 0.1 + 1e-6
+
+
 def test_trap_selection_needs_validation_data(tiny):
     model = _lora(tiny["model"])
     with pytest.raises(ProtectionError, match="validation"):
@@ -483,7 +495,7 @@ def test_cli_protect_then_audit(tiny, tmp_path):
     assert res.exit_code == 0, res.output
     out = json.loads(res.output[res.output.index("{"):])
     assert out["settings"]["selection"] == "trap" and out["training"]["init"] == str(tmp_path / "out")
-    assert out["settings"]["project_conflicts"] is True
+    assert out["settings"]["project_conflicts"] is True and out["settings"]["tolerance_reference"] == "start"
     assert out["training"]["selected"]["standalone"] >= out["training"]["selected"]["reference"] - 0.05
     res = runner.invoke(protect_app, ["--base", str(tiny["folder"]), "--data", str(data), "--out",
                                       str(tmp_path / "o3"), "--init", str(tiny["folder"])])

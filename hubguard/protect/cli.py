@@ -73,6 +73,8 @@ def protect_main(
     if lam is not None:
         overrides["lam"] = lam
     overrides["selection"] = selection
+    if init is not None:  # the kept update must stay within tolerance of the update being protected
+        overrides["tolerance_reference"] = "start"
     overrides["project_conflicts"] = project_conflicts
     if tolerance is not None:
         overrides["standalone_tolerance"] = tolerance

@@ -74,6 +74,10 @@ class ProtectConfig:
     # in the validation score's units: accuracy points with a score function, nats with the loss.
     selection: Selection = "standalone"
     standalone_tolerance: float = 1.0
+    # What the tolerance is measured from: "best" s = 1 score seen (training from the base), or the "start"
+    # state's (continuing an update you already trained: the kept update is within tolerance of *it*, not of a
+    # lucky validation peak on the way).
+    tolerance_reference: Literal["best", "start"] = "best"
     probe_scales: tuple[float, ...] = (0.3, 0.6, 1.5)
     seed: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
@@ -99,6 +103,8 @@ class ProtectConfig:
             problems.append(f"max_steps must be >= 1 or None, got {self.max_steps}")
         if self.selection not in ("standalone", "trap"):
             problems.append(f"selection must be 'standalone' or 'trap', got {self.selection!r}")
+        if self.tolerance_reference not in ("best", "start"):
+            problems.append(f"tolerance_reference must be 'best' or 'start', got {self.tolerance_reference!r}")
         if self.standalone_tolerance < 0:
             problems.append(f"standalone_tolerance must be >= 0, got {self.standalone_tolerance}")
         if not self.probe_scales or any(x < 0 or abs(x - 1.0) < 1e-9 for x in self.probe_scales):

@@ -66,14 +66,16 @@ class _TrapSelector:
     """Keeps the Pareto front of (standalone high, trap low) checkpoints; picks the most protected one whose
     standalone score is within `tolerance` of the best standalone score seen."""
 
-    def __init__(self, tolerance: float) -> None:
+    def __init__(self, tolerance: float, *, from_start: bool = False) -> None:
         self.tolerance = tolerance
+        self.from_start = from_start
         self.reference = -math.inf
         self.front: list[_Candidate] = []
 
     def add(self, cand: _Candidate) -> bool:
         """Record `cand`; True when it is within tolerance of the reference (the update still works)."""
-        self.reference = max(self.reference, cand.standalone)
+        if not self.from_start or self.reference == -math.inf:  # "start": the first candidate fixes it
+            self.reference = max(self.reference, cand.standalone)
         if not any(c.standalone >= cand.standalone and c.trap <= cand.trap for c in self.front):
             self.front = [c for c in self.front if not (cand.standalone >= c.standalone and cand.trap <= c.trap)]
             self.front.append(cand)
@@ -170,9 +172,10 @@ def train_protected(
     `config.selection="standalone"` (the paper): the best s = 1 state is restored; training stops after
     `early_stopping_patience` evaluations without improvement. `config.selection="trap"`: validation also
     scores W0 + s·ΔW at `config.probe_scales`, and the kept state is the most protected one whose s = 1
-    score is within `config.standalone_tolerance` of the best s = 1 score seen (the starting state counts,
-    so continuing an already trained update never returns something worse than it by more than the
-    tolerance); training stops after `early_stopping_patience` evaluations in a row outside the tolerance.
+    score is within `config.standalone_tolerance` of the reference: the best s = 1 score seen
+    (`tolerance_reference="best"`; the starting state counts), or the starting state's ("start", for
+    continuing an update you already trained); training stops after `early_stopping_patience` evaluations
+    in a row outside the tolerance.
 
     To protect an update you already trained, load it trainable (`PeftModel.from_pretrained(base, path,
     is_trainable=True)`, or the fine-tuned model with `reference` = the base's parameters for full mode)
@@ -235,7 +238,8 @@ def train_protected(
         model.train(was)
         return value
 
-    selector = _TrapSelector(config.standalone_tolerance) if trap_selection else None
+    selector = (_TrapSelector(config.standalone_tolerance, from_start=config.tolerance_reference == "start")
+                if trap_selection else None)
     if selector is not None:  # the starting point is a candidate too (it matters when continuing an update)
         at_one, trap = scores()
         selector.add(_Candidate(0, at_one, trap, snapshot()))
