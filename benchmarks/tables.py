@@ -133,14 +133,48 @@ def dogs(d: dict[str, Any]) -> str:
 
 def protect(d: dict[str, Any]) -> str:
     task = d["protected_task"]
-    rows = [f"Protected task: **{task}** ({d.get('metric', 'metric')}; base/zero-shot: {d['base'].get(task, '–')}).", "",
-            "| setting | unprotected | protected | attacker's coefficient |", "|---|---|---|---|"]
+    base = d["base"]
+    base_mean = sum(base.values()) / len(base)
+
+    def mean(m: dict[str, float]) -> float:
+        return sum(m.values()) / len(m)
+
+    rows = [f"Protected task: **{task}** ({d.get('metric', 'metric')}, test split; zero-shot base: "
+            f"{_fmt(base.get(task))} on {task}, {_fmt(base_mean)} mean over {len(base)} tasks). "
+            "The attacker picks the coefficient on validation data.", "",
+            f"| setting | {task}: unprotected | {task}: protected | mean: unprotected | mean: protected | coefficient (unprot. / prot.) |",
+            "|---|---|---|---|---|---|"]
     sa = d["standalone"]
-    rows.append(f"| standalone | {_fmt(sa['unprotected'].get(task))} | {_fmt(sa['protected'].get(task))} | – |")
+    rows.append(f"| standalone | {_fmt(sa['unprotected'].get(task))} | {_fmt(sa['protected'].get(task))} | "
+                f"{_fmt(mean(sa['unprotected']))} | {_fmt(mean(sa['protected']))} | – |")
     for method, r in d.get("merged", {}).items():
-        rows.append(f"| merged: {method} | {_fmt(r['unprotected'].get(task))} | {_fmt(r['protected'].get(task))} | {_fmt(r.get('coefficient'))} |")
+        rows.append(f"| merged: {method} | {_fmt(r['unprotected'].get(task))} | {_fmt(r['protected'].get(task))} | "
+                    f"{_fmt(mean(r['unprotected']))} | {_fmt(mean(r['protected']))} | "
+                    f"{_fmt(r.get('coefficient_unprotected'))} / {_fmt(r.get('coefficient'))} |")
+    attacks = d.get("open_attacks", {})
+    labels = {"protected_fixed_at_1": "protected kept at 1, others tuned",
+              "two_protected": "two protected updates (task arithmetic)",
+              "refinetune_then_merge": "short re-fine-tune, then task arithmetic"}
+    for key, label in labels.items():
+        a = attacks.get(key)
+        if not a:
+            continue
+        unp = a["unprotected"]["test"] if "test" in a["unprotected"] else a["unprotected"]
+        prot = a["protected"]["test"]
+        rows.append(f"| attack: {label} | {_fmt(unp.get(task))} | {_fmt(prot.get(task))} | {_fmt(mean(unp))} | "
+                    f"{_fmt(mean(prot))} | {_fmt(a['unprotected'].get('coefficient', '–'))} / "
+                    f"{_fmt(a['protected'].get('coefficient'))} |")
     if "time_ratio" in d:
-        rows += ["", f"Training time, protected / plain: {_fmt(d['time_ratio'], 2)}×."]
+        rows += ["", f"Training time, protected / plain: {_fmt(d['time_ratio'], 2)}× wall clock for the whole protected "
+                     f"update; {_fmt(d.get('time_ratio_per_step'), 2)}× CPU per optimiser step."]
+    targets = d.get("summary", {}).get("targets")
+    if targets:
+        rows += ["", "Targets: " + ", ".join(f"{k.replace('_', ' ')}: {'met' if v else '**not met**'}"
+                                               for k, v in targets.items()) + "."]
+    sel = d.get("protected_training", {}).get("selected")
+    if sel:
+        rows += ["", f"Kept checkpoint: Trap² step {sel['step']}, validation accuracy at s = 1 {_fmt(sel['standalone'])} "
+                     f"(reference {_fmt(sel.get('reference'))}), mean at the probe scales {_fmt(sel.get('trap'))}."]
     return "\n".join(rows)
 
 
