@@ -154,6 +154,7 @@ def main() -> None:
     ap.add_argument("--trap-lr", type=float, default=2e-3, help="learning rate of the Trap² phase (continue)")
     ap.add_argument("--trap-budget", type=float, default=0.85,
                     help="continue: Trap² steps as a fraction of the plain run's steps (each costs ~2 plain steps)")
+    ap.add_argument("--evals", type=int, default=6, help="continue: validation checkpoints over the Trap² phase")
     ap.add_argument("--tolerance", type=float, default=1.0,
                     help="continue: accuracy points at s = 1 (validation) the kept checkpoint may lose")
     ap.add_argument("--project-conflicts", action=argparse.BooleanOptionalAction, default=True,
@@ -257,7 +258,7 @@ def main() -> None:
             early_stopping_patience=2 if lam == 0 else 10**6, seed=args.seed, scaled_loss_cap=cap,
             max_steps=max_steps, selection="trap" if continuing else "standalone",
             standalone_tolerance=args.tolerance, tolerance_reference="start", probe_scales=(0.3, 0.6, 1.5),
-            eval_every=max(1, max_steps // 6) if continuing and max_steps else None,
+            eval_every=max(1, max_steps // args.evals) if continuing and max_steps else None,
             project_conflicts=args.project_conflicts and lam > 0,
         )
         torch.manual_seed(args.seed)  # the same LoRA A init for every update, whatever ran before
@@ -456,7 +457,7 @@ def main() -> None:
                                "validation": [{k2: r[k2] for k2 in ("step", "val_standalone", "val_trap")}
                                               for r in prot_res.history if "val_trap" in r]},
         "settings": {"quick": quick, "regime": args.regime, "lam": args.lam, "weight": args.weight, "lr": args.lr,
-                     "trap_lr": args.trap_lr, "trap_budget": args.trap_budget, "tolerance": args.tolerance,
+                     "trap_lr": args.trap_lr, "trap_budget": args.trap_budget, "tolerance": args.tolerance, "evals": args.evals,
                      "project_conflicts": args.project_conflicts,
                      "epochs": epochs, "cap_factor": args.cap_factor,
                      "coefficients": list(coefficients), "tasks": names, "n_train": n_train, "n_val": n_val,
