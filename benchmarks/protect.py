@@ -247,7 +247,7 @@ def main() -> None:
         lam = 0: plain, early stopping on the s = 1 validation accuracy (the strongest unprotected control; with
         `init`, a re-fine-tune of that update). lam > 0, regime "continue": Trap² continues `init` (the task's
         plain update) for `max_steps` steps and keeps the most protected checkpoint whose s = 1 validation
-        accuracy stays within --tolerance points of the best seen. Regime "scratch": Trap² from zero for a
+        accuracy stays within --tolerance points of the starting update's. Regime "scratch": Trap² from zero for a
         fixed budget, final state kept (early stopping at s = 1 would restore a pre-trap update, see TUNING).
         """
         n_classes = len(heads[task])

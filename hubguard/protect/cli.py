@@ -217,7 +217,7 @@ def protect_command(
     overwrite: bool = False,
     init: Annotated[str | None, typer.Option(help="Continue from an update you trained (adapter / full model).")] = None,
     selection: Annotated[str, typer.Option(help="standalone (paper: best s=1 checkpoint) or trap (most "
-                                                 "protected within --tolerance of the best s=1)")] = "standalone",
+                                                 "protected within --tolerance of the best s=1, or of --init's)")] = "standalone",
     tolerance: Annotated[float | None, typer.Option(help="trap selection: allowed s=1 loss increase (nats)")] = None,
     project_conflicts: Annotated[bool, typer.Option(help="PCGrad: drop the trap gradient's part that opposes the "
                                                           "standalone gradient (not in the paper)")] = False,

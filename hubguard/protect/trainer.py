@@ -64,7 +64,8 @@ class _Candidate:
 
 class _TrapSelector:
     """Keeps the Pareto front of (standalone high, trap low) checkpoints; picks the most protected one whose
-    standalone score is within `tolerance` of the best standalone score seen."""
+    standalone score is within `tolerance` of the reference: the best standalone score seen, or with
+    `from_start` the first candidate's (the starting state)."""
 
     def __init__(self, tolerance: float, *, from_start: bool = False) -> None:
         self.tolerance = tolerance
@@ -247,7 +248,8 @@ def train_protected(
     best_state: dict[str, torch.Tensor] | None = None
     bad_evals = 0
     steps = 0
-    stopped = False
+    stopped = False  # early stopping fired
+    done = False  # early stopping or max_steps
     history: list[dict[str, float]] = []
     start = time.perf_counter()
     model.train()
@@ -290,9 +292,10 @@ def train_protected(
                             bad_evals += 1
                             stopped = bad_evals >= config.early_stopping_patience
             history.append(record)
-            if stopped or (config.max_steps is not None and steps >= config.max_steps):
+            done = stopped or (config.max_steps is not None and steps >= config.max_steps)
+            if done:
                 break
-        if stopped or (config.max_steps is not None and steps >= config.max_steps):
+        if done:
             break
     selected: dict[str, float] | None = None
     if selector is not None:
