@@ -500,6 +500,11 @@ def test_cli_protect_then_audit(tiny, tmp_path):
     res = runner.invoke(protect_app, ["--base", str(tiny["folder"]), "--data", str(data), "--out",
                                       str(tmp_path / "o3"), "--init", str(tiny["folder"])])
     assert res.exit_code == 2 and "adapter" in res.output  # a full model given to --mode lora
+    before = (tmp_path / "out" / "adapter_model.safetensors").read_bytes()
+    res = runner.invoke(protect_app, ["--base", str(tiny["folder"]), "--data", str(data), "--out",
+                                      str(tmp_path / "out"), "--init", str(tmp_path / "out"), "--overwrite"])
+    assert res.exit_code == 2 and "--init update itself" in res.output
+    assert (tmp_path / "out" / "adapter_model.safetensors").read_bytes() == before  # nothing lost
     res = runner.invoke(protect_app, ["--base", str(tmp_path / "missing"), "--data", str(data), "--out",
                                       str(tmp_path / "o2")])
     assert res.exit_code == 2 and "error:" in res.output

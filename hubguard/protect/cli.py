@@ -68,6 +68,11 @@ def protect_main(
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise ProtectionError(f"Output folder {out} is not empty; pass --overwrite or choose another folder.")
+    if init is not None:
+        _check_init(init, mode=mode)  # before any model is loaded
+        if out.resolve() == Path(init).resolve():
+            raise ProtectionError(f"--out {out} is the --init update itself; write the protected update elsewhere "
+                                  "so the update you trained is kept.")
     overrides: dict[str, Any] = {"mode": mode, "epochs": epochs, "learning_rate": learning_rate,
                                  "batch_size": batch_size, "seed": seed}
     if lam is not None:
@@ -106,19 +111,26 @@ def protect_main(
     return {"out": str(out), "mode": mode, "settings": config.to_dict(), "training": training}
 
 
-def _continue_from(base_model: Any, *, init: str | Path, mode: str, task: str,
-                   num_labels: int | None) -> tuple[Any, dict[str, Any] | None]:
-    """The update at `init`, trainable, on top of `base_model`; for full mode also θ0 (the base's weights)."""
-    from hubguard.protect.audit import load_adapter, update_kind
-    from hubguard.protect.objective import snapshot_reference
+def _check_init(init: str | Path, *, mode: str) -> None:
+    """`init` exists and is the kind of update `mode` continues (an adapter for lora, a full model for full)."""
+    from hubguard.protect.audit import update_kind
 
     kind = update_kind(init)
-    if mode == "lora":
-        if kind != "adapter":
-            raise ProtectionError(f"--init {init} is a full model; with --mode lora pass a PEFT adapter folder.")
-        return load_adapter(base_model, init, is_trainable=True), None
-    if kind != "full":
+    if mode == "lora" and kind != "adapter":
+        raise ProtectionError(f"--init {init} is a full model; with --mode lora pass a PEFT adapter folder.")
+    if mode == "full" and kind != "full":
         raise ProtectionError(f"--init {init} is an adapter; with --mode full pass a fine-tuned model folder.")
+
+
+def _continue_from(base_model: Any, *, init: str | Path, mode: str, task: str,
+                   num_labels: int | None) -> tuple[Any, dict[str, Any] | None]:
+    """The update at `init` (checked by `_check_init`), trainable, on top of `base_model`; for full mode also
+    θ0 (the base's weights)."""
+    from hubguard.protect.audit import load_adapter
+    from hubguard.protect.objective import snapshot_reference
+
+    if mode == "lora":
+        return load_adapter(base_model, init, is_trainable=True), None
     reference = snapshot_reference(base_model)
     model = _load_model(str(init), task=task, num_labels=num_labels)
     names = {n for n, _ in model.named_parameters()}
