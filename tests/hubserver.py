@@ -92,6 +92,8 @@ class HubServer:
         self.log: list[RequestRecord] = []
         self._faults: list[Fault] = []
         self._lock = threading.Lock()
+        self._settled = threading.Condition(self._lock)  # notified when no request is being handled
+        self._in_flight = 0
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._discussions: dict[tuple[str, str], list[dict]] = {}  # (repo_type, repo_id) -> discussions (see below)
@@ -194,16 +196,32 @@ class HubServer:
                     return f
         return None
 
+    def _begin(self) -> None:
+        with self._lock:
+            self._in_flight += 1
+
     def _record(self, rec: RequestRecord) -> None:
         with self._lock:
             self.log.append(rec)
+            self._in_flight -= 1
+            self._settled.notify_all()
+
+    def _wait_settled(self, timeout: float = 5.0) -> None:
+        """Wait (lock held) until every request being handled has been logged.
+
+        The client can hold a whole response before the handler thread reaches its `finally` and logs it;
+        without this wait a test that counts requests right after a read races the server.
+        """
+        self._settled.wait_for(lambda: self._in_flight == 0, timeout=timeout)
 
     def requests(self, *, method: str | None = None, contains: str = "") -> list[RequestRecord]:
         with self._lock:
+            self._wait_settled()
             return [r for r in self.log if (method is None or r.method == method) and contains in r.path]
 
     def clear_log(self) -> None:
         with self._lock:
+            self._wait_settled()
             self.log.clear()
 
     # -- discussions and comments (added for the webhook bot tests; in memory) --------------------------
@@ -268,6 +286,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._dispatch()
 
     def _dispatch(self) -> None:
+        self.hub._begin()
         url = urlsplit(self.path)
         rec = RequestRecord(
             method=self.command, path=url.path, range=self.headers.get("Range"), status=0, authorized=self._authorized()
@@ -391,6 +410,7 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:  # noqa: N802 - only the discussion routes accept POST
         if not (self.path.startswith("/api/") and "/discussions" in self.path):
             rec = RequestRecord(method="POST", path=self.path, range=None, status=0, authorized=self._authorized())
+            self.hub._begin()
             self._error(405, "MethodNotAllowed", "POST is only served for discussions", rec=rec)
             self.hub._record(rec)
             return
