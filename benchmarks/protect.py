@@ -134,6 +134,11 @@ class Classifier(torch.nn.Module):
         return SimpleNamespace(loss=loss, logits=logits)
 
 
+def per_example_loss(outputs, batch):
+    """Cross-entropy of each example, shape (batch,): Trap² then caps the maximised loss example by example."""
+    return torch.nn.functional.cross_entropy(outputs.logits, batch["labels"], reduction="none")
+
+
 def _tail_mean(history, key, n=15):
     vals = [r[key] for r in history[-n:] if r.get(key) == r.get(key)]
     return sum(vals) / len(vals) if vals else None

@@ -6,8 +6,9 @@ benchmark's "continue" regime (its TUNING note quotes these runs).
                                                    "every": 15, "project": true}'
 
 Keys: task, lam, lr (Trap² phase), steps, every (steps between prints), project (PCGrad projection), weight
-("inv"), cap_factor (x log(classes), 1.0), plain_lr (3e-3), threads (1), n_train (480). Prints one line per
-evaluation: step, seconds, {scale: accuracy} on validation and test.
+("inv"), cap_factor (x log(classes), 1.0), per_example (cap each example's loss, not the batch mean; false),
+scale_min (0.05), scale_max (2.0), plain_lr (3e-3), threads (1), n_train (480). Prints one line per evaluation:
+step, seconds, {scale: accuracy} on validation and test.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-from protect import CLASS_PROMPTS, MAX_LEN, Classifier, minilm_folder  # noqa: E402
+from protect import CLASS_PROMPTS, MAX_LEN, Classifier, minilm_folder, per_example_loss  # noqa: E402
 from protect_tasks import build_tasks  # noqa: E402
 
 from hubguard.protect.config import ProtectConfig  # noqa: E402
@@ -85,7 +86,9 @@ def main() -> None:
 
     cfg = ProtectConfig(lam=c["lam"], weight=c.get("weight", "inv"), learning_rate=c["lr"], seed=0,
                         scaled_loss_cap=c.get("cap_factor", 1.0) * math.log(len(task.classes)),
-                        project_conflicts=bool(c.get("project")))
+                        project_conflicts=bool(c.get("project")),
+                        scale_min=c.get("scale_min", 0.05), scale_max=c.get("scale_max", 2.0))
+    loss_fn = per_example_loss if c.get("per_example") else None
     params = [p for p in clf.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.learning_rate)
     gen = torch.Generator().manual_seed(0)
@@ -94,7 +97,7 @@ def main() -> None:
     while step < c["steps"]:
         for batch in batches:
             opt.zero_grad(set_to_none=True)
-            out = trap2_loss(clf, batch, config=cfg, generator=gen)
+            out = trap2_loss(clf, batch, config=cfg, generator=gen, loss_fn=loss_fn)
             backward_projected(out, params) if cfg.project_conflicts else out.loss.backward()
             torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             opt.step()

@@ -17,6 +17,7 @@ from hubguard.protect.objective import (  # noqa: E402
     _call,
     sample_scale,
     scale_weight,
+    scaled_in_place,
     scaled_parameters,
     snapshot_reference,
     trap2_loss,
@@ -211,6 +212,51 @@ def test_scaled_loss_cap_stops_the_push(tiny):
     plain = trap2_loss(model, batch, config=ProtectConfig(lam=0), generator=torch.Generator())
     g_plain = torch.autograd.grad(plain.loss, params, allow_unused=True)
     for a, b in zip(g_capped, g_plain, strict=True):
+        if a is not None and b is not None:
+            assert torch.allclose(a, b, atol=1e-6)
+
+
+def _per_sequence_loss(outputs, batch):
+    """Causal-LM cross-entropy of each sequence, shape (batch,)."""
+    logits, labels = outputs.logits[:, :-1], batch["labels"][:, 1:]
+    tokens = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
+                                               reduction="none").view(labels.shape)
+    return tokens.mean(dim=1)
+
+
+def test_per_example_losses_are_capped_one_by_one(tiny):
+    model = _lora(tiny["model"])
+    model.eval()
+    batch = tiny["val"][0]
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(std=0.05)
+    with torch.no_grad(), scaled_in_place(model, scale=1.5, mode="lora"):
+        each = _per_sequence_loss(model(**batch), batch)  # (batch,)
+    assert len(each) > 1 and float(each.max() - each.min()) > 1e-3
+    ordered = each.sort().values
+    cap = float(ordered[len(ordered) // 2 - 1 : len(ordered) // 2 + 1].mean())  # binds for half the sequences
+    cfg = ProtectConfig(lam=0.5, weight="none", scaled_loss_cap=cap)
+    out = trap2_loss(model, batch, config=cfg, generator=torch.Generator(), scale=1.5, loss_fn=_per_sequence_loss)
+    plain = trap2_loss(model, batch, config=ProtectConfig(lam=0), generator=torch.Generator(),
+                       loss_fn=_per_sequence_loss)
+    assert out.standalone_loss == pytest.approx(plain.standalone_loss)  # the standalone term is the mean
+    assert out.scaled_loss == pytest.approx(float(each.mean()), rel=1e-5)  # logged uncapped
+    expected = float(each.clamp(max=cap).mean())
+    assert float(out.trap_term) == pytest.approx(0.5 * expected, rel=1e-5)
+    assert expected < min(cap, float(each.mean()))  # not the batch-mean cap: that would give min(mean, cap)
+    # Only the sequences still below the cap push: the trap gradient is theirs alone.
+    params = [p for p in model.parameters() if p.requires_grad]
+    below = each < cap
+    scaled = scaled_parameters(model, scale=1.5, mode="lora")
+    from torch.func import functional_call
+
+    again = _per_sequence_loss(functional_call(model, scaled, (), dict(batch), strict=False), batch)
+    manual = 0.5 * again[below].sum() / len(each)
+    g_out = torch.autograd.grad(out.trap_term, params, allow_unused=True)
+    g_manual = torch.autograd.grad(manual, params, allow_unused=True)
+    for a, b in zip(g_out, g_manual, strict=True):
         if a is not None and b is not None:
             assert torch.allclose(a, b, atol=1e-6)
 

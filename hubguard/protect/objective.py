@@ -8,6 +8,9 @@ gradient flows through the multiplication into the real parameters. Both passes 
 the RNG state is saved before the first pass and restored before the second. With
 `config.scaled_loss_cap` set, the maximised term is min(L(W0 + s·ΔW), cap): it stops pushing (zero
 gradient) once the scaled loss reaches the cap (the paper's code has no cap; see benchmarks/protect.py).
+A `loss_fn` may return per-example losses (shape (batch,)): the standalone term is their mean and the cap then
+applies to each example before averaging, so examples the scaled model already gets confidently wrong stop
+pushing while the ones it still gets right keep pushing (a batch-mean cap stalls with part of the batch right).
 """
 
 from __future__ import annotations
@@ -24,7 +27,12 @@ from hubguard.protect.config import ProtectConfig
 if TYPE_CHECKING:
     import torch
 
-LossFn = Callable[[Any, Any], "torch.Tensor"]
+LossFn = Callable[[Any, Any], "torch.Tensor"]  # (outputs, batch) -> scalar loss, or per-example losses (batch,)
+
+
+def mean_loss(loss: torch.Tensor) -> torch.Tensor:
+    """A loss_fn's result as one number: per-example losses are averaged, a scalar is kept."""
+    return loss if loss.dim() == 0 else loss.mean()
 
 
 @dataclass(frozen=True)
@@ -168,7 +176,7 @@ def trap2_loss(
     """
     loss_fn = loss_fn or default_loss
     fork = _RngFork(model)
-    standalone = loss_fn(_call(model, inputs, None), inputs)
+    standalone = mean_loss(loss_fn(_call(model, inputs, None), inputs))
     if not config.protected:
         return Trap2Output(loss=standalone, standalone_loss=float(standalone.detach()), scaled_loss=float("nan"),
                            scale=1.0, weight=0.0)
@@ -183,9 +191,10 @@ def trap2_loss(
         w = scale_weight(s, kind=config.weight)
         scaled = loss_fn(_call(model, inputs, scaled_parameters(model, scale=s, mode=config.mode,
                                                                   reference=reference)), inputs)
-        pushed = scaled if config.scaled_loss_cap is None else scaled.clamp(max=config.scaled_loss_cap)
+        # Per-example losses are capped one by one, then averaged (see the module docstring).
+        pushed = mean_loss(scaled if config.scaled_loss_cap is None else scaled.clamp(max=config.scaled_loss_cap))
         penalty = penalty + w * pushed
-        scaled_values.append(float(scaled.detach()))
+        scaled_values.append(float(mean_loss(scaled).detach()))
         weights.append(w)
     trap = config.lam * penalty / len(scales)
     return Trap2Output(

@@ -17,7 +17,14 @@ from typing import TYPE_CHECKING, Any
 
 from hubguard.errors import MissingDependencyError, ProtectionError
 from hubguard.protect.config import DEFAULT_TARGET_MODULE_FAMILIES, ProtectConfig
-from hubguard.protect.objective import LossFn, backward_projected, default_loss, snapshot_reference, trap2_loss
+from hubguard.protect.objective import (
+    LossFn,
+    backward_projected,
+    default_loss,
+    mean_loss,
+    snapshot_reference,
+    trap2_loss,
+)
 from hubguard.utils import get_logger, progress
 
 if TYPE_CHECKING:
@@ -144,7 +151,7 @@ def evaluate_loss(model: torch.nn.Module, batches: Iterable[Any], *, loss_fn: Lo
     total, count = 0.0, 0
     with torch.no_grad():
         for batch in batches:
-            total += float(loss_fn(_call(model, batch, None), batch))
+            total += float(mean_loss(loss_fn(_call(model, batch, None), batch)))
             count += 1
     model.train(was_training)
     if count == 0:
