@@ -134,11 +134,6 @@ class Classifier(torch.nn.Module):
         return SimpleNamespace(loss=loss, logits=logits)
 
 
-def per_example_loss(outputs, batch):
-    """Cross-entropy of each example, shape (batch,): Trap² then caps the maximised loss example by example."""
-    return torch.nn.functional.cross_entropy(outputs.logits, batch["labels"], reduction="none")
-
-
 def _tail_mean(history, key, n=15):
     vals = [r[key] for r in history[-n:] if r.get(key) == r.get(key)]
     return sum(vals) / len(vals) if vals else None
@@ -165,6 +160,8 @@ def main() -> None:
     ap.add_argument("--project-conflicts", action=argparse.BooleanOptionalAction, default=True,
                     help="project the trap gradient off the standalone one when they conflict (PCGrad; not in the paper)")
     ap.add_argument("--epochs", type=int, default=12, help="maximum epochs of the plain updates (early stopping)")
+    ap.add_argument("--per-example-cap", action=argparse.BooleanOptionalAction, default=True,
+                    help="cap the maximised loss example by example (ProtectConfig.cap_per_example; see TUNING)")
     ap.add_argument("--cap-factor", type=float, default=1.0,
                     help="cap the maximised scaled loss at this x log(num_classes); 0 = uncapped (paper)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
@@ -264,7 +261,7 @@ def main() -> None:
             max_steps=max_steps, selection="trap" if continuing else "standalone",
             standalone_tolerance=args.tolerance, tolerance_reference="start", probe_scales=(0.3, 0.6, 1.5),
             eval_every=max(1, max_steps // args.evals) if continuing and max_steps else None,
-            project_conflicts=args.project_conflicts and lam > 0,
+            project_conflicts=args.project_conflicts and lam > 0, cap_per_example=args.per_example_cap,
         )
         torch.manual_seed(args.seed)  # the same LoRA A init for every update, whatever ran before
         if init is None:
@@ -293,14 +290,16 @@ def main() -> None:
         return out, res, res.seconds
 
     def step_cpu_seconds(task, rounds=3, per_round=3):
-        """Mean CPU seconds of one plain and one protected training step (trap2_loss + backward + clip + AdamW)."""
-        from hubguard.protect.objective import trap2_loss
+        """Mean CPU seconds of one plain and one protected training step (trap2_loss + backward + clip + AdamW),
+        the protected one exactly as the Trap² phase runs it (per-example losses, PCGrad backward when set)."""
+        from hubguard.protect.objective import backward_projected, trap2_loss
 
         bs = batches(data[task]["train"], 16)[:per_round]
         runs = {}
         for lam in (0.0, args.lam):
             cfg = ProtectConfig(mode="lora", lam=lam, weight=args.weight, lora_r=16, learning_rate=args.lr, seed=0,
-                                scaled_loss_cap=args.cap_factor * math.log(len(heads[task])) or None)
+                                scaled_loss_cap=args.cap_factor * math.log(len(heads[task])) or None,
+                                cap_per_example=args.per_example_cap)
             clf = Classifier(attach_lora(copy.deepcopy(base), config=cfg), heads[task]).train()
             params = [q for q in clf.parameters() if q.requires_grad]
             runs[lam] = (clf, params, torch.optim.AdamW(params, lr=cfg.learning_rate), cfg, torch.Generator())
@@ -310,7 +309,12 @@ def main() -> None:
                 t0 = time.process_time()
                 for b in bs:
                     opt.zero_grad(set_to_none=True)
-                    trap2_loss(clf, b, config=cfg, generator=gen).loss.backward()
+                    protected = lam > 0
+                    out = trap2_loss(clf, b, config=cfg, generator=gen)
+                    if protected and args.project_conflicts:
+                        backward_projected(out, params)
+                    else:
+                        out.loss.backward()
                     torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
                     opt.step()
                 spent[lam] += time.process_time() - t0
@@ -465,6 +469,7 @@ def main() -> None:
                      "trap_lr": args.trap_lr, "trap_budget": args.trap_budget, "tolerance": args.tolerance, "evals": args.evals,
                      "project_conflicts": args.project_conflicts,
                      "epochs": epochs, "cap_factor": args.cap_factor,
+                     "per_example_cap": args.per_example_cap,
                      "coefficients": list(coefficients), "tasks": names, "n_train": n_train, "n_val": n_val,
                      "n_test": n_test, "sizes": {t.name: [len(t.train), len(t.val), len(t.test)] for t in tasks},
                      "max_len": MAX_LEN, "steps": {"plain": plain_res[p].steps,

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-from protect import CLASS_PROMPTS, MAX_LEN, Classifier, minilm_folder, per_example_loss  # noqa: E402
+from protect import CLASS_PROMPTS, MAX_LEN, Classifier, minilm_folder  # noqa: E402
 from protect_tasks import build_tasks  # noqa: E402
 
 from hubguard.protect.config import ProtectConfig  # noqa: E402
@@ -87,8 +87,8 @@ def main() -> None:
     cfg = ProtectConfig(lam=c["lam"], weight=c.get("weight", "inv"), learning_rate=c["lr"], seed=0,
                         scaled_loss_cap=c.get("cap_factor", 1.0) * math.log(len(task.classes)),
                         project_conflicts=bool(c.get("project")),
-                        scale_min=c.get("scale_min", 0.05), scale_max=c.get("scale_max", 2.0))
-    loss_fn = per_example_loss if c.get("per_example") else None
+                        scale_min=c.get("scale_min", 0.05), scale_max=c.get("scale_max", 2.0),
+                        cap_per_example=bool(c.get("per_example")))
     params = [p for p in clf.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.learning_rate)
     gen = torch.Generator().manual_seed(0)
@@ -97,7 +97,7 @@ def main() -> None:
     while step < c["steps"]:
         for batch in batches:
             opt.zero_grad(set_to_none=True)
-            out = trap2_loss(clf, batch, config=cfg, generator=gen, loss_fn=loss_fn)
+            out = trap2_loss(clf, batch, config=cfg, generator=gen)
             backward_projected(out, params) if cfg.project_conflicts else out.loss.backward()
             torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             opt.step()

@@ -15,6 +15,7 @@ from hubguard.errors import ProtectionError  # noqa: E402
 from hubguard.protect.config import ProtectConfig  # noqa: E402
 from hubguard.protect.objective import (  # noqa: E402
     _call,
+    per_example_loss,
     sample_scale,
     scale_weight,
     scaled_in_place,
@@ -224,6 +225,22 @@ def _per_sequence_loss(outputs, batch):
     return tokens.mean(dim=1)
 
 
+def test_per_example_loss_classification_and_bad_inputs():
+    from types import SimpleNamespace
+
+    logits = torch.tensor([[2.0, 0.0, -1.0], [0.0, 3.0, 0.0]])
+    labels = torch.tensor([0, 2])
+    got = per_example_loss(SimpleNamespace(logits=logits), {"labels": labels})
+    assert got.shape == (2,)
+    assert torch.allclose(got, torch.nn.functional.cross_entropy(logits, labels, reduction="none"))
+    with pytest.raises(ProtectionError, match="labels"):
+        per_example_loss(SimpleNamespace(logits=logits), {"input_ids": labels})
+    with pytest.raises(ProtectionError, match="regression"):
+        per_example_loss(SimpleNamespace(logits=torch.zeros(2, 1)), {"labels": torch.zeros(2)})
+    with pytest.raises(ProtectionError, match="Pass a loss_fn"):
+        per_example_loss(SimpleNamespace(logits=torch.zeros(2, 3, 4, 5)), {"labels": labels})
+
+
 def test_per_example_losses_are_capped_one_by_one(tiny):
     model = _lora(tiny["model"])
     model.eval()
@@ -237,8 +254,8 @@ def test_per_example_losses_are_capped_one_by_one(tiny):
     assert len(each) > 1 and float(each.max() - each.min()) > 1e-3
     ordered = each.sort().values
     cap = float(ordered[len(ordered) // 2 - 1 : len(ordered) // 2 + 1].mean())  # binds for half the sequences
-    cfg = ProtectConfig(lam=0.5, weight="none", scaled_loss_cap=cap)
-    out = trap2_loss(model, batch, config=cfg, generator=torch.Generator(), scale=1.5, loss_fn=_per_sequence_loss)
+    cfg = ProtectConfig(lam=0.5, weight="none", scaled_loss_cap=cap, cap_per_example=True)
+    out = trap2_loss(model, batch, config=cfg, generator=torch.Generator(), scale=1.5)  # built-in per_example_loss
     plain = trap2_loss(model, batch, config=ProtectConfig(lam=0), generator=torch.Generator(),
                        loss_fn=_per_sequence_loss)
     assert out.standalone_loss == pytest.approx(plain.standalone_loss)  # the standalone term is the mean

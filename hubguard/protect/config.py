@@ -53,6 +53,11 @@ class ProtectConfig:
     # loss reaches it, that term stops pushing, so the update cannot spend itself on making off-scale losses
     # absurdly large (e.g. 2·log(k) for a k-class task: twice the loss of a uniform guess).
     scaled_loss_cap: float | None = None
+    # Not in the paper: apply the cap to each example's loss (then average) instead of to the batch mean, with the
+    # built-in per-example loss (`objective.per_example_loss`) unless a loss_fn is given. A batch-mean cap stalls
+    # once the mean passes it, even with part of the batch still right; per example, only the examples the
+    # scaled model already gets wrong stop pushing (benchmarks/protect.py, TUNING).
+    cap_per_example: bool = False
     # LoRA (PEFT); alpha = r as in the paper. None = the attention projections q/k/v/o of the model.
     lora_r: int = 16
     lora_alpha: int | None = None

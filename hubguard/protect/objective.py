@@ -8,7 +8,8 @@ gradient flows through the multiplication into the real parameters. Both passes 
 the RNG state is saved before the first pass and restored before the second. With
 `config.scaled_loss_cap` set, the maximised term is min(L(W0 + s·ΔW), cap): it stops pushing (zero
 gradient) once the scaled loss reaches the cap (the paper's code has no cap; see benchmarks/protect.py).
-A `loss_fn` may return per-example losses (shape (batch,)): the standalone term is their mean and the cap then
+A `loss_fn` may return per-example losses (shape (batch,)); `config.cap_per_example` uses the built-in
+`per_example_loss` when none is given: the standalone term is their mean and the cap then
 applies to each example before averaging, so examples the scaled model already gets confidently wrong stop
 pushing while the ones it still gets right keep pushing (a batch-mean cap stalls with part of the batch right).
 """
@@ -132,6 +133,40 @@ def default_loss(outputs: Any, inputs: Any) -> torch.Tensor:
     return loss
 
 
+def per_example_loss(outputs: Any, inputs: Any) -> torch.Tensor:
+    """Cross-entropy of each example, shape (batch,), from `outputs.logits` and `inputs["labels"]`.
+
+    Sequence classification: logits (batch, classes), labels (batch,). Causal LM: logits (batch, seq, vocab),
+    labels (batch, seq), shifted by one and averaged over each sequence's labelled tokens (-100 ignored).
+    """
+    import torch
+
+    logits = getattr(outputs, "logits", None)
+    if logits is None and isinstance(outputs, Mapping):
+        logits = outputs.get("logits")
+    labels = inputs.get("labels") if isinstance(inputs, Mapping) else None
+    if logits is None or labels is None:
+        raise ProtectionError(
+            "Per-example losses need the model's logits and a 'labels' entry in the batch; pass "
+            "loss_fn=(outputs, batch) -> losses of shape (batch,) for other models."
+        )
+    f = torch.nn.functional
+    if logits.dim() == 2 and labels.dim() == 1:  # (batch, classes), (batch,)
+        if logits.shape[-1] < 2:
+            raise ProtectionError("Per-example cross-entropy needs >= 2 classes (regression heads are not supported).")
+        return f.cross_entropy(logits.float(), labels, reduction="none")
+    if logits.dim() == 3 and labels.dim() == 2:  # (batch, seq, vocab), (batch, seq): next-token prediction
+        shifted, targets = logits[:, :-1].float(), labels[:, 1:]
+        tokens = f.cross_entropy(shifted.reshape(-1, shifted.shape[-1]), targets.reshape(-1), reduction="none",
+                                 ignore_index=-100).view(targets.shape)  # (batch, seq-1)
+        counted = (targets != -100).sum(dim=1).clamp(min=1)
+        return tokens.sum(dim=1) / counted
+    raise ProtectionError(
+        f"Per-example losses support classification logits (batch, classes) and causal-LM logits (batch, seq, "
+        f"vocab); got logits {tuple(logits.shape)} and labels {tuple(labels.shape)}. Pass a loss_fn."
+    )
+
+
 def _call(model: torch.nn.Module, inputs: Any, overrides: Mapping[str, torch.Tensor] | None) -> Any:
     from torch.func import functional_call
 
@@ -174,7 +209,7 @@ def trap2_loss(
     `scale` fixes s (tests); otherwise `config.samples_per_step` scales are drawn from `generator`.
     With `config.lam == 0` only the standalone pass runs (plain training, used as the unprotected control).
     """
-    loss_fn = loss_fn or default_loss
+    loss_fn = loss_fn or (per_example_loss if config.cap_per_example and config.protected else default_loss)
     fork = _RngFork(model)
     standalone = mean_loss(loss_fn(_call(model, inputs, None), inputs))
     if not config.protected:
