@@ -7,7 +7,7 @@ benchmark's "continue" regime (its TUNING note quotes these runs).
 
 Keys: task, lam, lr (Trap² phase), steps, every (steps between prints), project (PCGrad projection), weight
 ("inv"), cap_factor (x log(classes), 1.0), per_example (cap each example's loss, not the batch mean; false),
-scale_min (0.05), scale_max (2.0), plain_lr (3e-3), threads (1), n_train (480). Prints one line per evaluation:
+scale_min (0.05), scale_max (2.0), decay_steps (linear lr decay to 0 over them; constant), plain_lr (3e-3), threads (1), n_train (480). Prints one line per evaluation:
 step, seconds, {scale: accuracy} on validation and test.
 """
 
@@ -91,6 +91,8 @@ def main() -> None:
                         cap_per_example=bool(c.get("per_example")))
     params = [p for p in clf.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.learning_rate)
+    decay = c.get("decay_steps")  # linear decay of the Trap² lr to 0 over this many steps (None: constant)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: max(0.0, 1 - i / decay)) if decay else None
     gen = torch.Generator().manual_seed(0)
     step, start = 0, time.perf_counter()
     clf.train()
@@ -101,6 +103,8 @@ def main() -> None:
             backward_projected(out, params) if cfg.project_conflicts else out.loss.backward()
             torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             opt.step()
+            if sched is not None:
+                sched.step()
             step += 1
             if step % c.get("every", 15) == 0:
                 print(step, round(time.perf_counter() - start), "val", sweep(clf, "val"), "test", sweep(clf, "test"),

@@ -100,7 +100,8 @@ def test_scale_weight_and_presets():
 
 
 @pytest.mark.parametrize("bad", [{"lam": -1}, {"exclude": (1.1, 1.2)}, {"scale_min": 0}, {"weight": "x"},
-                                 {"mode": "bitfit"}, {"lora_r": 0}, {"scaled_loss_cap": 0.0}])
+                                 {"mode": "bitfit"}, {"lora_r": 0}, {"scaled_loss_cap": 0.0},
+                                 {"lr_schedule": "cosine"}])
 def test_bad_config_is_a_hubguard_error(bad):
     with pytest.raises(ProtectionError):
         ProtectConfig(**bad)
@@ -396,6 +397,21 @@ def test_trap_selection_needs_validation_data(tiny):
         train_protected(model, train_batches=tiny["train"], config=ProtectConfig(lam=0.1, selection="trap"))
 
 
+def test_linear_lr_schedule_decays_to_zero_at_the_last_step(tiny):
+    model = _lora(tiny["model"])
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-3)
+    seen = []
+    cfg = ProtectConfig(lam=0.1, learning_rate=1e-3, max_steps=4, epochs=100, lr_schedule="linear")
+    res = train_protected(model, train_batches=tiny["train"][:2], config=cfg, optimizer=opt,
+                          on_step=lambda step, rec: seen.append(opt.param_groups[0]["lr"]))
+    assert res.steps == 4
+    assert seen == pytest.approx([7.5e-4, 5e-4, 2.5e-4, 0.0])  # read after each step's update
+    with pytest.raises(ProtectionError, match="max_steps"):  # no length to decay over
+        train_protected(model, train_batches=iter(tiny["train"][:2]),
+                        config=ProtectConfig(lam=0.1, lr_schedule="linear"))
+
+
 def test_outputs_load_with_plain_peft_and_transformers(tiny, trained, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
@@ -554,11 +570,12 @@ def test_cli_protect_then_audit(tiny, tmp_path):
     res = runner.invoke(protect_app, ["--base", str(tiny["folder"]), "--data", str(data), "--out",
                                       str(tmp_path / "cont"), "--init", str(tmp_path / "out"), "--selection", "trap",
                                       "--tolerance", "0.05", "--lambda", "0.3", "--project-conflicts", "--epochs", "2", "--lr", "0.005",
-                                      "--max-length", "32", "--json"])
+                                      "--max-length", "32", "--loss-cap", "6.0", "--cap-per-example", "--json"])
     assert res.exit_code == 0, res.output
     out = json.loads(res.output[res.output.index("{"):])
     assert out["settings"]["selection"] == "trap" and out["training"]["init"] == str(tmp_path / "out")
     assert out["settings"]["project_conflicts"] is True and out["settings"]["tolerance_reference"] == "start"
+    assert out["settings"]["scaled_loss_cap"] == 6.0 and out["settings"]["cap_per_example"] is True
     assert out["training"]["selected"]["standalone"] >= out["training"]["selected"]["reference"] - 0.05
     res = runner.invoke(protect_app, ["--base", str(tiny["folder"]), "--data", str(data), "--out",
                                       str(tmp_path / "o3"), "--init", str(tiny["folder"])])

@@ -49,7 +49,7 @@ def protect_main(
     preset: str | None = "llm", lam: float | None = None, epochs: int = 3, learning_rate: float = 1e-4,
     batch_size: int = 8, max_length: int = 128, val_fraction: float = 0.1, seed: int = 0, overwrite: bool = False,
     init: str | Path | None = None, selection: str = "standalone", tolerance: float | None = None,
-    project_conflicts: bool = False,
+    project_conflicts: bool = False, loss_cap: float | None = None, cap_per_example: bool = False,
 ) -> dict[str, Any]:
     """Train a protected update of `base` on `data` and save it to `out` (adapter or full model + card).
 
@@ -81,6 +81,8 @@ def protect_main(
     if init is not None:  # the kept update must stay within tolerance of the update being protected
         overrides["tolerance_reference"] = "start"
     overrides["project_conflicts"] = project_conflicts
+    overrides["scaled_loss_cap"] = loss_cap
+    overrides["cap_per_example"] = cap_per_example
     if tolerance is not None:
         overrides["standalone_tolerance"] = tolerance
     config = ProtectConfig.preset(preset, **overrides) if preset else ProtectConfig(**overrides)
@@ -233,6 +235,10 @@ def protect_command(
     tolerance: Annotated[float | None, typer.Option(help="trap selection: allowed s=1 loss increase (nats)")] = None,
     project_conflicts: Annotated[bool, typer.Option(help="PCGrad: drop the trap gradient's part that opposes the "
                                                           "standalone gradient (not in the paper)")] = False,
+    loss_cap: Annotated[float | None, typer.Option(help="ceiling (nats) on the maximised scaled loss, e.g. "
+                                                        "log(classes); default: none, as in the paper")] = None,
+    cap_per_example: Annotated[bool, typer.Option(help="apply --loss-cap to each example's loss, not the batch "
+                                                        "mean (not in the paper)")] = False,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Fine-tune BASE on DATA with Trap² protection and write a standard adapter / model to OUT.
@@ -242,14 +248,14 @@ def protect_command(
         hubguard protect --base ./tinyllama --data notes.txt --out ./protected-lora
 
         hubguard protect --base ./bert --data train.jsonl --task classification --out ./p \\
-            --init ./my-lora --selection trap --tolerance 0.02
+            --init ./my-lora --selection trap --tolerance 0.02 --loss-cap 1.39 --cap-per-example
     """
     try:
         res = protect_main(base=base, data=data, out=out, mode=mode, task=task,
                            preset=None if preset == "none" else preset, lam=lam, epochs=epochs, learning_rate=lr,
                            batch_size=batch_size, max_length=max_length, seed=seed, overwrite=overwrite,
                            init=init, selection=selection, tolerance=tolerance,
-                           project_conflicts=project_conflicts)
+                           project_conflicts=project_conflicts, loss_cap=loss_cap, cap_per_example=cap_per_example)
     except HubguardError as exc:
         _fail(exc)
         return

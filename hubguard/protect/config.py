@@ -69,6 +69,10 @@ class ProtectConfig:
     max_grad_norm: float = 1.0
     epochs: int = 3
     max_steps: int | None = None  # stop after this many optimiser steps, whatever `epochs` says
+    # Learning rate over the run: "constant" (the paper) or "linear" decay to 0 at the last step (max_steps, or
+    # epochs x batches); the late steps then move the update little, so the kept checkpoints are less noisy.
+    # (train_protected only: the Trainer integration follows TrainingArguments.lr_scheduler_type.)
+    lr_schedule: Literal["constant", "linear"] = "constant"
     batch_size: int = 16
     eval_every: int | None = None  # steps between validation passes; None = once per epoch
     early_stopping_patience: int = 2
@@ -106,6 +110,8 @@ class ProtectConfig:
             problems.append(f"scaled_loss_cap must be > 0 or None, got {self.scaled_loss_cap}")
         if self.max_steps is not None and self.max_steps < 1:
             problems.append(f"max_steps must be >= 1 or None, got {self.max_steps}")
+        if self.lr_schedule not in ("constant", "linear"):
+            problems.append(f"lr_schedule must be 'constant' or 'linear', got {self.lr_schedule!r}")
         if self.selection not in ("standalone", "trap"):
             problems.append(f"selection must be 'standalone' or 'trap', got {self.selection!r}")
         if self.tolerance_reference not in ("best", "start"):

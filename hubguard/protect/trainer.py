@@ -200,6 +200,11 @@ def train_protected(
         n_batches = None
     if n_batches == 0:
         raise ProtectionError("The training data is empty: there is nothing to fine-tune on. Pass at least one batch.")
+    if config.lr_schedule != "constant" and not (config.max_steps or n_batches):
+        raise ProtectionError(
+            f"lr_schedule={config.lr_schedule!r} needs the run's length: set max_steps, or pass training batches "
+            "with a len() (a list or a DataLoader)."
+        )
     trap_selection = config.selection == "trap"
     if trap_selection and val_batches is None and val_score_fn is None:
         raise ProtectionError(
@@ -210,6 +215,7 @@ def train_protected(
         reference = snapshot_reference(model)
     params = _trainable(model)
     optimizer = optimizer or torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+    scheduler = _lr_scheduler(optimizer, config=config, n_batches=n_batches)
     generator = torch.Generator().manual_seed(config.seed)
     trainable_names = {n for n, p in model.named_parameters() if p.requires_grad}
 
@@ -275,6 +281,8 @@ def train_protected(
                 out.loss.backward()
             torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
             optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
             steps += 1
             record = {"step": steps, "loss": float(out.loss.detach()), "standalone": out.standalone_loss,
                       "scaled": out.scaled_loss, "scale": out.scale}
@@ -331,6 +339,16 @@ def train_protected(
         history=tuple(history),
         selected=selected,
     )
+
+
+def _lr_scheduler(optimizer: torch.optim.Optimizer, *, config: ProtectConfig, n_batches: int | None) -> Any:
+    """The `config.lr_schedule` scheduler (None for "constant"): linear decay to 0 at the run's last step."""
+    import torch
+
+    if config.lr_schedule == "constant":
+        return None
+    total = config.max_steps or config.epochs * (n_batches or 1)  # train_protected checked that one is known
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: max(0.0, 1.0 - step / total))
 
 
 def _trainer_base() -> type:
