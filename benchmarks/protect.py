@@ -350,7 +350,7 @@ def main() -> None:
     def audit(update):
         return run_audit(update=update, base=folder, others=others, load_model=load_model, val_score=mean_val,
                          test_metrics=all_test, coefficients=coefficients, scales=(1.0,), work_dir=work,
-                         seed=args.seed)
+                         seed=args.seed, keep_best=True)
 
     rep_u = audit(unprot[p])
     log("audited unprotected")
@@ -385,14 +385,14 @@ def main() -> None:
 
     def ta_attack(name, models, weights_for):
         def build(c):
-            out = work / "attack"
+            out = work / f"attack-{c:g}"  # the best model so far stays loaded (keep_best) while others are built
             shutil.rmtree(out, ignore_errors=True)
             cfg = mergekit_config(method="task_arithmetic", base=folder, models=[full(m) for m in models],
                                   weights=weights_for(c))
             return load_model(str(mergekit_merge(cfg, out_dir=out)))
 
         r = best_coefficient(method=name, build=build, coefficients=coefficients, val_score=mean_val,
-                             test_metrics=all_test)
+                             test_metrics=all_test, keep_best=True)
         return {"test": r.test, "coefficient": r.coefficient}
 
     k = len(names)

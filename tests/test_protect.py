@@ -471,6 +471,28 @@ def test_transformers_trainer_integration(tiny, tmp_path):
 # --- audit with the real tools -----------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("keep_best", [False, True])
+def test_attacker_picks_the_best_validation_coefficient_and_cleans_up(keep_best):
+    from hubguard.protect.audit import best_coefficient
+
+    built, dropped = [], []
+
+    def build(c):
+        built.append(c)
+        return {"c": c}
+
+    res = best_coefficient(method="m", build=build, coefficients=[0.2, 0.6, 1.0, 0.4],
+                           val_score=lambda m: -(m["c"] - 0.6) ** 2, test_metrics=lambda m: {"acc": m["c"]},
+                           cleanup=lambda m: dropped.append(m["c"]), keep_best=keep_best)
+    assert res.coefficient == 0.6 and res.test == {"acc": 0.6}
+    assert set(res.val_by_coefficient) == {"0.2", "0.6", "1", "0.4"}
+    assert built == ([0.2, 0.6, 1.0, 0.4] if keep_best else [0.2, 0.6, 1.0, 0.4, 0.6])  # no rebuild when kept
+    assert sorted(dropped) == sorted(built)  # every model built is cleaned up exactly once
+    with pytest.raises(ProtectionError, match="coefficient"):
+        best_coefficient(method="m", build=build, coefficients=[], val_score=lambda m: 0.0,
+                         test_metrics=lambda m: {})
+
+
 def test_audit_runs_real_mergekit_and_peft_merges(tiny, trained, tmp_path):
     from transformers import AutoModelForCausalLM
 
@@ -488,7 +510,7 @@ def test_audit_runs_real_mergekit_and_peft_merges(tiny, trained, tmp_path):
                        load_model=lambda f: AutoModelForCausalLM.from_pretrained(f).eval(),
                        val_score=lambda m: -evaluate_loss(m, val), test_metrics=metrics,
                        mergekit_methods=("task_arithmetic", "slerp"), peft_methods=("cat", "linear"),
-                       coefficients=(0.5, 1.0), scales=(0.0, 1.0, 1.7), work_dir=tmp_path)
+                       coefficients=(0.5, 1.0), scales=(0.0, 1.0, 1.7), work_dir=tmp_path, keep_best=True)
     d = report.to_dict()
     assert [r["scale"] for r in d["sweep"]] == [0.0, 1.0, 1.7]
     assert d["sweep"][2]["loss"] > d["sweep"][1]["loss"] + 0.3
@@ -496,6 +518,7 @@ def test_audit_runs_real_mergekit_and_peft_merges(tiny, trained, tmp_path):
     for m in d["merges"].values():
         assert m["coefficient"] in (0.5, 1.0) and m["test"]["loss"] > 0 and len(m["val_by_coefficient"]) == 2
     json.loads(json.dumps(d))
+    assert not list(tmp_path.glob("hubguard-audit-*"))  # merges (one folder per coefficient here) removed
     png = plot_sweep({"protected": [(r["scale"], r["loss"]) for r in d["sweep"]]}, out=tmp_path / "s.png")
     assert png.read_bytes()[:4] == b"\x89PNG"
 

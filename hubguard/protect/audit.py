@@ -231,15 +231,25 @@ class AttackResult:
 
 def best_coefficient(
     *, method: str, build: Callable[[float], Any], coefficients: Sequence[float], val_score: Scorer,
-    test_metrics: Reporter, cleanup: Callable[[Any], None] | None = None,
+    test_metrics: Reporter, cleanup: Callable[[Any], None] | None = None, keep_best: bool = False,
 ) -> AttackResult:
-    """Try every coefficient, keep the one with the best validation score, report its test metrics."""
+    """Try every coefficient, keep the one with the best validation score, report its test metrics.
+
+    `keep_best=False` holds one model at a time and builds the winner again for the test metrics;
+    `keep_best=True` keeps the best model so far instead (two models in memory, one build fewer per method).
+    """
     import torch
 
     if not coefficients:
         raise ProtectionError("The attacker needs at least one coefficient to try.")
     scores: dict[str, float] = {}
     best: tuple[float, float] | None = None
+    kept: Any = None
+
+    def drop(model: Any) -> None:
+        if cleanup:
+            cleanup(model)
+
     for c in coefficients:
         model = build(c)
         with torch.no_grad():
@@ -247,15 +257,18 @@ def best_coefficient(
         scores[f"{c:g}"] = score
         if best is None or score > best[1]:
             best = (c, score)
-        if cleanup:
-            cleanup(model)
+            if keep_best:
+                if kept is not None:
+                    drop(kept)
+                kept, model = model, None
+        if model is not None:
+            drop(model)
         del model
     assert best is not None
-    model = build(best[0])
+    model = kept if kept is not None else build(best[0])
     with torch.no_grad():
         test = {k: float(v) for k, v in test_metrics(model).items()}
-    if cleanup:
-        cleanup(model)
+    drop(model)
     return AttackResult(method=method, coefficient=best[0], val_score=best[1], test=test, val_by_coefficient=scores)
 
 
@@ -312,8 +325,11 @@ def run_audit(
     scales: Sequence[float] = DEFAULT_SCALES,
     work_dir: str | Path | None = None,
     seed: int = 0,
+    keep_best: bool = False,
 ) -> AuditReport:
     """Scale sweep of `update`, then every merge method against `others`, attacker-tuned on validation.
+
+    `keep_best`: see `best_coefficient` (faster, two models in memory at once).
 
     `load_model(folder)` loads a full model folder (the base or a merge) as the module `val_score` and
     `test_metrics` expect. Adapters and full models may be mixed for mergekit; PEFT methods need adapters.
@@ -344,17 +360,24 @@ def run_audit(
                      for i, u in enumerate([update, *others])]
             for method in progress(list(mergekit_methods), desc="mergekit merges"):
                 def build(c: float, method: str = method) -> torch.nn.Module:
-                    out = tmp / "merge"
+                    # keep_best holds a model while the next merge is built: one folder per coefficient then.
+                    out = tmp / (f"merge-{c:g}" if keep_best else "merge")
                     shutil.rmtree(out, ignore_errors=True)
                     if method == "slerp":
                         cfg = mergekit_config(method="slerp", base=base, models=fulls[:2], weights=[c])
                     else:
                         cfg = mergekit_config(method=method, base=base, models=fulls, weights=[c] * len(fulls))
-                    return load_model(str(mergekit_merge(cfg, out_dir=out, seed=seed)))
+                    model = load_model(str(mergekit_merge(cfg, out_dir=out, seed=seed)))
+                    model._hubguard_merge_dir = out  # what `remove_merge` deletes
+                    return model
+
+                def remove_merge(model: torch.nn.Module) -> None:
+                    shutil.rmtree(getattr(model, "_hubguard_merge_dir", tmp / "merge"), ignore_errors=True)
 
                 grid = [c for c in coefficients if 0 <= c <= 1] if method == "slerp" else coefficients
                 res = best_coefficient(method=f"mergekit_{method}", build=build, coefficients=grid or [0.5],
-                                       val_score=val_score, test_metrics=test_metrics)
+                                       val_score=val_score, test_metrics=test_metrics, keep_best=keep_best,
+                                       cleanup=remove_merge)
                 merges[res.method] = asdict(res)
             if kind == "adapter" and all(k == "adapter" for k in kinds):
                 for ctype in progress(list(peft_methods), desc="PEFT merges"):
@@ -363,7 +386,7 @@ def run_audit(
                                                    weights=[c] * (1 + len(others)), combination_type=ctype, seed=seed)
 
                     res = best_coefficient(method=f"peft_{ctype}", build=build_peft, coefficients=coefficients,
-                                           val_score=val_score, test_metrics=test_metrics)
+                                           val_score=val_score, test_metrics=test_metrics, keep_best=keep_best)
                     merges[res.method] = asdict(res)
         return AuditReport(update=str(update), base=str(base), others=tuple(str(o) for o in others), sweep=sweep,
                            merges=merges)
