@@ -481,7 +481,7 @@ def main() -> None:
                                "selected": prot_res.selected,
                                "validation": [{k2: r[k2] for k2 in ("step", "val_standalone", "val_trap")}
                                               for r in prot_res.history if "val_trap" in r]},
-        "settings": {"quick": quick, "regime": args.regime, "lam": args.lam, "weight": args.weight, "lr": args.lr,
+        "settings": {"quick": quick, "seed": args.seed, "regime": args.regime, "lam": args.lam, "weight": args.weight, "lr": args.lr,
                      "trap_lr": args.trap_lr, "trap_schedule": args.trap_schedule, "trap_budget": args.trap_budget, "tolerance": args.tolerance, "evals": args.evals,
                      "project_conflicts": args.project_conflicts,
                      "epochs": epochs, "cap_factor": args.cap_factor,

@@ -178,6 +178,27 @@ def protect(d: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
+def protect_runs(runs: dict[str, dict[str, Any]]) -> str:
+    """One line per committed protect*.json run: the seed / setting spread of the headline numbers."""
+    rows = ["| run | seed | Trap² steps (budget, lr) | standalone Δ test / val | TA | TIES | DARE-TIES | SLERP | "
+            "time ratio (whole / per step) |", "|---|---|---|---|---|---|---|---|---|"]
+    for name, d in runs.items():
+        task, st, sel = d["protected_task"], d.get("settings", {}), d.get("protected_training", {}).get("selected") or {}
+        merged = d.get("merged", {})
+
+        def cell(method: str, merged: dict[str, Any] = merged, task: str = task) -> str:
+            r = merged.get(method)
+            return f"{_fmt(r['protected'].get(task))} (c={_fmt(r.get('coefficient'))})" if r else "–"
+
+        val = _fmt(sel["standalone"] - sel["reference"]) if "reference" in sel else "–"
+        steps = st.get("steps", {}).get("protected")
+        rows.append(f"| {name} | {st.get('seed', '–')} | {steps} ({_fmt(st.get('trap_budget'), 2)}, {st.get('trap_lr')}) | "
+                    f"{_fmt(d['summary']['standalone_change'])} / {val} | {cell('task_arithmetic')} | {cell('ties')} | "
+                    f"{cell('dare_ties')} | {cell('slerp')} | {_fmt(d.get('time_ratio'), 2)} / "
+                    f"{_fmt(d.get('time_ratio_per_step'), 2)} |")
+    return "\n".join(rows)
+
+
 def generic(d: Any) -> str:
     """Fallback: a fenced JSON block (for benchmarks whose table is not specialised yet)."""
     return "```json\n" + json.dumps(d, indent=1)[:4000] + "\n```"
@@ -194,6 +215,7 @@ TABLES: dict[str, tuple[str, Callable[[Any], str]]] = {
     "registry": ("registry", registry),
     "dogs": ("dogs", dogs),
     "protect": ("protect", protect),
+    "protect-runs": ("protect*", protect_runs),  # every benchmarks/results/protect*.json, by file name
 }
 
 
@@ -201,6 +223,11 @@ def render(text: str) -> str:
     def replace(match: re.Match[str]) -> str:
         name = match.group(1)
         source, fn = TABLES.get(name, (name, generic))
+        if "*" in source:  # a table over several result files
+            paths = sorted(RESULTS.glob(f"{source}.json"))
+            runs = {p.stem: json.loads(p.read_text()) for p in paths}
+            body = fn(runs) if runs else f"_(no results yet: benchmarks/results/{source}.json)_"
+            return f"<!-- table:{name} -->\n{body}\n<!-- /table:{name} -->"
         path = RESULTS / f"{source}.json"
         if not path.exists():
             body = f"_(no results yet: run the benchmark that writes benchmarks/results/{source}.json)_"
