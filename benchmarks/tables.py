@@ -180,8 +180,8 @@ def protect(d: dict[str, Any]) -> str:
 
 def protect_runs(runs: dict[str, dict[str, Any]]) -> str:
     """One line per committed protect*.json run: the seed / setting spread of the headline numbers."""
-    rows = ["| run | seed | Trap² steps (budget, lr) | standalone Δ test / val | TA | TIES | DARE-TIES | SLERP | "
-            "time ratio (whole / per step) |", "|---|---|---|---|---|---|---|---|---|"]
+    rows = ["| run | seed | Trap² steps (budget, lr) | kept step | standalone Δ test / val | TA | TIES | DARE-TIES | "
+            "SLERP | time ratio (whole / per step) |", "|---|---|---|---|---|---|---|---|---|---|"]
     for name, d in runs.items():
         task, st, sel = d["protected_task"], d.get("settings", {}), d.get("protected_training", {}).get("selected") or {}
         merged = d.get("merged", {})
@@ -192,7 +192,10 @@ def protect_runs(runs: dict[str, dict[str, Any]]) -> str:
 
         val = _fmt(sel["standalone"] - sel["reference"]) if "reference" in sel else "–"
         steps = st.get("steps", {}).get("protected")
+        kept = sel.get("step")
+        kept_txt = "0 (the start: **not protected**)" if kept == 0 else _fmt(kept)
         rows.append(f"| {name} | {st.get('seed', '–')} | {steps} ({_fmt(st.get('trap_budget'), 2)}, {st.get('trap_lr')}) | "
+                    f"{kept_txt} | "
                     f"{_fmt(d['summary']['standalone_change'])} / {val} | {cell('task_arithmetic')} | {cell('ties')} | "
                     f"{cell('dare_ties')} | {cell('slerp')} | {_fmt(d.get('time_ratio'), 2)} / "
                     f"{_fmt(d.get('time_ratio_per_step'), 2)} |")

@@ -391,6 +391,24 @@ def test_trap_selection_from_the_start_measures_tolerance_from_the_starting_upda
     assert _loss_at(plain, tiny["val"], 1.0) <= start_one + 0.1 + 1e-6
 
 
+def test_trap_selection_says_when_it_kept_the_unprotected_start(tiny, trained, caplog):
+    import logging
+
+    plain = copy.deepcopy(trained[0.0][0])
+    before = {n: p.detach().clone() for n, p in plain.named_parameters() if p.requires_grad}
+    # A destructive learning rate and zero tolerance: no Trap² checkpoint can stay as good as the start.
+    cfg = ProtectConfig(lam=1.0, weight="inv", learning_rate=0.5, max_steps=4, epochs=100, selection="trap",
+                        eval_every=2, standalone_tolerance=0.0, tolerance_reference="start", probe_scales=(0.3,))
+    torch.manual_seed(0)
+    with caplog.at_level(logging.WARNING, logger="hubguard"):
+        sel = train_protected(plain, train_batches=tiny["train"], val_batches=tiny["val"], config=cfg).selected
+    assert sel["step"] == 0 and sel["protected"] is False
+    assert "NOT protected" in caplog.text
+    for n, p in plain.named_parameters():  # the starting update is what the model holds again
+        if n in before:
+            assert torch.equal(p, before[n])
+
+
 def test_trap_selection_needs_validation_data(tiny):
     model = _lora(tiny["model"])
     with pytest.raises(ProtectionError, match="validation"):

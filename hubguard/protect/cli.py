@@ -259,6 +259,10 @@ def protect_command(
     except HubguardError as exc:
         _fail(exc)
         return
+    selected = res["training"].get("selected") or {}
+    if selected.get("protected") is False:
+        typer.echo("warning: no Trap² checkpoint stayed within --tolerance of --init at s = 1; the update written is "
+                   "the one you gave, NOT protected. Raise --tolerance, lower --lambda or --lr.", err=True)
     typer.echo(json.dumps(res, indent=2) if as_json else f"protected update written to {res['out']}")
 
 

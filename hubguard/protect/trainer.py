@@ -38,8 +38,9 @@ class ProtectResult:
     """What a protected (or plain) training run did.
 
     `selected` describes the kept checkpoint: its step, its validation score at s = 1 (`standalone`) and,
-    with `selection="trap"`, its mean score at the probe scales (`trap`) and the s = 1 reference it had to
-    stay within tolerance of. Scores are "higher is better" (the negative loss when no score function).
+    with `selection="trap"`, its mean score at the probe scales (`trap`), the s = 1 reference it had to
+    stay within tolerance of, and `protected`: False when the starting update itself was kept (no Trap²
+    checkpoint stayed within tolerance of it; a warning is logged). Scores are "higher is better" (the negative loss when no score function).
     """
 
     steps: int
@@ -317,8 +318,18 @@ def train_protected(
         chosen = selector.best()
         if chosen is not None:
             best_state = chosen.state
+            # With "start", step 0 is the update you gave: no Trap² checkpoint stayed within tolerance of it.
+            trap_kept = not (config.tolerance_reference == "start" and chosen.step == 0)
             selected = {"step": chosen.step, "standalone": chosen.standalone, "trap": chosen.trap,
-                        "reference": selector.reference, "tolerance": config.standalone_tolerance}
+                        "reference": selector.reference, "tolerance": config.standalone_tolerance,
+                        "protected": trap_kept}
+            if not trap_kept:
+                logger.warning(
+                    "No Trap² checkpoint stayed within %s of the starting update at s = 1: the kept update is the "
+                    "starting one, NOT protected. Raise standalone_tolerance, lower lam or the learning rate, or "
+                    "validate on more data (fewer examples make the s = 1 score noisier).",
+                    config.standalone_tolerance,
+                )
     elif best_state is not None:
         selected = {"step": min((r["step"] for r in history if r.get("val") == best), default=steps),
                     "standalone": -best}
