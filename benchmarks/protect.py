@@ -59,6 +59,10 @@ TUNING (why the defaults differ from the paper; numbers are test accuracy of W0 
     PEFT svd (75.8) pick coefficient 1.0, where the update works as released (the open "kept at 1" attack:
     77.5). Standalone: 86.5 vs 87.0 on validation, 79.2 vs 82.5 on test (-3.3: the 1-point target is not met;
     validation and test come from different source files).
+  - protect_seed1.json (defaults, seed 1): no Trap² checkpoint stayed within 3 validation points of the plain
+    update (88.0; the 10 checkpoints reached 71.5-83.5 while the trap was still forming, probe-scale mean 67 at
+    the last one), so the selection kept the unprotected start (selected.protected = False): no protection.
+    This seed's plain updates also train longer: the run took 937 s (seed 0: 818 s).
   - protect_budget085.json (--trap-budget 0.85 --trap-lr 3e-3): a deeper trap (42.9/40.4/45.8 at s < 1), TIES /
     DARE-TIES 46.2 / 45.4, but task arithmetic answered with coefficient 1.0 (75.0); standalone -5.0 on test; 3.3x.
   - protect_budget085_seed1.json: same, seed 1: no Trap² checkpoint stayed within 3 validation points (best
