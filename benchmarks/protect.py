@@ -207,8 +207,14 @@ def main() -> None:
     if args.replot:
         if not args.plot:
             raise SystemExit("--replot needs --plot OUT.png")
-        done = json.loads(Path(args.replot).read_text())
-        _plot(done["sweep"], task=done["protected_task"], base=done["base"][done["protected_task"]], out=args.plot)
+        try:
+            done = json.loads(Path(args.replot).read_text())
+            sweep, task = done["sweep"], done["protected_task"]
+            base_value = done["base"][task]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise SystemExit(f"--replot {args.replot}: not a result JSON of this script ({exc!r}); pass the file "
+                             "--out wrote") from exc
+        _plot(sweep, task=task, base=base_value, out=args.plot)
         return
 
     if args.threads:

@@ -72,6 +72,15 @@ def _lora(model, **kw):
     return attach_lora(copy.deepcopy(model), config=ProtectConfig(**kw))
 
 
+def _with_update(model):
+    """`model` with random lora_B (PEFT starts B at zero, so ΔW = 0 and every scale would look the same)."""
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(std=0.05)
+    return model
+
+
 # --- objective ---------------------------------------------------------------------------------------
 
 
@@ -110,11 +119,7 @@ def test_bad_config_is_a_hubguard_error(bad):
 
 
 def test_only_lora_b_is_scaled_and_matches_in_place_scaling(tiny):
-    model = _lora(tiny["model"])
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if "lora_B" in n:
-                p.normal_(std=0.05)
+    model = _with_update(_lora(tiny["model"]))
     scaled = scaled_parameters(model, scale=0.4, mode="lora")
     assert scaled and all("lora_B" in n for n in scaled)
     assert not any("lora_A" in n for n in scaled)
@@ -169,13 +174,8 @@ def test_same_dropout_mask_in_both_passes(tiny):
 
 
 def test_lambda_sign_and_value(tiny):
-    model = _lora(tiny["model"])
-    model.eval()
+    model = _with_update(_lora(tiny["model"])).eval()
     batch = tiny["val"][0]
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if "lora_B" in n:
-                p.normal_(std=0.05)
     cfg = ProtectConfig(lam=0.2, weight="inv")
     out = trap2_loss(model, batch, config=cfg, generator=torch.Generator(), scale=0.5)
     assert float(out.loss) == pytest.approx(out.standalone_loss - 0.2 * 2.0 * out.scaled_loss, rel=1e-5)
@@ -194,13 +194,8 @@ def test_lambda_sign_and_value(tiny):
 
 
 def test_scaled_loss_cap_stops_the_push(tiny):
-    model = _lora(tiny["model"])
-    model.eval()
+    model = _with_update(_lora(tiny["model"])).eval()
     batch = tiny["val"][0]
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if "lora_B" in n:
-                p.normal_(std=0.05)
     free = trap2_loss(model, batch, config=ProtectConfig(lam=0.5, weight="none"), generator=torch.Generator(),
                       scale=1.5)
     cap = free.scaled_loss / 2  # below the scaled loss: the cap binds
@@ -243,13 +238,8 @@ def test_per_example_loss_classification_and_bad_inputs():
 
 
 def test_per_example_losses_are_capped_one_by_one(tiny):
-    model = _lora(tiny["model"])
-    model.eval()
+    model = _with_update(_lora(tiny["model"])).eval()
     batch = tiny["val"][0]
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if "lora_B" in n:
-                p.normal_(std=0.05)
     with torch.no_grad(), scaled_in_place(model, scale=1.5, mode="lora"):
         each = _per_sequence_loss(model(**batch), batch)  # (batch,)
     assert len(each) > 1 and float(each.max() - each.min()) > 1e-3
