@@ -399,6 +399,41 @@ def test_trap_selection_says_when_it_kept_the_unprotected_start(tiny, trained, c
             assert torch.equal(p, before[n])
 
 
+def test_validation_starts_at_eval_start_and_probes_use_their_own_score(tiny, trained):
+    """eval_start skips the early validation passes; probe_score_fn scores the probe scales, val_score_fn s = 1."""
+    plain = copy.deepcopy(trained[0.0][0])
+    val = tiny["val"]
+    calls = {"one": 0, "probe": 0}
+
+    def at_one(m):
+        calls["one"] += 1
+        return -evaluate_loss(m, val)
+
+    def probe(m):
+        calls["probe"] += 1
+        return -evaluate_loss(m, val[:1])  # a cheaper subset
+
+    cfg = ProtectConfig(lam=0.3, weight="inv", learning_rate=1e-2, max_steps=9, epochs=100, selection="trap",
+                        eval_every=2, eval_start=5, standalone_tolerance=1.0, tolerance_reference="start",
+                        probe_scales=(0.3, 1.5), early_stopping_patience=30)
+    torch.manual_seed(0)
+    res = train_protected(plain, train_batches=tiny["train"], val_score_fn=at_one, probe_score_fn=probe, config=cfg)
+    # Not 2 and 4; the last step (9) is validated although it is no multiple of eval_every.
+    assert [r["step"] for r in res.history if "val_trap" in r] == [6, 8, 9]
+    assert calls == {"one": 4, "probe": 8}  # start + 3 checkpoints; 2 probe scales each
+    sel = res.selected
+    with torch.no_grad(), scaled_in_place(plain, scale=0.3, mode="lora"):
+        p03 = -evaluate_loss(plain, val[:1])
+    with torch.no_grad(), scaled_in_place(plain, scale=1.5, mode="lora"):
+        p15 = -evaluate_loss(plain, val[:1])
+    assert sel["trap"] == pytest.approx((p03 + p15) / 2, abs=1e-5)  # the kept state's probe score, on the subset
+    with pytest.raises(ProtectionError, match="probe_score_fn"):
+        train_protected(plain, train_batches=tiny["train"], val_score_fn=at_one, probe_score_fn=probe,
+                        config=ProtectConfig(lam=0.1))
+    with pytest.raises(ProtectionError, match="eval_start"):
+        ProtectConfig(eval_start=-1)
+
+
 def test_trap_selection_needs_validation_data(tiny):
     model = _lora(tiny["model"])
     with pytest.raises(ProtectionError, match="validation"):

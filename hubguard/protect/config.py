@@ -75,6 +75,10 @@ class ProtectConfig:
     lr_schedule: Literal["constant", "linear"] = "constant"
     batch_size: int = 16
     eval_every: int | None = None  # steps between validation passes; None = once per epoch
+    # No validation pass before this optimiser step (the starting state is still scored with selection="trap").
+    # Continuing an update with Trap², the trap forms late and the early checkpoints are not kept: skipping their
+    # validation (each scores 1 + len(probe_scales) models) is most of what protection costs beyond ~2x per step.
+    eval_start: int = 0
     early_stopping_patience: int = 2
     # Which validation checkpoint is kept. "standalone" (the paper): the best score at s = 1. "trap": among
     # checkpoints whose s = 1 score is within `standalone_tolerance` of the reference (the best s = 1 score
@@ -108,6 +112,8 @@ class ProtectConfig:
             problems.append(f"weight must be 'inv', 'inv_sqrt' or 'none', got {self.weight!r}")
         if self.scaled_loss_cap is not None and not self.scaled_loss_cap > 0:
             problems.append(f"scaled_loss_cap must be > 0 or None, got {self.scaled_loss_cap}")
+        if self.eval_start < 0:
+            problems.append(f"eval_start must be >= 0 (a step number), got {self.eval_start}")
         if self.max_steps is not None and self.max_steps < 1:
             problems.append(f"max_steps must be >= 1 or None, got {self.max_steps}")
         if self.lr_schedule not in ("constant", "linear"):

@@ -168,6 +168,7 @@ def train_protected(
     val_batches: Iterable[Any] | None = None,
     loss_fn: LossFn | None = None,
     val_score_fn: Callable[[torch.nn.Module], float] | None = None,
+    probe_score_fn: Callable[[torch.nn.Module], float] | None = None,
     reference: Mapping[str, torch.Tensor] | None = None,
     optimizer: torch.optim.Optimizer | None = None,
     on_step: Callable[[int, dict[str, float]], None] | None = None,
@@ -176,7 +177,8 @@ def train_protected(
 
     `train_batches` must be re-iterable (a list or a DataLoader); each batch is a dict of model kwargs or
     one positional input. Validation runs at s = 1 every `config.eval_every` steps (default: each epoch):
-    by `val_score_fn(model)` (higher is better) if given, else by the loss on `val_batches`.
+    by `val_score_fn(model)` (higher is better) if given, else by the loss on `val_batches`; none before step
+    `config.eval_start`, and always at the last step.
 
     `config.selection="standalone"` (the paper): the best s = 1 state is restored; training stops after
     `early_stopping_patience` evaluations without improvement. `config.selection="trap"`: validation also
@@ -184,7 +186,9 @@ def train_protected(
     score is within `config.standalone_tolerance` of the reference: the best s = 1 score seen
     (`tolerance_reference="best"`; the starting state counts), or the starting state's ("start", for
     continuing an update you already trained); training stops after `early_stopping_patience` evaluations
-    in a row outside the tolerance.
+    in a row outside the tolerance. `probe_score_fn` scores the probe scales instead of `val_score_fn` (e.g. on
+    a subset of the validation data: the probes only rank how protected checkpoints are, while the s = 1 score
+    decides the tolerance, so it is the one that needs every example).
 
     To protect an update you already trained, load it trainable (`PeftModel.from_pretrained(base, path,
     is_trainable=True)`, or the fine-tuned model with `reference` = the base's parameters for full mode)
@@ -207,6 +211,9 @@ def train_protected(
             "with a len() (a list or a DataLoader)."
         )
     trap_selection = config.selection == "trap"
+    if probe_score_fn is not None and not trap_selection:
+        raise ProtectionError("probe_score_fn scores the probe scales of selection='trap'; set selection='trap' "
+                              "or drop probe_score_fn.")
     if trap_selection and val_batches is None and val_score_fn is None:
         raise ProtectionError(
             "selection='trap' picks the checkpoint on validation data: pass val_batches or val_score_fn "
@@ -235,7 +242,7 @@ def train_protected(
             probes = []
             for s in config.probe_scales:
                 with scaled_in_place(model, scale=s, mode=config.mode, reference=reference):
-                    probes.append(score())
+                    probes.append(float(probe_score_fn(model)) if probe_score_fn is not None else score())
         model.train(was)
         return at_one, sum(probes) / len(probes)
 
@@ -290,7 +297,12 @@ def train_protected(
             if on_step is not None:
                 on_step(steps, record)
             end_of_epoch = n_batches is not None and steps % n_batches == 0
-            if (config.eval_every and steps % config.eval_every == 0) or (not config.eval_every and end_of_epoch):
+            last = (config.max_steps is not None and steps >= config.max_steps) or (
+                n_batches is not None and steps == config.epochs * n_batches)
+            # The last state is always validated (with eval_every, it need not fall on a multiple).
+            due = (config.eval_every and steps % config.eval_every == 0) or (not config.eval_every and end_of_epoch)
+            due = due or last
+            if due and steps >= config.eval_start:
                 if selector is not None:
                     at_one, trap = scores()
                     record["val_standalone"], record["val_trap"] = at_one, trap
