@@ -317,7 +317,8 @@ def test_trap_selection_continues_an_update_within_tolerance(tiny, trained):
     start_one = _loss_at(plain, val, 1.0)
     start_probe = sum(_loss_at(plain, val, s) for s in (0.3, 1.5)) / 2
     cfg = ProtectConfig(lam=0.3, weight="inv", learning_rate=1e-2, epochs=8, selection="trap", eval_every=2,
-                        standalone_tolerance=0.1, probe_scales=(0.3, 1.5), early_stopping_patience=30)
+                        standalone_tolerance=0.1, probe_scales=(0.3, 1.5), probe_aggregate="mean",
+                        early_stopping_patience=30)
     torch.manual_seed(0)
     res = train_protected(plain, train_batches=tiny["train"], val_batches=val, config=cfg)
     sel = res.selected
@@ -426,12 +427,41 @@ def test_validation_starts_at_eval_start_and_probes_use_their_own_score(tiny, tr
         p03 = -evaluate_loss(plain, val[:1])
     with torch.no_grad(), scaled_in_place(plain, scale=1.5, mode="lora"):
         p15 = -evaluate_loss(plain, val[:1])
-    assert sel["trap"] == pytest.approx((p03 + p15) / 2, abs=1e-5)  # the kept state's probe score, on the subset
+    # The kept state's trap score: its best probe score (probe_aggregate="max"), on the subset.
+    assert sel["trap"] == pytest.approx(max(p03, p15), abs=1e-5)
     with pytest.raises(ProtectionError, match="probe_score_fn"):
         train_protected(plain, train_batches=tiny["train"], val_score_fn=at_one, probe_score_fn=probe,
                         config=ProtectConfig(lam=0.1))
     with pytest.raises(ProtectionError, match="eval_start"):
         ProtectConfig(eval_start=-1)
+
+
+def test_trap_target_stops_at_the_first_protected_checkpoint_within_tolerance(tiny, trained):
+    plain = copy.deepcopy(trained[0.0][0])
+    val = tiny["val"]
+    # The tiny model traps fast above s = 1 (see the first test), so the probe is s = 1.5 alone here.
+    start_probe = -_loss_at(plain, val, 1.5)  # a score: higher = less protected
+    cfg = ProtectConfig(lam=0.3, weight="inv", learning_rate=1e-2, max_steps=40, epochs=100, selection="trap",
+                        eval_every=2, standalone_tolerance=0.1, tolerance_reference="start", probe_scales=(1.5,),
+                        early_stopping_patience=30, trap_target=start_probe - 0.5)
+    torch.manual_seed(0)
+    res = train_protected(plain, train_batches=tiny["train"], val_batches=val, config=cfg)
+    sel = res.selected
+    checks = [r for r in res.history if "val_trap" in r]
+    assert sel["target_reached"] is True and sel["protected"] is True and res.stopped_early
+    assert res.steps < 40 and checks[-1]["step"] == res.steps  # stopped at the checkpoint that met the target
+    assert checks[-1]["val_trap"] <= cfg.trap_target
+    assert all(r["val_trap"] > cfg.trap_target or r["val_standalone"] < sel["reference"] - 0.1 for r in checks[:-1])
+    assert sel["step"] == res.steps and sel["trap"] <= cfg.trap_target
+    # Already protected enough at the start: no step is taken and the start is kept, as protected.
+    again = train_protected(plain, train_batches=tiny["train"], val_batches=val,
+                            config=cfg.replace(trap_target=sel["trap"] + 1.0))
+    assert again.steps == 0 and again.selected["step"] == 0
+    assert again.selected["protected"] is True and again.selected["target_reached"] is True
+    with pytest.raises(ProtectionError, match="trap_target"):
+        ProtectConfig(trap_target=0.5)  # selection="standalone"
+    with pytest.raises(ProtectionError, match="probe_aggregate"):
+        ProtectConfig(probe_aggregate="median")
 
 
 def test_trap_selection_needs_validation_data(tiny):

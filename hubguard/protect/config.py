@@ -92,6 +92,13 @@ class ProtectConfig:
     # lucky validation peak on the way).
     tolerance_reference: Literal["best", "start"] = "best"
     probe_scales: tuple[float, ...] = (0.3, 0.6, 1.5)
+    # How a checkpoint's scores at the probe scales become its trap score: "max", the best of them (the attacker
+    # picks the coefficient that works best, so an update is as protected as its least trapped scale), or "mean".
+    probe_aggregate: Literal["max", "mean"] = "max"
+    # selection="trap": stop at the first checkpoint within tolerance whose probe score is at or below this, in the
+    # validation score's units (e.g. the base model's accuracy: merges at the probe scales then do no better than
+    # the base; with the loss, minus the base's loss). None: train to max_steps / epochs.
+    trap_target: float | None = None
     seed: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -122,6 +129,10 @@ class ProtectConfig:
             problems.append(f"selection must be 'standalone' or 'trap', got {self.selection!r}")
         if self.tolerance_reference not in ("best", "start"):
             problems.append(f"tolerance_reference must be 'best' or 'start', got {self.tolerance_reference!r}")
+        if self.probe_aggregate not in ("max", "mean"):
+            problems.append(f"probe_aggregate must be 'max' or 'mean', got {self.probe_aggregate!r}")
+        if self.trap_target is not None and self.selection != "trap":
+            problems.append("trap_target stops at a protected checkpoint of selection='trap'; set selection='trap'")
         if self.standalone_tolerance < 0:
             problems.append(f"standalone_tolerance must be >= 0, got {self.standalone_tolerance}")
         if not self.probe_scales or any(x < 0 or abs(x - 1.0) < 1e-9 for x in self.probe_scales):

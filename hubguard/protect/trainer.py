@@ -182,13 +182,14 @@ def train_protected(
 
     `config.selection="standalone"` (the paper): the best s = 1 state is restored; training stops after
     `early_stopping_patience` evaluations without improvement. `config.selection="trap"`: validation also
-    scores W0 + s·ΔW at `config.probe_scales`, and the kept state is the most protected one whose s = 1
-    score is within `config.standalone_tolerance` of the reference: the best s = 1 score seen
-    (`tolerance_reference="best"`; the starting state counts), or the starting state's ("start", for
-    continuing an update you already trained); training stops after `early_stopping_patience` evaluations
-    in a row outside the tolerance. `probe_score_fn` scores the probe scales instead of `val_score_fn` (e.g. on
-    a subset of the validation data: the probes only rank how protected checkpoints are, while the s = 1 score
-    decides the tolerance, so it is the one that needs every example).
+    scores W0 + s·ΔW at `config.probe_scales` (their best score, or their mean: `config.probe_aggregate`),
+    and the kept state is the most protected one whose s = 1 score is within `config.standalone_tolerance`
+    of the reference: the best s = 1 score seen (`tolerance_reference="best"`; the starting state counts),
+    or the starting state's ("start", for continuing an update you already trained); training stops after
+    `early_stopping_patience` evaluations in a row outside the tolerance, or at the first checkpoint within
+    it that meets `config.trap_target`. `probe_score_fn` scores the probe scales instead of `val_score_fn`
+    (e.g. on a subset of the validation data: the probes only rank how protected checkpoints are, while the
+    s = 1 score decides the tolerance, so it is the one that needs every example).
 
     To protect an update you already trained, load it trainable (`PeftModel.from_pretrained(base, path,
     is_trainable=True)`, or the fine-tuned model with `reference` = the base's parameters for full mode)
@@ -244,7 +245,7 @@ def train_protected(
                 with scaled_in_place(model, scale=s, mode=config.mode, reference=reference):
                     probes.append(float(probe_score_fn(model)) if probe_score_fn is not None else score())
         model.train(was)
-        return at_one, sum(probes) / len(probes)
+        return at_one, max(probes) if config.probe_aggregate == "max" else sum(probes) / len(probes)
 
     def snapshot() -> dict[str, torch.Tensor]:
         return {n: p.detach().clone() for n, p in model.named_parameters() if n in trainable_names}
@@ -262,19 +263,23 @@ def train_protected(
 
     selector = (_TrapSelector(config.standalone_tolerance, from_start=config.tolerance_reference == "start")
                 if trap_selection else None)
+    start = time.perf_counter()  # validating the starting state is part of the run's cost
+    reached = False  # a checkpoint within tolerance met config.trap_target
     if selector is not None:  # the starting point is a candidate too (it matters when continuing an update)
         at_one, trap = scores()
         selector.add(_Candidate(0, at_one, trap, snapshot()))
+        reached = config.trap_target is not None and trap <= config.trap_target  # already protected enough
     best = math.inf
     best_state: dict[str, torch.Tensor] | None = None
     bad_evals = 0
     steps = 0
-    stopped = False  # early stopping fired
-    done = False  # early stopping or max_steps
+    stopped = reached  # early stopping fired (or trap_target reached)
+    done = reached  # early stopping, trap_target or max_steps
     history: list[dict[str, float]] = []
-    start = time.perf_counter()
     model.train()
     for epoch in range(config.epochs):
+        if done:
+            break
         for batch in progress(batches, desc=f"trap2 epoch {epoch + 1}/{config.epochs}", total=n_batches):
             optimizer.zero_grad(set_to_none=True)
             out = trap2_loss(model, batch, config=config, generator=generator, reference=reference, loss_fn=loss_fn)
@@ -308,7 +313,8 @@ def train_protected(
                     record["val_standalone"], record["val_trap"] = at_one, trap
                     works = selector.add(_Candidate(steps, at_one, trap, snapshot()))
                     bad_evals = 0 if works else bad_evals + 1
-                    stopped = bad_evals >= config.early_stopping_patience
+                    reached = reached or (works and config.trap_target is not None and trap <= config.trap_target)
+                    stopped = bad_evals >= config.early_stopping_patience or reached
                 else:
                     val = validate()
                     if val is not None:
@@ -331,10 +337,13 @@ def train_protected(
         if chosen is not None:
             best_state = chosen.state
             # With "start", step 0 is the update you gave: no Trap² checkpoint stayed within tolerance of it.
-            trap_kept = not (config.tolerance_reference == "start" and chosen.step == 0)
+            # (Unless the start already met trap_target: then it was protected before training.)
+            trap_kept = not (config.tolerance_reference == "start" and chosen.step == 0) or reached
             selected = {"step": chosen.step, "standalone": chosen.standalone, "trap": chosen.trap,
                         "reference": selector.reference, "tolerance": config.standalone_tolerance,
                         "protected": trap_kept}
+            if config.trap_target is not None:
+                selected["target_reached"] = reached
             if not trap_kept:
                 logger.warning(
                     "No Trap² checkpoint stayed within %s of the starting update at s = 1: the kept update is the "
