@@ -187,7 +187,18 @@ def main() -> None:
                     help="continue: the Trap² phase's learning rate over its steps (linear decay to 0)")
     ap.add_argument("--trap-budget", type=float, default=0.5,
                     help="continue: Trap² steps as a fraction of the plain run's steps (each costs ~2 plain steps)")
-    ap.add_argument("--evals", type=int, default=10, help="continue: validation checkpoints over the Trap² phase")
+    ap.add_argument("--evals", type=int, default=5, help="continue: validation checkpoints, the last at the end")
+    ap.add_argument("--eval-from", type=float, default=0.5,
+                    help="continue: no checkpoint in this first fraction of the Trap² phase (the trap forms late)")
+    ap.add_argument("--probe-val", type=int, default=100,
+                    help="continue: validation examples per task that score the probe scales (s = 1 uses all)")
+    ap.add_argument("--probe-aggregate", default="max", choices=["max", "mean"],
+                    help="continue: a checkpoint's trap score is its best (max) or mean accuracy at the probe scales")
+    ap.add_argument("--stop-margin", type=float, default=None,
+                    help="continue: stop the Trap² phase at the first checkpoint within --tolerance whose trap score "
+                         "is this many points below the base's zero-shot validation accuracy (default: run it all)")
+    ap.add_argument("--attacker-val", type=int, default=100,
+                    help="validation examples per task the attacker scores each merge coefficient on")
     ap.add_argument("--tolerance", type=float, default=3.0,
                     help="continue: accuracy points at s = 1 (validation) the kept checkpoint may lose")
     ap.add_argument("--project-conflicts", action=argparse.BooleanOptionalAction, default=True,
@@ -268,12 +279,14 @@ def main() -> None:
         heads[t.name] = embed(base, prompts)  # (classes, 384), unit rows
 
     @torch.no_grad()
-    def accuracy(encoder, task, split):
+    def accuracy(encoder, task, split, limit=None):
+        """Accuracy % on the split (its first `limit` examples: the loader keeps every prefix class-balanced)."""
         clf = Classifier(encoder, heads[task]).eval()
+        part = {k: v[:limit] for k, v in data[task][split].items()}
         correct = 0
-        for b in batches(data[task][split], 96):
+        for b in batches(part, 96):
             correct += int((clf(**{k: v for k, v in b.items() if k != "labels"}).logits.argmax(-1) == b["labels"]).sum())
-        return 100.0 * correct / len(data[task][split]["labels"])
+        return 100.0 * correct / len(part["labels"])
 
     @torch.no_grad()
     def val_loss_acc(encoder, task):
@@ -285,8 +298,8 @@ def main() -> None:
     def all_test(encoder):
         return {t: accuracy(encoder, t, "test") for t in names}
 
-    def mean_val(encoder):
-        return sum(accuracy(encoder, t, "val") for t in names) / len(names)
+    def mean_val(encoder):  # the attacker's choice of coefficient
+        return sum(accuracy(encoder, t, "val", limit=args.attacker_val) for t in names) / len(names)
 
     work = Path(tempfile.mkdtemp(prefix="hubguard-protect-bench-"))
 
@@ -302,14 +315,20 @@ def main() -> None:
         n_classes = len(heads[task])
         cap = args.cap_factor * math.log(n_classes) if args.cap_factor > 0 else None
         continuing = lam > 0 and init is not None
+        every = start = None
+        if continuing and max_steps:  # --evals checkpoints spaced over the phase after --eval-from, the last at the end
+            every = max(1, round(max_steps * (1 - args.eval_from) / max(1, args.evals)))
+            start = max(1, max_steps - (args.evals - 1) * every)
         cfg = ProtectConfig(
             mode="lora", lam=lam, weight=args.weight, lora_r=16, learning_rate=lr, epochs=epochs_, batch_size=16,
             early_stopping_patience=2 if lam == 0 else 10**6, seed=args.seed, scaled_loss_cap=cap,
             max_steps=max_steps, selection="trap" if continuing else "standalone",
             lr_schedule=args.trap_schedule if continuing else "constant",
             standalone_tolerance=args.tolerance, tolerance_reference="start", probe_scales=(0.3, 0.6, 1.5),
-            eval_every=max(1, max_steps // args.evals) if continuing and max_steps else None,
+            eval_every=every, eval_start=start or 0,
             project_conflicts=args.project_conflicts and lam > 0, cap_per_example=args.per_example_cap,
+            probe_aggregate=args.probe_aggregate,
+            trap_target=base_probe[task] - args.stop_margin if continuing and args.stop_margin is not None else None,
         )
         torch.manual_seed(args.seed)  # the same LoRA A init for every update, whatever ran before
         if init is None:
@@ -323,6 +342,8 @@ def main() -> None:
         kwargs = {}
         if lam == 0 or continuing:  # validation accuracy at s = 1 (plain), and at the probe scales (continue)
             kwargs["val_score_fn"] = lambda m: accuracy(m.encoder, task, "val")
+        if continuing:
+            kwargs["probe_score_fn"] = lambda m: accuracy(m.encoder, task, "val", limit=args.probe_val)
         res = train_protected(clf, train_batches=batches(data[task]["train"], cfg.batch_size), config=cfg, **kwargs)
         out = work / f"{task}-{'p' if lam > 0 else 'u'}{tag}"
         enc.save_pretrained(str(out))
@@ -369,6 +390,8 @@ def main() -> None:
         n = rounds * len(bs)
         return spent[0.0] / n, spent[args.lam] / n
 
+    # The base's zero-shot accuracy on each task's probe validation examples (what --stop-margin is measured from).
+    base_probe = {t: accuracy(base, t, "val", limit=args.probe_val) for t in names}
     log = lambda msg: print(f"[{time.perf_counter() - start_all:6.0f}s] {msg}", file=sys.stderr, flush=True)  # noqa: E731
     base_acc = all_test(base)
     log(f"base {base_acc}")
@@ -515,6 +538,8 @@ def main() -> None:
                                               for r in prot_res.history if "val_trap" in r]},
         "settings": {"quick": quick, "seed": args.seed, "regime": args.regime, "lam": args.lam, "weight": args.weight, "lr": args.lr,
                      "trap_lr": args.trap_lr, "trap_schedule": args.trap_schedule, "trap_budget": args.trap_budget, "tolerance": args.tolerance, "evals": args.evals,
+                     "eval_from": args.eval_from, "probe_val": args.probe_val, "attacker_val": args.attacker_val,
+                     "probe_aggregate": args.probe_aggregate, "stop_margin": args.stop_margin,
                      "project_conflicts": args.project_conflicts,
                      "epochs": epochs, "cap_factor": args.cap_factor,
                      "per_example_cap": args.per_example_cap,

@@ -193,7 +193,8 @@ def protect_runs(runs: dict[str, dict[str, Any]]) -> str:
         val = _fmt(sel["standalone"] - sel["reference"]) if "reference" in sel else "–"
         steps = st.get("steps", {}).get("protected")
         kept = sel.get("step")
-        kept_txt = "0 (the start: **not protected**)" if kept == 0 else _fmt(kept)
+        unprotected = sel.get("protected") is False or (kept == 0 and "protected" not in sel)
+        kept_txt = f"{_fmt(kept)} (the start: **not protected**)" if unprotected else _fmt(kept)
         rows.append(f"| {name} | {st.get('seed', '–')} | {steps} ({_fmt(st.get('trap_budget'), 2)}, {st.get('trap_lr')}) | "
                     f"{kept_txt} | "
                     f"{_fmt(d['summary']['standalone_change'])} / {val} | {cell('task_arithmetic')} | {cell('ties')} | "
