@@ -173,8 +173,11 @@ def protect(d: dict[str, Any]) -> str:
                                                for k, v in targets.items()) + "."]
     sel = d.get("protected_training", {}).get("selected")
     if sel:
-        rows += ["", f"Kept checkpoint: Trap² step {sel['step']}, validation accuracy at s = 1 {_fmt(sel['standalone'])} "
-                     f"(reference {_fmt(sel.get('reference'))}), mean at the probe scales {_fmt(sel.get('trap'))}."]
+        agg = "best" if d.get("settings", {}).get("probe_aggregate") == "max" else "mean"  # older runs: mean
+        kept = (f"Trap² step {sel['step']}" if sel.get("protected", sel["step"] != 0)
+                else "the starting update (step 0): **no Trap² checkpoint stayed within tolerance, not protected**")
+        rows += ["", f"Kept checkpoint: {kept}, validation accuracy at s = 1 {_fmt(sel['standalone'])} "
+                     f"(reference {_fmt(sel.get('reference'))}), {agg} at the probe scales {_fmt(sel.get('trap'))}."]
     return "\n".join(rows)
 
 

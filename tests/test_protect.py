@@ -673,6 +673,18 @@ def test_cli_protect_then_audit(tiny, tmp_path):
     assert out["settings"]["project_conflicts"] is True and out["settings"]["tolerance_reference"] == "start"
     assert out["settings"]["scaled_loss_cap"] == 6.0 and out["settings"]["cap_per_example"] is True
     assert out["training"]["selected"]["standalone"] >= out["training"]["selected"]["reference"] - 0.05
+    # --stop-at-loss 0: every probe loss is >= 0 nats already, so the start is kept as protected without a step.
+    res = runner.invoke(protect_app, ["--base", str(tiny["folder"]), "--data", str(data), "--out",
+                                      str(tmp_path / "stop"), "--init", str(tmp_path / "out"), "--selection", "trap",
+                                      "--lambda", "0.3", "--epochs", "2", "--max-length", "32", "--stop-at-loss", "0",
+                                      "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output[res.output.index("{"):])
+    assert out["settings"]["trap_target"] == 0.0 and out["training"]["steps"] == 0
+    assert out["training"]["selected"]["target_reached"] is True and "NOT protected" not in res.output
+    res = runner.invoke(protect_app, ["--base", str(tiny["folder"]), "--data", str(data), "--out",
+                                      str(tmp_path / "o4"), "--stop-at-loss", "1.0"])
+    assert res.exit_code == 2 and "--selection trap" in res.output
     res = runner.invoke(protect_app, ["--base", str(tiny["folder"]), "--data", str(data), "--out",
                                       str(tmp_path / "o3"), "--init", str(tiny["folder"])])
     assert res.exit_code == 2 and "adapter" in res.output  # a full model given to --mode lora

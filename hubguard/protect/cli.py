@@ -50,12 +50,15 @@ def protect_main(
     batch_size: int = 8, max_length: int = 128, val_fraction: float = 0.1, seed: int = 0, overwrite: bool = False,
     init: str | Path | None = None, selection: str = "standalone", tolerance: float | None = None,
     project_conflicts: bool = False, loss_cap: float | None = None, cap_per_example: bool = False,
+    stop_at_loss: float | None = None,
 ) -> dict[str, Any]:
     """Train a protected update of `base` on `data` and save it to `out` (adapter or full model + card).
 
     `init`: continue from an update you already trained (a PEFT adapter folder for `mode="lora"`, a full
     fine-tuned model folder for `mode="full"`) instead of starting from the base; pair it with
     `selection="trap"` to keep the most protected checkpoint that stays within `tolerance` of it at s = 1.
+    `stop_at_loss` (trap selection): stop at the first such checkpoint whose validation loss is at least this
+    many nats at every probe scale (e.g. the base model's loss, or log(classes) for a classifier).
     """
     import torch
 
@@ -68,6 +71,9 @@ def protect_main(
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise ProtectionError(f"Output folder {out} is not empty; pass --overwrite or choose another folder.")
+    if stop_at_loss is not None and selection != "trap":
+        raise ProtectionError("--stop-at-loss stops at a protected checkpoint of the trap selection: add "
+                              "--selection trap (and --init to protect an update you trained).")
     if init is not None:
         _check_init(init, mode=mode)  # before any model is loaded
         if out.resolve() == Path(init).resolve():
@@ -85,6 +91,8 @@ def protect_main(
     overrides["cap_per_example"] = cap_per_example
     if tolerance is not None:
         overrides["standalone_tolerance"] = tolerance
+    if stop_at_loss is not None:  # scores are negative losses: every probe loss >= L <=> best score <= -L
+        overrides["trap_target"] = -stop_at_loss
     config = ProtectConfig.preset(preset, **overrides) if preset else ProtectConfig(**overrides)
     text = read_text_data(data, task=task)
     train_data, val_data = split(text, fraction=val_fraction, seed=seed)
@@ -239,6 +247,9 @@ def protect_command(
                                                         "log(classes); default: none, as in the paper")] = None,
     cap_per_example: Annotated[bool, typer.Option(help="apply --loss-cap to each example's loss, not the batch "
                                                         "mean (not in the paper)")] = False,
+    stop_at_loss: Annotated[float | None, typer.Option(help="trap selection: stop at the first checkpoint within "
+                                                           "--tolerance whose validation loss is at least this "
+                                                           "(nats) at every probe scale")] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Fine-tune BASE on DATA with Trap² protection and write a standard adapter / model to OUT.
@@ -248,14 +259,15 @@ def protect_command(
         hubguard protect --base ./tinyllama --data notes.txt --out ./protected-lora
 
         hubguard protect --base ./bert --data train.jsonl --task classification --out ./p \\
-            --init ./my-lora --selection trap --tolerance 0.02 --loss-cap 1.39 --cap-per-example
+            --init ./my-lora --selection trap --tolerance 0.02 --loss-cap 1.39 --cap-per-example --stop-at-loss 1.3
     """
     try:
         res = protect_main(base=base, data=data, out=out, mode=mode, task=task,
                            preset=None if preset == "none" else preset, lam=lam, epochs=epochs, learning_rate=lr,
                            batch_size=batch_size, max_length=max_length, seed=seed, overwrite=overwrite,
                            init=init, selection=selection, tolerance=tolerance,
-                           project_conflicts=project_conflicts, loss_cap=loss_cap, cap_per_example=cap_per_example)
+                           project_conflicts=project_conflicts, loss_cap=loss_cap, cap_per_example=cap_per_example,
+                           stop_at_loss=stop_at_loss)
     except HubguardError as exc:
         _fail(exc)
         return
