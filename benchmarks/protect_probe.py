@@ -6,11 +6,11 @@ benchmark's "continue" regime (its TUNING note quotes these runs).
                                                    "every": 15, "project": true}'
 
 Keys: task, lam, lr (Trap² phase), steps, every (steps between prints), project (PCGrad projection), weight
-("inv"), exclude ([0.95, 1.05]), scales (printed; [0.3, 0.6, 1.0, 1.5]), seed (0), n_val (200), anchor (weight of
-KL(start update's outputs || s = 1 outputs) on each training batch, added to the standalone term; 0) from step anchor_from (0), cap_factor
-(x log(classes), 1.0), per_example (cap each example's loss, not the batch mean; false), scale_min (0.05),
-scale_max (2.0), decay_steps (linear lr decay to 0 over them; constant), warmup (linear lr warm-up steps; 0),
-plain_lr (3e-3), threads (1), n_train (480). Prints one line per evaluation:
+("inv"), exclude ([0.95, 1.05]), scales (printed; [0.3, 0.6, 1.0, 1.5]), seed (0), n_val (200), anchor (weight
+of KL(start update's outputs || s = 1 outputs) on each training batch, added to the standalone term, from step
+anchor_from; 0), cap_factor (x log(classes), 1.0), per_example (cap each example's loss, not the batch mean;
+false), scale_min (0.05), scale_max (2.0), decay_steps (linear lr decay to 0 over them; constant), warmup
+(linear lr warm-up steps; 0), plain_lr (3e-3), threads (1), n_train (480). Prints one line per evaluation:
 step, seconds, {scale: accuracy} on validation and test.
 """
 
