@@ -3,6 +3,7 @@
 Examples:
     hubguard fingerprint ./my-model --out my-model.fp.safetensors
     hubguard fingerprint hf://meta-llama/Llama-3.2-1B --json
+    hubguard fingerprint-batch ./model-a ./model-b --out-dir fps --json
     hubguard compare ./base ./candidate --json
     hubguard compare base.fp.safetensors hf://someone/suspect@main --sheet pair.png
     hubguard dog ./my-model --out dog.png
@@ -76,6 +77,42 @@ def fingerprint(
                f"in {st['requests']} reads, {st['seconds']} s")
     if out is not None:
         typer.echo(f"saved to {summary['saved_to']}")
+
+
+@app.command(name="fingerprint-batch")
+@handle_errors
+def fingerprint_batch(
+    sources: Annotated[list[str], typer.Argument(help="Model folders, .safetensors files or hf://ORG/NAME (hf://ORG/NAME@REVISION).")],
+    out_dir: Annotated[Path, typer.Option("--out-dir", "-o", help="Folder for the NAME.fp.safetensors files.")],
+    address: Annotated[str | None, typer.Option(help="Ray cluster to join: 'auto' or ray://HOST:PORT (default: a local Ray runtime).")] = None,
+    num_cpus: Annotated[int | None, typer.Option(help="CPUs of the local Ray runtime (default: all); one per source.")] = None,
+    max_layers: Annotated[int | None, typer.Option(help="Use at most this many layers, spread evenly.")] = None,
+    budget: Annotated[str, typer.Option(help="Reading budget: a fraction of the checkpoint's bytes (e.g. 0.02), 'auto' or 'all'.")] = "auto",
+    allow_pickle: Annotated[bool, typer.Option(help="Read .bin/.pt weights with torch.load(weights_only=True).")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object per source, in input order.")] = False,
+) -> None:
+    """Fingerprint many models in parallel on Ray (needs the 'scale' extra of hubguard, which installs Ray).
+
+    Exit code 0 when every source was fingerprinted, 1 when some failed, 2 on usage errors.
+
+    Example: hubguard fingerprint-batch ./model-a ./model-b hf://org/model-c --out-dir fps --json
+    """
+    from hubguard.lineage.batch import fingerprint_many
+
+    items = fingerprint_many(sources=sources, out_dir=out_dir, address=address, num_cpus=num_cpus,
+                             max_layers=max_layers, budget=parse_budget(budget), allow_pickle=allow_pickle)
+    failed = [i for i in items if not i.ok]
+    if as_json:
+        _print_json([i.to_dict() for i in items])
+    else:
+        for i in items:
+            if i.ok:
+                typer.echo(f"ok      {i.source} -> {i.path} ({len(i.summary['layers'])} layers, {i.seconds:.1f} s)")
+        typer.echo(f"{len(items) - len(failed)} of {len(items)} fingerprinted into {out_dir}")
+    for i in failed:
+        typer.secho(f"failed  {i.source}: {i.error}", err=True, fg=typer.colors.RED)
+    if failed:
+        raise typer.Exit(code=1)
 
 
 def format_comparison(result: Any) -> str:
