@@ -8,6 +8,8 @@ It serves a folder tree of repos (`root/{type}s/{org}/{name}/`) on 127.0.0.1 wit
 - `GET /api/{type}s/{org}/{name}[/revision/{rev}]` (`HfApi.model_info` / `dataset_info` / `repo_info`) with file
   sizes (`blobs=true`), and `GET /api/{type}s/{org}/{name}/tree/{rev}[/{path}]` (`list_repo_tree`,
   `snapshot_download`);
+- uploads: `POST /api/repos/create`, `.../preupload/{rev}` and `.../commit/{rev}` (`HfApi.create_repo`,
+  `upload_folder`; small files inline, no LFS), in tests/hubserver_writes.py;
 - gated repos (files need `Authorization: Bearer <HubServer.TOKEN>`, metadata is public) and private repos
   (everything needs the token, like the Hub answers 401 otherwise);
 - fault injection (`HubServer.inject`): 5xx n times, connection reset, 429 with `Retry-After` or `RateLimit`
@@ -40,6 +42,8 @@ from pathlib import Path
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 import pytest
+
+from tests.hubserver_writes import WriteRoutes
 
 REPO_FILE = "repo.json"
 _REQUEST_FAULTS = {"status", "reset", "rate_limit"}  # apply to any matching request, before routing
@@ -169,6 +173,13 @@ class HubServer:
         )
         return sha
 
+    def _set_ref(self, repo_type: str, repo_id: str, ref: str, sha: str) -> None:
+        """Point branch/ref `ref` of an existing repo at commit `sha` (the caller holds `_lock`)."""
+        base = self.repo_dir(repo_id, repo_type)
+        data = json.loads((base / REPO_FILE).read_text())
+        data["refs"][ref] = sha
+        (base / REPO_FILE).write_text(json.dumps(data))
+
     @staticmethod
     def _read_state(base: Path) -> _RepoState | None:
         try:
@@ -243,7 +254,7 @@ def _file_etag(path: Path) -> str:
     return hashlib.sha1(f"{path.name}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(WriteRoutes, BaseHTTPRequestHandler):
     hub: HubServer
     protocol_version = "HTTP/1.1"
 
@@ -345,6 +356,11 @@ class _Handler(BaseHTTPRequestHandler):
     # -- /api ----------------------------------------------------------------------------------------
 
     def _api(self, parts: list[str], query: dict[str, list[str]], rec: RequestRecord) -> None:
+        if self._write_route(parts, query, rec):  # create_repo, preupload, commit (tests/hubserver_writes.py)
+            return
+        if self.command == "POST" and "discussions" not in parts:
+            self._error(405, "MethodNotAllowed", "POST is served for discussions and uploads only", rec=rec)
+            return
         if len(parts) < 3 or parts[0] not in {"models", "datasets", "spaces"}:
             self._error(404, "NotFound", "unknown API route", rec=rec)
             return
@@ -407,11 +423,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     # -- discussions and comments (added for the webhook bot tests) -------------------------------------
 
-    def do_POST(self) -> None:  # noqa: N802 - only the discussion routes accept POST
-        if not (self.path.startswith("/api/") and "/discussions" in self.path):
+    def do_POST(self) -> None:  # noqa: N802 - discussions and uploads (see _api)
+        if not self.path.startswith("/api/"):
             rec = RequestRecord(method="POST", path=self.path, range=None, status=0, authorized=self._authorized())
             self.hub._begin()
-            self._error(405, "MethodNotAllowed", "POST is only served for discussions", rec=rec)
+            self._error(405, "MethodNotAllowed", "POST is served for discussions and uploads only", rec=rec)
             self.hub._record(rec)
             return
         self._dispatch()
@@ -429,7 +445,8 @@ class _Handler(BaseHTTPRequestHandler):
                           rec: RequestRecord) -> None:
         """`GET|POST /api/{type}s/{repo}/discussions`, `GET .../discussions/{num}`, `POST .../discussions/{num}/comment`."""
         body = self._json_body() if self.command == "POST" else {}
-        if self._repo(repo_type, repo_id, None, rec) is None:
+        found = self._repo(repo_type, repo_id, None, rec)
+        if found is None:
             return
         if self.command == "POST" and not rec.authorized:
             self._error(401, "Unauthorized", "Invalid username or password.", rec=rec)
@@ -460,6 +477,8 @@ class _Handler(BaseHTTPRequestHandler):
                      "createdAt": now, "author": {"name": "hubguard-bot"}, "events": []}
                 d["events"].append(comment(str(body.get("description") or "")))
                 store.append(d)
+                if pr:  # like the Hub: the pull request's git ref starts at main (commits then go to refs/pr/N)
+                    self.hub._set_ref(repo_type, repo_id, f"refs/pr/{d['num']}", found[1])
                 self._send(200, json.dumps({"num": d["num"], "url": f"/{repo_id}/discussions/{d['num']}"}).encode(), rec=rec)
                 return
             if not rest:

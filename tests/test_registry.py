@@ -309,10 +309,43 @@ def test_pull_from_a_hub_dataset_repo(hub_server: HubServer, reg: Registry, tmp_
 
 
 @pytest.mark.network
+def test_push_then_pull_round_trips_through_a_hub_dataset_repo(
+    hub_server: HubServer, reg: Registry, tmp_path: Path, fps: dict[str, Path]  # noqa: F811
+) -> None:
+    reg.log_verdict(repo_id="u/ft", match="org/llama-base", verdict="derivative", score=97.0, z=40.0)
+    url = reg.push("org/pushed", token=HubServer.TOKEN)  # creates the dataset repo, then one commit
+    assert f"{hub_server.endpoint}/datasets/org/pushed/commit/" in url
+    assert [r.status for r in hub_server.requests(method="POST", contains="/commit/")] == [200]
+    pushed = hub_server.repo_dir("org/pushed", "dataset")
+    assert not any(".cache" in p.parts for p in pushed.rglob("*"))  # local-only files stay home
+    mirror = Registry(tmp_path / "mirror")
+    mirror.add(fps["gpt2-1"], name="old/entry")
+    mirror.pull("org/pushed", token=HubServer.TOKEN)
+    assert sorted(mirror.names()) == sorted(reg.names())
+    assert mirror.search(fps["llama-0-ft"], top_k=1)[0].name == "org/llama-base"
+    assert mirror.flagged()[0]["repo_id"] == "u/ft"
+    # A change offered for review: a pull request, main untouched until it is merged.
+    from typer.testing import CliRunner
+
+    from hubguard.registry.cli import app
+
+    reg.add(fps["gpt2-1"], name="org/gpt2-other", license="mit")
+    res = CliRunner().invoke(app, ["push", "org/pushed", "--create-pr", "--token", HubServer.TOKEN, "--registry",
+                                   str(reg.path)])
+    assert res.exit_code == 0, res.output
+    assert res.output.strip() == f"{hub_server.endpoint}/datasets/org/pushed/discussions/1"
+    assert hub_server.discussions("org/pushed", "dataset")[0]["isPullRequest"] is True
+    mirror.pull("org/pushed", token=HubServer.TOKEN)
+    assert "org/gpt2-other" not in mirror.names()
+    mirror.pull("org/pushed", token=HubServer.TOKEN, revision="refs/pr/1")
+    assert "org/gpt2-other" in mirror.names()
+
+
+@pytest.mark.network
 def test_push_failure_is_a_registry_error(hub_server: HubServer, reg: Registry) -> None:  # noqa: F811
-    # The test server is read-only (no upload routes): the push must fail clearly, not crash.
-    with pytest.raises(RegistryError, match="Pushing the registry to dataset repo 'org/registry'"):
-        reg.push("org/registry", token=HubServer.TOKEN)
+    # A token that may not write: the push must fail clearly (with the fix in the message), not crash.
+    with pytest.raises(RegistryError, match="(?s)Pushing the registry to dataset repo 'org/registry'.*401.*your token"):
+        reg.push("org/registry", token="hf_not_allowed")
 
 
 # --- manifest build ---------------------------------------------------------------------------------------------
