@@ -504,6 +504,7 @@ def test_outputs_load_with_plain_peft_and_transformers(tiny, trained, tmp_path):
     card = (tmp_path / "adapter" / "README.md").read_text()
     assert "## Merge protection (Trap²)" in card and "trap2" in card and "base_model: tiny-base" in card
     assert "base_model_relation: adapter" in card and "| lam | `0.05` |" in card
+    assert "| probe_aggregate | `max` |" in card and "| trap_target | `None` |" in card
     rec = read_protection(tmp_path / "adapter")
     assert rec["settings"]["lam"] == 0.05 and rec["schema_version"] == 1
     write_protection_card(tmp_path / "adapter", config=cfg, base_model="tiny-base")  # idempotent section

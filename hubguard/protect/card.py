@@ -47,7 +47,8 @@ def render_section(record: dict[str, Any]) -> str:
         "|---|---|",
     ]
     shown = ["mode", "lam", "scale_min", "scale_max", "exclude", "weight", "scaled_loss_cap", "cap_per_example",
-             "project_conflicts", "selection", "standalone_tolerance", "lora_r", "lora_alpha", "target_modules",
+             "project_conflicts", "selection", "standalone_tolerance", "probe_scales", "probe_aggregate",
+             "trap_target", "lr_schedule", "lora_r", "lora_alpha", "target_modules",
              "learning_rate", "epochs", "batch_size", "max_grad_norm", "early_stopping_patience", "seed"]
     for key in shown:
         if key in s:
