@@ -69,7 +69,11 @@ TUNING (why the defaults differ from the paper; numbers are test accuracy of W0 
   does not form; `"anchor": 0.3` 65.8/69.6/82.9/55.0 (82.0); `"scale_max": 1.5` 50.0/56.7/82.5/43.3 (84.0);
   `"exclude": [0.8, 1.25]` 37.1/37.1/72.5/14.6 (76.0); `"warmup": 15` 65.8/74.2/83.3/42.9 (83.0); `"lr": 3e-3`
   71.2/79.2/83.3/41.7 (86.5); `"scale_min": 0.25` 65.0/73.8/83.7/25.8 (83.5); 120 steps 60.0/67.5/79.2/34.6
-  (82.0). Seed 0 (plain: 75.4/82.1/82.5/80.8, validation 87.0; 90 steps): `"scale_max": 1.5`
+  (82.0); `"weight": "inv_sqrt"` (w(s) = 1/√s, the paper's LLM weighting) 68.8/73.8/85.4/29.2 (88.0). Seed 0
+  (plain: 75.4/82.1/82.5/80.8, validation 87.0; 90 steps): `"weight": "inv_sqrt"` 49.2/50.0/80.8/29.6 (90.5),
+  at step 75 51.7/55.0/82.1/38.7 (89.0), but the benchmark run with --weight inv_sqrt (protect_inv_sqrt.json)
+  kept a shallow trap (64.6/66.7 at s = 0.3/0.5; task arithmetic / TIES / DARE-TIES 76.3/77.9/78.8) and still lost
+  3.3 test points at s = 1; `"scale_max": 1.5`
   34.6/32.1/72.9/29.6 (82.5); `"exclude": [0.8, 1.25]` 50.0/52.5/81.7/43.8 (89.0); `"anchor": 0.3`
   66.3/70.8/80.0/36.7 (82.5); `"anchor": 1.0, "anchor_from": 45` 62.5/72.9/84.2/34.6 (89.0); `"scale_min": 0.25`
   48.8/55.0/81.7/26.2 (85.5). Within ~90 steps every setting trades the depth of the trap below s = 1 against

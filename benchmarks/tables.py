@@ -183,7 +183,7 @@ def protect(d: dict[str, Any]) -> str:
 
 def protect_runs(runs: dict[str, dict[str, Any]]) -> str:
     """One line per committed protect*.json run: the seed / setting spread of the headline numbers."""
-    rows = ["| run | seed | Trap² steps (budget, lr) | kept step | standalone Δ test / val | TA | TIES | DARE-TIES | "
+    rows = ["| run | seed | Trap² steps (budget, lr, w(s)) | kept step | standalone Δ test / val | TA | TIES | DARE-TIES | "
             "SLERP | time ratio (whole / per step) |", "|---|---|---|---|---|---|---|---|---|---|"]
     for name, d in runs.items():
         task, st, sel = d["protected_task"], d.get("settings", {}), d.get("protected_training", {}).get("selected") or {}
@@ -198,7 +198,7 @@ def protect_runs(runs: dict[str, dict[str, Any]]) -> str:
         kept = sel.get("step")
         unprotected = sel.get("protected") is False or (kept == 0 and "protected" not in sel)
         kept_txt = f"{_fmt(kept)} (the start: **not protected**)" if unprotected else _fmt(kept)
-        rows.append(f"| {name} | {st.get('seed', '–')} | {steps} ({_fmt(st.get('trap_budget'), 2)}, {st.get('trap_lr')}) | "
+        rows.append(f"| {name} | {st.get('seed', '–')} | {steps} ({_fmt(st.get('trap_budget'), 2)}, {st.get('trap_lr')}, {st.get('weight', '–')}) | "
                     f"{kept_txt} | "
                     f"{_fmt(d['summary']['standalone_change'])} / {val} | {cell('task_arithmetic')} | {cell('ties')} | "
                     f"{cell('dare_ties')} | {cell('slerp')} | {_fmt(d.get('time_ratio'), 2)} / "
