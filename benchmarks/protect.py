@@ -241,6 +241,8 @@ def main() -> None:
     ap.add_argument("--replot", default=None, metavar="JSON",
                     help="only draw --plot from the sweep of a result JSON this script wrote, then exit")
     args = ap.parse_args()
+    if min(args.evals, args.probe_val, args.attacker_val) < 1 or not 0 <= args.eval_from < 1:
+        ap.error("--evals, --probe-val and --attacker-val must be >= 1, and --eval-from in [0, 1)")
     if args.replot:
         if not args.plot:
             raise SystemExit("--replot needs --plot OUT.png")
@@ -417,7 +419,8 @@ def main() -> None:
         return spent[0.0] / n, spent[args.lam] / n
 
     # The base's zero-shot accuracy on each task's probe validation examples (what --stop-margin is measured from).
-    base_probe = {t: accuracy(base, t, "val", limit=args.probe_val) for t in names}
+    base_probe = ({t: accuracy(base, t, "val", limit=args.probe_val) for t in names}
+                  if args.stop_margin is not None else {})
     log = lambda msg: print(f"[{time.perf_counter() - start_all:6.0f}s] {msg}", file=sys.stderr, flush=True)  # noqa: E731
     base_acc = all_test(base)
     log(f"base {base_acc}")

@@ -17,6 +17,7 @@ step, seconds, {scale: accuracy} on validation and test.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import os
@@ -117,7 +118,6 @@ def main() -> None:
             opt.zero_grad(set_to_none=True)
             out = trap2_loss(clf, batch, config=cfg, generator=gen)
             if anchor and step >= c.get("anchor_from", 0):
-                import dataclasses
                 student = torch.log_softmax(clf(input_ids=batch["input_ids"],
                                                 attention_mask=batch["attention_mask"]).logits, -1)
                 kl = torch.nn.functional.kl_div(student, teacher[bi], log_target=True, reduction="batchmean")

@@ -174,11 +174,16 @@ def protect(d: dict[str, Any]) -> str:
     sel = d.get("protected_training", {}).get("selected")
     if sel:
         agg = "best" if d.get("settings", {}).get("probe_aggregate") == "max" else "mean"  # older runs: mean
-        kept = (f"Trap² step {sel['step']}" if sel.get("protected", sel["step"] != 0)
-                else "the starting update (step 0): **no Trap² checkpoint stayed within tolerance, not protected**")
+        kept = ("the starting update (step 0): **no Trap² checkpoint stayed within tolerance, not protected**"
+                if _kept_unprotected(sel) else f"Trap² step {sel['step']}")
         rows += ["", f"Kept checkpoint: {kept}, validation accuracy at s = 1 {_fmt(sel['standalone'])} "
                      f"(reference {_fmt(sel.get('reference'))}), {agg} at the probe scales {_fmt(sel.get('trap'))}."]
     return "\n".join(rows)
+
+
+def _kept_unprotected(sel: dict[str, Any]) -> bool:
+    """The selection kept the starting update (older runs lack `protected`: step 0 means the start)."""
+    return not sel.get("protected", sel.get("step") != 0)
 
 
 def protect_runs(runs: dict[str, dict[str, Any]]) -> str:
@@ -196,8 +201,7 @@ def protect_runs(runs: dict[str, dict[str, Any]]) -> str:
         val = _fmt(sel["standalone"] - sel["reference"]) if "reference" in sel else "–"
         steps = st.get("steps", {}).get("protected")
         kept = sel.get("step")
-        unprotected = sel.get("protected") is False or (kept == 0 and "protected" not in sel)
-        kept_txt = f"{_fmt(kept)} (the start: **not protected**)" if unprotected else _fmt(kept)
+        kept_txt = f"{_fmt(kept)} (the start: **not protected**)" if sel and _kept_unprotected(sel) else _fmt(kept)
         rows.append(f"| {name} | {st.get('seed', '–')} | {steps} ({_fmt(st.get('trap_budget'), 2)}, {st.get('trap_lr')}, {st.get('weight', '–')}) | "
                     f"{kept_txt} | "
                     f"{_fmt(d['summary']['standalone_change'])} / {val} | {cell('task_arithmetic')} | {cell('ties')} | "

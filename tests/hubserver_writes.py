@@ -66,11 +66,8 @@ class WriteRoutes:
         return f"{self.hub.endpoint}/{prefix}{repo_id}"
 
     def _create_repo(self, rec: RequestRecord) -> None:
-        try:
-            body = json.loads(self._body() or b"{}")
-        except json.JSONDecodeError:
-            body = None
-        if not isinstance(body, dict) or not body.get("name"):
+        body = self._json_body()  # type: ignore[attr-defined]  # {} unless a JSON object
+        if not body.get("name"):
             self._error(400, "BadRequest", "a JSON body with 'name' is required", rec=rec)  # type: ignore[attr-defined]
             return
         if not rec.authorized:
@@ -95,11 +92,7 @@ class WriteRoutes:
         """`HfApi` checks a README.md's YAML front matter here before uploading it: 400 with errors if unparsable."""
         import yaml
 
-        try:
-            content = str(json.loads(self._body() or b"{}").get("content") or "")
-        except (json.JSONDecodeError, AttributeError):
-            content = ""
-        lines = content.splitlines()
+        lines = str(self._json_body().get("content") or "").splitlines()  # type: ignore[attr-defined]
         errors = []
         if lines[:1] == ["---"] and "---" in lines[1:]:
             try:
@@ -112,10 +105,7 @@ class WriteRoutes:
     def _preupload(self, repo_type: str, repo_id: str, rev: str, rec: RequestRecord) -> None:
         if self._repo(repo_type, repo_id, rev, rec) is None:  # type: ignore[attr-defined]
             return
-        try:
-            files = json.loads(self._body() or b"{}").get("files") or []
-        except (json.JSONDecodeError, AttributeError):
-            files = None
+        files = self._json_body().get("files", [])  # type: ignore[attr-defined]
         if not isinstance(files, list):
             self._error(400, "BadRequest", "a JSON body with 'files' is required", rec=rec)  # type: ignore[attr-defined]
             return

@@ -14,22 +14,21 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import re
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hubguard.checkpoint.source import HF_PREFIX
 from hubguard.errors import FingerprintError, MissingDependencyError
+from hubguard.registry.schema import slug
 from hubguard.utils import get_logger, progress
 
 logger = get_logger(__name__)
 
 FP_SUFFIX = ".fp.safetensors"
 OBJECT_STORE_BYTES = 128 * 1024**2  # results are small dicts; the object store only needs a little room
-_HF_PREFIX = "hf://"
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 @dataclass(frozen=True)
@@ -60,13 +59,15 @@ class BatchItem:
 def output_name(source: str | os.PathLike[str]) -> str:
     """A file-name stem for a source: the folder/file name, or ORG--NAME[--REV] for hf:// repos."""
     spec = os.fspath(source)
-    if spec.startswith(_HF_PREFIX):
-        repo, _, rev = spec[len(_HF_PREFIX):].partition("@")
-        stem = "--".join(p for p in [*repo.strip("/").split("/"), rev] if p)
+    if spec.startswith(HF_PREFIX):
+        stem = spec[len(HF_PREFIX):].strip("/").replace("@", "/")  # slug turns each "/" into "--"
     else:
         p = Path(os.path.abspath(spec))
         stem = p.stem if p.suffix in {".safetensors", ".bin", ".pt", ".pth"} else p.name
-    return _UNSAFE.sub("_", stem).strip("._") or "model"
+    try:
+        return slug(stem)
+    except ValueError:  # no usable character
+        return "model"
 
 
 def output_paths(sources: Sequence[str | os.PathLike[str]], out_dir: Path) -> list[Path]:
@@ -86,7 +87,7 @@ def output_paths(sources: Sequence[str | os.PathLike[str]], out_dir: Path) -> li
 
 def _source_key(source: str | os.PathLike[str]) -> str:
     spec = os.fspath(source)
-    return spec if spec.startswith(_HF_PREFIX) else os.path.abspath(spec)
+    return spec if spec.startswith(HF_PREFIX) else os.path.abspath(spec)
 
 
 def _fingerprint_one(source: str, path: str, options: dict[str, Any]) -> dict[str, Any]:

@@ -360,8 +360,8 @@ def run_audit(
                      for i, u in enumerate([update, *others])]
             for method in progress(list(mergekit_methods), desc="mergekit merges"):
                 def build(c: float, method: str = method) -> torch.nn.Module:
-                    # keep_best holds a model while the next merge is built: one folder per coefficient then.
-                    out = tmp / (f"merge-{c:g}" if keep_best else "merge")
+                    # One folder per coefficient: keep_best holds a model while the next merge is built.
+                    out = tmp / f"merge-{c:g}"
                     shutil.rmtree(out, ignore_errors=True)
                     if method == "slerp":
                         cfg = mergekit_config(method="slerp", base=base, models=fulls[:2], weights=[c])
@@ -372,7 +372,7 @@ def run_audit(
                     return model
 
                 def remove_merge(model: torch.nn.Module) -> None:
-                    shutil.rmtree(getattr(model, "_hubguard_merge_dir", tmp / "merge"), ignore_errors=True)
+                    shutil.rmtree(model._hubguard_merge_dir, ignore_errors=True)
 
                 grid = [c for c in coefficients if 0 <= c <= 1] if method == "slerp" else coefficients
                 res = best_coefficient(method=f"mergekit_{method}", build=build, coefficients=grid or [0.5],

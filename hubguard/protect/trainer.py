@@ -38,9 +38,11 @@ class ProtectResult:
     """What a protected (or plain) training run did.
 
     `selected` describes the kept checkpoint: its step, its validation score at s = 1 (`standalone`) and,
-    with `selection="trap"`, its mean score at the probe scales (`trap`), the s = 1 reference it had to
-    stay within tolerance of, and `protected`: False when the starting update itself was kept (no Trap²
-    checkpoint stayed within tolerance of it; a warning is logged). Scores are "higher is better" (the negative loss when no score function).
+    with `selection="trap"`, its score at the probe scales (`trap`, aggregated by `config.probe_aggregate`),
+    the s = 1 reference it had to stay within tolerance of, `protected` (False when the starting update itself
+    was kept: no Trap² checkpoint stayed within tolerance of it; a warning is logged) and, with
+    `config.trap_target`, `target_reached`. Scores are "higher is better" (the negative loss when no score
+    function).
     """
 
     steps: int
@@ -234,6 +236,12 @@ def train_protected(
             return float(val_score_fn(model))
         return -evaluate_loss(model, val_batches, loss_fn=loss_fn)  # type: ignore[arg-type]
 
+    def probe_score() -> float:
+        return float(probe_score_fn(model)) if probe_score_fn is not None else score()
+
+    def meets_target(trap: float) -> bool:
+        return config.trap_target is not None and trap <= config.trap_target
+
     def scores() -> tuple[float, float]:
         """(score at s = 1, mean score at the probe scales), in eval mode, without gradients."""
         was = model.training
@@ -243,7 +251,7 @@ def train_protected(
             probes = []
             for s in config.probe_scales:
                 with scaled_in_place(model, scale=s, mode=config.mode, reference=reference):
-                    probes.append(float(probe_score_fn(model)) if probe_score_fn is not None else score())
+                    probes.append(probe_score())
         model.train(was)
         return at_one, max(probes) if config.probe_aggregate == "max" else sum(probes) / len(probes)
 
@@ -268,7 +276,7 @@ def train_protected(
     if selector is not None:  # the starting point is a candidate too (it matters when continuing an update)
         at_one, trap = scores()
         selector.add(_Candidate(0, at_one, trap, snapshot()))
-        reached = config.trap_target is not None and trap <= config.trap_target  # already protected enough
+        reached = meets_target(trap)  # already protected enough
     best = math.inf
     best_state: dict[str, torch.Tensor] | None = None
     bad_evals = 0
@@ -305,15 +313,14 @@ def train_protected(
             last = (config.max_steps is not None and steps >= config.max_steps) or (
                 n_batches is not None and steps == config.epochs * n_batches)
             # The last state is always validated (with eval_every, it need not fall on a multiple).
-            due = (config.eval_every and steps % config.eval_every == 0) or (not config.eval_every and end_of_epoch)
-            due = due or last
+            due = last or (steps % config.eval_every == 0 if config.eval_every else end_of_epoch)
             if due and steps >= config.eval_start:
                 if selector is not None:
                     at_one, trap = scores()
                     record["val_standalone"], record["val_trap"] = at_one, trap
                     works = selector.add(_Candidate(steps, at_one, trap, snapshot()))
                     bad_evals = 0 if works else bad_evals + 1
-                    reached = reached or (works and config.trap_target is not None and trap <= config.trap_target)
+                    reached = reached or (works and meets_target(trap))
                     stopped = bad_evals >= config.early_stopping_patience or reached
                 else:
                     val = validate()
