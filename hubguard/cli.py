@@ -177,7 +177,7 @@ def _mount_subcommands() -> None:
     """Sub-apps import their heavy dependencies inside their commands, so mounting them is cheap."""
     from hubguard.hooks.cli import check, hooks_app
     from hubguard.hooks.webhook_cli import bot_app
-    from hubguard.protect.cli import audit_command, protect_command
+    from hubguard.protect.cli import audit_command, lock_command, protect_command
     from hubguard.registry.cli import app as registry_app
 
     app.add_typer(registry_app, name="registry", help="Search and manage the registry of base-model fingerprints.")
@@ -186,6 +186,7 @@ def _mount_subcommands() -> None:
     app.add_typer(bot_app, name="bot", help="The moderators' webhook bot.")
     app.command(name="protect")(protect_command)
     app.command(name="audit")(audit_command)
+    app.command(name="lock")(lock_command)
 
 
 _mount_subcommands()

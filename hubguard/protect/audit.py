@@ -33,6 +33,7 @@ logger = get_logger(__name__)
 AUDIT_SCHEMA_VERSION = 1
 MERGEKIT_METHODS = ("task_arithmetic", "ties", "dare_ties", "slerp")
 PEFT_METHODS = ("linear", "cat", "svd", "ties", "dare_linear")
+SAME_RANK_METHODS = ("linear", "ties", "dare_linear", "dare_ties", "magnitude_prune")  # PEFT refuses mixed ranks
 DEFAULT_COEFFICIENTS = (0.3, 0.5, 0.7, 1.0, 1.5)
 DEFAULT_SCALES = tuple(round(0.1 * i, 2) for i in range(21))
 
@@ -186,6 +187,33 @@ def mergekit_merge(config: Mapping[str, Any], *, out_dir: str | Path, seed: int 
     return Path(out_dir)
 
 
+def pad_adapter_rank(adapter: str | Path, *, out: str | Path, rank: int) -> Path:
+    """A copy of a LoRA adapter with rank `rank` (A padded with zero rows, B with zero columns, alpha raised so
+    the scaling is unchanged): the same update, in a shape PEFT's same-rank combinations accept."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    adapter, out = Path(adapter), Path(out)
+    cfg = json.loads((adapter / "adapter_config.json").read_text(encoding="utf-8"))
+    r = int(cfg["r"])
+    if rank < r:
+        raise ProtectionError(f"Cannot pad {adapter} (rank {r}) down to rank {rank}.")
+    if cfg.get("rank_pattern") or cfg.get("alpha_pattern"):
+        raise ProtectionError(f"{adapter} has a rank_pattern / alpha_pattern; padding it is not supported.")
+    tensors = load_file(str(adapter / "adapter_model.safetensors"))
+    for key, t in list(tensors.items()):
+        if ".lora_A." in key:
+            tensors[key] = torch.cat([t, t.new_zeros(rank - r, t.shape[1])]).contiguous()
+        elif ".lora_B." in key:
+            tensors[key] = torch.cat([t, t.new_zeros(t.shape[0], rank - r)], 1).contiguous()
+    alpha = float(cfg.get("lora_alpha", r))
+    cfg.update(r=rank, lora_alpha=alpha * (rank / r) ** (0.5 if cfg.get("use_rslora") else 1.0))
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(out / "adapter_model.safetensors"), metadata={"format": "pt"})
+    (out / "adapter_config.json").write_text(json.dumps(cfg, indent=2), encoding="utf-8")
+    return out
+
+
 def peft_weighted_merge(
     *, base_model: torch.nn.Module, adapters: Sequence[str | Path], weights: Sequence[float], combination_type: str,
     density: float = 0.5, seed: int = 0,
@@ -200,9 +228,18 @@ def peft_weighted_merge(
         if update_kind(a) != "adapter":
             raise ProtectionError(f"{a} is not a PEFT adapter; add_weighted_adapter combines LoRA adapters only.")
     names = [f"u{i}" for i in range(len(adapters))]
-    model = load_adapter(base_model, adapters[0], adapter_name=names[0])
-    for name, path in zip(names[1:], adapters[1:], strict=True):
-        model.load_adapter(str(path), adapter_name=name)
+    ranks = [int(json.loads((Path(a) / "adapter_config.json").read_text(encoding="utf-8"))["r"]) for a in adapters]
+    padded = None
+    if combination_type in SAME_RANK_METHODS and len(set(ranks)) > 1:  # what an attacker does: exact zero padding
+        padded = Path(tempfile.mkdtemp(prefix="hubguard-pad-"))
+        adapters = [pad_adapter_rank(a, out=padded / f"a{i}", rank=max(ranks)) for i, a in enumerate(adapters)]
+    try:
+        model = load_adapter(base_model, adapters[0], adapter_name=names[0])
+        for name, path in zip(names[1:], adapters[1:], strict=True):
+            model.load_adapter(str(path), adapter_name=name)
+    finally:
+        if padded is not None:
+            shutil.rmtree(padded, ignore_errors=True)
     kwargs: dict[str, Any] = {}
     if combination_type in ("ties", "dare_linear"):
         kwargs["density"] = density

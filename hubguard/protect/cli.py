@@ -2,6 +2,7 @@
 
     hubguard protect --base BASE --data DATA --out OUT [--mode lora|full] [--task causal-lm|classification]
     hubguard audit UPDATE --base BASE --eval DATA [--others A --others B] [--json] [--out report.json]
+    hubguard lock UPDATE --base BASE --out OUT [--data DATA] [--gain 30]
 
 Mount in the main CLI with `app.command(name="protect")(protect_command)` and
 `app.command(name="audit")(audit_command)`; `protect_app` / `audit_app` are the same commands as standalone
@@ -20,6 +21,7 @@ from hubguard.errors import HubguardError, ProtectionError
 from hubguard.protect.data import TASKS, make_batches, read_text_data, split
 
 protect_app = typer.Typer(help="Fine-tune with Trap² merge protection.", add_completion=False)
+lock_app = typer.Typer(help="Scale-lock a released update (no training).", add_completion=False)
 audit_app = typer.Typer(help="Attack an update with real merges and a scale sweep.", add_completion=False)
 
 
@@ -50,7 +52,7 @@ def protect_main(
     batch_size: int = 8, max_length: int = 128, val_fraction: float = 0.1, seed: int = 0, overwrite: bool = False,
     init: str | Path | None = None, selection: str = "standalone", tolerance: float | None = None,
     project_conflicts: bool = False, loss_cap: float | None = None, cap_per_example: bool = False,
-    stop_at_loss: float | None = None,
+    stop_at_loss: float | None = None, lock: bool = False, lock_gain: float = 30.0,
 ) -> dict[str, Any]:
     """Train a protected update of `base` on `data` and save it to `out` (adapter or full model + card).
 
@@ -59,6 +61,8 @@ def protect_main(
     `selection="trap"` to keep the most protected checkpoint that stays within `tolerance` of it at s = 1.
     `stop_at_loss` (trap selection): stop at the first such checkpoint whose validation loss is at least this
     many nats at every probe scale (e.g. the base model's loss, or log(classes) for a classifier).
+    `lock`: scale-lock the trained update before writing it (`hubguard.protect.lock`, gain `lock_gain`,
+    directions chosen on the first training batches); it changes nothing at s = 1.
     """
     import torch
 
@@ -111,14 +115,55 @@ def protect_main(
                                           num_labels=len(names) if names else None)
     elif mode == "lora":
         model = attach_lora(model, config=config, task_type="CAUSAL_LM" if task == "causal-lm" else "SEQ_CLS")
+    lock_config = _lock_config(gain=lock_gain) if lock else None  # checked before training
     result = train_protected(model, train_batches=train_b, val_batches=val_b, config=config, reference=reference)
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(out))
-    tok.save_pretrained(str(out))
     training = {**result.to_dict(), "task": task, "data": str(data), "examples": len(text.texts),
                 "init": str(init) if init is not None else None}
-    write_protection_card(out, config=config, base_model=str(base), training=training)
-    return {"out": str(out), "mode": mode, "settings": config.to_dict(), "training": training}
+    lock_record = None
+    if lock_config is None:
+        out.mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(str(out))
+    else:
+        import tempfile
+
+        from hubguard.protect.lock_adapter import lock_update
+
+        with tempfile.TemporaryDirectory(prefix="hubguard-unlocked-") as tmp:
+            model.save_pretrained(tmp)
+            lock_record = lock_update(update=tmp, base=base, out=out, config=lock_config, calibration=train_b[:8],
+                                      overwrite=True)
+    tok.save_pretrained(str(out))
+    write_protection_card(out, config=config, base_model=str(base), training=training, lock=lock_record)
+    return {"out": str(out), "mode": mode, "settings": config.to_dict(), "training": training, "lock": lock_record}
+
+
+def _lock_config(**kwargs: Any) -> Any:
+    from hubguard.protect.lock import LockConfig
+
+    return LockConfig(**kwargs)
+
+
+def lock_main(
+    *, update: str | Path, base: str | Path, out: str | Path, data: str | Path | None = None,
+    task: str = "causal-lm", gain: float = 30.0, directions: int = 1, pairs: tuple[str, ...] = ("qk", "vo"),
+    batches: int = 8, batch_size: int = 8, max_length: int = 128, overwrite: bool = False,
+) -> dict[str, Any]:
+    """Scale-lock `update` (adapter or full model of `base`) into `out`; `data` chooses the lock directions
+    (its first `batches` batches), without it they come from the weights. Returns the lock record."""
+    from hubguard.protect.audit import check_base
+    from hubguard.protect.lock_adapter import lock_update
+
+    config = _lock_config(gain=gain, directions=directions, pairs=tuple(pairs))
+    calibration = None
+    if data is not None:
+        if batches < 1:
+            raise ProtectionError(f"--batches must be at least 1 with --data (got {batches}).")
+        text = read_text_data(data, task=task)
+        tok = _tokenizer(check_base(base))
+        calibration = make_batches(text, tokenizer=tok, task=task, batch_size=batch_size, max_length=max_length,
+                                   label_names=text.label_names)[:batches]
+    return lock_update(update=update, base=base, out=out, config=config, calibration=calibration,
+                       overwrite=overwrite)
 
 
 def _check_init(init: str | Path, *, mode: str) -> None:
@@ -250,6 +295,8 @@ def protect_command(
     stop_at_loss: Annotated[float | None, typer.Option(help="trap selection: stop at the first checkpoint within "
                                                            "--tolerance whose validation loss is at least this "
                                                            "(nats) at every probe scale")] = None,
+    lock: Annotated[bool, typer.Option(help="also scale-lock the trained update (see `hubguard lock`)")] = False,
+    lock_gain: Annotated[float, typer.Option(help="--lock: gain g of the lock")] = 30.0,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Fine-tune BASE on DATA with Trap² protection and write a standard adapter / model to OUT.
@@ -267,7 +314,7 @@ def protect_command(
                            batch_size=batch_size, max_length=max_length, seed=seed, overwrite=overwrite,
                            init=init, selection=selection, tolerance=tolerance,
                            project_conflicts=project_conflicts, loss_cap=loss_cap, cap_per_example=cap_per_example,
-                           stop_at_loss=stop_at_loss)
+                           stop_at_loss=stop_at_loss, lock=lock, lock_gain=lock_gain)
     except HubguardError as exc:
         _fail(exc)
         return
@@ -276,6 +323,45 @@ def protect_command(
         typer.echo("warning: no Trap² checkpoint stayed within --tolerance of --init at s = 1; the update written is "
                    "the one you gave, NOT protected. Raise --tolerance, lower --lambda or --lr.", err=True)
     typer.echo(json.dumps(res, indent=2) if as_json else f"protected update written to {res['out']}")
+
+
+@lock_app.command()
+def lock_command(
+    update: Annotated[str, typer.Argument(help="PEFT LoRA adapter folder or full fine-tuned model folder.")],
+    base: Annotated[str, typer.Option(help="Local folder of the base model the update was trained from.")],
+    out: Annotated[str, typer.Option(help="Output folder for the locked update (same format as UPDATE).")],
+    data: Annotated[str | None, typer.Option(help="Text (.txt / .jsonl) whose activations choose the lock "
+                                                  "directions; without it they come from the weights.")] = None,
+    task: Annotated[str, typer.Option(help=f"how to read --data: one of {TASKS}")] = "causal-lm",
+    gain: Annotated[float, typer.Option(help="g: lock directions are scaled by g on one side and 1/g on the "
+                                             "other; |g| >= 2")] = 30.0,
+    directions: Annotated[int, typer.Option(help="lock directions per key/value head")] = 1,
+    pairs: Annotated[str, typer.Option(help="comma-separated: qk (attention logits), vo (head outputs)")] = "qk,vo",
+    batches: Annotated[int, typer.Option(help="--data batches used")] = 8,
+    max_length: int = 128,
+    overwrite: bool = False,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Scale-lock UPDATE: the same outputs as released, broken when a merge re-scales it.
+
+    A function-preserving re-parametrisation of the attention weights (hubguard's, not Trap²; no training,
+    seconds). An attacker who knows it can undo it (see `hubguard.protect.lock.realign_state_dict`).
+
+    Examples:
+
+        hubguard lock ./my-lora --base ./base-model --out ./my-lora-locked --data train.jsonl --task classification
+
+        hubguard lock ./my-finetune --base ./base-model --out ./locked --gain 50
+    """
+    try:
+        res = lock_main(update=update, base=base, out=out, data=data, task=task, gain=gain, directions=directions,
+                        pairs=tuple(p.strip() for p in pairs.split(",") if p.strip()), batches=batches,
+                        max_length=max_length, overwrite=overwrite)
+    except HubguardError as exc:
+        _fail(exc)
+        return
+    typer.echo(json.dumps(res, indent=2) if as_json else
+               f"locked update written to {out} ({res['locked_weights']} weights, rank +{res['rank_added']})")
 
 
 @audit_app.command()
@@ -311,4 +397,5 @@ def audit_command(
             typer.echo(f"{name}: best coefficient {m['coefficient']:g} -> {m['test']}")
 
 
-__all__ = ["audit_app", "audit_command", "audit_main", "protect_app", "protect_command", "protect_main"]
+__all__ = ["audit_app", "audit_command", "audit_main", "lock_app", "lock_command", "lock_main", "protect_app",
+           "protect_command", "protect_main"]
