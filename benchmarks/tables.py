@@ -154,7 +154,8 @@ def protect(d: dict[str, Any]) -> str:
     attacks = d.get("open_attacks", {})
     labels = {"protected_fixed_at_1": "protected kept at 1, others tuned",
               "two_protected": "two protected updates (task arithmetic)",
-              "refinetune_then_merge": "short re-fine-tune, then task arithmetic"}
+              "refinetune_then_merge": "short re-fine-tune, then task arithmetic",
+              "realign_then_merge": "realign to the base (undoes a lock), then task arithmetic"}
     for key, label in labels.items():
         a = attacks.get(key)
         if not a:
@@ -164,9 +165,18 @@ def protect(d: dict[str, Any]) -> str:
         rows.append(f"| attack: {label} | {_fmt(unp.get(task))} | {_fmt(prot.get(task))} | {_fmt(mean(unp))} | "
                     f"{_fmt(mean(prot))} | {_fmt(a['unprotected'].get('coefficient', '–'))} / "
                     f"{_fmt(a['protected'].get('coefficient'))} |")
-    if "time_ratio" in d:
+    lock = d.get("lock")
+    if "time_ratio" in d and d.get("time_ratio_per_step") is not None:
         rows += ["", f"Training time, protected / plain: {_fmt(d['time_ratio'], 2)}× wall clock for the whole protected "
                      f"update; {_fmt(d.get('time_ratio_per_step'), 2)}× CPU per optimiser step."]
+    elif "time_ratio" in d:
+        rows += ["", f"Time, protected / plain: {_fmt(d['time_ratio'], 2)}× wall clock (the plain update's training, "
+                     "then the lock)."]
+    if lock:
+        rows += ["", f"Scale lock: gain {_fmt(lock['gain'])}, {lock['directions']} direction(s) per head on "
+                     f"{'/'.join(lock['pairs'])}, {lock['locked_weights']} weights, LoRA rank +{lock['rank_added']}, "
+                     f"{'calibrated on training batches' if lock.get('calibrated') else 'data-free'}, "
+                     f"{_fmt(lock['seconds'])} s."]
     targets = d.get("summary", {}).get("targets")
     if targets:
         rows += ["", "Targets: " + ", ".join(f"{k.replace('_', ' ')}: {'met' if v else '**not met**'}"
@@ -188,9 +198,11 @@ def _kept_unprotected(sel: dict[str, Any]) -> bool:
 
 def protect_runs(runs: dict[str, dict[str, Any]]) -> str:
     """One line per committed protect*.json run: the seed / setting spread of the headline numbers."""
-    rows = ["| run | seed | Trap² steps (budget, lr, w(s)) | kept step | standalone Δ test / val | TA | TIES | DARE-TIES | "
-            "SLERP | time ratio (whole / per step) |", "|---|---|---|---|---|---|---|---|---|---|"]
+    rows = ["| run | seed | method | Trap² steps (budget, lr, w(s)) | kept step | standalone Δ test / val | TA | TIES | "
+            "DARE-TIES | SLERP | time ratio (whole / per step) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, d in runs.items():
+        if "protected_task" not in d:  # another protect_* benchmark (e.g. the lock probe)
+            continue
         task, st, sel = d["protected_task"], d.get("settings", {}), d.get("protected_training", {}).get("selected") or {}
         merged = d.get("merged", {})
 
@@ -202,11 +214,27 @@ def protect_runs(runs: dict[str, dict[str, Any]]) -> str:
         steps = st.get("steps", {}).get("protected")
         kept = sel.get("step")
         kept_txt = f"{_fmt(kept)} (the start: **not protected**)" if sel and _kept_unprotected(sel) else _fmt(kept)
-        rows.append(f"| {name} | {st.get('seed', '–')} | {steps} ({_fmt(st.get('trap_budget'), 2)}, {st.get('trap_lr')}, {st.get('weight', '–')}) | "
+        method = st.get("method", "trap2")
+        if "lock" in method:
+            method += f" (g={_fmt(st.get('lock_gain'))})"
+        trap = (f"{steps} ({_fmt(st.get('trap_budget'), 2)}, {st.get('trap_lr')}, {st.get('weight', '–')})"
+                if "trap2" in method else "–")
+        rows.append(f"| {name} | {st.get('seed', '–')} | {method} | {trap} | "
                     f"{kept_txt} | "
                     f"{_fmt(d['summary']['standalone_change'])} / {val} | {cell('task_arithmetic')} | {cell('ties')} | "
                     f"{cell('dare_ties')} | {cell('slerp')} | {_fmt(d.get('time_ratio'), 2)} / "
                     f"{_fmt(d.get('time_ratio_per_step'), 2)} |")
+    return "\n".join(rows)
+
+
+def protect_lock_probe(d: dict[str, Any]) -> str:
+    scales = [str(x) for x in d["scales"]]
+    rows = [f"| setting | {' | '.join(f's={x}' for x in scales)} | bf16 model at 1 | bf16-merged at 1 |",
+            "|---|" + "---|" * (len(scales) + 2)]
+    for name, r in d["runs"].items():
+        rows.append(f"| {name} | {' | '.join(_fmt(r['test_by_scale'][x]) for x in scales)} | "
+                    f"{_fmt(r['bf16_model_at_1'])} | {_fmt(r['bf16_merged_weights_at_1'])} |")
+    rows += ["", f"Task {d['task']}, seed {d['seed']}; zero-shot base {_fmt(d['base_test'])}."]
     return "\n".join(rows)
 
 
@@ -226,6 +254,8 @@ TABLES: dict[str, tuple[str, Callable[[Any], str]]] = {
     "registry": ("registry", registry),
     "dogs": ("dogs", dogs),
     "protect": ("protect", protect),
+    "protect-lock": ("protect_lock", protect),
+    "protect-lock-probe": ("protect_lock_probe", protect_lock_probe),
     "protect-runs": ("protect*", protect_runs),  # every benchmarks/results/protect*.json, by file name
 }
 

@@ -702,6 +702,32 @@ def test_cli_protect_then_audit(tiny, tmp_path):
     assert res.exit_code == 2
 
 
+def test_cli_protect_with_lock_writes_a_locked_standard_adapter(tiny, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+    from typer.testing import CliRunner
+
+    from hubguard.protect.card import read_protection
+    from hubguard.protect.cli import protect_app
+
+    data = tmp_path / "apache.txt"
+    data.write_text((LICENSES / "Apache-2.0").read_text()[:4000])
+    res = CliRunner().invoke(protect_app, ["--base", str(tiny["folder"]), "--data", str(data), "--out",
+                                           str(tmp_path / "out"), "--epochs", "1", "--max-length", "32", "--lock",
+                                           "--lock-gain", "20", "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output[res.output.index("{"):])
+    # Rotary planes (2 columns each) on 4 query heads is the largest lock factor: r = r (preset llm: 32) + 8.
+    assert out["lock"]["gain"] == 20.0 and out["lock"]["rank_added"][-1] == 8 and out["lock"]["calibrated"]
+    assert json.loads((tmp_path / "out" / "adapter_config.json").read_text())["r"] == out["settings"]["lora_r"] + 8
+    record = read_protection(tmp_path / "out")
+    assert record["method"] == "trap2+scale-lock" and record["settings"]["lam"] == 0.01
+    PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(tiny["folder"])), str(tmp_path / "out"))
+    res = CliRunner().invoke(protect_app, ["--base", str(tiny["folder"]), "--data", str(data), "--out",
+                                           str(tmp_path / "bad"), "--lock", "--lock-gain", "0.5"])
+    assert res.exit_code == 2 and "gain" in res.output and not (tmp_path / "bad").exists()
+
+
 # --- lineage survives protection ---------------------------------------------------------------------
 
 
