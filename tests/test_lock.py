@@ -193,7 +193,7 @@ def test_locked_adapter_loads_in_plain_peft_with_the_same_outputs(bert_adapter, 
         ref = _out(plain, x)
         assert float((_out(locked, x) - ref).abs().mean()) > 0.05 * float(ref.abs().mean())
     prot = read_protection(tmp_path / "locked")
-    assert prot["method"] == "scale-lock" and prot["lock"]["gain"] == 30.0
+    assert prot["method"] == "scale-lock" and prot["lock"]["gain"] == 100.0
     readme = (tmp_path / "locked" / "README.md").read_text()
     assert "scale-lock" in readme and "lock gain" in readme
     # PEFT's same-rank combinations refuse mixed ranks; the audit zero-pads, exactly, as an attacker would.
@@ -290,3 +290,29 @@ def test_locked_fine_tune_still_fingerprints_as_derivative(minilm, tmp_path):
             (tmp_path / "locked" / name).write_bytes((minilm / name).read_bytes())
     result = compare(str(minilm), str(tmp_path / "locked"))
     assert result.verdict == "derivative", result.to_dict()
+
+
+def test_audit_realign_attack_recovers_a_mergeable_update(bert_adapter, tmp_path):
+    from peft import PeftModel
+
+    from hubguard.protect.audit import run_audit
+    from hubguard.protect.lock_adapter import lock_update
+
+    folder, adapter = bert_adapter
+    base = _load(folder)
+    x = _inputs(base)
+    lock_update(update=adapter, base=folder, out=tmp_path / "locked", calibration=[x])
+    # Reference: task arithmetic at c = 1 of the unlocked update with itself (W0 + 2·ΔW).
+    w1 = PeftModel.from_pretrained(_load(folder), str(adapter)).merge_and_unload().state_dict()
+    ref = _out(_scaled(base, w1, 2.0), x)
+
+    def metrics(m):
+        return {"err": float((_out(m, x) - ref).abs().mean())}
+
+    report = run_audit(update=tmp_path / "locked", base=folder, others=[adapter], load_model=_load,
+                       val_score=lambda m: -metrics(m)["err"], test_metrics=metrics,
+                       mergekit_methods=("task_arithmetic",), peft_methods=(), coefficients=(1.0,), scales=(1.0,),
+                       work_dir=tmp_path, realign=True)
+    locked_err = report.merges["mergekit_task_arithmetic"]["test"]["err"]
+    realigned_err = report.merges["realign_task_arithmetic"]["test"]["err"]
+    assert realigned_err < 0.3 * locked_err, (realigned_err, locked_err)

@@ -1,4 +1,5 @@
-"""Trap² merge protection: train updates that work alone and break when merged, and audit them.
+"""Merge protection: Trap² training and hubguard's scale lock make updates that work alone and break when
+merged; the audit attacks them with real merge tools.
 
 Imports are lazy so `import hubguard` stays fast; the names below load their module on first use.
 """
@@ -20,6 +21,11 @@ _EXPORTS = {
     "scale_sweep": "hubguard.protect.audit",
     "write_protection_card": "hubguard.protect.card",
     "read_protection": "hubguard.protect.card",
+    "LockConfig": "hubguard.protect.lock",
+    "plan_lock": "hubguard.protect.lock",
+    "apply_lock": "hubguard.protect.lock",
+    "realign_state_dict": "hubguard.protect.lock",
+    "lock_update": "hubguard.protect.lock_adapter",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -363,10 +363,13 @@ def run_audit(
     work_dir: str | Path | None = None,
     seed: int = 0,
     keep_best: bool = False,
+    realign: bool = False,
 ) -> AuditReport:
     """Scale sweep of `update`, then every merge method against `others`, attacker-tuned on validation.
 
-    `keep_best`: see `best_coefficient` (faster, two models in memory at once).
+    `keep_best`: see `best_coefficient` (faster, two models in memory at once). `realign`: also the adaptive
+    attack on a scale lock (`hubguard.protect.lock.realign_state_dict`: undo per-head maps against the base),
+    then task arithmetic, reported as merges["realign_task_arithmetic"].
 
     `load_model(folder)` loads a full model folder (the base or a merge) as the module `val_score` and
     `test_metrics` expect. Adapters and full models may be mixed for mergekit; PEFT methods need adapters.
@@ -416,6 +419,10 @@ def run_audit(
                                        val_score=val_score, test_metrics=test_metrics, keep_best=keep_best,
                                        cleanup=remove_merge)
                 merges[res.method] = asdict(res)
+            if realign:
+                merges["realign_task_arithmetic"] = _realign_attack(
+                    fulls, base=base, tmp=tmp, load_model=load_model, coefficients=coefficients, val_score=val_score,
+                    test_metrics=test_metrics, keep_best=keep_best, seed=seed)
             if kind == "adapter" and all(k == "adapter" for k in kinds):
                 for ctype in progress(list(peft_methods), desc="PEFT merges"):
                     def build_peft(c: float, ctype: str = ctype) -> torch.nn.Module:
@@ -429,6 +436,32 @@ def run_audit(
                            merges=merges)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _realign_attack(
+    fulls: list[Path], *, base: Path, tmp: Path, load_model: ModelLoader, coefficients: Sequence[float],
+    val_score: Scorer, test_metrics: Reporter, keep_best: bool, seed: int,
+) -> dict[str, Any]:
+    """Realign the update (fulls[0]) to the base, then task arithmetic with the others, attacker-tuned."""
+    from hubguard.protect.lock import realign_state_dict
+
+    released = load_model(str(fulls[0]))
+    sd = realign_state_dict(released.state_dict(), base=load_model(str(base)).state_dict(),
+                            model_config=released.config.to_dict())
+    released.load_state_dict(sd)
+    released.save_pretrained(str(tmp / "realigned"))
+    del released
+    models = [tmp / "realigned", *fulls[1:]]
+
+    def build(c: float) -> torch.nn.Module:
+        out = tmp / f"realign-merge-{c:g}"
+        shutil.rmtree(out, ignore_errors=True)
+        cfg = mergekit_config(method="task_arithmetic", base=base, models=models, weights=[c] * len(models))
+        return load_model(str(mergekit_merge(cfg, out_dir=out, seed=seed)))
+
+    res = best_coefficient(method="realign_task_arithmetic", build=build, coefficients=coefficients,
+                           val_score=val_score, test_metrics=test_metrics, keep_best=keep_best)
+    return asdict(res)
 
 
 # --- plot --------------------------------------------------------------------------------------------

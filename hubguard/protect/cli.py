@@ -2,7 +2,7 @@
 
     hubguard protect --base BASE --data DATA --out OUT [--mode lora|full] [--task causal-lm|classification]
     hubguard audit UPDATE --base BASE --eval DATA [--others A --others B] [--json] [--out report.json]
-    hubguard lock UPDATE --base BASE --out OUT [--data DATA] [--gain 30]
+    hubguard lock UPDATE --base BASE --out OUT [--data DATA] [--gain 100]
 
 Mount in the main CLI with `app.command(name="protect")(protect_command)` and
 `app.command(name="audit")(audit_command)`; `protect_app` / `audit_app` are the same commands as standalone
@@ -52,7 +52,7 @@ def protect_main(
     batch_size: int = 8, max_length: int = 128, val_fraction: float = 0.1, seed: int = 0, overwrite: bool = False,
     init: str | Path | None = None, selection: str = "standalone", tolerance: float | None = None,
     project_conflicts: bool = False, loss_cap: float | None = None, cap_per_example: bool = False,
-    stop_at_loss: float | None = None, lock: bool = False, lock_gain: float = 30.0,
+    stop_at_loss: float | None = None, lock: bool = False, lock_gain: float = 100.0,
 ) -> dict[str, Any]:
     """Train a protected update of `base` on `data` and save it to `out` (adapter or full model + card).
 
@@ -145,7 +145,7 @@ def _lock_config(**kwargs: Any) -> Any:
 
 def lock_main(
     *, update: str | Path, base: str | Path, out: str | Path, data: str | Path | None = None,
-    task: str = "causal-lm", gain: float = 30.0, directions: int = 1, pairs: tuple[str, ...] = ("qk", "vo"),
+    task: str = "causal-lm", gain: float = 100.0, directions: int = 1, pairs: tuple[str, ...] = ("qk", "vo"),
     batches: int = 8, batch_size: int = 8, max_length: int = 128, overwrite: bool = False,
 ) -> dict[str, Any]:
     """Scale-lock `update` (adapter or full model of `base`) into `out`; `data` chooses the lock directions
@@ -226,10 +226,11 @@ def audit_main(
     task: str = "causal-lm", coefficients: tuple[float, ...] = (0.3, 0.6, 1.0, 1.5),
     mergekit_methods: tuple[str, ...] | None = None, peft_methods: tuple[str, ...] | None = None,
     max_length: int = 128, batch_size: int = 8, out: str | Path | None = None, plot: str | Path | None = None,
-    seed: int = 0,
+    seed: int = 0, realign: bool = False,
 ) -> dict[str, Any]:
     """Scale sweep + real merges of `update` with `others`; the attacker tunes on half of `eval_data` and is
-    scored on the other half. Returns the report dict (and writes JSON / PNG when asked)."""
+    scored on the other half. `realign`: also undo a scale lock first (the adaptive attack). Returns the report
+    dict (and writes JSON / PNG when asked)."""
     from hubguard.protect.audit import MERGEKIT_METHODS, PEFT_METHODS, check_base, plot_sweep, run_audit, update_kind
 
     base = check_base(base)
@@ -249,7 +250,7 @@ def audit_main(
         load_model=lambda f: _load_model(f, task=task, num_labels=len(names) if names else None),
         val_score=score, test_metrics=metrics, coefficients=coefficients,
         mergekit_methods=mergekit_methods if mergekit_methods is not None else MERGEKIT_METHODS,
-        peft_methods=peft_methods if peft_methods is not None else PEFT_METHODS, seed=seed,
+        peft_methods=peft_methods if peft_methods is not None else PEFT_METHODS, seed=seed, realign=realign,
     )
     result = report.to_dict()
     result["metric"] = "accuracy" if task == "classification" else "loss"
@@ -296,7 +297,7 @@ def protect_command(
                                                            "--tolerance whose validation loss is at least this "
                                                            "(nats) at every probe scale")] = None,
     lock: Annotated[bool, typer.Option(help="also scale-lock the trained update (see `hubguard lock`)")] = False,
-    lock_gain: Annotated[float, typer.Option(help="--lock: gain g of the lock")] = 30.0,
+    lock_gain: Annotated[float, typer.Option(help="--lock: gain g of the lock")] = 100.0,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Fine-tune BASE on DATA with Trap² protection and write a standard adapter / model to OUT.
@@ -334,7 +335,7 @@ def lock_command(
                                                   "directions; without it they come from the weights.")] = None,
     task: Annotated[str, typer.Option(help=f"how to read --data: one of {TASKS}")] = "causal-lm",
     gain: Annotated[float, typer.Option(help="g: lock directions are scaled by g on one side and 1/g on the "
-                                             "other; |g| >= 2")] = 30.0,
+                                             "other; |g| >= 2")] = 100.0,
     directions: Annotated[int, typer.Option(help="lock directions per key/value head")] = 1,
     pairs: Annotated[str, typer.Option(help="comma-separated: qk (attention logits), vo (head outputs)")] = "qk,vo",
     batches: Annotated[int, typer.Option(help="--data batches used")] = 8,
@@ -351,7 +352,7 @@ def lock_command(
 
         hubguard lock ./my-lora --base ./base-model --out ./my-lora-locked --data train.jsonl --task classification
 
-        hubguard lock ./my-finetune --base ./base-model --out ./locked --gain 50
+        hubguard lock ./my-finetune --base ./base-model --out ./locked --gain 30
     """
     try:
         res = lock_main(update=update, base=base, out=out, data=data, task=task, gain=gain, directions=directions,
@@ -375,6 +376,8 @@ def audit_command(
     out: Annotated[str | None, typer.Option(help="write the JSON report here")] = None,
     plot: Annotated[str | None, typer.Option(help="write the scale-sweep PNG here")] = None,
     max_length: int = 128,
+    realign: Annotated[bool, typer.Option(help="also the adaptive attack on a scale lock: realign the update to "
+                                               "the base, then task arithmetic")] = False,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     try:
@@ -384,7 +387,7 @@ def audit_command(
         return
     try:
         res = audit_main(update=update, base=base, eval_data=eval_data, others=others, task=task,
-                         coefficients=coefs, out=out, plot=plot, max_length=max_length)
+                         coefficients=coefs, out=out, plot=plot, max_length=max_length, realign=realign)
     except HubguardError as exc:
         _fail(exc)
         return

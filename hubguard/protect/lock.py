@@ -10,8 +10,8 @@ direction u by g; G⁻¹ scales it by 1/g) the released weights W₀ + ΔW becom
 
 so the update shipped is ΔW' = W' - W₀: identical outputs at s = 1 (the standalone model is unchanged), but a
 merge applies W₀ + s·ΔW' and the two sides no longer cancel: along u the attention logits / head outputs are
-multiplied by f(s) = (1 + s(g - 1))·(1 + s(1/g - 1)) = 1 + ((g - 1)²/g)·s·(1 - s)  (g = 30: f(0.5) ≈ 8,
-f(1.5) ≈ -20). Other updates merged at s = 1 are also amplified g times along u. It costs one calibration pass.
+multiplied by f(s) = (1 + s(g - 1))·(1 + s(1/g - 1)) = 1 + ((g - 1)²/g)·s·(1 - s)  (g = 100: f(0.5) ≈ 25,
+f(0.9) ≈ 9.8, f(1.5) ≈ -73). Other updates merged at s = 1 are also amplified g times along u. It costs one calibration pass.
 
 - u, per key/value head: the top eigenvector(s) of the second moment of the head's outputs on calibration inputs
   (data-free: of W·Wᵀ), projected off the projection's bias so that G·b = b (LoRA cannot change biases).
@@ -49,7 +49,7 @@ PAIRS = ("qk", "vo")
 class LockConfig:
     """How strongly and where to lock. `gain` g: lock directions are scaled by g on one side, 1/g on the other."""
 
-    gain: float = 30.0
+    gain: float = 100.0
     directions: int = 1  # per key/value head (rotary: planes per head)
     pairs: tuple[str, ...] = PAIRS
     max_tokens: int = 4096  # calibration tokens used per module
@@ -57,7 +57,7 @@ class LockConfig:
     def __post_init__(self) -> None:
         if not math.isfinite(self.gain) or abs(self.gain) < 2.0:
             raise ProtectionError(f"LockConfig.gain must be a finite number with |gain| >= 2 (got {self.gain}); "
-                                  "30 is the default, larger locks harder but loses more precision.")
+                                  "100 is the default, larger locks harder but loses more precision.")
         if self.directions < 1:
             raise ProtectionError(f"LockConfig.directions must be >= 1 (got {self.directions}).")
         if not self.pairs or set(self.pairs) - set(PAIRS):
