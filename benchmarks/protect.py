@@ -15,7 +15,7 @@ re-fine-tune before merging, and PEFT's separate A/B combination (the peft_* row
 adaptive attack on it (realign the released weights to the base, hubguard.protect.lock.realign_state_dict).
 
 --method lock protects with hubguard's scale lock instead of Trap² (hubguard/protect/lock.py): the plain update
-re-parametrised per attention head so that it is exact at s = 1 and broken elsewhere, no training (--lock-gain 30,
+re-parametrised per attention head so that it is exact at s = 1 and broken elsewhere, no training (--lock-gain 100,
 one direction per head chosen on 8 training batches); --method trap2+lock locks the Trap² update.
 
     .venv/bin/python benchmarks/protect.py --quick [--method lock] [--out result.json] [--plot sweep.png]
@@ -84,13 +84,18 @@ TUNING (why the defaults differ from the paper; numbers are test accuracy of W0 
   48.8/55.0/81.7/26.2 (85.5). Within ~90 steps every setting trades the depth of the trap below s = 1 against
   accuracy at s = 1, and the same setting lands on different sides of the targets with another seed.
 - Results (README "Merge protection" tables; every run's JSON in benchmarks/results/protect*.json):
-  - protect_lock.json (--method lock, seed 0): standalone 82.5 = 82.5 (the lock is exact at s = 1); merged
-    protected task: task arithmetic 24.6 (c = 1.0), TIES 30.0, DARE-TIES 29.2, every PEFT combination 19-24, the
-    merged mean over all four tasks 21-23 (zero-shot 58.8 / 57.3): a locked update also poisons the other tasks,
-    even at coefficient 1, because the other updates are amplified g times along the lock directions. Kept at 1
-    with the others tuned: 46.2; two locked updates: 26.7; the one-epoch re-fine-tune breaks the locked update
-    itself (25.0). The realign attack undoes the lock completely (82.5 standalone, 82.5 merged at c = 0.6).
-    Time 1.09x (the lock took 5 s on two cores next to a test run).
+  - protect_lock.json (--method lock, gain 100, seed 0): standalone 82.5 = 82.5 (the lock is exact at s = 1);
+    merged protected task: task arithmetic 25.8, TIES 22.1, DARE-TIES 27.1, every PEFT combination 25-33, the
+    merged mean over all four tasks 17-22 (zero-shot 58.8 / 57.3): a locked update also poisons the other tasks,
+    even at coefficient 1, because the other updates are amplified g times along the lock directions. SLERP's
+    attacker drops the locked update (c = 1.0 is the other model alone: 61.7). Kept at 1 with the others tuned:
+    25.4; two locked updates: 21.2; the one-epoch re-fine-tune breaks the locked update itself (25.0). The realign
+    attack undoes the lock completely (82.5 standalone and merged at c = 0.6). Time 1.02x (the lock: 1.1 s).
+    protect_lock_seed1/2.json: the same picture (numbers in the README runs table).
+  - protect_lock_g30*.json (--lock-gain 30, seeds 0-2): the targets are met too, but kept-at-1 reaches 40-46 and
+    the probe (benchmarks/protect_lock_probe.py, protect_lock_probe.json) leaves 74-76 at s = 0.95 / 1.05, where
+    g = 100 gives 29-31; in bfloat16 the locked update stays within 0.8 points (two test examples) of float32 at
+    s = 1 for every gain. Hence g = 100.
   - protect.json (defaults, seed 0): test accuracy of W0 + s·ΔW 33.3/30.8/62.9/79.2/56.7/36.2 at
     s = 0.3/0.5/0.8/1/1.2/1.5 (zero-shot 58.8). At the attacker's best coefficient (0.6) task arithmetic, TIES and
     DARE-TIES fall from ~78-79 to 50.8/56.2/54.2 on the protected task: at or below zero-shot. SLERP (61.7) and
@@ -217,7 +222,7 @@ def main() -> None:
     ap.add_argument("--method", default="trap2", choices=["trap2", "lock", "trap2+lock"],
                     help="trap2: Trap² training (--regime); lock: hubguard's scale lock on the plain update (no "
                          "training, hubguard.protect.lock); trap2+lock: the Trap² update, then locked")
-    ap.add_argument("--lock-gain", type=float, default=30.0, help="lock: gain g (LockConfig.gain)")
+    ap.add_argument("--lock-gain", type=float, default=100.0, help="lock: gain g (LockConfig.gain)")
     ap.add_argument("--lock-directions", type=int, default=1, help="lock: directions per head (LockConfig.directions)")
     ap.add_argument("--lock-batches", type=int, default=8,
                     help="lock: training batches (of 16) whose activations choose the lock directions; 0 = data-free")

@@ -1,5 +1,5 @@
 """Scale-lock probe on one task of benchmarks/protect.py: how the gain g and the choice of lock directions shape the
-trap, and what bfloat16 does to the exactness at s = 1. Chose the defaults of hubguard.protect.lock (g = 30,
+trap, and what bfloat16 does to the exactness at s = 1. Chose the defaults of hubguard.protect.lock (g = 100,
 directions from calibration activations).
 
     .venv/bin/python benchmarks/protect_lock_probe.py [--task code_language] [--seed 0] [--out result.json]

@@ -199,7 +199,8 @@ def _kept_unprotected(sel: dict[str, Any]) -> bool:
 def protect_runs(runs: dict[str, dict[str, Any]]) -> str:
     """One line per committed protect*.json run: the seed / setting spread of the headline numbers."""
     rows = ["| run | seed | method | Trap² steps (budget, lr, w(s)) | kept step | standalone Δ test / val | TA | TIES | "
-            "DARE-TIES | SLERP | time ratio (whole / per step) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+            "DARE-TIES | SLERP | kept at 1 | realign, TA | time ratio (whole / per step) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, d in runs.items():
         if "protected_task" not in d:  # another protect_* benchmark (e.g. the lock probe)
             continue
@@ -209,6 +210,10 @@ def protect_runs(runs: dict[str, dict[str, Any]]) -> str:
         def cell(method: str, merged: dict[str, Any] = merged, task: str = task) -> str:
             r = merged.get(method)
             return f"{_fmt(r['protected'].get(task))} (c={_fmt(r.get('coefficient'))})" if r else "–"
+
+        def attack(key: str, attacks: dict[str, Any] = d.get("open_attacks", {}), task: str = task) -> str:
+            a = attacks.get(key)
+            return f"{_fmt(a['protected']['test'].get(task))} (c={_fmt(a['protected'].get('coefficient'))})" if a else "–"
 
         val = _fmt(sel["standalone"] - sel["reference"]) if "reference" in sel else "–"
         steps = st.get("steps", {}).get("protected")
@@ -222,7 +227,8 @@ def protect_runs(runs: dict[str, dict[str, Any]]) -> str:
         rows.append(f"| {name} | {st.get('seed', '–')} | {method} | {trap} | "
                     f"{kept_txt} | "
                     f"{_fmt(d['summary']['standalone_change'])} / {val} | {cell('task_arithmetic')} | {cell('ties')} | "
-                    f"{cell('dare_ties')} | {cell('slerp')} | {_fmt(d.get('time_ratio'), 2)} / "
+                    f"{cell('dare_ties')} | {cell('slerp')} | {attack('protected_fixed_at_1')} | "
+                    f"{attack('realign_then_merge')} | {_fmt(d.get('time_ratio'), 2)} / "
                     f"{_fmt(d.get('time_ratio_per_step'), 2)} |")
     return "\n".join(rows)
 
