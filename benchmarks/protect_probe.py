@@ -30,8 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-from protect import CLASS_PROMPTS, MAX_LEN, Classifier, minilm_folder  # noqa: E402
-from protect_tasks import build_tasks  # noqa: E402
+from protect import Classifier, one_task  # noqa: E402
 
 from hubguard.protect.config import ProtectConfig  # noqa: E402
 from hubguard.protect.objective import backward_projected, scaled_in_place, trap2_loss  # noqa: E402
@@ -44,28 +43,11 @@ def main() -> None:
     c = json.loads(sys.argv[1])
     torch.set_num_threads(c.get("threads", 1))
     import transformers
-    from transformers import AutoTokenizer, BertModel
 
     transformers.utils.logging.set_verbosity_error()
-    folder = minilm_folder()
-    tok = AutoTokenizer.from_pretrained(str(folder))
-    base = BertModel.from_pretrained(str(folder)).eval()
     seed = c.get("seed", 0)
-    task = build_tasks(n_train=c.get("n_train", 480), n_val=c.get("n_val", 200), n_test=240,
-                       names=[c.get("task", "code_language")])[0]
-
-    def encode(items):
-        e = tok([t for t, _ in items], padding="max_length", truncation=True, max_length=MAX_LEN, return_tensors="pt")
-        return {"input_ids": e["input_ids"], "attention_mask": e["attention_mask"],
-                "labels": torch.tensor([y for _, y in items])}
-
-    data = {k: encode(getattr(task, k)) for k in ("train", "val", "test")}
-    batches = [{k: v[i : i + 16] for k, v in data["train"].items()} for i in range(0, len(data["train"]["labels"]), 16)]
-    prompts = encode([(CLASS_PROMPTS[task.name][cls], 0) for cls in task.classes])
-    with torch.no_grad():
-        h = base(input_ids=prompts["input_ids"], attention_mask=prompts["attention_mask"]).last_hidden_state
-        m = prompts["attention_mask"].unsqueeze(-1).float()
-        head = torch.nn.functional.normalize((h * m).sum(1) / m.sum(1), dim=-1)  # (classes, 384) zero-shot head
+    setup = one_task(c.get("task", "code_language"), n_train=c.get("n_train", 480), n_val=c.get("n_val", 200))
+    base, task, data, batches, head = setup.base, setup.task, setup.data, setup.batches, setup.head
 
     def acc(clf, split):
         with torch.no_grad():

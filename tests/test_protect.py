@@ -659,9 +659,15 @@ def test_cli_protect_then_audit(tiny, tmp_path):
     PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(tiny["folder"])), str(tmp_path / "out"))
     res = runner.invoke(audit_app, [str(tmp_path / "out"), "--base", str(tiny["folder"]), "--eval", str(data),
                                     "--coefficients", "1.0", "--max-length", "32", "--out",
-                                    str(tmp_path / "r.json"), "--plot", str(tmp_path / "r.png")])
+                                    str(tmp_path / "r.json"), "--plot", str(tmp_path / "r.png"),
+                                    "--others", str(tmp_path / "out"), "--realign"])
     assert res.exit_code == 0, res.output
-    assert json.loads((tmp_path / "r.json").read_text())["schema_version"] == 1
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["schema_version"] == 1 and report["merges"]["realign_task_arithmetic"]["coefficient"] == 1.0
+    # PEFT's svd cannot keep rank 32 on this tiny model's 16-wide k_proj: reported as that method's error, the
+    # audit goes on.
+    assert "shapes" in report["merges"]["peft_svd"]["error"] and "test" in report["merges"]["peft_cat"]
+    assert "peft_svd: failed:" in res.output
     assert (tmp_path / "r.png").exists()
     # Protect the update just written (continue it, keep the most protected checkpoint within tolerance).
     res = runner.invoke(protect_app, ["--base", str(tiny["folder"]), "--data", str(data), "--out",

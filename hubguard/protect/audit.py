@@ -429,8 +429,14 @@ def run_audit(
                         return peft_weighted_merge(base_model=load_model(str(base)), adapters=[update, *others],
                                                    weights=[c] * (1 + len(others)), combination_type=ctype, seed=seed)
 
-                    res = best_coefficient(method=f"peft_{ctype}", build=build_peft, coefficients=coefficients,
-                                           val_score=val_score, test_metrics=test_metrics, keep_best=keep_best)
+                    try:
+                        res = best_coefficient(method=f"peft_{ctype}", build=build_peft, coefficients=coefficients,
+                                               val_score=val_score, test_metrics=test_metrics, keep_best=keep_best)
+                    except (RuntimeError, ProtectionError) as exc:  # e.g. svd with r above a module's rank
+                        reason = str(exc).splitlines()[0][:300]
+                        logger.warning("PEFT %s merge failed, reported as an error: %s", ctype, reason)
+                        merges[f"peft_{ctype}"] = {"method": f"peft_{ctype}", "error": reason}
+                        continue
                     merges[res.method] = asdict(res)
         return AuditReport(update=str(update), base=str(base), others=tuple(str(o) for o in others), sweep=sweep,
                            merges=merges)

@@ -397,7 +397,8 @@ def audit_command(
         for row in res["sweep"]:
             typer.echo(f"s={row['scale']:.2f}  " + "  ".join(f"{k}={v:.4f}" for k, v in row.items() if k != "scale"))
         for name, m in res["merges"].items():
-            typer.echo(f"{name}: best coefficient {m['coefficient']:g} -> {m['test']}")
+            typer.echo(f"{name}: failed: {m['error']}" if "error" in m else
+                       f"{name}: best coefficient {m['coefficient']:g} -> {m['test']}")
 
 
 __all__ = ["audit_app", "audit_command", "audit_main", "lock_app", "lock_command", "lock_main", "protect_app",
