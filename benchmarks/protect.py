@@ -92,6 +92,9 @@ TUNING (why the defaults differ from the paper; numbers are test accuracy of W0 
     25.4; two locked updates: 21.2; the one-epoch re-fine-tune breaks the locked update itself (25.0). The realign
     attack undoes the lock completely (82.5 standalone and merged at c = 0.6). Time 1.02x (the lock: 1.1 s).
     protect_lock_seed1/2.json: the same picture (numbers in the README runs table).
+  - protect_trap2_lock.json (--method trap2+lock, seed 0): the Trap² update of protect.json, locked. Merges
+    22-28, standalone -3.3 (Trap²'s), and the realign attack now leaves Trap²'s trap: 51.7 merged (zero-shot
+    58.8). Its time ratio (1.69x) is not comparable: tests shared the cores while its plain updates trained.
   - protect_lock_g30*.json (--lock-gain 30, seeds 0-2): the targets are met too, but kept-at-1 reaches 40-46 and
     the probe (benchmarks/protect_lock_probe.py, protect_lock_probe.json) leaves 74-76 at s = 0.95 / 1.05, where
     g = 100 gives 29-31; in bfloat16 the locked update stays within 0.8 points (two test examples) of float32 at
