@@ -729,6 +729,15 @@ def test_cli_protect_with_lock_writes_a_locked_standard_adapter(tiny, tmp_path):
     record = read_protection(tmp_path / "out")
     assert record["method"] == "trap2+scale-lock" and record["settings"]["lam"] == 0.01
     PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(tiny["folder"])), str(tmp_path / "out"))
+    # Full fine-tuning + lock: a standard model folder whose outputs are those of the trained model.
+    res = CliRunner().invoke(protect_app, ["--base", str(tiny["folder"]), "--data", str(data), "--out",
+                                           str(tmp_path / "full"), "--mode", "full", "--epochs", "1",
+                                           "--max-length", "32", "--lock", "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output[res.output.index("{"):])["lock"]["mode"] == "full"
+    locked = AutoModelForCausalLM.from_pretrained(str(tmp_path / "full")).eval()
+    assert read_protection(tmp_path / "full")["method"] == "trap2+scale-lock"
+    assert torch.isfinite(locked(input_ids=tiny["val"][0]["input_ids"]).logits).all()
     res = CliRunner().invoke(protect_app, ["--base", str(tiny["folder"]), "--data", str(data), "--out",
                                            str(tmp_path / "bad"), "--lock", "--lock-gain", "0.5"])
     assert res.exit_code == 2 and "gain" in res.output and not (tmp_path / "bad").exists()
