@@ -316,3 +316,29 @@ def test_audit_realign_attack_recovers_a_mergeable_update(bert_adapter, tmp_path
     locked_err = report.merges["mergekit_task_arithmetic"]["test"]["err"]
     realigned_err = report.merges["realign_task_arithmetic"]["test"]["err"]
     assert realigned_err < 0.3 * locked_err, (realigned_err, locked_err)
+
+
+def test_lock_adds_lora_to_projections_the_adapter_left_out(family_models, tmp_path):
+    """PEFT's BERT default (query, value): the lock also needs key and output.dense, so it adds them."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    from hubguard.protect.lock_adapter import lock_update
+
+    folder = family_models["bert"][0]
+    torch.manual_seed(0)
+    model = get_peft_model(_load(folder), LoraConfig(r=4, lora_alpha=8, target_modules=["query", "value"]))
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(std=0.05)
+    model.save_pretrained(str(tmp_path / "qv"))
+    x = _inputs(_load(folder))
+    lock_update(update=tmp_path / "qv", base=folder, out=tmp_path / "locked", calibration=[x])
+    cfg = json.loads((tmp_path / "locked" / "adapter_config.json").read_text())
+    assert {"query", "value"} <= set(cfg["target_modules"])
+    assert any(t.endswith("attention.self.key") for t in cfg["target_modules"])
+    assert any(t.endswith("attention.output.dense") for t in cfg["target_modules"])
+    plain = PeftModel.from_pretrained(_load(folder), str(tmp_path / "qv")).eval()
+    locked = PeftModel.from_pretrained(_load(folder), str(tmp_path / "locked")).eval()
+    assert torch.allclose(_out(locked, x), _out(plain, x), atol=1e-4)
+    assert not any("intermediate" in n and "lora" in n for n, _ in locked.named_parameters())
