@@ -342,3 +342,40 @@ def test_lock_adds_lora_to_projections_the_adapter_left_out(family_models, tmp_p
     locked = PeftModel.from_pretrained(_load(folder), str(tmp_path / "locked")).eval()
     assert torch.allclose(_out(locked, x), _out(plain, x), atol=1e-4)
     assert not any("intermediate" in n and "lora" in n for n, _ in locked.named_parameters())
+
+
+def test_cli_lock_of_a_classification_adapter_is_exact_and_keeps_the_head(family_models, tmp_path):
+    """A SEQ_CLS adapter (LoRA + the saved classifier head) from `hubguard protect`, then `hubguard lock`: the lock
+    loads the base as a classifier, leaves the head alone, and the logits are those of the adapter it locked."""
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    from transformers import AutoModelForSequenceClassification
+    from typer.testing import CliRunner
+
+    from hubguard.cli import app
+
+    folder = family_models["bert"][0]
+    licenses = Path("/usr/share/common-licenses")
+    rows = [{"text": para, "label": name} for name in ("Apache-2.0", "GPL-3")
+            for para in (licenses / name).read_text().split("\n\n")[:24] if para.strip()]
+    data = tmp_path / "train.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in rows))
+    runner = CliRunner()
+    res = runner.invoke(app, ["protect", "--base", str(folder), "--data", str(data), "--task", "classification",
+                              "--out", str(tmp_path / "plain"), "--epochs", "1", "--max-length", "16"])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["lock", str(tmp_path / "plain"), "--base", str(folder), "--out", str(tmp_path / "out"),
+                              "--data", str(data), "--task", "classification", "--max-length", "16"])
+    assert res.exit_code == 0, res.output
+    tensors = load_file(str(tmp_path / "out" / "adapter_model.safetensors"))
+    head = next(v for k, v in tensors.items() if "classifier" in k and k.endswith("weight"))
+
+    def load(adapter):
+        model = AutoModelForSequenceClassification.from_pretrained(str(folder), num_labels=2)
+        return PeftModel.from_pretrained(model, str(adapter)).eval()
+
+    plain, locked = load(tmp_path / "plain"), load(tmp_path / "out")
+    assert any(torch.equal(p, head) for n, p in locked.named_parameters() if "classifier" in n)
+    x = _inputs(plain.base_model.model)
+    with torch.no_grad():
+        assert torch.allclose(locked(**x).logits, plain(**x).logits, atol=1e-4)
