@@ -143,9 +143,10 @@ from hubguard.protect.audit import (  # noqa: E402
     mergekit_merge,
     plot_sweep,
     run_audit,
+    write_realigned,
 )
 from hubguard.protect.config import ProtectConfig  # noqa: E402
-from hubguard.protect.lock import LockConfig, realign_state_dict  # noqa: E402
+from hubguard.protect.lock import LockConfig  # noqa: E402
 from hubguard.protect.lock_adapter import lock_update  # noqa: E402
 from hubguard.protect.trainer import attach_lora, train_protected  # noqa: E402
 
@@ -591,15 +592,11 @@ def main() -> None:
         "protected": ta_attack("refit", [refit, *others], lambda c: [c] * k),
     }
     if "lock" in args.method:  # the adaptive attack on a lock: fit and undo G per head against the public base
-        released = load_model(str(full(prot)))
-        realigned_sd = realign_state_dict(released.state_dict(), base=base.state_dict(),
-                                          model_config=released.config.to_dict())
-        released.load_state_dict(realigned_sd)
-        released.save_pretrained(str(work / "realigned"))
+        realigned = write_realigned(full(prot), base=folder, out=work / "realigned", load_model=load_model)
         attacks["realign_then_merge"] = {
-            "standalone_after_realign": accuracy(released, p, "test"),
+            "standalone_after_realign": accuracy(load_model(str(realigned)), p, "test"),
             "unprotected": merged["task_arithmetic"]["unprotected"],
-            "protected": ta_attack("realign", [work / "realigned", *others], lambda c: [c] * k),
+            "protected": ta_attack("realign", [realigned, *others], lambda c: [c] * k),
         }
         log("attack realign done")
     attacks["peft_separate_A_B"] = {m: merged[m] for m in merged if m in ("peft_linear", "peft_ties", "peft_dare_linear")}

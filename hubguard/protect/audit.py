@@ -191,16 +191,17 @@ def pad_adapter_rank(adapter: str | Path, *, out: str | Path, rank: int) -> Path
     """A copy of a LoRA adapter with rank `rank` (A padded with zero rows, B with zero columns, alpha raised so
     the scaling is unchanged): the same update, in a shape PEFT's same-rank combinations accept."""
     import torch
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import save_file
+
+    from hubguard.protect.lock_adapter import read_adapter
 
     adapter, out = Path(adapter), Path(out)
-    cfg = json.loads((adapter / "adapter_config.json").read_text(encoding="utf-8"))
+    cfg, tensors = read_adapter(adapter)
     r = int(cfg["r"])
     if rank < r:
         raise ProtectionError(f"Cannot pad {adapter} (rank {r}) down to rank {rank}.")
     if cfg.get("rank_pattern") or cfg.get("alpha_pattern"):
         raise ProtectionError(f"{adapter} has a rank_pattern / alpha_pattern; padding it is not supported.")
-    tensors = load_file(str(adapter / "adapter_model.safetensors"))
     for key, t in list(tensors.items()):
         if ".lora_A." in key:
             tensors[key] = torch.cat([t, t.new_zeros(rank - r, t.shape[1])]).contiguous()
@@ -444,20 +445,24 @@ def run_audit(
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def write_realigned(update: str | Path, *, base: str | Path, out: str | Path, load_model: ModelLoader) -> Path:
+    """The full model folder `update` with any per-head lock undone against `base` (`realign_state_dict`),
+    saved to `out`: what an attacker who knows the scale lock merges instead."""
+    from hubguard.protect.lock import realign_state_dict
+
+    released = load_model(str(update))
+    released.load_state_dict(realign_state_dict(released.state_dict(), base=load_model(str(base)).state_dict(),
+                                                model_config=released.config.to_dict()))
+    released.save_pretrained(str(out))
+    return Path(out)
+
+
 def _realign_attack(
     fulls: list[Path], *, base: Path, tmp: Path, load_model: ModelLoader, coefficients: Sequence[float],
     val_score: Scorer, test_metrics: Reporter, keep_best: bool, seed: int,
 ) -> dict[str, Any]:
     """Realign the update (fulls[0]) to the base, then task arithmetic with the others, attacker-tuned."""
-    from hubguard.protect.lock import realign_state_dict
-
-    released = load_model(str(fulls[0]))
-    sd = realign_state_dict(released.state_dict(), base=load_model(str(base)).state_dict(),
-                            model_config=released.config.to_dict())
-    released.load_state_dict(sd)
-    released.save_pretrained(str(tmp / "realigned"))
-    del released
-    models = [tmp / "realigned", *fulls[1:]]
+    models = [write_realigned(fulls[0], base=base, out=tmp / "realigned", load_model=load_model), *fulls[1:]]
 
     def build(c: float) -> torch.nn.Module:
         out = tmp / f"realign-merge-{c:g}"

@@ -84,6 +84,11 @@ class LockEntry:
             return self.coef * u @ (u.T @ weight)
         return self.coef * (weight @ u) @ u.T  # (out, m) @ (m, in)
 
+    def bias_delta(self, bias: torch.Tensor) -> torch.Tensor:
+        """What G does to an out-side projection's bias: coef·U·Uᵀ·b (zero when U ⊥ b, as for LoRA locks)."""
+        u = self.basis.to(bias.dtype)
+        return self.coef * u @ (u.T @ bias)
+
     def lora_factors(self, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, A) with B @ A = delta(weight): B (out, m), A (m, in)."""
         u = self.basis.to(weight.dtype)
@@ -132,13 +137,13 @@ def _names(bound: BoundArchitecture, layer: int, names: set[str]) -> dict[str, s
 class _Moments:
     """Per-head second moments (heads, D, D) of each hooked projection's output, bias excluded."""
 
-    def __init__(self, model: torch.nn.Module, weights: dict[str, str], heads: dict[str, int], max_tokens: int):
+    def __init__(self, model: torch.nn.Module, heads: Mapping[str, int], max_tokens: int):
         self.sums: dict[str, torch.Tensor] = {}
         self.tokens: dict[str, int] = {}
         self.mask: torch.Tensor | None = None
         self.handles = []
         modules = dict(model.named_modules())
-        for name in weights:
+        for name in heads:
             module = modules.get(name.removesuffix(".weight"))
             if module is None:
                 raise ProtectionError(f"No module owns the weight {name}; pass the plain model (not a PEFT wrapper).")
@@ -174,7 +179,7 @@ def _top_basis(moment: torch.Tensor, *, k: int, avoid: list[torch.Tensor], rotar
     d = moment.shape[0]
     if rotary:
         half = d // 2
-        if any(float(b[:].abs().max()) > 0 for b in avoid):
+        if any(bool(b.any()) for b in avoid):
             return None  # a plane cannot be made orthogonal to a bias; the caller skips this pair
         energy = moment.diagonal()[:half] + moment.diagonal()[half:]
         planes = torch.topk(energy, min(k, half)).indices.sort().values
@@ -225,7 +230,7 @@ def plan_lock(
         heads_of.update({lay["q"]: h, lay["k"]: kv, lay["v"]: kv})
     moments: dict[str, torch.Tensor] = {}
     if calibration is not None:
-        hooks = _Moments(model, heads_of, heads_of, config.max_tokens)
+        hooks = _Moments(model, heads_of, config.max_tokens)
         was_training = model.training
         model.eval()
         try:
@@ -291,12 +296,9 @@ def plan_lock(
 def apply_lock(model: torch.nn.Module, plan: LockPlan) -> None:
     """Lock a full model in place (full fine-tuning releases): W ← W + ΔW_lock; out-side biases follow G."""
     params = dict(model.named_parameters())
-    for e in plan.entries:
-        w = params[e.name]
-        b = params.get(e.name.removesuffix("weight") + "bias")
-        if e.side == "out" and b is not None:
-            b += e.delta(b.unsqueeze(1)).squeeze(1)
-        w += e.delta(w)
+    for name, value in lock_state_dict({n: p.detach() for n, p in params.items()}, plan).items():
+        if value is not params[name]:
+            params[name].copy_(value)
 
 
 def lock_state_dict(weights: Mapping[str, torch.Tensor], plan: LockPlan) -> dict[str, torch.Tensor]:
@@ -306,7 +308,7 @@ def lock_state_dict(weights: Mapping[str, torch.Tensor], plan: LockPlan) -> dict
         out[e.name] = weights[e.name] + e.delta(weights[e.name].float()).to(weights[e.name].dtype)
         bias = e.name.removesuffix("weight") + "bias"
         if e.side == "out" and bias in weights:
-            out[bias] = weights[bias] + e.delta(weights[bias].float().unsqueeze(1)).squeeze(1).to(weights[bias].dtype)
+            out[bias] = weights[bias] + e.bias_delta(weights[bias].float()).to(weights[bias].dtype)
     return out
 
 

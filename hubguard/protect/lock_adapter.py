@@ -10,7 +10,6 @@ scales the whole update. Only safetensors adapters are read, never pickles.
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import shutil
@@ -70,9 +69,8 @@ def _pairs(tensors: Mapping[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor,
     return out
 
 
-def merged_copy(base_model: torch.nn.Module, cfg: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]) -> torch.nn.Module:
-    """A plain copy of the base holding W₀ + scaling·B·A for every LoRA module of the adapter."""
-    model = copy.deepcopy(base_model)
+def merge_into(model: torch.nn.Module, cfg: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]) -> torch.nn.Module:
+    """Add scaling·B·A of every LoRA module of the adapter to the plain base `model`, in place; returns it."""
     params = dict(model.named_parameters())
     scaling = _lora_scaling(cfg)
     with torch.no_grad():
@@ -155,8 +153,9 @@ def lock_update(
 ) -> dict[str, Any]:
     """Lock a released update (PEFT adapter folder or full model folder) and write it to `out`.
 
-    `load_base(path)` loads a plain model (default: transformers AutoModel); `calibration`: input batches
-    (dicts) that choose the lock directions, None for a data-free lock. Returns the record the card stores.
+    `load_base(path)` loads a plain model (default: the Auto class of the adapter's task_type, or the class a full
+    model's config names); `calibration`: input batches (dicts) that choose the lock directions, None for a
+    data-free lock. Returns the record the card stores.
     """
     from safetensors.torch import save_file
 
@@ -172,30 +171,31 @@ def lock_update(
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise ProtectionError(f"Output folder {out} is not empty; pass --overwrite or choose another folder.")
     start = time.perf_counter()
+    stage = out
     if kind == "adapter":
+        mode = "lora"
         cfg, tensors = read_adapter(update)
-        model = merged_copy((load_base or _loader_for(cfg.get("task_type")))(str(base)), cfg, tensors)
+        model = merge_into((load_base or _loader_for(cfg.get("task_type")))(str(base)), cfg, tensors)
         plan = plan_lock(model, config=config, calibration=calibration, for_lora=True)
         out_cfg, new = lock_adapter_tensors(cfg, tensors, plan, model.state_dict())
         if out.exists():
             shutil.rmtree(out)
-        shutil.copytree(update, out, ignore=shutil.ignore_patterns(ADAPTER_WEIGHTS, ADAPTER_CONFIG, "*.bin"))
-        save_file(new, str(out / ADAPTER_WEIGHTS), metadata={"format": "pt"})
-        (out / ADAPTER_CONFIG).write_text(json.dumps(out_cfg, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        mode = "lora"
+        shutil.copytree(update, stage, ignore=shutil.ignore_patterns(ADAPTER_WEIGHTS, ADAPTER_CONFIG, "*.bin"))
+        save_file(new, str(stage / ADAPTER_WEIGHTS), metadata={"format": "pt"})
+        (stage / ADAPTER_CONFIG).write_text(json.dumps(out_cfg, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     else:
+        mode = "full"
         model = (load_base or load_full_model)(str(update))
         plan = plan_lock(model, config=config, calibration=calibration, for_lora=False)
         apply_lock(model, plan)
         if out.exists():
             shutil.rmtree(out)
-        shutil.copytree(update, out, ignore=shutil.ignore_patterns("*.safetensors", "*.bin", "*.index.json"))
-        model.save_pretrained(str(out))
-        mode = "full"
+        shutil.copytree(update, stage, ignore=shutil.ignore_patterns("*.safetensors", "*.bin", "*.index.json"))
+        model.save_pretrained(str(stage))
     record = {**plan.record(), "mode": mode, "seconds": time.perf_counter() - start, "source_update": str(update)}
-    write_protection_card(out, config=None, mode=mode, base_model=str(base), lock=record)
+    write_protection_card(stage, config=None, mode=mode, base_model=str(base), lock=record)
     logger.info("Locked %s -> %s (%d weights, rank +%s)", update, out, len(plan.entries), record["rank_added"])
     return record
 
 
-__all__ = ["lock_adapter_tensors", "lock_update", "merged_copy", "read_adapter"]
+__all__ = ["lock_adapter_tensors", "lock_update", "merge_into", "read_adapter"]
