@@ -236,6 +236,15 @@ def test_full_model_lock_round_trip_and_bad_inputs(family_models, tmp_path):
         lock_update(update=tmp_path / "ft", base=folder, out=tmp_path / "locked")
     with pytest.raises(ProtectionError, match="itself"):
         lock_update(update=tmp_path / "ft", base=folder, out=tmp_path / "ft")
+    before = sorted(p.name for p in Path(folder).iterdir())
+    with pytest.raises(ProtectionError, match="the base itself"):
+        lock_update(update=tmp_path / "ft", base=folder, out=folder, overwrite=True)
+    assert sorted(p.name for p in Path(folder).iterdir()) == before  # the base is untouched
+    # A failing lock (calibration that reaches nothing) leaves an existing output as it was.
+    kept = (tmp_path / "locked" / "config.json").read_bytes()
+    with pytest.raises(ProtectionError, match="calibration"):
+        lock_update(update=tmp_path / "ft", base=folder, out=tmp_path / "locked", calibration=[], overwrite=True)
+    assert (tmp_path / "locked" / "config.json").read_bytes() == kept
     with pytest.raises(ProtectionError, match="does not exist"):
         lock_update(update=tmp_path / "missing", base=folder, out=tmp_path / "o2")
 

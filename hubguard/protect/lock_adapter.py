@@ -155,7 +155,8 @@ def lock_update(
 
     `load_base(path)` loads a plain model (default: the Auto class of the adapter's task_type, or the class a full
     model's config names); `calibration`: input batches (dicts) that choose the lock directions, None for a
-    data-free lock. Returns the record the card stores.
+    data-free lock. `out` is written in a staging folder next to it and swapped in only when complete. Returns
+    the record the card stores.
     """
     from safetensors.torch import save_file
 
@@ -166,20 +167,20 @@ def lock_update(
     kind = update_kind(update)
     base = check_base(base)
     update, out = Path(update), Path(out)
-    if out.resolve() == update.resolve():
-        raise ProtectionError(f"--out {out} is the update itself; write the locked update elsewhere.")
+    for name, path in (("update", update), ("base", base)):
+        if out.resolve() == path.resolve():
+            raise ProtectionError(f"--out {out} is the {name} itself; write the locked update elsewhere.")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise ProtectionError(f"Output folder {out} is not empty; pass --overwrite or choose another folder.")
     start = time.perf_counter()
-    stage = out
+    stage = out.with_name(f".{out.name}.hubguard-partial")
+    shutil.rmtree(stage, ignore_errors=True)
     if kind == "adapter":
         mode = "lora"
         cfg, tensors = read_adapter(update)
         model = merge_into((load_base or _loader_for(cfg.get("task_type")))(str(base)), cfg, tensors)
         plan = plan_lock(model, config=config, calibration=calibration, for_lora=True)
         out_cfg, new = lock_adapter_tensors(cfg, tensors, plan, model.state_dict())
-        if out.exists():
-            shutil.rmtree(out)
         shutil.copytree(update, stage, ignore=shutil.ignore_patterns(ADAPTER_WEIGHTS, ADAPTER_CONFIG, "*.bin"))
         save_file(new, str(stage / ADAPTER_WEIGHTS), metadata={"format": "pt"})
         (stage / ADAPTER_CONFIG).write_text(json.dumps(out_cfg, indent=2, sort_keys=True) + "\n", encoding="utf-8")
@@ -188,12 +189,13 @@ def lock_update(
         model = (load_base or load_full_model)(str(update))
         plan = plan_lock(model, config=config, calibration=calibration, for_lora=False)
         apply_lock(model, plan)
-        if out.exists():
-            shutil.rmtree(out)
         shutil.copytree(update, stage, ignore=shutil.ignore_patterns("*.safetensors", "*.bin", "*.index.json"))
         model.save_pretrained(str(stage))
     record = {**plan.record(), "mode": mode, "seconds": time.perf_counter() - start, "source_update": str(update)}
     write_protection_card(stage, config=None, mode=mode, base_model=str(base), lock=record)
+    if out.exists():
+        shutil.rmtree(out)
+    stage.rename(out)
     logger.info("Locked %s -> %s (%d weights, rank +%s)", update, out, len(plan.entries), record["rank_added"])
     return record
 
