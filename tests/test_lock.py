@@ -255,6 +255,12 @@ def test_dora_and_non_lora_adapters_are_refused(bert_adapter, tmp_path):
     from hubguard.protect.lock_adapter import lock_update
 
     folder, adapter = bert_adapter
+    broken = tmp_path / "broken"
+    shutil.copytree(adapter, broken)
+    (broken / "adapter_config.json").write_text("{not json")
+    with pytest.raises(ProtectionError, match="not a readable JSON"):
+        lock_update(update=broken, base=folder, out=tmp_path / "out-broken")
+    assert not (tmp_path / "out-broken").exists()
     for field, value, match in (("use_dora", True, "DoRA"), ("peft_type", "IA3", "only LoRA")):
         bad = tmp_path / field
         shutil.copytree(adapter, bad)

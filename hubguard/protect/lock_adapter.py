@@ -50,7 +50,13 @@ def read_adapter(folder: str | Path) -> tuple[dict[str, Any], dict[str, torch.Te
     if not (folder / ADAPTER_CONFIG).is_file() or not (folder / ADAPTER_WEIGHTS).is_file():
         raise ProtectionError(f"{folder} is not a PEFT adapter with {ADAPTER_CONFIG} and {ADAPTER_WEIGHTS}; "
                               "re-save it with save_pretrained(..., safe_serialization=True).")
-    cfg = json.loads((folder / ADAPTER_CONFIG).read_text(encoding="utf-8"))
+    try:
+        cfg = json.loads((folder / ADAPTER_CONFIG).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ProtectionError(f"{folder / ADAPTER_CONFIG} is not a readable JSON adapter config ({exc}); re-save the "
+                              "adapter with PEFT's save_pretrained.") from exc
+    if not isinstance(cfg, dict) or "r" not in cfg:
+        raise ProtectionError(f"{folder / ADAPTER_CONFIG} has no LoRA rank 'r'; re-save the adapter with PEFT.")
     if str(cfg.get("peft_type", "LORA")).upper() != "LORA":
         raise ProtectionError(f"{folder} is a {cfg.get('peft_type')} adapter; only LoRA adapters can be locked.")
     return cfg, load_file(str(folder / ADAPTER_WEIGHTS))
