@@ -2,7 +2,7 @@
 
     python benchmarks/dogs.py [--zoo DIR] [--out FILE] [--sheet PNG]
 
-Distance: the renderer's trait distance (`hubguard.fingerprint.renderer.trait_distance`): the Euclidean
+Distance: the renderer's trait distance (`hubguard.portraits.renderer.trait_distance`): the Euclidean
 distance between the 42 drawn traits (head shape, ears, snout, eyes, coat colours, markings, ...), each in
 [0, 1]. It measures what a viewer sees, before pixels — pixel distances saturate early because every dog
 shares the background and layout. Prints JSON: the nearest-base rate, the distance distributions
@@ -46,10 +46,10 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     from lineage import emit_json, load_zoo  # benchmarks/lineage.py: the manifest (or the models built so far)
 
-    from hubguard.fingerprint.dogs import dog_vector
-    from hubguard.fingerprint.renderer import render_dog, trait_distance
-    from hubguard.fingerprint.sheet import make_sheet
-    from hubguard.lineage.fingerprint import compute_fingerprint
+    from hubguard.portraits.dogs import dog_vector
+    from hubguard.portraits.renderer import render_dog, trait_distance
+    from hubguard.portraits.sheet import make_sheet
+    from hubguard.lineage.fingerprints import compute_fingerprint
 
     manifest = load_zoo(args.zoo)
     models = {m["name"]: m for m in manifest["models"]}

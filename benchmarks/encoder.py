@@ -63,9 +63,9 @@ def gaussian_stats(z) -> dict:
 def main() -> None:
     import torch
 
-    from hubguard.fingerprint.encoder import ENCODER_FILE, read_encoder
-    from hubguard.fingerprint.renderer import DogRenderer, image_distance
-    from hubguard.fingerprint.synthetic import draw_models, drop_tokens, pair_cosine, perturb, terms_of
+    from hubguard.portraits.encoder import ENCODER_FILE, read_encoder
+    from hubguard.portraits.renderer import DogRenderer, image_distance
+    from hubguard.redteam.synthetic import draw_models, drop_tokens, pair_cosine, perturb, terms_of
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--weights", type=Path, default=ENCODER_FILE)

@@ -110,13 +110,13 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    from hubguard.checkpoint.source import open_source
+    from hubguard.weights.source import open_source
     from hubguard.errors import HubguardError
-    from hubguard.lineage.baselines import huref_official, pcs
+    from hubguard.redteam.baselines import huref_official, pcs
     from hubguard.lineage.calibration import Calibration, Null, load_calibration
-    from hubguard.lineage.compare import compare_fingerprints, layer_provenance
+    from hubguard.lineage.comparison import compare_fingerprints, layer_provenance
     from hubguard.lineage.cross import cross_scores
-    from hubguard.lineage.fingerprint import compute_fingerprint
+    from hubguard.lineage.fingerprints import compute_fingerprint
 
     manifest = load_zoo(args.zoo)
     models = {m["name"]: m for m in manifest["models"]}

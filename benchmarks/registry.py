@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.factory builds the real tiny models
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.support.factory builds the real tiny models
 
 
 def _rss_mb() -> float:
@@ -186,10 +186,10 @@ def bench_verification(tmp: Path) -> dict:
     import torch
     import transformers as T
 
-    from hubguard.lineage.compare import compare_fingerprints
-    from hubguard.lineage.fingerprint import compute_fingerprint
+    from hubguard.lineage.comparison import compare_fingerprints
+    from hubguard.lineage.fingerprints import compute_fingerprint
     from hubguard.registry.verification import load_verification, save_verification
-    from tests.factory import build_model, save_with_tokenizer, train_bpe_tokenizer
+    from tests.support.factory import build_model, save_with_tokenizer, train_bpe_tokenizer
 
     torch.set_num_threads(1)
     tok = train_bpe_tokenizer(tmp / "tok")

@@ -143,7 +143,7 @@ class _MemoryStore:
     """The state dict of a loaded model seen as one safetensors file, read from memory (for the full-load baseline)."""
 
     def __init__(self, state: dict, config_text: str, tokenizer_text: str) -> None:
-        from hubguard.checkpoint.store import ReadStats
+        from hubguard.weights.store import ReadStats
 
         dtypes = {"torch.bfloat16": "BF16", "torch.float32": "F32", "torch.float16": "F16"}
         header: dict[str, dict] = {}
@@ -205,7 +205,7 @@ def _run_one(method: str, source: str, folder: str, kwargs: dict) -> dict:
 
         import transformers
 
-        from hubguard.checkpoint.source import Checkpoint
+        from hubguard.weights.source import Checkpoint
         from hubguard.lineage import compute_fingerprint
 
         # HuRef's official code: from_pretrained of the Hub repo — download every shard from the same server
@@ -245,8 +245,8 @@ def request_pattern(folder: Path) -> dict:
 
     Also the number of tensors per layer and their sizes, i.e. the requests and bytes one more layer costs.
     """
-    from hubguard.checkpoint.source import open_source
-    from hubguard.checkpoint.store import coalesce_ranges
+    from hubguard.weights.source import open_source
+    from hubguard.weights.store import coalesce_ranges
     from hubguard.lineage.tokens import load_token_set, load_vocabulary
 
     ckpt = open_source(folder)
@@ -297,7 +297,7 @@ def main() -> None:
         print(json.dumps(_run_one(args._run, args._source, args._folder, json.loads(args._kwargs))))
         return
 
-    from tests.hubserver import HubServer
+    from tests.support.hubserver import HubServer
 
     cache = Path(args.cache)
     cache.mkdir(parents=True, exist_ok=True)

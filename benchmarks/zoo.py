@@ -138,10 +138,10 @@ def plan(*, ctx: Any, out: Path, quick: bool) -> list[ModelSpec]:
 
 
 def attack_specs(*, ctx: Any, out: Path, specs: list[ModelSpec]) -> list[ModelSpec]:
-    """HOOK: `attack_<name>` entries, one per output-preserving attack of `hubguard.lineage.attacks`, applied to
+    """HOOK: `attack_<name>` entries, one per output-preserving attack of `hubguard.redteam.attacks`, applied to
     each SFT derivative. The attacks module is written by the lineage core; until it exists this adds nothing
     (the manifest's `attacks` field says so)."""
-    if importlib.util.find_spec("hubguard.lineage.attacks") is None:
+    if importlib.util.find_spec("hubguard.redteam.attacks") is None:
         return []
     from zoo_lib.attacks import attack_model_specs
 
@@ -211,12 +211,12 @@ def write_manifest(*, out: Path, ctx: Any, specs: list[ModelSpec], quick: bool) 
                      if m["family"] == family and m["kind"] == "base"}
             families[family] = {"tokenizer": str(ctx.tokenizer_dir(family)), "vocab_size": len(ctx.tokenizer(family)),
                                 "unigram_entropy_pretrain": ctx.unigram_entropy(family), "base_final_losses": final}
-    attacks_ready = importlib.util.find_spec("hubguard.lineage.attacks") is not None
+    attacks_ready = importlib.util.find_spec("hubguard.redteam.attacks") is not None
     manifest = {
         "schema_version": SCHEMA_VERSION, "quick": quick, "root": str(out), "models": models,
         "corpora": corpora, "families": families,
         "attacks": "applied to each SFT derivative" if attacks_ready else
-        "hubguard.lineage.attacks not present when this zoo was built: no attack_<name> entries (hook in zoo.py)",
+        "hubguard.redteam.attacks not present when this zoo was built: no attack_<name> entries (hook in zoo.py)",
     }
     tmp = out / "zoo.json.tmp"
     tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True))

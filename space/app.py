@@ -19,7 +19,7 @@ from hubguard.utils import get_logger
 if TYPE_CHECKING:
     from PIL import Image
 
-    from hubguard.lineage.fingerprint import Fingerprint
+    from hubguard.lineage.fingerprints import Fingerprint
     from hubguard.registry import Registry
 
 logger = get_logger("hubguard.space")
@@ -97,7 +97,7 @@ def _term_map(fp: "Fingerprint", size: int) -> "Image.Image":
 
 def portrait(fp: "Fingerprint", notes: list[str]) -> "Image.Image":
     """The model's dog; its term map (with a note) when the dog renderer cannot run here."""
-    from hubguard.fingerprint.dogs import dog_image
+    from hubguard.portraits.dogs import dog_image
 
     try:
         return dog_image(fp, size=DOG_SIZE)
@@ -173,10 +173,10 @@ def verdict_card(*, source: str, best: dict[str, Any] | None, declared: dict[str
 def check_lineage(source: str, top_k: float, registry_path: str | None = None, progress: gr.Progress = gr.Progress()):  # noqa: B008
     """Tab 1: fingerprint the source, search the registry, compare declared and found lineage."""
     try:
-        from hubguard.checkpoint.source import open_source
+        from hubguard.weights.source import open_source
         from hubguard.hooks.check import read_declared_lineage
-        from hubguard.lineage.compare import layer_provenance
-        from hubguard.lineage.fingerprint import fingerprint_checkpoint
+        from hubguard.lineage.comparison import layer_provenance
+        from hubguard.lineage.fingerprints import fingerprint_checkpoint
 
         spec = _source(source)
         reg = open_registry(registry_path)
@@ -215,7 +215,7 @@ def compare_models(a: str, b: str, progress: gr.Progress = gr.Progress()):  # no
     """Tab 2: compare reference A with candidate B."""
     try:
         from hubguard.lineage.api import as_fingerprint
-        from hubguard.lineage.compare import compare_fingerprints
+        from hubguard.lineage.comparison import compare_fingerprints
 
         spec_a, spec_b = _source(a, "model A"), _source(b, "model B")
         progress(0.05, desc="Fingerprinting A")

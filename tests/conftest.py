@@ -21,7 +21,7 @@ os.environ["HUBGUARD_REMOTE_CACHE"] = str(_SANDBOX / "cache" / "remote")
 os.environ.pop("HUBGUARD_REGISTRY", None)
 atexit.register(shutil.rmtree, _SANDBOX, ignore_errors=True)
 
-from tests.hubserver import HubServer, hub_server  # noqa: E402, F401  (the Hub-shaped test server fixture)
+from tests.support.hubserver import HubServer, hub_server  # noqa: E402, F401  (the Hub-shaped test server fixture)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -33,14 +33,14 @@ def _threads() -> None:
 
 @pytest.fixture(scope="session")
 def bpe_tokenizer(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from tests.factory import train_bpe_tokenizer
+    from tests.support.factory import train_bpe_tokenizer
 
     return train_bpe_tokenizer(tmp_path_factory.mktemp("tokenizer"))
 
 
 @pytest.fixture(scope="session")
 def minilm() -> Path:
-    from tests.factory import minilm_dir
+    from tests.support.factory import minilm_dir
 
     return minilm_dir()
 
@@ -50,7 +50,7 @@ def family_models(tmp_path_factory: pytest.TempPathFactory, bpe_tokenizer: Path,
     """family -> {seed: folder} for seeds 0 and 1 (independent random inits of one config)."""
     from tokenizers import Tokenizer
 
-    from tests.factory import build_model, family_configs, save_with_tokenizer
+    from tests.support.factory import build_model, family_configs, save_with_tokenizer
 
     root = tmp_path_factory.mktemp("families")
     bpe_vocab = Tokenizer.from_file(str(bpe_tokenizer)).get_vocab_size()

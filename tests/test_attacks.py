@@ -14,8 +14,8 @@ import pytest
 import torch
 
 import hubguard
-from hubguard.lineage import attacks
-from hubguard.lineage.baselines import huref_official, pcs
+from hubguard.redteam import attacks
+from hubguard.redteam.baselines import huref_official, pcs
 from hubguard.lineage.sketch import sketch
 
 TEXT = "The function returns a new object when the argument is not required by the caller."
@@ -36,7 +36,7 @@ def llama_source(tmp_path_factory, bpe_tokenizer) -> Path:
     import transformers as T
     from tokenizers import Tokenizer
 
-    from tests.factory import build_model, save_with_tokenizer
+    from tests.support.factory import build_model, save_with_tokenizer
 
     vocab = Tokenizer.from_file(str(bpe_tokenizer)).get_vocab_size()
     torch.manual_seed(0)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import hubguard
-from hubguard.lineage import attacks
+from hubguard.redteam import attacks
 
 TEXT = "The function returns a new object when the argument is not required by the caller."
 ATTACKS = ["permute_hidden", "rescale_hidden", "permute_ffn_units", "permute_heads", "per_head_maps"]

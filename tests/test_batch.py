@@ -18,7 +18,7 @@ from typer.testing import CliRunner  # noqa: E402
 from hubguard.cli import app  # noqa: E402
 from hubguard.errors import FingerprintError  # noqa: E402
 from hubguard.lineage.batch import BatchItem, fingerprint_many  # noqa: E402
-from hubguard.lineage.fingerprint import compute_fingerprint, load_fingerprint  # noqa: E402
+from hubguard.lineage.fingerprints import compute_fingerprint, load_fingerprint  # noqa: E402
 
 FAMILIES = ("llama", "qwen2", "gpt2")
 runner = CliRunner()
@@ -39,7 +39,7 @@ def models(tmp_path_factory: pytest.TempPathFactory, bpe_tokenizer: Path) -> dic
     """Three tiny real models (llama, qwen2, gpt2) saved as safetensors folders with the BPE tokenizer."""
     from tokenizers import Tokenizer
 
-    from tests.factory import build_model, family_configs, save_with_tokenizer
+    from tests.support.factory import build_model, family_configs, save_with_tokenizer
 
     root = tmp_path_factory.mktemp("batch-models")
     vocab = Tokenizer.from_file(str(bpe_tokenizer)).get_vocab_size()

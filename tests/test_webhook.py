@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 from hubguard.errors import HookError
 from hubguard.hooks.webhook import WEBHOOK_PATH, LineageBot, build_app, parse_payload, targets_of
 from hubguard.registry import Registry
-from tests.hubserver import HubServer, hub_server  # noqa: F401 - pytest fixture
+from tests.support.hubserver import HubServer, hub_server  # noqa: F401 - pytest fixture
 
 BASE = "org/base-llama"
 SECRET = "s3cret-webhook"
@@ -248,7 +248,7 @@ def test_parse_and_targets() -> None:
 def test_serve_refuses_to_run_without_a_secret(monkeypatch, registry) -> None:
     from typer.testing import CliRunner
 
-    from hubguard.hooks.webhook_cli import bot_app
+    from hubguard.cli.bot import bot_app
 
     monkeypatch.delenv("WEBHOOK_SECRET", raising=False)
     out = CliRunner().invoke(bot_app, ["serve", "--registry", str(registry.path), "--port", str(_free_port())])

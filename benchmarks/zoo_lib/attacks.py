@@ -1,4 +1,4 @@
-"""`attack_<name>` zoo entries: every output-preserving attack of `hubguard.lineage.attacks` applied to the SFT
+"""`attack_<name>` zoo entries: every output-preserving attack of `hubguard.redteam.attacks` applied to the SFT
 derivative of each base (where the attack supports the family), plus one `attack_combined` chain.
 
 Attacks are discovered from the module: public functions whose first parameter is ``model`` change a loaded
@@ -24,8 +24,8 @@ COMBINED_FOLDER_CHAIN = ("permute_vocabulary",)
 
 
 def discover() -> tuple[dict[str, Callable[..., Any]], dict[str, Callable[..., Any]]]:
-    """(model attacks, folder attacks) of `hubguard.lineage.attacks`, by name."""
-    from hubguard.lineage import attacks
+    """(model attacks, folder attacks) of `hubguard.redteam.attacks`, by name."""
+    from hubguard.redteam import attacks
 
     model_attacks, folder_attacks = {}, {}
     for name, fn in sorted(vars(attacks).items()):
@@ -98,7 +98,7 @@ def build_attack(
 
         after = after[:, torch.tensor(new_of_old)]
     diff = float((before[:n] - after[:n]).abs().max())
-    return {"attacks": model_chain + folder_chain, "attack_module": "hubguard.lineage.attacks",
+    return {"attacks": model_chain + folder_chain, "attack_module": "hubguard.redteam.attacks",
             "max_abs_logit_diff": round(diff, 6), "same_token_ids_after_remap":
             new_of_old is None or [new_of_old[i] for i in ids_before[:n]] == ids_after[:n],
             "train_tokens": 0}

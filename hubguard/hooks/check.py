@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any
 from hubguard.errors import HookError
 
 if TYPE_CHECKING:
-    from hubguard.checkpoint.store import ByteStore
-    from hubguard.lineage.fingerprint import Fingerprint
+    from hubguard.weights.store import ByteStore
+    from hubguard.lineage.fingerprints import Fingerprint
     from hubguard.registry import Registry
 
 ERRORS = {"undeclared_derivative", "false_base_model"}
@@ -117,9 +117,9 @@ def check_upload(
 ) -> CheckReport:
     """Check a model folder (or an `hf://` repo, read with `token` or HF_TOKEN) against the registry and its
     own model card. The report carries the query's fingerprint (`report.fingerprint`) for callers that draw it."""
-    from hubguard.checkpoint.source import open_source
-    from hubguard.lineage.compare import compare_fingerprints
-    from hubguard.lineage.fingerprint import fingerprint_checkpoint
+    from hubguard.weights.source import open_source
+    from hubguard.lineage.comparison import compare_fingerprints
+    from hubguard.lineage.fingerprints import fingerprint_checkpoint
     from hubguard.registry import Registry
 
     spec = os.fspath(source)

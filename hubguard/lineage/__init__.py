@@ -1,13 +1,9 @@
-"""Lineage: token alignment, invariant terms, scores, calibration, verdicts and layer matching."""
+"""Lineage: token alignment, invariant terms, fingerprints, similarity, calibration, verdicts, and the one
+verification pipeline (`hubguard.lineage.verify`) every caller uses."""
 
-from hubguard.lineage import api as _api
-from hubguard.lineage.compare import Comparison, LayerMatch, compare_fingerprints
-from hubguard.lineage.fingerprint import Fingerprint, compute_fingerprint, load_fingerprint, save_fingerprint
-
-# Importing the submodule `hubguard.lineage.compare` binds the package attribute `compare` to that module;
-# the public name is the function.
-compare = _api.compare
-fingerprint = _api.fingerprint
+from hubguard.lineage.api import compare, fingerprint
+from hubguard.lineage.comparison import Comparison, LayerMatch, compare_fingerprints
+from hubguard.lineage.fingerprints import Fingerprint, compute_fingerprint, load_fingerprint, save_fingerprint
 
 __all__ = [
     "Comparison",

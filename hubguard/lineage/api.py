@@ -5,11 +5,11 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
-from hubguard.lineage.fingerprint import Fingerprint, compute_fingerprint, is_fingerprint_file, load_fingerprint
+from hubguard.lineage.fingerprints import Fingerprint, compute_fingerprint, is_fingerprint_file, load_fingerprint
 
 if TYPE_CHECKING:
     from hubguard.lineage.calibration import Calibration
-    from hubguard.lineage.compare import Comparison
+    from hubguard.lineage.comparison import Comparison
 
 
 
@@ -61,10 +61,10 @@ def compare_with_fingerprints(
     keep_probe=True), `b`'s layers are also read through `a`'s embedding (`hubguard.lineage.cross`), which
     finds layers copied under another embedding.
     """
-    from hubguard.checkpoint.source import open_source
-    from hubguard.lineage.compare import compare_fingerprints
+    from hubguard.weights.source import open_source
+    from hubguard.lineage.comparison import compare_fingerprints
     from hubguard.lineage.cross import CrossTerms
-    from hubguard.lineage.fingerprint import fingerprint_checkpoint
+    from hubguard.lineage.fingerprints import fingerprint_checkpoint
 
     fa = as_fingerprint(a, allow_pickle=allow_pickle, keep_probe=True)
     cross = None

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hubguard.checkpoint.source import HF_PREFIX
+from hubguard.weights.source import HF_PREFIX
 from hubguard.errors import FingerprintError, MissingDependencyError
 from hubguard.registry.schema import slug
 from hubguard.utils import get_logger, progress
@@ -94,7 +94,7 @@ def _fingerprint_one(source: str, path: str, options: dict[str, Any]) -> dict[st
     """Runs inside a Ray worker: fingerprint, save, return a small dict (never raises)."""
     start = time.perf_counter()
     try:
-        from hubguard.lineage.fingerprint import compute_fingerprint, save_fingerprint
+        from hubguard.lineage.fingerprints import compute_fingerprint, save_fingerprint
 
         fp = compute_fingerprint(source, **options)
         saved = save_fingerprint(fp, path)

@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import torch
 
-    from hubguard.checkpoint.canonical import CanonicalLayer
-    from hubguard.checkpoint.source import Checkpoint
-    from hubguard.lineage.fingerprint import Fingerprint
+    from hubguard.weights.canonical import CanonicalLayer
+    from hubguard.weights.source import Checkpoint
+    from hubguard.lineage.fingerprints import Fingerprint
 
 
 class CrossTerms:
@@ -48,7 +48,7 @@ class CrossTerms:
         """Per shared term, [len(reference.layers), layers added] scores (0-100); None when not applicable."""
         import torch
 
-        from hubguard.lineage.compare import _flatten_offdiag
+        from hubguard.lineage.comparison import _flatten_offdiag
 
         if not self.usable or not self._terms:
             return None
@@ -66,8 +66,8 @@ def cross_scores(
 ) -> dict[str, "torch.Tensor"] | None:
     """Per shared term, [len(reference.layers), len(layers)] scores (0-100) of the candidate's layers read
     through the reference's token rows; None when not applicable (no probe, different hidden size)."""
-    from hubguard.checkpoint.architectures import bind_architecture
-    from hubguard.checkpoint.canonical import LayerReader
+    from hubguard.weights.architectures import bind_architecture
+    from hubguard.weights.canonical import LayerReader
 
     acc = CrossTerms(reference=reference)
     if not acc.usable:

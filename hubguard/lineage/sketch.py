@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     import numpy as np
     import torch
 
-    from hubguard.lineage.fingerprint import Fingerprint
+    from hubguard.lineage.fingerprints import Fingerprint
 
 SKETCH_TERMS = ("attn_qk", "attn_vo")
 SKETCH_RANK = 16  # per term: r*r = 256 values; two terms -> 512

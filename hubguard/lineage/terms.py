@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import torch
 
-    from hubguard.checkpoint.canonical import CanonicalLayer
+    from hubguard.weights.canonical import CanonicalLayer
 
 GATED_TERMS = ("attn_qk", "attn_vo", "ffn_up", "ffn_gate")
 PLAIN_TERMS = ("attn_qk", "attn_vo", "ffn")

@@ -18,7 +18,7 @@ from functools import lru_cache
 from importlib import resources
 from typing import Any
 
-from hubguard.checkpoint.store import ByteStore
+from hubguard.weights.store import ByteStore
 from hubguard.errors import TokenizerError
 
 WORD_START = "▁"

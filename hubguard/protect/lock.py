@@ -35,7 +35,7 @@ from typing import Any
 
 import torch
 
-from hubguard.checkpoint.architectures import BoundArchitecture, bind_architecture
+from hubguard.weights.architectures import BoundArchitecture, bind_architecture
 from hubguard.errors import ProtectionError, UnsupportedArchitectureError
 from hubguard.utils import get_logger
 

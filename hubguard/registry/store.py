@@ -27,8 +27,8 @@ if TYPE_CHECKING:
     import numpy as np
     import pyarrow as pa
 
-    from hubguard.lineage.compare import Comparison
-    from hubguard.lineage.fingerprint import Fingerprint
+    from hubguard.lineage.comparison import Comparison
+    from hubguard.lineage.fingerprints import Fingerprint
     from hubguard.registry.index import SketchSearcher
 
 logger = get_logger(__name__)
@@ -417,15 +417,15 @@ class Registry:
         reference's token rows (`hubguard.lineage.cross`), which finds layers copied under another embedding.
         """
         from hubguard.lineage.api import as_fingerprint, is_weight_source
-        from hubguard.lineage.compare import compare_fingerprints
+        from hubguard.lineage.comparison import compare_fingerprints
         from hubguard.lineage.sketch import sketch
 
         if top_k < 1:
             raise RegistryError(f"--top-k must be at least 1 (got {top_k}).")
         ckpt = None
         if is_weight_source(source):
-            from hubguard.checkpoint.source import open_source
-            from hubguard.lineage.fingerprint import fingerprint_checkpoint
+            from hubguard.weights.source import open_source
+            from hubguard.lineage.fingerprints import fingerprint_checkpoint
 
             ckpt = open_source(source)
             fp = fingerprint_checkpoint(checkpoint=ckpt)

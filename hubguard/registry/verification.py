@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from hubguard.errors import HubguardError, RegistryCorruptError, RegistryError
 
 if TYPE_CHECKING:
-    from hubguard.lineage.fingerprint import Fingerprint
+    from hubguard.lineage.fingerprints import Fingerprint
 
 DEFAULT_BUDGET_BYTES = 16 * 1024 * 1024
 STORAGES = ("auto", "float16", "float8")
@@ -63,7 +63,7 @@ def save_verification(
     import torch
     from safetensors.torch import save_file
 
-    from hubguard.lineage.fingerprint import fingerprint_metadata
+    from hubguard.lineage.fingerprints import fingerprint_metadata
 
     dtype, keep = plan_storage(fp, storage=storage, budget_bytes=budget_bytes)
     description = dtype if len(keep) == len(fp.layers) else f"{dtype}/layers={len(keep)}of{len(fp.layers)}"
@@ -97,7 +97,7 @@ def save_verification(
 
 def load_verification(path: "str | os.PathLike[str]") -> "Fingerprint":
     """Read verification data; any defect becomes a `RegistryCorruptError` naming the file."""
-    from hubguard.lineage.fingerprint import load_fingerprint
+    from hubguard.lineage.fingerprints import load_fingerprint
 
     p = Path(path)
     if not p.is_file():

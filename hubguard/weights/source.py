@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
-from hubguard.checkpoint.safetensors_reader import SafetensorsCheckpoint, read_json
-from hubguard.checkpoint.store import ByteStore, LocalStore
+from hubguard.weights.safetensors import SafetensorsCheckpoint, read_json
+from hubguard.weights.store import ByteStore, LocalStore
 
 HF_PREFIX = "hf://"
 
@@ -57,7 +57,7 @@ def open_source(source: str | os.PathLike[str], *, allow_pickle: bool = False, t
     """Open `source` (folder, `.safetensors` file or `hf://ORG/NAME[@REV]`) without reading any weights yet."""
     spec = os.fspath(source)
     if spec.startswith(HF_PREFIX):
-        from hubguard.checkpoint.remote import HubStore
+        from hubguard.weights.remote import HubStore
 
         ref = HubRef.parse(spec)
         store: ByteStore = HubStore(repo_id=ref.repo_id, revision=ref.revision, token=token)

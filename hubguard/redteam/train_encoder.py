@@ -1,6 +1,6 @@
 """Train the fingerprint encoder on synthetic Gaussian data (HuRef's recipe, sized for one CPU thread).
 
-    python -m hubguard.fingerprint.train_encoder --out hubguard/fingerprint/encoder_v1.safetensors
+    python -m hubguard.redteam.train_encoder --out hubguard/portraits/encoder_v1.safetensors
 
 Reproducible: one seed drives every random draw, torch runs on one thread, and the file is written with
 sorted keys. 3000 steps took 1065 s on one thread of a shared 2-core machine. The whitening stage alone
@@ -31,9 +31,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hubguard.fingerprint.encoder import DEFAULT_CONFIG, ENCODER_FORMAT, ENCODER_SCHEMA_VERSION, build_network
-from hubguard.fingerprint.encoder import pool_terms as _pool
-from hubguard.fingerprint.synthetic import draw_models, drop_tokens, perturb, terms_of
+from hubguard.portraits.encoder import DEFAULT_CONFIG, ENCODER_FORMAT, ENCODER_SCHEMA_VERSION, build_network
+from hubguard.portraits.encoder import pool_terms as _pool
+from hubguard.redteam.synthetic import draw_models, drop_tokens, perturb, terms_of
 from hubguard.utils import get_logger, progress
 
 logger = get_logger(__name__)
@@ -233,7 +233,7 @@ def refit(*, source: Path, out: Path, samples: int) -> None:
     import torch
     from safetensors import safe_open
 
-    from hubguard.fingerprint.encoder import read_encoder
+    from hubguard.portraits.encoder import read_encoder
 
     torch.set_num_threads(1)
     encoder = read_encoder(path=source, sha256=None)

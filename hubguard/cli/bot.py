@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from hubguard.cli_utils import handle_errors
+from hubguard.cli.errors import handle_errors
 
 bot_app = typer.Typer(help="The moderators' webhook bot.", no_args_is_help=True)
 

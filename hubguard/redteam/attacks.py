@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hubguard.errors import HubguardError
-from hubguard.lineage import attacks_gpt2
-from hubguard.lineage.attacks_gpt2 import gpt2_parts
+from hubguard.redteam import attacks_gpt2
+from hubguard.redteam.attacks_gpt2 import gpt2_parts
 
 if TYPE_CHECKING:
     import torch

@@ -24,7 +24,7 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from tests.hubserver import RequestRecord
+    from tests.support.hubserver import RequestRecord
 
 
 class WriteRoutes:

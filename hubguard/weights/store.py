@@ -5,7 +5,7 @@ parsing, tensor and row reads, tokenizer files) is shared between local files an
 two give bit-identical fingerprints. Stores count the bytes and requests they serve.
 
 Implementations: `LocalStore` (a folder or one file, read with `os.pread`) here, and the HTTP Range
-store for `hf://` repos in `hubguard.checkpoint.remote`.
+store for `hf://` repos in `hubguard.weights.remote`.
 """
 
 from __future__ import annotations

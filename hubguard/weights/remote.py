@@ -4,7 +4,7 @@ The revision is resolved to a commit sha and the files are listed with `huggingf
 file sizes); then only the byte ranges asked for are fetched from `{endpoint}/{repo_id}/resolve/{sha}/{file}` with
 huggingface_hub's HTTP session and headers (auth, user agent, offline mode behave like the Hub client). Nearby
 ranges are coalesced into one request, independent requests run in parallel, and every complete, verified read
-is cached on disk under `(repo_id, sha, file, range)` (`hubguard.checkpoint.remote_cache`), so a second
+is cached on disk under `(repo_id, sha, file, range)` (`hubguard.weights.remote_cache`), so a second
 fingerprint of the same commit issues no range request at all (and none at all when the revision is a sha).
 
 Faults: 5xx, 408 and dropped connections are retried with exponential backoff (bounded tries); 429 waits for
@@ -31,8 +31,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 from urllib.parse import quote, urlsplit
 
-from hubguard.checkpoint.remote_cache import RangeCache, default_cache_root
-from hubguard.checkpoint.store import ReadStats, coalesce_ranges
+from hubguard.weights.remote_cache import RangeCache, default_cache_root
+from hubguard.weights.store import ReadStats, coalesce_ranges
 from hubguard.errors import CorruptCheckpointError, RemoteError, SourceNotFoundError
 from hubguard.utils import get_logger
 

@@ -61,7 +61,7 @@ def _map_dirs() -> list[Path]:
     extra = os.environ.get("HUBGUARD_ARCHITECTURES")
     if extra:
         dirs.extend(Path(p) for p in extra.split(os.pathsep) if p)
-    dirs.append(Path(str(resources.files("hubguard.checkpoint") / "architectures")))
+    dirs.append(Path(str(resources.files("hubguard.weights") / "architectures")))
     return dirs
 
 

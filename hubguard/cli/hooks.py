@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from hubguard.cli_utils import handle_errors
+from hubguard.cli.errors import handle_errors
 
 hooks_app = typer.Typer(help="Install upload guards.", no_args_is_help=True)
 

@@ -1,4 +1,4 @@
-"""Build a versioned token set: `python -m hubguard.lineage.tokensets.build --out v1.json`.
+"""Build a versioned token set: `python -m hubguard.redteam.tokenset --out v1.json`.
 
 v1: lowercase English words of 4-10 letters, ranked by frequency in the Python documentation that ships with
 every CPython (`pydoc_data.topics`), keeping mid-frequency words (ranks 300..) that are whole words in

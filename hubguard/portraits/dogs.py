@@ -14,8 +14,8 @@ if TYPE_CHECKING:
     import numpy as np
     from PIL import Image
 
-    from hubguard.lineage.compare import Comparison
-    from hubguard.lineage.fingerprint import Fingerprint
+    from hubguard.lineage.comparison import Comparison
+    from hubguard.lineage.fingerprints import Fingerprint
 
 DOG_TERMS = ("attn_qk", "attn_vo")
 
@@ -25,7 +25,7 @@ def dog_vector(fp: "Fingerprint") -> "np.ndarray":
     import numpy as np
     import torch
 
-    from hubguard.fingerprint.encoder import VECTOR_DIM, encode_terms
+    from hubguard.portraits.encoder import VECTOR_DIM, encode_terms
     from hubguard.lineage.tokens import load_token_set
 
     full = load_token_set(fp.token_set)
@@ -50,7 +50,7 @@ def dog_vector(fp: "Fingerprint") -> "np.ndarray":
 
 def dog_image(fp: "Fingerprint", *, size: int = 512) -> "Image.Image":
     """The model's dog portrait."""
-    from hubguard.fingerprint.renderer import render_dog
+    from hubguard.portraits.renderer import render_dog
 
     return render_dog(vector=dog_vector(fp), size=size)
 
@@ -66,7 +66,7 @@ def caption(name: str, result: "Comparison | None" = None, extra: dict[str, Any]
 
 def comparison_sheet(*, query: "Fingerprint", matches: list[tuple["Fingerprint", "Comparison"]], size: int = 320) -> "Image.Image":
     """Side-by-side sheet: the query's dog first, then each reference's dog with its verdict."""
-    from hubguard.fingerprint.sheet import make_sheet
+    from hubguard.portraits.sheet import make_sheet
 
     items = [(dog_image(query, size=size), caption(query.name) + "\nquery")]
     items += [(dog_image(ref, size=size), caption(ref.name, result)) for ref, result in matches]

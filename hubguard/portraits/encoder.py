@@ -2,7 +2,7 @@
 
 Same idea as HuRef's fingerprint encoder (ANCHORS.md §1), sized for a CPU: a small CNN trained only on
 synthetic Gaussian low-rank products with a contrastive locality loss and a Gaussianity term (see
-`hubguard.fingerprint.train_encoder`). The trained weights ship inside the package and are checked against
+`hubguard.redteam.train_encoder`). The trained weights ship inside the package and are checked against
 a SHA-256 on load.
 
 Input: [C, n, n] float32, C <= 4 term channels (attn_qk, attn_vo, ffn_a, ffn_b; missing ones zero), each
@@ -77,7 +77,7 @@ def pool_terms(terms: "torch.Tensor", *, pool: int = POOL_SIZE) -> "torch.Tensor
     """[B, C, n, n] z-scored terms -> [B, C, pool, pool]: area pooling, then z-scored again per channel."""
     import torch.nn.functional as F
 
-    from hubguard.fingerprint.synthetic import zscore_channels
+    from hubguard.redteam.synthetic import zscore_channels
 
     n = terms.shape[-1]
     if n == pool:

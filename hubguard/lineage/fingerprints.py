@@ -24,8 +24,8 @@ if TYPE_CHECKING:
 
     import torch
 
-    from hubguard.checkpoint.canonical import CanonicalLayer
-    from hubguard.checkpoint.source import Checkpoint
+    from hubguard.weights.canonical import CanonicalLayer
+    from hubguard.weights.source import Checkpoint
 
 logger = get_logger(__name__)
 
@@ -99,9 +99,9 @@ def fingerprint_checkpoint(
     """
     import torch
 
-    from hubguard.checkpoint.architectures import bind_architecture
-    from hubguard.checkpoint.canonical import LayerReader
-    from hubguard.lineage.plan import embedding_gap, plan_reads
+    from hubguard.weights.architectures import bind_architecture
+    from hubguard.weights.canonical import LayerReader
+    from hubguard.weights.plan import embedding_gap, plan_reads
     from hubguard.lineage.terms import decorrelate_tokens, layer_terms, normalise_rows, standardise
     from hubguard.lineage.tokens import load_token_set, load_vocabulary
 
@@ -207,7 +207,7 @@ def compute_fingerprint(
         token: Hub token for gated/private repos (default: HF_TOKEN).
         keep_probe: keep the token rows in the fingerprint (see `Fingerprint.probe`).
     """
-    from hubguard.checkpoint.source import Checkpoint, open_source
+    from hubguard.weights.source import Checkpoint, open_source
 
     ckpt = source if isinstance(source, Checkpoint) else open_source(source, allow_pickle=allow_pickle, token=token)
     return fingerprint_checkpoint(
@@ -253,8 +253,8 @@ def save_fingerprint(fp: Fingerprint, path: "str | os.PathLike[str]") -> Path:
 
 def is_fingerprint_file(path: "str | os.PathLike[str]") -> bool:
     """True if `path` is a safetensors file written by `save_fingerprint`."""
-    from hubguard.checkpoint.safetensors_reader import parse_header
-    from hubguard.checkpoint.store import LocalStore
+    from hubguard.weights.safetensors import parse_header
+    from hubguard.weights.store import LocalStore
 
     p = Path(path)
     if not (p.is_file() and p.suffix == ".safetensors"):
@@ -270,8 +270,8 @@ def is_fingerprint_file(path: "str | os.PathLike[str]") -> bool:
 
 def load_fingerprint(path: "str | os.PathLike[str]") -> Fingerprint:
     """Read a fingerprint file; refuses other major versions with a clear error. Unknown fields are ignored."""
-    from hubguard.checkpoint.safetensors_reader import SafetensorsCheckpoint
-    from hubguard.checkpoint.store import LocalStore
+    from hubguard.weights.safetensors import SafetensorsCheckpoint
+    from hubguard.weights.store import LocalStore
 
     p = Path(path)
     st = SafetensorsCheckpoint(store=LocalStore(p))

@@ -21,7 +21,7 @@ from hubguard.errors import FingerprintError
 if TYPE_CHECKING:
     import torch
 
-    from hubguard.checkpoint.source import Checkpoint
+    from hubguard.weights.source import Checkpoint
 
 
 @dataclass(frozen=True)
@@ -32,15 +32,15 @@ class BaselineScore:
 
 
 def _open(source: "str | os.PathLike[str] | Checkpoint") -> "Checkpoint":
-    from hubguard.checkpoint.source import Checkpoint, open_source
+    from hubguard.weights.source import Checkpoint, open_source
 
     return source if isinstance(source, Checkpoint) else open_source(source)
 
 
 def _official_terms(ckpt: "Checkpoint", ids: list[int]) -> list["torch.Tensor"]:
 
-    from hubguard.checkpoint.architectures import bind_architecture
-    from hubguard.checkpoint.canonical import LayerReader
+    from hubguard.weights.architectures import bind_architecture
+    from hubguard.weights.canonical import LayerReader
 
     arch = bind_architecture(config=ckpt.config, tensor_names=ckpt.tensors.names(), source=ckpt.source)
     x = ckpt.tensors.get_rows(arch.embedding_name, ids)

@@ -20,7 +20,7 @@ from typing import Annotated, Any
 
 import typer
 
-from hubguard.cli_utils import handle_errors
+from hubguard.cli.errors import handle_errors
 
 app = typer.Typer(
     name="hubguard",
@@ -62,7 +62,7 @@ def fingerprint(
 
     Example: hubguard fingerprint ./my-model --out my-model.fp.safetensors
     """
-    from hubguard.lineage.fingerprint import compute_fingerprint, save_fingerprint
+    from hubguard.lineage.fingerprints import compute_fingerprint, save_fingerprint
 
     fp = compute_fingerprint(source, max_layers=max_layers, budget=parse_budget(budget), allow_pickle=allow_pickle)
     summary = fp.summary()
@@ -146,7 +146,7 @@ def compare(
 
     fa, fb, result = compare_with_fingerprints(a, b, allow_pickle=allow_pickle)
     if sheet is not None:
-        from hubguard.fingerprint.dogs import comparison_sheet
+        from hubguard.portraits.dogs import comparison_sheet
 
         comparison_sheet(query=fb, matches=[(fa, result)]).save(sheet)
     if as_json:
@@ -166,7 +166,7 @@ def dog(
 
     Example: hubguard dog ./my-model --out dog.png
     """
-    from hubguard.fingerprint.dogs import dog_image
+    from hubguard.portraits.dogs import dog_image
     from hubguard.lineage.api import as_fingerprint
 
     dog_image(as_fingerprint(source), size=size).save(out)
@@ -175,10 +175,10 @@ def dog(
 
 def _mount_subcommands() -> None:
     """Sub-apps import their heavy dependencies inside their commands, so mounting them is cheap."""
-    from hubguard.hooks.cli import check, hooks_app
-    from hubguard.hooks.webhook_cli import bot_app
-    from hubguard.protect.cli import audit_command, lock_command, protect_command
-    from hubguard.registry.cli import app as registry_app
+    from hubguard.cli.hooks import check, hooks_app
+    from hubguard.cli.bot import bot_app
+    from hubguard.cli.protect import audit_command, lock_command, protect_command
+    from hubguard.cli.registry import app as registry_app
 
     app.add_typer(registry_app, name="registry", help="Search and manage the registry of base-model fingerprints.")
     app.command(name="check")(check)

@@ -16,12 +16,12 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from hubguard.errors import IncompatibleFingerprintError
-from hubguard.lineage.fingerprint import MIN_TOKENS, Fingerprint
+from hubguard.lineage.fingerprints import MIN_TOKENS, Fingerprint
 
 if TYPE_CHECKING:
     import torch
 
-    from hubguard.checkpoint.source import Checkpoint
+    from hubguard.weights.source import Checkpoint
     from hubguard.lineage.calibration import Calibration
 
 

@@ -19,7 +19,7 @@ Every request is logged (`HubServer.log`) so tests can count requests and bytes.
 
 Use it in a test module (or `tests/conftest.py`) with::
 
-    from tests.hubserver import hub_server  # noqa: F401  (pytest fixture)
+    from tests.support.hubserver import hub_server  # noqa: F401  (pytest fixture)
 
     def test_x(hub_server):
         sha = hub_server.add_repo("org/name", folder)
@@ -43,7 +43,7 @@ from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 import pytest
 
-from tests.hubserver_writes import WriteRoutes
+from tests.support.hubserver_writes import WriteRoutes
 
 REPO_FILE = "repo.json"
 _REQUEST_FAULTS = {"status", "reset", "rate_limit"}  # apply to any matching request, before routing

@@ -72,7 +72,7 @@ def _check_vector(vector: object) -> "numpy.ndarray":
     if v.shape != (VECTOR_DIM,):
         raise FingerprintError(
             f"A dog needs a fingerprint vector of shape ({VECTOR_DIM},); got {v.shape}. "
-            "Use hubguard.fingerprint.encoder.encode_terms to make one."
+            "Use hubguard.portraits.encoder.encode_terms to make one."
         )
     if not np.isfinite(v).all():
         raise FingerprintError("The fingerprint vector holds NaN or Inf, so no dog can be drawn. Recompute it.")

@@ -1,6 +1,6 @@
 """Output-preserving attacks for the GPT-2 module layout (pre-LayerNorm, Conv1D [in, out] weights, fused c_attn).
 
-`hubguard.lineage.attacks` dispatches here when a model has GPT-2's modules (`transformer.h[i].attn.c_attn`).
+`hubguard.redteam.attacks` dispatches here when a model has GPT-2's modules (`transformer.h[i].attn.c_attn`).
 LayerNorm commutes with permutations of the hidden dimensions but not with rotations, so the hidden-space
 attacks here are permutation and per-dimension rescaling of the LayerNorm gain and bias.
 

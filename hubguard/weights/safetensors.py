@@ -2,7 +2,7 @@
 
 Headers are parsed and validated by us (no trust in offsets or sizes); only the bytes of the tensors or
 rows asked for are read. Sharded checkpoints are resolved through `model.safetensors.index.json`.
-Pickle checkpoints are never unpickled (see `hubguard.checkpoint.pickle_guard`).
+Pickle checkpoints are never unpickled (see `hubguard.weights.pickle_guard`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from hubguard.checkpoint.store import ByteStore, coalesce_ranges
+from hubguard.weights.store import ByteStore, coalesce_ranges
 from hubguard.constants import PICKLE_SUFFIXES, SAFETENSORS_MAX_HEADER_BYTES
 from hubguard.errors import (
     CorruptCheckpointError,
@@ -198,7 +198,7 @@ class SafetensorsCheckpoint:
     def _load_pickles(self, pickles: list[str]) -> None:
         import torch
 
-        from hubguard.checkpoint.store import LocalStore
+        from hubguard.weights.store import LocalStore
 
         if not isinstance(self.store, LocalStore):
             raise UnsafeCheckpointError(f"'{self.store.name}': pickle checkpoints are only read from local folders.")

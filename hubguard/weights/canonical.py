@@ -18,13 +18,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from hubguard.checkpoint.architectures import BoundArchitecture
+from hubguard.weights.architectures import BoundArchitecture
 from hubguard.errors import CorruptCheckpointError
 
 if TYPE_CHECKING:
     import torch
 
-    from hubguard.checkpoint.safetensors_reader import SafetensorsCheckpoint
+    from hubguard.weights.safetensors import SafetensorsCheckpoint
 
 
 @dataclass
