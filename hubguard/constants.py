@@ -1,4 +1,9 @@
-"""Constants and environment variables, read once at import time."""
+"""Constants and every environment variable hubguard reads — in this one module.
+
+Settings a process fixes once (data folders, progress bars, verbosity) are read at import. Settings tests and
+long-running servers change between calls (the Hub endpoint and token, the registry, remote-read tuning) are
+read by the getters below each time they are asked for; nothing else in hubguard touches `os.environ`.
+"""
 
 from __future__ import annotations
 
@@ -13,12 +18,25 @@ def _env_flag(name: str, default: bool = False) -> bool:
     return value.strip().lower() in {"1", "true", "yes", "on"}
 
 
+def _env_float(name: str, default: float) -> float:
+    try:
+        return float(os.environ.get(name, default))
+    except ValueError:
+        return default
+
+
+# --- read once ----------------------------------------------------------------------------------------------
+
 # Progress bars (tqdm) are shown unless this is set.
 HUBGUARD_DISABLE_PROGRESS_BARS: bool = _env_flag("HUBGUARD_DISABLE_PROGRESS_BARS") or _env_flag(
     "HF_HUB_DISABLE_PROGRESS_BARS"
 )
+# Library log level ("info", "debug", ...); unset: hubguard adds no log handler of its own.
+HUBGUARD_VERBOSITY: str = os.environ.get("HUBGUARD_VERBOSITY", "").upper()
+# Print tracebacks of unexpected errors on the command line (also `hubguard --debug`).
+HUBGUARD_DEBUG: bool = _env_flag("HUBGUARD_DEBUG")
 
-# Where hubguard keeps its writable data (registry copy, remote tensor cache).
+# Where hubguard keeps its writable data (registry copy, verdict journal) and its caches.
 HUBGUARD_HOME: Path = Path(
     os.environ.get("HUBGUARD_HOME")
     or Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local" / "share")) / "hubguard"
@@ -28,8 +46,62 @@ HUBGUARD_CACHE: Path = Path(
     or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "hubguard"
 )
 
-# Registry selected by the user (CLI --registry wins over this).
-HUBGUARD_REGISTRY: str | None = os.environ.get("HUBGUARD_REGISTRY") or None
+# Running on a Hugging Face Space (the Space runtime sets SPACE_ID).
+SPACE_ID: str | None = os.environ.get("SPACE_ID") or None
+
+# --- read when asked (tests and servers change these between calls) ---------------------------------------
+
+DEFAULT_HF_ENDPOINT = "https://huggingface.co"
+
+
+def hf_endpoint() -> str:
+    """The Hub URL: `HF_ENDPOINT`, else https://huggingface.co (no trailing slash)."""
+    return (os.environ.get("HF_ENDPOINT") or DEFAULT_HF_ENDPOINT).rstrip("/")
+
+
+def hf_token() -> str | None:
+    """`HF_TOKEN` (None when unset; huggingface_hub's saved login is used by its own client)."""
+    return os.environ.get("HF_TOKEN") or None
+
+
+def hubguard_registry() -> str | None:
+    """The registry the user selected with `HUBGUARD_REGISTRY` (a folder or hf://datasets/ORG/NAME[@REV])."""
+    return os.environ.get("HUBGUARD_REGISTRY") or None
+
+
+def extra_architecture_dirs() -> list[Path]:
+    """Folders of extra architecture maps (`HUBGUARD_ARCHITECTURES`, os.pathsep-separated)."""
+    extra = os.environ.get("HUBGUARD_ARCHITECTURES") or ""
+    return [Path(p) for p in extra.split(os.pathsep) if p]
+
+
+def webhook_secret() -> str | None:
+    """The Hub webhook secret the bot checks (`WEBHOOK_SECRET`)."""
+    return os.environ.get("WEBHOOK_SECRET") or None
+
+
+def remote_cache_setting() -> str | None:
+    """`HUBGUARD_REMOTE_CACHE`: a folder for the range cache, "off", or None (default folder)."""
+    return os.environ.get("HUBGUARD_REMOTE_CACHE")
+
+
+def remote_retries() -> int:
+    return max(1, int(_env_float("HUBGUARD_REMOTE_RETRIES", 5)))
+
+
+def remote_backoff_s() -> float:
+    return _env_float("HUBGUARD_REMOTE_BACKOFF", 1.0)
+
+
+def remote_max_wait_s() -> float:
+    return _env_float("HUBGUARD_REMOTE_MAX_WAIT", 60.0)
+
+
+def remote_max_gap(default: int) -> int:
+    return int(_env_float("HUBGUARD_REMOTE_MAX_GAP", default))
+
+
+# --- fixed --------------------------------------------------------------------------------------------------
 
 # The Hub's own limit on a safetensors header; larger headers are refused.
 SAFETENSORS_MAX_HEADER_BYTES: int = 25_000_000
@@ -37,7 +109,8 @@ SAFETENSORS_MAX_HEADER_BYTES: int = 25_000_000
 # Version of the fingerprint method. Fingerprints of different major versions are not comparable.
 FINGERPRINT_METHOD: str = "hubguard-invariants"
 FINGERPRINT_VERSION: int = 1
-SCHEMA_VERSION: int = 1
+# Schema version of fingerprint files (the JSON header next to the terms).
+FINGERPRINT_SCHEMA_VERSION: int = 1
 
 # Pickle-based weight files hubguard never unpickles unless told to with weights_only=True.
 PICKLE_SUFFIXES: tuple[str, ...] = (".bin", ".pt", ".pth", ".ckpt", ".pkl")

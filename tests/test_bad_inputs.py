@@ -116,7 +116,7 @@ def test_unknown_architecture(llama_copy) -> None:
     cfg["model_type"] = "mystery"
     cfg["architectures"] = ["MysteryForCausalLM"]
     (llama_copy / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(errors.UnsupportedArchitectureError, match="JSON file"):
+    with pytest.raises(errors.UnsupportedArchitectureError, match="JSON map"):
         hubguard.fingerprint(llama_copy)
 
 

@@ -7,7 +7,8 @@ import json
 import pytest
 
 import hubguard
-from hubguard.weights.architectures import bind_architecture, load_architecture_maps
+from hubguard.weights.binding import bind_architecture
+from hubguard.weights.spec import load_specs
 from hubguard.weights.canonical import LayerReader
 from hubguard.weights.source import open_source
 
@@ -15,7 +16,7 @@ FAMILIES = ["llama", "mistral", "qwen2", "gemma", "phi3", "gpt2", "gpt_neox", "f
 
 
 def test_every_family_has_a_map() -> None:
-    assert set(FAMILIES) <= {m.family for m in load_architecture_maps()}
+    assert set(FAMILIES) <= {m.family for m in load_specs()}
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hubguard import constants
 from hubguard.errors import HookError, HubguardError
 from hubguard.utils import get_logger
 
@@ -205,9 +206,9 @@ class LineageBot:
         from hubguard.registry import Registry
 
         self.registry = registry if isinstance(registry, Registry) else Registry(registry)
-        self.token = token or os.environ.get("HF_TOKEN") or None
-        self.endpoint = (endpoint or os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
-        self.secret = secret if secret is not None else (os.environ.get("WEBHOOK_SECRET") or None)
+        self.token = token or constants.hf_token()
+        self.endpoint = (endpoint or constants.hf_endpoint()).rstrip("/")
+        self.secret = secret if secret is not None else constants.webhook_secret()
         self.act = act
         self.top_k = top_k
         self.results: list[BotResult] = []

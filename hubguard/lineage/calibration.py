@@ -58,7 +58,7 @@ class Calibration:
             return {"mean": n.mean, "std": n.std, "samples": list(n.samples)}
 
         return {
-            "schema_version": constants.SCHEMA_VERSION,
+            "schema_version": constants.FINGERPRINT_SCHEMA_VERSION,
             "method": constants.FINGERPRINT_METHOD,
             "method_version": self.method_version,
             "source": self.source,

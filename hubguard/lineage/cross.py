@@ -66,7 +66,7 @@ def cross_scores(
 ) -> dict[str, "torch.Tensor"] | None:
     """Per shared term, [len(reference.layers), len(layers)] scores (0-100) of the candidate's layers read
     through the reference's token rows; None when not applicable (no probe, different hidden size)."""
-    from hubguard.weights.architectures import bind_architecture
+    from hubguard.weights.binding import bind_architecture
     from hubguard.weights.canonical import LayerReader
 
     acc = CrossTerms(reference=reference)

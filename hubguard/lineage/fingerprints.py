@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from hubguard import constants
 from hubguard.errors import CorruptCheckpointError, FingerprintError, IncompatibleFingerprintError, TokenizerError
 from hubguard.utils import get_logger, progress
+from hubguard.utils.files import atomic_write
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -99,7 +100,7 @@ def fingerprint_checkpoint(
     """
     import torch
 
-    from hubguard.weights.architectures import bind_architecture
+    from hubguard.weights.binding import bind_architecture
     from hubguard.weights.canonical import LayerReader
     from hubguard.weights.plan import embedding_gap, plan_reads
     from hubguard.lineage.terms import decorrelate_tokens, layer_terms, normalise_rows, standardise
@@ -131,7 +132,7 @@ def fingerprint_checkpoint(
     x = tensors.get_rows(emb_name, rows, max_gap=gap)
     if x.shape[1] != arch.hidden_size:
         raise CorruptCheckpointError(f"Embedding rows are {x.shape[1]} wide but the hidden size is {arch.hidden_size}.")
-    x = decorrelate_tokens(normalise_rows(x, centre=arch.spec["norm"]["type"] == "layer"))
+    x = decorrelate_tokens(normalise_rows(x, centre=arch.spec.norm.type == "layer"))
 
     chosen = list(plan.layers)
     per_term: dict[str, list[torch.Tensor]] = {}
@@ -223,7 +224,7 @@ def fingerprint_metadata(fp: Fingerprint, *, layers: list[int] | None = None) ->
     """The versioned JSON metadata stored with a fingerprint's tensors (`layers`: those actually stored)."""
     return {
         "format": FINGERPRINT_FORMAT,
-        "schema_version": constants.SCHEMA_VERSION,
+        "schema_version": constants.FINGERPRINT_SCHEMA_VERSION,
         "method": fp.method,
         "version": fp.version,
         "token_set": fp.token_set,
@@ -244,11 +245,8 @@ def save_fingerprint(fp: Fingerprint, path: "str | os.PathLike[str]") -> Path:
     tensors = {f"terms.{t}": m.to(torch.float16).contiguous() for t, m in fp.terms.items()}
     if fp.probe is not None:
         tensors["probe"] = fp.probe.to(torch.float16).contiguous()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    save_file(tensors, str(tmp), metadata={"hubguard": json.dumps(meta, ensure_ascii=False)})
-    os.replace(tmp, path)
-    return path
+    metadata = {"hubguard": json.dumps(meta, ensure_ascii=False)}
+    return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
 
 def is_fingerprint_file(path: "str | os.PathLike[str]") -> bool:

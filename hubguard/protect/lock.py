@@ -35,7 +35,7 @@ from typing import Any
 
 import torch
 
-from hubguard.weights.architectures import BoundArchitecture, bind_architecture
+from hubguard.weights.binding import BoundArchitecture, bind_architecture
 from hubguard.errors import ProtectionError, UnsupportedArchitectureError
 from hubguard.utils import get_logger
 
@@ -121,7 +121,7 @@ def bind_model(model: torch.nn.Module) -> BoundArchitecture:
     """The architecture map of a plain transformers model (not PEFT-wrapped)."""
     config = model.config.to_dict() if hasattr(model, "config") else {}
     bound = bind_architecture(config=config, tensor_names=list(model.state_dict()), source=type(model).__name__)
-    if "qkv" in bound.spec["attention"]:
+    if bound.spec.attention.fused:
         raise UnsupportedArchitectureError(
             f"The scale lock needs separate q/k/v projections; the '{bound.family}' family fuses them into one "
             "weight. Use Trap² (hubguard protect) for this model, or add per-projection names to its architecture map."
@@ -130,8 +130,9 @@ def bind_model(model: torch.nn.Module) -> BoundArchitecture:
 
 
 def _names(bound: BoundArchitecture, layer: int, names: set[str]) -> dict[str, str]:
-    attn = bound.spec["attention"]
-    return {r: bound.resolve(attn[r], layer=layer, names=names) for r in ("q", "k", "v", "o")}
+    attn = bound.spec.attention
+    refs = {"q": attn.q, "k": attn.k, "v": attn.v, "o": attn.o}
+    return {r: bound.resolve(ref, layer=layer, names=names) for r, ref in refs.items() if ref is not None}
 
 
 class _Moments:
@@ -223,7 +224,7 @@ def plan_lock(
     names = set(state)
     h, kv, d = bound.num_heads, bound.num_kv_heads, bound.head_dim
     group = h // kv
-    rotary = bound.spec["attention"].get("rotary") == "half"
+    rotary = bound.spec.attention.rotary == "half"
     layers = [_names(bound, i, names) for i in range(bound.num_layers)]
     heads_of = {}
     for lay in layers:
@@ -342,7 +343,7 @@ def realign_state_dict(
     names = set(weights)
     h, kv, d = bound.num_heads, bound.num_kv_heads, bound.head_dim
     group = h // kv
-    rotary = bound.spec["attention"].get("rotary") == "half"
+    rotary = bound.spec.attention.rotary == "half"
     out = {k: v.clone() for k, v in weights.items()}
     for i in range(bound.num_layers):
         lay = _names(bound, i, names)

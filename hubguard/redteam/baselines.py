@@ -39,7 +39,7 @@ def _open(source: "str | os.PathLike[str] | Checkpoint") -> "Checkpoint":
 
 def _official_terms(ckpt: "Checkpoint", ids: list[int]) -> list["torch.Tensor"]:
 
-    from hubguard.weights.architectures import bind_architecture
+    from hubguard.weights.binding import bind_architecture
     from hubguard.weights.canonical import LayerReader
 
     arch = bind_architecture(config=ckpt.config, tensor_names=ckpt.tensors.names(), source=ckpt.source)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from hubguard import constants
 from hubguard.errors import HubguardError, RegistryError
 from hubguard.registry import schema
 from hubguard.utils import get_logger, progress
@@ -86,7 +87,7 @@ def hub_reachable(*, timeout_s: float = 5.0) -> str | None:
 
     if hf_constants.HF_HUB_OFFLINE:
         return "HF_HUB_OFFLINE is set"
-    url = urlsplit(os.environ.get("HF_ENDPOINT") or hf_constants.ENDPOINT)
+    url = urlsplit(constants.hf_endpoint())
     port = url.port or (443 if url.scheme == "https" else 80)
     try:
         with socket.create_connection((url.hostname or "", port), timeout=timeout_s):

@@ -23,12 +23,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hubguard.errors import RegistryError
 from hubguard.utils import get_logger
+from hubguard.utils.files import atomic_write_bytes
 
 if TYPE_CHECKING:
     import numpy as np
@@ -163,16 +163,7 @@ class PQFastScan:
             "trained_on": self.trained_on, "payload_bytes": len(payload),
             "payload_sha256": hashlib.sha256(payload).hexdigest(),
         }).encode()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        try:
-            with open(tmp, "wb") as fh:
-                fh.write(_MAGIC + len(header).to_bytes(4, "little") + header + payload)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        atomic_write_bytes(path, _MAGIC + len(header).to_bytes(4, "little") + header + payload)
 
     @classmethod
     def load(cls, path: Path) -> tuple["PQFastScan", dict[str, Any]]:

@@ -32,7 +32,7 @@ def resolve(path: "str | os.PathLike[str] | None") -> tuple[Path, Path | None]:
     """(folder to read, folder to seed on first write or None when the folder itself is written)."""
     if path is not None:
         return Path(path).expanduser(), None
-    env = os.environ.get("HUBGUARD_REGISTRY") or constants.HUBGUARD_REGISTRY
+    env = constants.hubguard_registry()
     if env:
         return Path(env).expanduser(), None
     user = user_registry()

@@ -19,12 +19,12 @@ not know, and fill columns an older writer did not have with nulls.
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hubguard.errors import RegistryCorruptError
+from hubguard.utils.files import atomic_write
 
 if TYPE_CHECKING:
     import numpy as np
@@ -175,23 +175,7 @@ def write_table_atomic(path: Path, table: "pa.Table") -> None:
     """Write a Parquet file to a temporary name in the same folder, fsync it, then rename it over `path`."""
     import pyarrow.parquet as pq
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        pq.write_table(table, tmp, compression="zstd")
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
 
 
 def table_from_rows(rows: list[dict[str, Any]], *, columns: dict[str, str], fmt: str, sketch_dim: int = 512) -> "pa.Table":

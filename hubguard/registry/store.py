@@ -22,6 +22,7 @@ from hubguard import constants
 from hubguard.errors import RegistryCorruptError, RegistryError
 from hubguard.registry import locate, schema
 from hubguard.utils import get_logger
+from hubguard.utils.files import atomic_write_json, atomic_write_text
 
 if TYPE_CHECKING:
     import numpy as np
@@ -196,7 +197,7 @@ class Registry:
         info = self.path / schema.INFO_FILE
         if not info.is_file():
             self.path.mkdir(parents=True, exist_ok=True)
-            schema.write_json_atomic(
+            atomic_write_json(
                 info, {"format": schema.REGISTRY_FORMAT, "schema_version": schema.SCHEMA_VERSION, "created_at": _now()}
             )
         else:
@@ -223,10 +224,7 @@ class Registry:
             n_verdicts = self._verdict_table().num_rows if self.verdicts_path.exists() else 0
         fams = sorted({f for f in table.column("family").to_pylist() if f}) if table.num_rows else []
         text = locate.card_text(n_entries=table.num_rows, n_verdicts=n_verdicts, families=fams)
-        p = self.path / schema.CARD_FILE
-        tmp = p.with_name(f".{p.name}.tmp{os.getpid()}")
-        tmp.write_text(text)
-        os.replace(tmp, p)
+        atomic_write_text(self.path / schema.CARD_FILE, text)
 
     # -- entries table --------------------------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hubguard.errors import HubguardError, RegistryCorruptError, RegistryError
+from hubguard.utils.files import atomic_write
 
 if TYPE_CHECKING:
     from hubguard.lineage.fingerprints import Fingerprint
@@ -80,19 +81,8 @@ def save_verification(
         tensors["probe"] = fp.probe.to(torch.float16).contiguous()
     meta: dict[str, Any] = fingerprint_metadata(fp, layers=[fp.layers[i] for i in keep])
     meta["storage"] = {"dtype": dtype, "layers_kept": len(keep), "layers_total": len(fp.layers), "all_layers": list(fp.layers)}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        save_file(tensors, str(tmp), metadata={"hubguard": json.dumps(meta, ensure_ascii=False)})
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path, description
+    metadata = {"hubguard": json.dumps(meta, ensure_ascii=False)}
+    return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata)), description
 
 
 def load_verification(path: "str | os.PathLike[str]") -> "Fingerprint":

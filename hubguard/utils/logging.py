@@ -6,7 +6,6 @@ The root "hubguard" logger has no handler of its own until `HUBGUARD_VERBOSITY` 
 from __future__ import annotations
 
 import logging
-import os
 
 _ROOT = "hubguard"
 _configured = False
@@ -17,7 +16,9 @@ def _configure_root() -> None:
     if _configured:
         return
     _configured = True
-    level_name = os.environ.get("HUBGUARD_VERBOSITY", "").upper()
+    from hubguard import constants
+
+    level_name = constants.HUBGUARD_VERBOSITY
     root = logging.getLogger(_ROOT)
     if level_name:
         handler = logging.StreamHandler()

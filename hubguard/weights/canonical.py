@@ -18,7 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from hubguard.weights.architectures import BoundArchitecture
+from hubguard.weights.binding import BoundArchitecture
+from hubguard.weights.spec import TensorRef
 from hubguard.errors import CorruptCheckpointError
 
 if TYPE_CHECKING:
@@ -40,10 +41,6 @@ class CanonicalLayer:
     gate: "torch.Tensor | None" = None  # [f, d] for gated FFNs
 
 
-def ffn_spec_type(spec: dict) -> str:
-    return str(spec["ffn"]["type"])
-
-
 class LayerReader:
     """Reads and canonicalises one layer at a time (peak memory: one layer)."""
 
@@ -60,17 +57,30 @@ class LayerReader:
         t = self._prefetched.pop(name, None)
         return t if t is not None else self.tensors.get(name)
 
-    def _linear(self, entry: object, layer: int) -> "torch.Tensor":
+    def _linear(self, entry: TensorRef | None, layer: int) -> "torch.Tensor":
+        assert entry is not None  # the spec parser guarantees the entries a layout needs
         name = self.arch.resolve(entry, layer=layer, names=self._names)
         w = self._get(name)
         if w.dim() != 2:
             raise CorruptCheckpointError(f"'{name}' should be a matrix but has shape {list(w.shape)}.")
-        return w.t().contiguous() if self.arch.spec.get("conv1d") else w
+        return w.t().contiguous() if self.arch.spec.conv1d else w
 
-    def _norm(self, entry: object, layer: int) -> "torch.Tensor":
+    def _norm(self, entry: TensorRef, layer: int) -> "torch.Tensor":
         name = self.arch.resolve(entry, layer=layer, names=self._names)
         g = self._get(name)
-        return g + float(self.arch.spec["norm"].get("offset", 0.0))
+        if g.dim() != 1:
+            raise CorruptCheckpointError(f"'{name}' should be a norm gain vector but has shape {list(g.shape)}.")
+        return g + self.arch.spec.norm.offset
+
+    def _heads(self, w: "torch.Tensor", heads: int, layer: int, what: str) -> "torch.Tensor":
+        """[heads * hd, d] -> [heads, hd, d], after checking the row count against the config's head layout."""
+        hd = self.arch.head_dim
+        if w.shape[0] != heads * hd:
+            raise CorruptCheckpointError(
+                f"Layer {layer}: the {what} projection has {w.shape[0]} rows, but config.json says {heads} heads of "
+                f"{hd} dimensions ({heads * hd} rows). config.json does not belong to these weights; fix it."
+            )
+        return w.reshape(heads, hd, -1)
 
     def _fold(self, w: "torch.Tensor", gain: "torch.Tensor") -> "torch.Tensor":
         """W·diag(γ), then W·P for LayerNorm (P removes the mean over the input dimension)."""
@@ -79,7 +89,7 @@ class LayerReader:
         if gain.shape[0] != w.shape[1]:
             raise CorruptCheckpointError(f"A norm of size {gain.shape[0]} feeds a matrix with {w.shape[1]} inputs.")
         w = w * gain[None, :]
-        if self.arch.spec["norm"]["type"] == "layer":
+        if self.arch.spec.norm.type == "layer":
             w = w - w.mean(dim=1, keepdim=True)
         return w
 
@@ -87,12 +97,11 @@ class LayerReader:
 
     def part_names(self, layer: int) -> dict[str, list[str]]:
         """Tensor names one layer reads, by part ("attention", "ffn"), for reading-budget estimates."""
-        spec = self.arch.spec
-        out: dict[str, list[str]] = {}
-        for part, keys in (("attention", ("norm", "q", "k", "v", "qkv", "o")), ("ffn", ("norm", "gate", "up", "gate_up", "down"))):
-            section = spec[part]
-            out[part] = [self.arch.resolve(section[k], layer=layer, names=self._names) for k in keys if k in section]
-        return out
+        attn, ffn = self.arch.spec.attention, self.arch.spec.ffn
+        parts = {"attention": (attn.norm, attn.q, attn.k, attn.v, attn.qkv, attn.o),
+                 "ffn": (ffn.norm, ffn.gate, ffn.up, ffn.gate_up, ffn.down)}
+        return {part: [self.arch.resolve(r, layer=layer, names=self._names) for r in refs if r is not None]
+                for part, refs in parts.items()}
 
     def part_bytes(self, layer: int) -> dict[str, int]:
         return {
@@ -103,19 +112,15 @@ class LayerReader:
     @property
     def supports_head_slices(self) -> bool:
         """Head slices are contiguous row blocks only in the [out, in] layout (not Conv1D)."""
-        return not self.arch.spec.get("conv1d")
-
-    def kv_group(self) -> int:
-        """Query heads per key/value head."""
-        return self.arch.num_heads // self.arch.num_kv_heads
+        return not self.arch.spec.conv1d
 
     def head_slice_bytes(self, layer: int, *, kv_heads: int) -> int:
         """Bytes `read_qk_heads` reads for `kv_heads` key heads (and their query heads)."""
-        arch, attn = self.arch, self.arch.spec["attention"]
-        hd, d, rep = arch.head_dim, arch.hidden_size, self.kv_group()
-        name = self.arch.resolve(attn["qkv"] if "qkv" in attn else attn["q"], layer=layer, names=self._names)
+        arch, attn = self.arch, self.arch.spec.attention
+        hd, d, rep = arch.head_dim, arch.hidden_size, self.arch.kv_group
+        name = self.arch.resolve(attn.qkv or attn.q, layer=layer, names=self._names)
         itemsize = self.tensors.info(name).itemsize
-        grouped = "qkv" in attn and attn["qkv_layout"] == "grouped"
+        grouped = attn.qkv_layout == "grouped"
         rows = kv_heads * (rep + 2) * hd if grouped else kv_heads * (rep + 1) * hd  # grouped blocks carry V too
         return rows * d * itemsize + d * itemsize
 
@@ -125,13 +130,13 @@ class LayerReader:
         `v`/`o` are empty. Used by tight reading budgets: the partial QK sum still correlates with the full one."""
         import torch
 
-        arch, attn = self.arch, self.arch.spec["attention"]
-        H, KV, hd, d, rep = arch.num_heads, arch.num_kv_heads, arch.head_dim, arch.hidden_size, self.kv_group()
+        arch, attn = self.arch, self.arch.spec.attention
+        H, KV, hd, d, rep = arch.num_heads, arch.num_kv_heads, arch.head_dim, arch.hidden_size, self.arch.kv_group
         kv_heads = max(1, min(kv_heads, KV))
-        gain = self._norm(attn["norm"], layer)
-        if "qkv" in attn:
-            name = self.arch.resolve(attn["qkv"], layer=layer, names=self._names)
-            if attn["qkv_layout"] == "concat":
+        gain = self._norm(attn.norm, layer)
+        if attn.qkv is not None:
+            name = self.arch.resolve(attn.qkv, layer=layer, names=self._names)
+            if attn.qkv_layout == "concat":
                 rows = list(range(kv_heads * rep * hd)) + list(range(H * hd, H * hd + kv_heads * hd))
                 block = self.tensors.get_rows(name, rows)
                 q, k = block[: kv_heads * rep * hd], block[kv_heads * rep * hd :]
@@ -139,25 +144,26 @@ class LayerReader:
                 block = self.tensors.get_rows(name, list(range(kv_heads * (rep + 2) * hd))).reshape(kv_heads, rep + 2, hd, d)
                 q, k = block[:, :rep].reshape(-1, d), block[:, rep].reshape(-1, d)
         else:
-            q = self.tensors.get_rows(self.arch.resolve(attn["q"], layer=layer, names=self._names), list(range(kv_heads * rep * hd)))
-            k = self.tensors.get_rows(self.arch.resolve(attn["k"], layer=layer, names=self._names), list(range(kv_heads * hd)))
+            assert attn.q is not None and attn.k is not None
+            q = self.tensors.get_rows(self.arch.resolve(attn.q, layer=layer, names=self._names), list(range(kv_heads * rep * hd)))
+            k = self.tensors.get_rows(self.arch.resolve(attn.k, layer=layer, names=self._names), list(range(kv_heads * hd)))
         q = self._fold(q, gain).reshape(kv_heads * rep, hd, d)
         k = self._fold(k, gain).reshape(kv_heads, hd, d).repeat_interleave(rep, dim=0)
         empty = torch.zeros(0, hd, d)
-        return CanonicalLayer(index=layer, q=q, k=k, v=empty, o=torch.zeros(0, d, hd), ffn_type=ffn_spec_type(self.arch.spec))
+        return CanonicalLayer(index=layer, q=q, k=k, v=empty, o=torch.zeros(0, d, hd), ffn_type=self.arch.spec.ffn.type)
 
     def read(self, layer: int, *, with_ffn: bool = True) -> CanonicalLayer:
-        arch, spec = self.arch, self.arch.spec
+        arch = self.arch
         parts = self.part_names(layer)
         # one batched read per layer: a remote store turns neighbouring tensors into a single request
         self._prefetched = self.tensors.get_many(parts["attention"] + (parts["ffn"] if with_ffn else []))
         H, KV, hd, d = arch.num_heads, arch.num_kv_heads, arch.head_dim, arch.hidden_size
-        attn, ffn = spec["attention"], spec["ffn"]
+        attn, ffn = arch.spec.attention, arch.spec.ffn
 
-        attn_gain = self._norm(attn["norm"], layer)
-        if "qkv" in attn:
-            qkv = self._linear(attn["qkv"], layer)
-            if attn["qkv_layout"] == "concat":
+        attn_gain = self._norm(attn.norm, layer)
+        if attn.qkv is not None:
+            qkv = self._linear(attn.qkv, layer)
+            if attn.qkv_layout == "concat":
                 sizes = [H * hd, KV * hd, KV * hd]
                 if qkv.shape[0] != sum(sizes):
                     raise CorruptCheckpointError(f"Fused QKV of layer {layer} has {qkv.shape[0]} rows, expected {sum(sizes)}.")
@@ -170,9 +176,9 @@ class LayerReader:
                 g = qkv.reshape(KV, rep + 2, hd, -1)
                 q, k, v = g[:, :rep].reshape(H, hd, -1), g[:, rep], g[:, rep + 1]
         else:
-            q = self._linear(attn["q"], layer).reshape(H, hd, -1)
-            k = self._linear(attn["k"], layer).reshape(KV, hd, -1)
-            v = self._linear(attn["v"], layer).reshape(KV, hd, -1)
+            q = self._heads(self._linear(attn.q, layer), H, layer, "query")
+            k = self._heads(self._linear(attn.k, layer), KV, layer, "key")
+            v = self._heads(self._linear(attn.v, layer), KV, layer, "value")
         if q.shape[-1] != d:
             raise CorruptCheckpointError(f"Layer {layer}: attention inputs are {q.shape[-1]} wide, hidden size is {d}.")
         fold = lambda w: self._fold(w.reshape(-1, d), attn_gain).reshape(w.shape)  # noqa: E731
@@ -180,26 +186,26 @@ class LayerReader:
         if KV != H:
             k = k.repeat_interleave(H // KV, dim=0)
             v = v.repeat_interleave(H // KV, dim=0)
-        o = self._linear(attn["o"], layer)  # [d, H*hd]
+        o = self._linear(attn.o, layer)  # [d, H*hd]
         if o.shape != (d, H * hd):
             raise CorruptCheckpointError(f"Layer {layer}: output projection is {list(o.shape)}, expected {[d, H * hd]}.")
         o = o.reshape(d, H, hd).permute(1, 0, 2).contiguous()
         if not with_ffn:
             self._prefetched = {}
-            return CanonicalLayer(index=layer, q=q, k=k, v=v, o=o, ffn_type=ffn_spec_type(spec))
+            return CanonicalLayer(index=layer, q=q, k=k, v=v, o=o, ffn_type=ffn.type)
 
-        ffn_gain = self._norm(ffn["norm"], layer)
-        down = self._linear(ffn["down"], layer)
-        if ffn["type"] == "gated":
-            if "gate_up" in ffn:
-                gate, up = self._linear(ffn["gate_up"], layer).chunk(2, dim=0)
+        ffn_gain = self._norm(ffn.norm, layer)
+        down = self._linear(ffn.down, layer)
+        if ffn.type == "gated":
+            if ffn.gate_up is not None:
+                gate, up = self._linear(ffn.gate_up, layer).chunk(2, dim=0)
             else:
-                gate, up = self._linear(ffn["gate"], layer), self._linear(ffn["up"], layer)
+                gate, up = self._linear(ffn.gate, layer), self._linear(ffn.up, layer)
             gate = self._fold(gate, ffn_gain)
         else:
-            gate, up = None, self._linear(ffn["up"], layer)
+            gate, up = None, self._linear(ffn.up, layer)
         up = self._fold(up, ffn_gain)
         if down.shape != (d, up.shape[0]):
             raise CorruptCheckpointError(f"Layer {layer}: FFN down projection is {list(down.shape)}, expected {[d, up.shape[0]]}.")
         self._prefetched = {}
-        return CanonicalLayer(index=layer, q=q, k=k, v=v, o=o, ffn_type=ffn["type"], up=up, down=down, gate=gate)
+        return CanonicalLayer(index=layer, q=q, k=k, v=v, o=o, ffn_type=ffn.type, up=up, down=down, gate=gate)

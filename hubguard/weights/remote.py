@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 from urllib.parse import quote, urlsplit
 
+from hubguard import constants
 from hubguard.weights.remote_cache import RangeCache, default_cache_root
 from hubguard.weights.store import ReadStats, coalesce_ranges
 from hubguard.errors import CorruptCheckpointError, RemoteError, SourceNotFoundError
@@ -41,7 +42,6 @@ if TYPE_CHECKING:
 
 logger = get_logger(__name__)
 
-DEFAULT_ENDPOINT = "https://huggingface.co"
 # Ranges closer than this are fetched in one request. A Hub request costs ~50-100 ms of latency, about what 1-5 MB
 # of transfer costs, so fetching a 1 MiB gap is cheaper than a second request. For the embedding rows of a fixed
 # token set in a 32k vocabulary this turns ~150 row requests into ~8 (`benchmarks/remote.py`, request_pattern).
@@ -77,13 +77,6 @@ class _Retry(Exception):
         super().__init__(reason)
         self.reason = reason
         self.wait_s = wait_s
-
-
-def _env_float(name: str, default: float) -> float:
-    try:
-        return float(os.environ.get(name, default))
-    except ValueError:
-        return default
 
 
 class HubStore:
@@ -123,13 +116,13 @@ class HubStore:
 
         self.repo_id = repo_id
         self.revision = revision
-        self.endpoint = (endpoint or os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
+        self.endpoint = (endpoint or constants.hf_endpoint()).rstrip("/")
         self._token = token or get_token()
-        self.max_retries = max(1, int(max_retries if max_retries is not None else _env_float("HUBGUARD_REMOTE_RETRIES", 5)))
-        self.backoff_s = backoff_s if backoff_s is not None else _env_float("HUBGUARD_REMOTE_BACKOFF", 1.0)
-        self.max_wait_s = max_wait_s if max_wait_s is not None else _env_float("HUBGUARD_REMOTE_MAX_WAIT", 60.0)
+        self.max_retries = max(1, int(max_retries)) if max_retries is not None else constants.remote_retries()
+        self.backoff_s = backoff_s if backoff_s is not None else constants.remote_backoff_s()
+        self.max_wait_s = max_wait_s if max_wait_s is not None else constants.remote_max_wait_s()
         self.timeout_s = timeout_s
-        self.max_gap = int(max_gap if max_gap is not None else _env_float("HUBGUARD_REMOTE_MAX_GAP", REMOTE_MAX_GAP))
+        self.max_gap = int(max_gap) if max_gap is not None else constants.remote_max_gap(REMOTE_MAX_GAP)
         self.max_workers = max(1, max_workers)
         self.stats = RemoteReadStats()
         self._lock = threading.Lock()

@@ -14,39 +14,26 @@ partial file can never be served as complete.
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from pathlib import Path
 from urllib.parse import quote
 
-from hubguard.constants import HUBGUARD_CACHE, SCHEMA_VERSION
+from hubguard import constants
 from hubguard.utils import get_logger
+from hubguard.utils.files import atomic_write_bytes
 
 logger = get_logger(__name__)
 
-CACHE_ENV = "HUBGUARD_REMOTE_CACHE"
+CACHE_SCHEMA_VERSION = 1
 _SPAN_RE = re.compile(r"^(\d+)-(\d+)\.bin$")
 
 
 def default_cache_root() -> Path | None:
     """`$HUBGUARD_REMOTE_CACHE` (read now, so tests can set it), else `HUBGUARD_CACHE/remote`. "off" disables it."""
-    value = os.environ.get(CACHE_ENV)
+    value = constants.remote_cache_setting()
     if value is not None and value.strip().lower() in {"", "0", "off", "false", "no", "none"}:
         return None
-    return Path(value).expanduser() if value else HUBGUARD_CACHE / "remote"
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    return Path(value).expanduser() if value else constants.HUBGUARD_CACHE / "remote"
 
 
 class RangeCache:
@@ -54,7 +41,7 @@ class RangeCache:
     is atomic, so concurrent readers only ever see complete entries."""
 
     def __init__(self, *, root: Path, repo_id: str, sha: str) -> None:
-        self.dir = Path(root) / f"v{SCHEMA_VERSION}" / repo_id.replace("/", "--") / sha
+        self.dir = Path(root) / f"v{CACHE_SCHEMA_VERSION}" / repo_id.replace("/", "--") / sha
         self._spans: dict[str, list[tuple[int, int]]] = {}
 
     def _file_dir(self, file: str) -> Path:
@@ -99,7 +86,7 @@ class RangeCache:
         """Record a complete, verified read of `[start, start + len(data))`."""
         stop = start + len(data)
         try:
-            _atomic_write(self._file_dir(file) / f"{start}-{stop}.bin", data)
+            atomic_write_bytes(self._file_dir(file) / f"{start}-{stop}.bin", data, fsync=False)
         except OSError as err:  # a full or read-only disk must not break a fingerprint
             logger.warning("Could not write the remote cache under %s (%s); continuing without it.", self.dir, err)
             return
@@ -118,8 +105,8 @@ class RangeCache:
             return None
 
     def save_listing(self, files: dict[str, int | None]) -> None:
-        body = json.dumps({"schema_version": SCHEMA_VERSION, "files": files}, sort_keys=True).encode()
+        body = json.dumps({"schema_version": CACHE_SCHEMA_VERSION, "files": files}, sort_keys=True).encode()
         try:
-            _atomic_write(self.dir / "listing.json", body)
+            atomic_write_bytes(self.dir / "listing.json", body, fsync=False)
         except OSError as err:
             logger.warning("Could not write the remote cache under %s (%s); continuing without it.", self.dir, err)

@@ -1,0 +1,87 @@
+"""JSON from untrusted bytes: size and nesting limits, no duplicate keys, no NaN/Infinity, no huge numbers.
+
+Every parser of bytes an uploader controls (safetensors headers, shard indexes, config.json, tokenizer files,
+webhook bodies) goes through `loads_untrusted`, so only the caller's hubguard error comes out — never a
+RecursionError, a ValueError from a 5,000-digit integer, or a silently merged duplicate key.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from hubguard.errors import HubguardError
+
+MAX_DEPTH = 64
+MAX_NUMBER_CHARS = 40  # an int64 has at most 20 digits; floats in configs are short
+
+
+class _Reject(Exception):
+    pass
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _Reject(f"the key {key[:80]!r} appears twice in one object")
+        out[key] = value
+    return out
+
+
+def _int(text: str) -> int:
+    if len(text) > MAX_NUMBER_CHARS:
+        raise _Reject(f"an integer of {len(text)} digits")
+    return int(text)
+
+
+def _float(text: str) -> float:
+    if len(text) > MAX_NUMBER_CHARS:
+        raise _Reject(f"a number of {len(text)} characters")
+    value = float(text)
+    if not math.isfinite(value):
+        raise _Reject(f"the number {text[:40]} overflows")
+    return value
+
+
+def _constant(text: str) -> Any:
+    raise _Reject(f"the non-JSON constant {text}")
+
+
+def _depth(value: Any, limit: int) -> int:
+    """Nesting depth of a parsed value (iterative; stops once `limit` is passed)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, (dict, list)):
+            deepest = max(deepest, depth)
+            if deepest > limit:
+                return deepest
+            children = node.values() if isinstance(node, dict) else node
+            stack.extend((c, depth + 1) for c in children if isinstance(c, (dict, list)))
+    return deepest
+
+
+def loads_untrusted(
+    data: "bytes | str", *, what: str, error: type[HubguardError], max_bytes: int, max_depth: int = MAX_DEPTH,
+    fix: str = "",
+) -> Any:
+    """Parse `data` (at most `max_bytes`, nesting at most `max_depth`) or raise `error` naming `what`."""
+    size = len(data)
+    tail = f" {fix}" if fix else ""
+    if size > max_bytes:
+        raise error(f"{what} is {size:,} bytes, above the {max_bytes:,}-byte limit.{tail}")
+    try:
+        text = data.decode("utf-8") if isinstance(data, bytes) else data
+        value = json.loads(text, object_pairs_hook=_no_duplicates, parse_int=_int, parse_float=_float,
+                           parse_constant=_constant)
+    except _Reject as err:
+        raise error(f"{what} is not acceptable JSON: {err}.{tail}") from None
+    except RecursionError:
+        raise error(f"{what} nests deeper than {max_depth} levels.{tail}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, ValueError, TypeError) as err:
+        raise error(f"{what} is not valid JSON ({err}).{tail}") from None
+    if _depth(value, max_depth) > max_depth:
+        raise error(f"{what} nests deeper than {max_depth} levels.{tail}")
+    return value
