@@ -110,25 +110,23 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    from hubguard.weights.source import open_source
     from hubguard.errors import HubguardError
-    from hubguard.redteam.baselines import huref_official, pcs
     from hubguard.lineage.calibration import Calibration, Null, load_calibration
-    from hubguard.lineage.comparison import compare_fingerprints, layer_provenance
-    from hubguard.lineage.cross import cross_scores
-    from hubguard.lineage.fingerprints import compute_fingerprint
+    from hubguard.lineage.candidate import open_candidate
+    from hubguard.lineage.verify import layer_provenance, verify_many
+    from hubguard.redteam.baselines import huref_official, pcs
 
     manifest = load_zoo(args.zoo)
     models = {m["name"]: m for m in manifest["models"]}
     path = {n: (args.zoo / m["path"]) if not Path(m["path"]).is_absolute() else Path(m["path"]) for n, m in models.items()}
     bases = [n for n, m in models.items() if m["kind"] == "base"]
     t0 = time.perf_counter()
-    fps = {n: compute_fingerprint(path[n], name=n, keep_probe=models[n]["kind"] == "base") for n in models}
-    t_fp = time.perf_counter() - t0
-    ckpts = {n: open_source(path[n]) for n in models}
+    from hubguard.lineage.fingerprints import compute_fingerprint
 
-    def cross(b: str, m: str):  # noqa: ANN202 - candidate m's layers read through base b's token rows
-        return cross_scores(reference=fps[b], candidate=ckpts[m], layers=list(fps[m].layers))
+    base_fps = {n: compute_fingerprint(path[n], name=n, keep_probe=True) for n in bases}
+    # every model is a candidate of the verification pipeline, its layers read through each base's embedding too
+    cands = {n: open_candidate(path[n], name=n, references=list(base_fps.values())) for n in models}
+    t_fp = time.perf_counter() - t0
 
     def safe(fn, a, b) -> float:  # noqa: ANN001
         try:
@@ -141,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         for m in models:
             if m == b:
                 continue
-            res = compare_fingerprints(a=fps[b], b=fps[m], calibration=load_calibration(), cross=cross(b, m))
+            res = verify_many(references=[base_fps[b]], candidate=cands[m], calibration=load_calibration())[0]
             rows.append({
                 "base": b, "model": m, "kind": models[m]["kind"], "positive": b in bases_of(models[m]),
                 "same_family": models[m]["family"] == models[b]["family"],
@@ -180,8 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     multi = []
     for n, m in models.items():
         if len(bases_of(m)) > 1 or m["kind"] in {"frankenmerge", "layer_pruning", "layer_duplication"} or m["kind"].startswith("merge_"):
-            refs = {b: fps[b] for b in bases if models[b]["family"] == m["family"]}
-            prov = layer_provenance(candidate=fps[n], references=refs, calibration=calibration, candidate_checkpoint=ckpts[n])
+            refs = {b: base_fps[b] for b in bases if models[b]["family"] == m["family"]}
+            prov = layer_provenance(candidate=cands[n], references=refs, calibration=calibration)
             found = sorted({p.source for p in prov if p.source})
             truth = m.get("layer_sources")
             multi.append({

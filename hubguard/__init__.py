@@ -17,13 +17,13 @@ __all__ = ["__version__", "fingerprint", "compare", "load_fingerprint", "save_fi
 
 if TYPE_CHECKING:
     from hubguard.lineage.api import compare, fingerprint
-    from hubguard.lineage.fingerprints import load_fingerprint, save_fingerprint
+    from hubguard.lineage.fingerprint_files import load_fingerprint, save_fingerprint
 
 _LAZY = {
     "fingerprint": "hubguard.lineage.api",
     "compare": "hubguard.lineage.api",
-    "load_fingerprint": "hubguard.lineage.fingerprints",
-    "save_fingerprint": "hubguard.lineage.fingerprints",
+    "load_fingerprint": "hubguard.lineage.fingerprint_files",
+    "save_fingerprint": "hubguard.lineage.fingerprint_files",
     "Registry": "hubguard.registry",
     "check_upload": "hubguard.hooks",
 }

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 
+from hubguard import constants
 from hubguard.errors import HubguardError, SourceError
 from hubguard.utils import get_logger
 
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
 logger = get_logger("hubguard.space")
 
 TITLE = "hubguard · model lineage"
-ON_SPACE = bool(os.environ.get("SPACE_ID"))
+ON_SPACE = constants.SPACE_ID is not None
 VERDICT_COLOURS = {"derivative": "#b42318", "inconclusive": "#b54708", "independent": "#067647"}
 ENTRY_COLUMNS = ["name", "family", "license", "parameters", "added"]
 FLAGGED_COLUMNS = ["logged", "repo", "revision", "match", "score", "z", "reason", "source"]
@@ -60,7 +61,7 @@ CSS = """
 def open_registry(path: "str | os.PathLike[str] | None" = None) -> "Registry":
     from hubguard.registry import Registry
 
-    return Registry(path or os.environ.get("HUBGUARD_REGISTRY") or None)
+    return Registry(path or constants.hubguard_registry())
 
 
 def _fail(err: BaseException) -> gr.Error:
@@ -171,42 +172,31 @@ def verdict_card(*, source: str, best: dict[str, Any] | None, declared: dict[str
 
 
 def check_lineage(source: str, top_k: float, registry_path: str | None = None, progress: gr.Progress = gr.Progress()):  # noqa: B008
-    """Tab 1: fingerprint the source, search the registry, compare declared and found lineage."""
+    """Tab 1: the pre-upload check (`hubguard.hooks.check.check_upload`: the one verification pipeline)."""
     try:
-        from hubguard.weights.source import open_source
-        from hubguard.hooks.check import read_declared_lineage
-        from hubguard.lineage.comparison import layer_provenance
-        from hubguard.lineage.fingerprints import fingerprint_checkpoint
+        from hubguard.hooks.check import check_upload
 
         spec = _source(source)
         reg = open_registry(registry_path)
-        progress(0.05, desc="Reading the weights' headers")
-        ckpt = open_source(spec)
-        declared = read_declared_lineage(ckpt.store)
-        progress(0.2, desc="Fingerprinting (invariant terms, layer by layer)")
-        fp = fingerprint_checkpoint(checkpoint=ckpt, name=spec)
-        progress(0.6, desc="Searching the registry")
-        hits = reg.search(fp, top_k=int(top_k))
-        matches = [h.to_dict() for h in hits]
-        found = [h.name for h in hits if h.verdict == "derivative"]
-        progress(0.75, desc="Per-layer provenance")
-        refs = {h.name: reg.fingerprint(h.name) for h in hits if h.verdict == "derivative"} or (
-            {hits[0].name: reg.fingerprint(hits[0].name)} if hits else {})
-        layers = layer_provenance(candidate=fp, references=refs) if refs else []
-        table = [[s.layer, s.source or "— (no match)", "—" if s.match is None else s.match, round(s.score, 1), round(s.z, 1)]
-                 for s in layers]
+        progress(0.1, desc="Fingerprinting (invariant terms, layer by layer) and searching the registry")
+        report = check_upload(spec, registry=reg, top_k=int(top_k))
+        if report.status == "unreadable":
+            raise SourceError(f"{report.reason} Fix: {report.fix}")
+        matches, found, declared = report.matches, report.found_bases, report.declared
+        table = [[s["layer"], s["source"] or "— (no match)", "—" if s["match"] is None else s["match"], round(s["score"], 1),
+                  round(s["z"], 1)] for s in report.layers]
         progress(0.85, desc="Drawing fingerprints")
         notes: list[str] = []
-        gallery = [(portrait(fp, notes), f"query · {_short(spec)}")]
-        for h in hits:
-            gallery.append((portrait(reg.fingerprint(h.name), notes), f"{h.name} · {h.verdict} · score {h.score:.1f}"))
+        gallery = [(portrait(report.fingerprint, notes), f"query · {_short(spec)}")]
+        for m in matches:
+            gallery.append((portrait(reg.fingerprint(m["name"]), notes), f"{m['name']} · {m['verdict']} · score {m['score']:.1f}"))
         for n in notes:
             gr.Warning(n)
         card = verdict_card(source=spec, best=matches[0] if matches else None, declared=declared, found=found,
                             registered=set(reg.names()))
-        report = {"source": spec, "declared": declared, "found_bases": found,
-                  "matches": [{k: v for k, v in m.items() if k not in {"layers", "entry"}} for m in matches]}
-        return card, gallery, table, report
+        summary = {"source": spec, "status": report.status, "declared": declared, "found_bases": found,
+                   "matches": [{k: v for k, v in m.items() if k not in {"layers", "entry"}} for m in matches]}
+        return card, gallery, table, summary
     except Exception as err:  # noqa: BLE001 - everything reaches the user as a message
         raise _fail(err) from None
 
@@ -214,16 +204,11 @@ def check_lineage(source: str, top_k: float, registry_path: str | None = None, p
 def compare_models(a: str, b: str, progress: gr.Progress = gr.Progress()):  # noqa: B008
     """Tab 2: compare reference A with candidate B."""
     try:
-        from hubguard.lineage.api import as_fingerprint
-        from hubguard.lineage.comparison import compare_fingerprints
+        from hubguard.lineage.api import compare_with_fingerprints
 
         spec_a, spec_b = _source(a, "model A"), _source(b, "model B")
-        progress(0.05, desc="Fingerprinting A")
-        fa = as_fingerprint(spec_a)
-        progress(0.45, desc="Fingerprinting B")
-        fb = as_fingerprint(spec_b)
-        progress(0.85, desc="Comparing")
-        c = compare_fingerprints(a=fa, b=fb)
+        progress(0.05, desc="Fingerprinting A and B, then verifying B against A")
+        fa, fb, c = compare_with_fingerprints(spec_a, spec_b)
         notes: list[str] = []
         gallery = [(portrait(fa, notes), f"A · {_short(fa.name)}"),
                    (portrait(fb, notes), f"B · {_short(fb.name)} · {c.verdict} · score {c.score:.1f}")]

@@ -18,7 +18,8 @@ from typer.testing import CliRunner  # noqa: E402
 from hubguard.cli import app  # noqa: E402
 from hubguard.errors import FingerprintError  # noqa: E402
 from hubguard.lineage.batch import BatchItem, fingerprint_many  # noqa: E402
-from hubguard.lineage.fingerprints import compute_fingerprint, load_fingerprint  # noqa: E402
+from hubguard.lineage.fingerprint_files import load_fingerprint  # noqa: E402
+from hubguard.lineage.fingerprints import compute_fingerprint  # noqa: E402
 
 FAMILIES = ("llama", "qwen2", "gpt2")
 runner = CliRunner()

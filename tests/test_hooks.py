@@ -100,10 +100,12 @@ def test_cli_check_json_and_strict_exit_code(registry, derivative) -> None:
     assert res.exit_code == 2 and "is not a folder" in res.output
 
 
-def test_broken_model_card_is_a_hubguard_error(registry, derivative) -> None:
+def test_broken_model_card_is_an_error_level_problem(registry, derivative) -> None:
     (derivative / "README.md").write_text("---\nbase_model: [unclosed\n---\n")
-    with pytest.raises(errors.HookError, match="YAML"):
-        check_upload(derivative, registry=registry)
+    report = check_upload(derivative, registry=registry)
+    assert report.status == "problems" and "YAML" in (report.declared["card_error"] or "")
+    bad = next(p for p in report.problems if p.code == "invalid_model_card")
+    assert bad.is_error and "README.md" in bad.message
 
 
 def test_strict_upload_wrapper_refuses_before_any_network_call(registry, derivative) -> None:

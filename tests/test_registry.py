@@ -29,7 +29,8 @@ def fps(family_models: dict[str, dict[int, Path]], tmp_path_factory: pytest.Temp
     import torch
     from safetensors.torch import load_file, save_file
 
-    from hubguard.lineage.fingerprints import compute_fingerprint, save_fingerprint
+    from hubguard.lineage.fingerprint_files import save_fingerprint
+    from hubguard.lineage.fingerprints import compute_fingerprint
 
     out_dir = tmp_path_factory.mktemp("fps")
     out = {}
@@ -155,7 +156,7 @@ def test_readers_tolerate_unknown_and_missing_columns(reg: Registry) -> None:
 
 def test_compact_verification_data_scores_like_the_full_one(fps: dict[str, Path], tmp_path: Path) -> None:
     from hubguard.lineage.comparison import compare_fingerprints
-    from hubguard.lineage.fingerprints import load_fingerprint
+    from hubguard.lineage.fingerprint_files import load_fingerprint
     from hubguard.registry.verification import load_verification, save_verification
 
     base, cand, indep = (load_fingerprint(fps[k]) for k in ("llama-0", "llama-0-ft", "llama-1"))
@@ -237,7 +238,6 @@ def test_default_registry_is_shipped_and_first_write_seeds_the_user_copy(
     from hubguard import constants
 
     monkeypatch.setattr(constants, "HUBGUARD_HOME", tmp_path / "home")
-    monkeypatch.setattr(constants, "HUBGUARD_REGISTRY", None)
     monkeypatch.delenv("HUBGUARD_REGISTRY", raising=False)
     before = (SHIPPED / rs.ENTRIES_FILE).stat().st_mtime_ns
     r = Registry()

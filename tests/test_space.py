@@ -104,7 +104,7 @@ def test_lineage_check_registry_and_errors(browser, app_url, models) -> None:
         # A path that does not exist: hubguard's message, no traceback.
         source.fill("/nonexistent/model")
         page.locator("#hg-check").click()
-        toast = page.get_by_text("does not exist. Pass a model folder")
+        toast = page.get_by_text("is not a folder")
         toast.first.wait_for(timeout=20_000)
         assert "Traceback" not in page.content()
         _shot(page, "error")

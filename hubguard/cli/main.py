@@ -62,7 +62,8 @@ def fingerprint(
 
     Example: hubguard fingerprint ./my-model --out my-model.fp.safetensors
     """
-    from hubguard.lineage.fingerprints import compute_fingerprint, save_fingerprint
+    from hubguard.lineage.fingerprint_files import save_fingerprint
+    from hubguard.lineage.fingerprints import compute_fingerprint
 
     fp = compute_fingerprint(source, max_layers=max_layers, budget=parse_budget(budget), allow_pickle=allow_pickle)
     summary = fp.summary()

@@ -1,15 +1,19 @@
 """The pre-upload check: does this folder derive from a registered base, and does its model card say so?
 
-`check_upload(folder)` fingerprints the weights, searches the registry, reads the declared lineage from
-the model card (`base_model`, `base_model_relation`, mergekit's `mergekit_config.yml`), and lists problems:
+`check_upload(folder)` fingerprints the weights, searches the registry (the verification pipeline,
+`hubguard.lineage.verify`), reads the declared lineage from the model card (`base_model`,
+`base_model_relation`, mergekit's `mergekit_config.yml`), and lists problems:
 
 - `undeclared_derivative`: a registered base is found in the weights but not declared;
 - `false_base_model`: a declared base is in the registry, yet the weights are independent of it;
 - `unverifiable_base_model`: a declared base is not in the registry (a warning, not an error);
 - `relation_mismatch`: the declared relation disagrees with what the files show (merge of several bases,
-  adapter, quantized) — a warning.
+  adapter, quantized) — a warning;
+- `invalid_model_card`: README.md's YAML header cannot be parsed, so nothing is declared.
 
-Exit code 0 when nothing is wrong; under `strict`, non-zero when an error-level problem is found.
+Every repo gets a report: weights hubguard cannot read (pickle only, an unsupported architecture, no config,
+corrupt files, an adapter whose base is out of reach) give `status="unreadable"` with the reason and the fix,
+never a bare error. Exit codes: 0 ok, 1 an error-level problem under `strict`, 2 unreadable.
 """
 
 from __future__ import annotations
@@ -19,14 +23,21 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hubguard.errors import HookError
+from hubguard.errors import HookError, HubguardError, RegistryError, RemoteError
+from hubguard.hooks.card import expected_relation, read_declared_lineage, same_repo
+from hubguard.utils import get_logger
 
 if TYPE_CHECKING:
-    from hubguard.weights.store import ByteStore
+    from hubguard.lineage.candidate import Candidate
+    from hubguard.lineage.comparison import Comparison
     from hubguard.lineage.fingerprints import Fingerprint
     from hubguard.registry import Registry
+    from hubguard.registry.store import SearchResult
 
-ERRORS = {"undeclared_derivative", "false_base_model"}
+logger = get_logger(__name__)
+
+ERRORS = {"undeclared_derivative", "false_base_model", "invalid_model_card", "unreadable"}
+STATUSES = ("ok", "problems", "unreadable")
 
 
 @dataclass(frozen=True)
@@ -41,22 +52,31 @@ class Problem:
 
 @dataclass(frozen=True)
 class CheckReport:
+    """What the check found. `status`: ok | problems (an error-level problem) | unreadable (`reason`, `fix`)."""
+
     folder: str
     repo_id: str | None
+    status: str
     declared: dict[str, Any]
-    matches: list[dict[str, Any]]
-    found_bases: list[str]
-    expected_relation: str | None
+    matches: list[dict[str, Any]] = field(default_factory=list)
+    found_bases: list[str] = field(default_factory=list)
+    expected_relation: str | None = None
     problems: list[Problem] = field(default_factory=list)
+    layers: list[dict[str, Any]] = field(default_factory=list)  # per candidate layer: best base and its layer
+    reason: str | None = None  # unreadable: what hubguard could not read, and why
+    fix: str | None = None  # unreadable: what the uploader must do
+    error: str | None = None  # unreadable: the hubguard error class
     fingerprint: "Fingerprint | None" = field(default=None, repr=False, compare=False)
 
     @property
     def agrees(self) -> bool:
-        """Declared lineage and weights agree (no error-level problem)."""
-        return not any(p.is_error for p in self.problems)
+        """Declared lineage and weights agree (no error-level problem, weights readable)."""
+        return self.status == "ok"
 
     def exit_code(self, *, strict: bool) -> int:
-        return 1 if strict and not self.agrees else 0
+        if self.status == "unreadable":
+            return 2
+        return 1 if strict and self.status == "problems" else 0
 
     def to_dict(self) -> dict[str, Any]:
         out = {k: v for k, v in asdict(self).items() if k != "fingerprint"}
@@ -65,46 +85,61 @@ class CheckReport:
         return out
 
 
-def parse_model_card(text: str | None) -> dict[str, Any]:
-    """The YAML metadata of a model card's text (empty when there is no card or no header)."""
-    if not text:
-        return {}
-    from huggingface_hub import ModelCard
-
-    try:
-        return ModelCard(text, ignore_metadata_errors=True).data.to_dict() or {}
-    except Exception as err:  # noqa: BLE001 - YAML errors come in several types
-        raise HookError(f"The model card's YAML header cannot be parsed ({err}). Fix README.md's metadata block.") from err
+def _unreadable(spec: str, repo_id: str | None, declared: dict[str, Any], err: HubguardError) -> CheckReport:
+    logger.info("check of %s: unreadable: %s", spec, err)
+    return CheckReport(
+        folder=spec, repo_id=repo_id, status="unreadable", declared=declared, reason=str(err), fix=err.fix,
+        error=type(err).__name__, problems=[Problem("unreadable", f"hubguard cannot fingerprint these weights: {err}")],
+    )
 
 
-def read_declared_lineage(store: "ByteStore") -> dict[str, Any]:
-    """`base_model` (always a list), `base_model_relation`, tags and licence from README.md; mergekit's config."""
-    text = store.read_text("README.md")
-    meta = parse_model_card(text)
-    base = meta.get("base_model") or []
-    if isinstance(base, str):
-        base = [base]
-    files = set(store.list_files())
-    return {
-        "base_model": [str(b) for b in base],
-        "base_model_relation": meta.get("base_model_relation"),
-        "tags": list(meta.get("tags") or []),
-        "license": meta.get("license"),
-        "has_model_card": text is not None,
-        "mergekit_config": "mergekit_config.yml" in files,
-        "adapter": "adapter_config.json" in files,
-    }
+def _problems(*, hits: "list[SearchResult]", declared: dict[str, Any], known: set[str],
+              checked: "dict[str, Comparison]") -> list[Problem]:
+    problems: list[Problem] = []
+    if declared.get("card_error"):
+        problems.append(Problem("invalid_model_card", f"{declared['card_error']} Until then the repo declares no lineage."))
+    for h in hits:
+        if h.verdict == "derivative" and not any(same_repo(h.name, b) for b in declared["base_model"]):
+            problems.append(Problem(
+                "undeclared_derivative",
+                f"The weights derive from '{h.name}' (score {h.score:.1f}, z {h.z:.1f}) but the model card does not declare "
+                f"it. Add `base_model: {h.name}` to README.md's YAML header.",
+            ))
+    found = [h.name for h in hits if h.verdict == "derivative"]
+    for base in declared["base_model"]:
+        if any(same_repo(base, f) for f in found):
+            continue
+        entry = next((k for k in known if same_repo(k, base)), None)
+        if entry is None:
+            problems.append(Problem(
+                "unverifiable_base_model",
+                f"The declared base_model '{base}' is not in the registry, so it cannot be verified. A moderator can add it "
+                f"with `hubguard registry add hf://{base} --name {base}`.",
+            ))
+        elif checked[entry].verdict == "independent":
+            result = checked[entry]
+            problems.append(Problem(
+                "false_base_model",
+                f"The model card declares base_model '{base}', but the weights are independent of it (score "
+                f"{result.score:.1f}, z {result.z:.1f}). Fix or remove the base_model entry.",
+            ))
+    return problems
 
 
-def expected_relation(*, found: list[str], declared: dict[str, Any], config: dict[str, Any]) -> str | None:
-    """The relation the files show: adapter, merge (several bases or a mergekit config), quantized, finetune."""
-    if declared["adapter"]:
-        return "adapter"
-    if len(found) > 1 or declared["mergekit_config"]:
-        return "merge"
-    if "quantization_config" in config:
-        return "quantized"
-    return "finetune" if found else None
+def _verify(candidate: "Candidate", reg: "Registry", *, repo_id: str | None, top_k: int,
+            declared: dict[str, Any]) -> tuple["list[SearchResult]", "dict[str, Comparison]", list[dict[str, Any]]]:
+    """Registry hits, the comparison of every declared or found base, and the per-layer provenance."""
+    from hubguard.lineage.verify import layer_provenance, verify_many
+
+    hits = reg.search(candidate, top_k=top_k, exclude=[repo_id] if repo_id else [])
+    checked = {h.name: h.comparison for h in hits}
+    known = set(reg.names())
+    todo = [k for k in known if k not in checked and any(same_repo(k, b) for b in declared["base_model"])]
+    checked.update(zip(todo, verify_many(references=[reg.fingerprint(b) for b in todo], candidate=candidate)))
+    shown = [h for h in hits if h.verdict == "derivative"] or hits[:1]
+    refs = {h.name: reg.fingerprint(h.name) for h in shown}
+    layers = layer_provenance(candidate=candidate, references=refs, comparisons=[h.comparison for h in shown]) if refs else []
+    return hits, checked, [asdict(s) for s in layers]
 
 
 def check_upload(
@@ -114,52 +149,34 @@ def check_upload(
     registry: "Registry | str | os.PathLike[str] | None" = None,
     top_k: int = 5,
     token: str | None = None,
+    family: str | None = None,
+    allow_pickle: bool = False,
 ) -> CheckReport:
     """Check a model folder (or an `hf://` repo, read with `token` or HF_TOKEN) against the registry and its
-    own model card. The report carries the query's fingerprint (`report.fingerprint`) for callers that draw it."""
-    from hubguard.weights.source import open_source
-    from hubguard.lineage.comparison import compare_fingerprints
-    from hubguard.lineage.fingerprints import fingerprint_checkpoint
+    own model card. The report carries the query's fingerprint (`report.fingerprint`) for callers that draw it.
+    Raises only for what is not the repo's content's fault: a missing folder or repo, a failed network read, a
+    damaged registry."""
+    from hubguard.lineage.candidate import open_candidate
     from hubguard.registry import Registry
+    from hubguard.weights.source import Checkpoint, open_store
 
     spec = os.fspath(source)
     if not spec.startswith("hf://") and not Path(spec).is_dir():
         raise HookError(f"'{spec}' is not a folder. `hubguard check` takes the model folder you are about to upload.")
     reg = registry if isinstance(registry, Registry) else Registry(registry)
-    ckpt = open_source(spec, token=token)
-    declared = read_declared_lineage(ckpt.store)
-    fp = fingerprint_checkpoint(checkpoint=ckpt, name=repo_id or spec)
-    own = [repo_id] if repo_id else []
-    hits = reg.search(fp, top_k=top_k, exclude=own)
-    matches = [h.to_dict() for h in hits]
+    store = open_store(spec, token=token)  # a missing folder or repo is the caller's error, not a verdict
+    declared = read_declared_lineage(store)
+    try:
+        checkpoint = Checkpoint(store=store, source=spec, allow_pickle=allow_pickle)
+        candidate = open_candidate(checkpoint, name=repo_id or spec, family=family)
+        hits, checked, layers = _verify(candidate, reg, repo_id=repo_id, top_k=top_k, declared=declared)
+    except (RegistryError, RemoteError):
+        raise  # a damaged registry or a failed network read says nothing about the repo: retry, don't judge
+    except HubguardError as err:
+        return _unreadable(spec, repo_id, declared, err)
+    problems = _problems(hits=hits, declared=declared, known=set(reg.names()), checked=checked)
     found = [h.name for h in hits if h.verdict == "derivative"]
-    problems: list[Problem] = []
-    for h in hits:
-        if h.verdict == "derivative" and h.name not in declared["base_model"]:
-            problems.append(Problem(
-                "undeclared_derivative",
-                f"The weights derive from '{h.name}' (score {h.score:.1f}, z {h.z:.1f}) but the model card does not declare "
-                f"it. Add `base_model: {h.name}` to README.md's YAML header.",
-            ))
-    known = set(reg.names())
-    for base in declared["base_model"]:
-        if base in found:
-            continue
-        if base not in known:
-            problems.append(Problem(
-                "unverifiable_base_model",
-                f"The declared base_model '{base}' is not in the registry, so it cannot be verified. A moderator can add it "
-                f"with `hubguard registry add hf://{base} --name {base}`.",
-            ))
-            continue
-        result = compare_fingerprints(a=reg.fingerprint(base), b=fp)
-        if result.verdict == "independent":
-            problems.append(Problem(
-                "false_base_model",
-                f"The model card declares base_model '{base}', but the weights are independent of it (score "
-                f"{result.score:.1f}, z {result.z:.1f}). Fix or remove the base_model entry.",
-            ))
-    expected = expected_relation(found=found, declared=declared, config=ckpt.config)
+    expected = expected_relation(found=found, declared=declared, config=checkpoint.config)
     rel = declared["base_model_relation"]
     if rel and expected and rel != expected:
         problems.append(Problem(
@@ -167,6 +184,7 @@ def check_upload(
             f"base_model_relation is '{rel}' but the files look like a '{expected}'. Set `base_model_relation: {expected}`.",
         ))
     return CheckReport(
-        folder=spec, repo_id=repo_id, declared=declared, matches=matches, found_bases=found,
-        expected_relation=expected, problems=problems, fingerprint=fp,
+        folder=spec, repo_id=repo_id, status="problems" if any(p.is_error for p in problems) else "ok",
+        declared=declared, matches=[h.to_dict() for h in hits], found_bases=found, expected_relation=expected,
+        problems=problems, layers=layers, fingerprint=candidate.fingerprint,
     )

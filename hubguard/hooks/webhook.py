@@ -319,9 +319,12 @@ class LineageBot:
         declared = report.declared["base_model"]
         common = dict(repo_id=target.repo_id, revision=target.revision, declared_base_model=declared,
                       declared_relation=report.declared.get("base_model_relation"), source=SOURCE)
-        extra = {"problems": [p.code for p in report.problems], "found_bases": report.found_bases,
-                 "expected_relation": report.expected_relation, "pr_num": target.pr_num,
+        extra = {"status": report.status, "problems": [p.code for p in report.problems], "found_bases": report.found_bases,
+                 "expected_relation": report.expected_relation, "pr_num": target.pr_num, "layers": report.layers,
                  **{k: v for k, v in details.items() if v is not None}}
+        if report.status == "unreadable":
+            return [self.registry.log_verdict(match=None, verdict="unreadable", flagged=True,
+                                              reason=f"{report.reason} Fix: {report.fix}", details=extra, **common)]
         rows = []
         for m in report.matches:
             if m["verdict"] == "derivative":
@@ -363,8 +366,9 @@ class LineageBot:
             if details.status == "open":
                 api.comment_discussion(target.repo_id, previous, text)
                 return "comment", previous
-        d = api.create_discussion(target.repo_id, title="hubguard: the model card's base_model disagrees with the weights",
-                                  description=text)
+        title = ("hubguard: these weights cannot be checked for lineage" if report.status == "unreadable" else
+                 "hubguard: the model card's base_model disagrees with the weights")
+        d = api.create_discussion(target.repo_id, title=title, description=text)
         return "discussion", d.num
 
 
@@ -373,7 +377,10 @@ def format_report(*, target: Target, report: "CheckReport") -> str:
     declared = report.declared["base_model"]
     lines = [f"### hubguard lineage check of `{target.repo_id}` at `{target.revision[:10]}`", ""]
     errors = [p for p in report.problems if p.is_error]
-    if any(p.code == "undeclared_derivative" for p in errors):
+    if report.status == "unreadable":
+        lines += ["**Verdict: unreadable — hubguard could not fingerprint these weights, so their lineage is unverified.**",
+                  "", f"Why: {report.reason}", "", f"**What to do:** {report.fix}", ""]
+    elif any(p.code == "undeclared_derivative" for p in errors):
         lines.append(f"**Verdict: derivative of {', '.join(f'`{b}`' for b in report.found_bases)}, not declared in the model card.**")
     elif errors:
         lines.append("**Verdict: the declared `base_model` is not supported by the weights.**")

@@ -3,7 +3,8 @@ verification pipeline (`hubguard.lineage.verify`) every caller uses."""
 
 from hubguard.lineage.api import compare, fingerprint
 from hubguard.lineage.comparison import Comparison, LayerMatch, compare_fingerprints
-from hubguard.lineage.fingerprints import Fingerprint, compute_fingerprint, load_fingerprint, save_fingerprint
+from hubguard.lineage.fingerprint_files import load_fingerprint, save_fingerprint
+from hubguard.lineage.fingerprints import Fingerprint, compute_fingerprint
 
 __all__ = [
     "Comparison",

@@ -1,16 +1,16 @@
-"""The two calls most users need: `fingerprint(source)` and `compare(a, b)`."""
+"""The calls most users need: `fingerprint(source)` and `compare(a, b)`."""
 
 from __future__ import annotations
 
 import os
 from typing import TYPE_CHECKING
 
-from hubguard.lineage.fingerprints import Fingerprint, compute_fingerprint, is_fingerprint_file, load_fingerprint
+from hubguard.lineage.fingerprint_files import is_fingerprint_file, load_fingerprint
+from hubguard.lineage.fingerprints import Fingerprint, compute_fingerprint
 
 if TYPE_CHECKING:
     from hubguard.lineage.calibration import Calibration
     from hubguard.lineage.comparison import Comparison
-
 
 
 def fingerprint(source: "str | os.PathLike[str]", **kwargs: object) -> Fingerprint:
@@ -24,14 +24,15 @@ def is_weight_source(item: "Fingerprint | str | os.PathLike[str]") -> bool:
 
 
 def as_fingerprint(
-    item: "Fingerprint | str | os.PathLike[str]", *, allow_pickle: bool = False, keep_probe: bool = False
+    item: "Fingerprint | str | os.PathLike[str]", *, allow_pickle: bool = False, keep_probe: bool = False,
+    family: str | None = None,
 ) -> Fingerprint:
     """A Fingerprint as is, a saved fingerprint file, or a weight source to fingerprint."""
     if isinstance(item, Fingerprint):
         return item
     if is_fingerprint_file(item):
         return load_fingerprint(item)
-    return compute_fingerprint(item, allow_pickle=allow_pickle, keep_probe=keep_probe)
+    return compute_fingerprint(item, allow_pickle=allow_pickle, keep_probe=keep_probe, family=family)
 
 
 def compare(
@@ -40,12 +41,13 @@ def compare(
     *,
     calibration: "Calibration | None" = None,
     allow_pickle: bool = False,
+    family: str | None = None,
 ) -> "Comparison":
     """Compare reference `a` with candidate `b` (sources, saved fingerprints, or Fingerprint objects).
 
     See `compare_with_fingerprints`, which also returns the two fingerprints.
     """
-    return compare_with_fingerprints(a, b, calibration=calibration, allow_pickle=allow_pickle)[2]
+    return compare_with_fingerprints(a, b, calibration=calibration, allow_pickle=allow_pickle, family=family)[2]
 
 
 def compare_with_fingerprints(
@@ -54,24 +56,17 @@ def compare_with_fingerprints(
     *,
     calibration: "Calibration | None" = None,
     allow_pickle: bool = False,
+    family: str | None = None,
 ) -> tuple[Fingerprint, Fingerprint, "Comparison"]:
-    """Compare reference `a` with candidate `b` (sources, saved fingerprints, or Fingerprint objects).
+    """Compare reference `a` with candidate `b` through the verification pipeline (`hubguard.lineage.verify`).
 
-    When `b` is a weight source and `a`'s fingerprint has its token rows (a source, or a fingerprint made with
-    keep_probe=True), `b`'s layers are also read through `a`'s embedding (`hubguard.lineage.cross`), which
-    finds layers copied under another embedding.
+    When `b` is a weight source, its layers are also read through `a`'s embedding in the same pass (for `a` a
+    source, or a fingerprint made with keep_probe=True), which finds layers copied under another embedding.
+    `family` forces the architecture map of weight sources.
     """
-    from hubguard.weights.source import open_source
-    from hubguard.lineage.comparison import compare_fingerprints
-    from hubguard.lineage.cross import CrossTerms
-    from hubguard.lineage.fingerprints import fingerprint_checkpoint
+    from hubguard.lineage.candidate import open_candidate
+    from hubguard.lineage.verify import verify
 
-    fa = as_fingerprint(a, allow_pickle=allow_pickle, keep_probe=True)
-    cross = None
-    if is_weight_source(b):
-        acc = CrossTerms(reference=fa)  # b's layers read through a's token rows, in the same pass
-        fb = fingerprint_checkpoint(checkpoint=open_source(b, allow_pickle=allow_pickle), name=str(b), on_layer=acc.add)
-        cross = acc.scores()
-    else:
-        fb = as_fingerprint(b)
-    return fa, fb, compare_fingerprints(a=fa, b=fb, calibration=calibration, cross=cross)
+    reference = as_fingerprint(a, allow_pickle=allow_pickle, keep_probe=True, family=family)
+    candidate = open_candidate(b, references=[reference], allow_pickle=allow_pickle, family=family)
+    return reference, candidate.fingerprint, verify(reference=reference, candidate=candidate, calibration=calibration)

@@ -94,7 +94,8 @@ def _fingerprint_one(source: str, path: str, options: dict[str, Any]) -> dict[st
     """Runs inside a Ray worker: fingerprint, save, return a small dict (never raises)."""
     start = time.perf_counter()
     try:
-        from hubguard.lineage.fingerprints import compute_fingerprint, save_fingerprint
+        from hubguard.lineage.fingerprint_files import save_fingerprint
+        from hubguard.lineage.fingerprints import compute_fingerprint
 
         fp = compute_fingerprint(source, **options)
         saved = save_fingerprint(fp, path)

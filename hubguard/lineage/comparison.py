@@ -16,12 +16,12 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from hubguard.errors import IncompatibleFingerprintError
-from hubguard.lineage.fingerprints import MIN_TOKENS, Fingerprint
+from hubguard.lineage.fingerprints import Fingerprint
+from hubguard.lineage.tokens import MIN_TOKENS
 
 if TYPE_CHECKING:
     import torch
 
-    from hubguard.weights.source import Checkpoint
     from hubguard.lineage.calibration import Calibration
 
 
@@ -55,43 +55,25 @@ class Comparison:
         return out
 
 
-def _flatten_offdiag(m: "torch.Tensor", idx: "torch.Tensor") -> "torch.Tensor":
-    """[L, n, n] restricted to tokens idx -> [L, k*(k-1)] z-scored, unit-norm rows."""
-    import torch
-
-    sub = m[:, idx][:, :, idx].float()
-    k = sub.shape[-1]
-    off = ~torch.eye(k, dtype=torch.bool)
-    flat = sub[:, off]
-    flat = flat - flat.mean(dim=1, keepdim=True)
-    return flat / flat.norm(dim=1, keepdim=True).clamp_min(1e-12)
-
-
 def term_scores(*, a: Fingerprint, b: Fingerprint) -> tuple[dict[str, "torch.Tensor"], int]:
     """Per shared term, the [La, Lb] matrix of 0–100 scores, and the number of shared tokens."""
-    import torch
+    from hubguard.lineage.similarity import layer_scores, shared_token_index
 
     if a.method != b.method or a.version != b.version:
         raise IncompatibleFingerprintError(
             f"Cannot compare a {a.method} v{a.version} fingerprint with a {b.method} v{b.version} one. "
             "Re-fingerprint both with the same hubguard version."
         )
-    pos_b = {t: i for i, t in enumerate(b.tokens)}
-    shared = [(i, pos_b[t]) for i, t in enumerate(a.tokens) if t in pos_b]
-    if len(shared) < MIN_TOKENS:
+    ia, ib = shared_token_index(a.tokens, b.tokens)
+    if len(ia) < MIN_TOKENS:
         raise IncompatibleFingerprintError(
-            f"'{a.name}' and '{b.name}' share only {len(shared)} tokens of their token sets ({a.token_set}, "
+            f"'{a.name}' and '{b.name}' share only {len(ia)} tokens of their token sets ({a.token_set}, "
             f"{b.token_set}); at least {MIN_TOKENS} are needed. Their vocabularies are too different to align."
         )
-    ia = torch.tensor([i for i, _ in shared])
-    ib = torch.tensor([j for _, j in shared])
-    scores = {}
-    for t in sorted(set(a.terms) & set(b.terms)):
-        fa, fb = _flatten_offdiag(a.terms[t], ia), _flatten_offdiag(b.terms[t], ib)
-        scores[t] = 100.0 * (fa @ fb.t())
+    scores = {t: layer_scores(a.terms[t], b.terms[t], ia=ia, ib=ib) for t in sorted(set(a.terms) & set(b.terms))}
     if not scores:
         raise IncompatibleFingerprintError(f"'{a.name}' and '{b.name}' have no invariant term in common.")
-    return scores, len(shared)
+    return scores, len(ia)
 
 
 def compare_fingerprints(
@@ -104,7 +86,8 @@ def compare_fingerprints(
     """Compare reference A with candidate B.
 
     cross: optional per-term [La, Lb] scores of B's layers read through A's token rows
-    (`hubguard.lineage.cross.cross_scores`); a layer pair takes the better of the two readings.
+    (`hubguard.lineage.cross.CrossTerms`); a layer pair takes the better of the two readings. Callers go
+    through `hubguard.lineage.verify`, which supplies it whenever the candidate's weights are at hand.
     """
     import torch
 
@@ -162,43 +145,3 @@ def compare_fingerprints(
         matched_layers=matched,
         notes=tuple(notes),
     )
-
-
-@dataclass(frozen=True)
-class LayerSource:
-    layer: int  # candidate layer
-    source: str | None  # reference name whose layer matches best (None: no reference matches)
-    match: int | None  # that reference's layer index
-    score: float
-    z: float
-
-
-def layer_provenance(
-    *,
-    candidate: Fingerprint,
-    references: dict[str, Fingerprint],
-    calibration: "Calibration | None" = None,
-    candidate_checkpoint: "Checkpoint | None" = None,
-) -> list[LayerSource]:
-    """For each candidate layer, which reference (and which of its layers) it matches best.
-
-    A merge of two bases shows both; a layer no reference explains (z below the derivative threshold) gets
-    source None. With the candidate's weights (`candidate_checkpoint`) and references made with
-    `keep_probe=True`, layers copied under another embedding are found too (`hubguard.lineage.cross`).
-    """
-    from hubguard.lineage.calibration import load_calibration
-
-    cal = calibration or load_calibration()
-    best: list[LayerSource] = [LayerSource(layer=i, source=None, match=None, score=float("-inf"), z=float("-inf")) for i in candidate.layers]
-    for name, ref in references.items():
-        cross = None
-        if candidate_checkpoint is not None:
-            from hubguard.lineage.cross import cross_scores
-
-            cross = cross_scores(reference=ref, candidate=candidate_checkpoint, layers=list(candidate.layers),
-                                 with_ffn=bool(candidate.stats.get("ffn_read", True)))
-        result = compare_fingerprints(a=ref, b=candidate, calibration=cal, cross=cross)
-        for j, m in enumerate(result.layers):
-            if m.score > best[j].score:
-                best[j] = LayerSource(layer=m.layer, source=name, match=m.match, score=m.score, z=m.z)
-    return [b if b.z >= cal.derivative_z else LayerSource(layer=b.layer, source=None, match=None, score=b.score, z=b.z) for b in best]

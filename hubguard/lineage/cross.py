@@ -8,8 +8,9 @@ read through the reference's rows: X_ref W_cand X_refᵀ. A layer copied from th
 norm folding and rescaling do not matter) then reproduces the reference's terms.
 
 This needs the candidate's weights (not just its fingerprint) and a reference fingerprint made with
-`keep_probe=True`; `hubguard compare A B` on two sources and the zoo benchmark use it. It is not invariant to
-a rotation of the candidate's hidden space applied after the copy — no embedding-free signal is.
+`keep_probe=True`; the verification pipeline (`hubguard.lineage.verify`) uses it whenever both are at hand.
+It is not invariant to a rotation of the candidate's hidden space applied after the copy — no embedding-free
+signal is.
 """
 
 from __future__ import annotations
@@ -19,14 +20,13 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import torch
 
-    from hubguard.weights.canonical import CanonicalLayer
-    from hubguard.weights.source import Checkpoint
     from hubguard.lineage.fingerprints import Fingerprint
+    from hubguard.weights.canonical import CanonicalLayer
 
 
 class CrossTerms:
     """Accumulates a candidate's layers read through `reference`'s token rows, one canonical layer at a time
-    (so the fingerprinting pass can feed it and no layer is read twice)."""
+    (so a pass over the candidate's layers can feed several references and no layer is read twice)."""
 
     def __init__(self, *, reference: "Fingerprint") -> None:
         self.reference = reference
@@ -36,44 +36,24 @@ class CrossTerms:
     def add(self, layer: "CanonicalLayer") -> None:
         from hubguard.lineage.terms import layer_terms, standardise
 
-        if not self.usable:
+        probe = self.reference.probe
+        if not self.usable or probe is None:
             return
-        if layer.v.shape[0] == 0 or layer.q.shape[-1] != self.reference.probe.shape[1]:
+        if layer.v.shape[0] == 0 or layer.q.shape[-1] != probe.shape[1]:
             self.usable = False  # head slices (tight budgets) or another hidden size: not applicable
             return
-        for t, m in layer_terms(layer=layer, x=self.reference.probe.float()).items():
+        for t, m in layer_terms(layer=layer, x=probe.float()).items():
             self._terms.setdefault(t, []).append(standardise(m))
 
-    def scores(self) -> dict[str, "torch.Tensor"] | None:
+    def scores(self) -> "dict[str, torch.Tensor] | None":
         """Per shared term, [len(reference.layers), layers added] scores (0-100); None when not applicable."""
         import torch
 
-        from hubguard.lineage.comparison import _flatten_offdiag
+        from hubguard.lineage.similarity import layer_scores
 
         if not self.usable or not self._terms:
             return None
         idx = torch.arange(len(self.reference.tokens))
-        out = {}
-        for t in sorted(set(self._terms) & set(self.reference.terms)):
-            ref = _flatten_offdiag(self.reference.terms[t], idx)
-            cand = _flatten_offdiag(torch.stack(self._terms[t]), idx)
-            out[t] = 100.0 * (ref @ cand.t())
+        out = {t: layer_scores(self.reference.terms[t], torch.stack(self._terms[t]), ia=idx, ib=idx)
+               for t in sorted(set(self._terms) & set(self.reference.terms))}
         return out or None
-
-
-def cross_scores(
-    *, reference: "Fingerprint", candidate: "Checkpoint", layers: list[int] | None = None, with_ffn: bool = True
-) -> dict[str, "torch.Tensor"] | None:
-    """Per shared term, [len(reference.layers), len(layers)] scores (0-100) of the candidate's layers read
-    through the reference's token rows; None when not applicable (no probe, different hidden size)."""
-    from hubguard.weights.binding import bind_architecture
-    from hubguard.weights.canonical import LayerReader
-
-    acc = CrossTerms(reference=reference)
-    if not acc.usable:
-        return None
-    arch = bind_architecture(config=candidate.config, tensor_names=candidate.tensors.names(), source=candidate.source)
-    reader = LayerReader(tensors=candidate.tensors, arch=arch)
-    for li in list(range(arch.num_layers)) if layers is None else list(layers):
-        acc.add(reader.read(li, with_ffn=with_ffn))
-    return acc.scores()

@@ -13,7 +13,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
-from hubguard.lineage.tokens import load_token_set
+from hubguard.lineage.tokens import load_token_set, token_set_index
 
 if TYPE_CHECKING:
     import numpy as np
@@ -41,9 +41,7 @@ def sketch(fp: "Fingerprint") -> "np.ndarray":
     """The fingerprint's search sketch: float32 [SKETCH_DIM], unit norm."""
     import torch
 
-    full = load_token_set(fp.token_set)
-    pos = {t: i for i, t in enumerate(full)}
-    idx = torch.tensor([pos[t] for t in fp.tokens])
+    idx = torch.tensor(token_set_index(fp.tokens, token_set=fp.token_set))
     u, v = _projections(fp.token_set)
     parts = []
     for t in SKETCH_TERMS:

@@ -40,6 +40,12 @@ def normalise_rows(x: "torch.Tensor", *, centre: bool) -> "torch.Tensor":
     return x / torch.sqrt((x * x).mean(dim=1, keepdim=True) + 1e-12)
 
 
+def probe_rows(x: "torch.Tensor", *, layer_norm: bool) -> "torch.Tensor":
+    """The token rows every term is computed over: normalised as the model's norm sees them (centred first for
+    LayerNorm families), then decorrelated across tokens (`decorrelate_tokens`)."""
+    return decorrelate_tokens(normalise_rows(x, centre=layer_norm))
+
+
 WHITEN_SHRINK = 0.1  # λ = WHITEN_SHRINK × mean eigenvalue of the token covariance
 
 

@@ -23,6 +23,7 @@ from hubguard.errors import TokenizerError
 
 WORD_START = "▁"
 DEFAULT_TOKEN_SET = "v1"
+MIN_TOKENS = 32  # fewer shared tokens than this cannot support a verdict
 
 
 @lru_cache(maxsize=1)
@@ -108,9 +109,14 @@ def _from_tokenizer_json(text: str, source: str) -> Vocabulary:
         if not added.get("special"):
             pairs.append((str(added["content"]), int(added["id"])))
     prefix = model.get("continuing_subword_prefix") or "##"
+    return _vocabulary(pairs, style=style, text=text, continuation_prefix=prefix)
+
+
+def _vocabulary(pairs: list[tuple[str, int]], *, style: str, text: str, continuation_prefix: str = "##") -> Vocabulary:
+    """(token, id) pairs -> canonical key -> lowest id."""
     ids: dict[str, int] = {}
     for token, idx in sorted(pairs, key=lambda p: p[1]):
-        key = canonical_key(token, style=style, continuation_prefix=prefix)
+        key = canonical_key(token, style=style, continuation_prefix=continuation_prefix)
         if key is not None and key not in ids:
             ids[key] = idx
     size = max((i for _, i in pairs), default=-1) + 1
@@ -124,25 +130,14 @@ def load_vocabulary(store: ByteStore) -> Vocabulary:
         return _from_tokenizer_json(text, store.name)
     text = store.read_text("vocab.txt")
     if text is not None:
-        tokens = text.splitlines()
-        ids: dict[str, int] = {}
-        for i, t in enumerate(tokens):
-            key = canonical_key(t, style="wordpiece")
-            if key is not None and key not in ids:
-                ids[key] = i
-        return Vocabulary(ids=ids, style="wordpiece", size=len(tokens), sha256=hashlib.sha256(text.encode()).hexdigest())
+        return _vocabulary([(t, i) for i, t in enumerate(text.splitlines())], style="wordpiece", text=text)
     text = store.read_text("vocab.json")
     if text is not None:
         try:
             vocab = {str(k): int(v) for k, v in json.loads(text).items()}
         except (json.JSONDecodeError, AttributeError, ValueError) as err:
             raise TokenizerError(f"'{store.name}/vocab.json' is not a token->id JSON object ({err}).") from err
-        ids = {}
-        for token, idx in sorted(vocab.items(), key=lambda p: p[1]):
-            key = canonical_key(token, style="byte_level")
-            if key is not None and key not in ids:
-                ids[key] = idx
-        return Vocabulary(ids=ids, style="byte_level", size=max(vocab.values()) + 1, sha256=hashlib.sha256(text.encode()).hexdigest())
+        return _vocabulary(list(vocab.items()), style="byte_level", text=text)
     raise TokenizerError(
         f"'{store.name}' has no tokenizer (tokenizer.json, vocab.txt or vocab.json). hubguard aligns embedding rows by "
         "token string, so it needs the tokenizer files: save them next to the weights "
@@ -160,3 +155,26 @@ def load_token_set(name: str = DEFAULT_TOKEN_SET) -> tuple[str, ...]:
         raise TokenizerError(f"Unknown token set '{name}'. This hubguard knows: {DEFAULT_TOKEN_SET}. Upgrade hubguard.") from None
     data = json.loads(text)
     return tuple(data["tokens"])
+
+
+def token_rows(vocab: Vocabulary, *, token_set: str, vocab_rows: int, source: str) -> tuple[list[str], list[int]]:
+    """(keys, embedding row ids) of the token set's keys this vocabulary holds and whose ids have a row."""
+    wanted = load_token_set(token_set)
+    keys, ids = vocab.lookup(list(wanted))
+    usable = [(k, i) for k, i in zip(keys, ids) if 0 <= i < vocab_rows]
+    if len(usable) < MIN_TOKENS:
+        raise TokenizerError(
+            f"'{source}': only {len(usable)} of the {len(wanted)} tokens of token set '{token_set}' are in its "
+            f"vocabulary (need {MIN_TOKENS}). Is the tokenizer the model's own? A model with a non-English or "
+            "character-level vocabulary needs another token set."
+        )
+    return [k for k, _ in usable], [i for _, i in usable]
+
+
+def token_set_index(tokens: "tuple[str, ...] | list[str]", *, token_set: str) -> list[int]:
+    """Positions of `tokens` in the full token set (where a fingerprint's tokens sit on the shared grid)."""
+    pos = {t: i for i, t in enumerate(load_token_set(token_set))}
+    missing = [t for t in tokens if t not in pos]
+    if missing:
+        raise TokenizerError(f"Tokens {missing[:3]} are not in token set '{token_set}'; the fingerprint is corrupted.")
+    return [pos[t] for t in tokens]

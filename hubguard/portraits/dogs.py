@@ -26,12 +26,10 @@ def dog_vector(fp: "Fingerprint") -> "np.ndarray":
     import torch
 
     from hubguard.portraits.encoder import VECTOR_DIM, encode_terms
-    from hubguard.lineage.tokens import load_token_set
+    from hubguard.lineage.tokens import load_token_set, token_set_index
 
-    full = load_token_set(fp.token_set)
-    pos = {t: i for i, t in enumerate(full)}
-    idx = torch.tensor([pos[t] for t in fp.tokens])
-    n = len(full)
+    idx = torch.tensor(token_set_index(fp.tokens, token_set=fp.token_set))
+    n = len(load_token_set(fp.token_set))
     acc = np.zeros(VECTOR_DIM, dtype=np.float64)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # small convolutions: one thread beats two busy ones

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     import numpy as np
     import pyarrow as pa
 
+    from hubguard.lineage.candidate import Candidate
     from hubguard.lineage.comparison import Comparison
     from hubguard.lineage.fingerprints import Fingerprint
     from hubguard.registry.index import SketchSearcher
@@ -35,6 +36,8 @@ if TYPE_CHECKING:
 logger = get_logger(__name__)
 
 LOCK_TIMEOUT_S = 120.0
+# A logged verdict: the lineage verdicts, or "unreadable" (hubguard could not fingerprint the upload).
+VERDICTS = ("derivative", "independent", "inconclusive", "unreadable")
 _META_COLUMNS = [c for c in schema.ENTRY_COLUMNS if c != "sketch"]
 
 
@@ -406,35 +409,23 @@ class Registry:
         return [(names[int(r)].as_py(), float(s)) for r, s in zip(rows, sims)]
 
     def search(
-        self, source: "Fingerprint | str | os.PathLike[str]", *, top_k: int = 5, candidates: int | None = None,
+        self, source: "Candidate | Fingerprint | str | os.PathLike[str]", *, top_k: int = 5, candidates: int | None = None,
         exclude: list[str] | None = None,
     ) -> list[SearchResult]:
-        """Two-stage search: nearest sketches, then a full `compare` of each candidate; best score first.
-
-        When `source` is a weight source, candidates are also verified by reading its layers through each
-        reference's token rows (`hubguard.lineage.cross`), which finds layers copied under another embedding.
-        """
-        from hubguard.lineage.api import as_fingerprint, is_weight_source
-        from hubguard.lineage.comparison import compare_fingerprints
+        """Two-stage search: nearest sketches, then the verification pipeline (`hubguard.lineage.verify`) on each
+        candidate entry; best score first. A weight source's layers are also read through each entry's token
+        rows, which finds layers copied under another embedding."""
+        from hubguard.lineage.candidate import open_candidate
         from hubguard.lineage.sketch import sketch
+        from hubguard.lineage.verify import verify_many
 
         if top_k < 1:
             raise RegistryError(f"--top-k must be at least 1 (got {top_k}).")
-        ckpt = None
-        if is_weight_source(source):
-            from hubguard.weights.source import open_source
-            from hubguard.lineage.fingerprints import fingerprint_checkpoint
-
-            ckpt = open_source(source)
-            fp = fingerprint_checkpoint(checkpoint=ckpt)
-            if fp.stats.get("plan", {}).get("mode") == "qk_heads":
-                ckpt = None  # a tight reading budget: no second reading of the layers
-        else:
-            fp = as_fingerprint(source)
+        candidate = open_candidate(source)
         n_cand = candidates or max(4 * top_k, 16)
-        results = []
         skip = set(exclude or ())
-        for name, sim in self.nearest(sketch(fp), k=n_cand + len(skip)):
+        found: list[tuple[Entry, float, Fingerprint]] = []
+        for name, sim in self.nearest(sketch(candidate.fingerprint), k=n_cand + len(skip)):
             if name in skip:
                 continue
             try:
@@ -445,15 +436,10 @@ class Registry:
                 continue  # removed by another process while we searched
             if entry.fingerprint_file and not (self.path / entry.fingerprint_file).exists() and name not in self.names():
                 continue  # removed between reading the entry and its verification data
-            ref = self.fingerprint(name)
-            cross = None
-            if ckpt is not None and ref.probe is not None:
-                from hubguard.lineage.cross import cross_scores
-
-                cross = cross_scores(reference=ref, candidate=ckpt, layers=list(fp.layers), with_ffn=bool(fp.stats.get("ffn_read")))
-            c = compare_fingerprints(a=ref, b=fp, cross=cross)
-            results.append(SearchResult(name=name, score=c.score, z=c.z, verdict=c.verdict, sketch_similarity=sim,
-                                        entry=entry, comparison=c))
+            found.append((entry, sim, self.fingerprint(name)))
+        comparisons = verify_many(references=[ref for _, _, ref in found], candidate=candidate)
+        results = [SearchResult(name=e.name, score=c.score, z=c.z, verdict=c.verdict, sketch_similarity=sim, entry=e,
+                                comparison=c) for (e, sim, _), c in zip(found, comparisons)]
         results.sort(key=lambda r: (-r.score, r.name))
         return results[:top_k]
 
@@ -482,8 +468,8 @@ class Registry:
         details: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Append one verdict to the log. `flagged` defaults to "a derivative whose declared base is not `match`"."""
-        if verdict not in {"derivative", "independent", "inconclusive"}:
-            raise RegistryError(f"verdict must be derivative, independent or inconclusive (got {verdict!r}).")
+        if verdict not in VERDICTS:
+            raise RegistryError(f"verdict must be one of {', '.join(VERDICTS)} (got {verdict!r}).")
         declared = [declared_base_model] if isinstance(declared_base_model, str) else list(declared_base_model or [])
         if flagged is None:
             flagged = verdict == "derivative" and (match is None or match not in declared)

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from hubguard.errors import HubguardError, RegistryCorruptError, RegistryError
 from hubguard.utils.files import atomic_write
+from hubguard.weights.plan import evenly_spaced
 
 if TYPE_CHECKING:
     from hubguard.lineage.fingerprints import Fingerprint
@@ -51,10 +52,7 @@ def plan_storage(fp: "Fingerprint", *, storage: str = "auto", budget_bytes: int 
         return "float8", every
     per_layer = _payload_bytes(fp, itemsize=1, n_layers=1) - _HEADER_SLACK
     keep = max(1, (budget_bytes - _HEADER_SLACK) // max(per_layer, 1))
-    if keep >= n_layers:
-        return "float8", every
-    step = (n_layers - 1) / max(keep - 1, 1)
-    return "float8", sorted({round(i * step) for i in range(int(keep))})
+    return "float8", evenly_spaced(n_layers, int(keep))
 
 
 def save_verification(
@@ -64,7 +62,7 @@ def save_verification(
     import torch
     from safetensors.torch import save_file
 
-    from hubguard.lineage.fingerprints import fingerprint_metadata
+    from hubguard.lineage.fingerprint_files import fingerprint_metadata
 
     dtype, keep = plan_storage(fp, storage=storage, budget_bytes=budget_bytes)
     description = dtype if len(keep) == len(fp.layers) else f"{dtype}/layers={len(keep)}of{len(fp.layers)}"
@@ -87,7 +85,7 @@ def save_verification(
 
 def load_verification(path: "str | os.PathLike[str]") -> "Fingerprint":
     """Read verification data; any defect becomes a `RegistryCorruptError` naming the file."""
-    from hubguard.lineage.fingerprints import load_fingerprint
+    from hubguard.lineage.fingerprint_files import load_fingerprint
 
     p = Path(path)
     if not p.is_file():

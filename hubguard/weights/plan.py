@@ -34,9 +34,25 @@ class ReadPlan:
     mode: str  # "full" | "attention" | "qk_heads"
     kv_heads: int | None = None  # qk_heads mode: key heads read per layer (with their query heads)
     estimated_bytes: int = 0
+    embedding_gap: int = 0  # token rows closer than this many bytes are read as one range
 
     def to_dict(self) -> dict[str, Any]:
-        return {"layers": list(self.layers), "mode": self.mode, "kv_heads": self.kv_heads, "estimated_bytes": self.estimated_bytes}
+        return {"layers": list(self.layers), "mode": self.mode, "kv_heads": self.kv_heads,
+                "estimated_bytes": self.estimated_bytes, "embedding_gap": self.embedding_gap}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ReadPlan":
+        """The plan a fingerprint recorded in its stats (`to_dict`)."""
+        return cls(layers=tuple(int(i) for i in data["layers"]), mode=str(data["mode"]), kv_heads=data.get("kv_heads"),
+                   estimated_bytes=int(data.get("estimated_bytes", 0)), embedding_gap=int(data.get("embedding_gap", 0)))
+
+
+def evenly_spaced(n: int, k: int | None) -> list[int]:
+    """`k` indices of range(n) spread evenly, first and last included (all of them when k is None or >= n)."""
+    if k is None or k >= n:
+        return list(range(n))
+    step = (n - 1) / max(k - 1, 1)
+    return sorted({round(i * step) for i in range(max(k, 1))})
 
 
 def select_layers(n_layers: int, layers: list[int] | None, max_layers: int | None) -> list[int]:
@@ -46,20 +62,29 @@ def select_layers(n_layers: int, layers: list[int] | None, max_layers: int | Non
         if bad:
             raise FingerprintError(f"Layers {bad} do not exist; the model has {n_layers} (0..{n_layers - 1}).")
         return sorted(set(layers))
-    if max_layers is None or max_layers >= n_layers:
-        return list(range(n_layers))
-    step = (n_layers - 1) / max(max_layers - 1, 1)
-    return sorted({round(i * step) for i in range(max_layers)})
+    if max_layers is not None and max_layers < 1:
+        raise FingerprintError(f"--max-layers must be at least 1 (got {max_layers}).")
+    return evenly_spaced(n_layers, max_layers)
 
 
-def embedding_gap(*, tensors: Any, name: str, rows: list[int], budget: "float | str | None", total_bytes: int) -> int:
+def resolve_budget(budget: "float | str | None", *, total_bytes: int) -> float | None:
+    """A budget as a fraction of the checkpoint's bytes, or None (read everything). "auto": everything up to
+    AUTO_FULL_BYTES, else AUTO_BUDGET."""
+    if budget == "auto":
+        return None if total_bytes <= AUTO_FULL_BYTES else AUTO_BUDGET
+    if budget is None:
+        return None
+    if isinstance(budget, str) or isinstance(budget, bool) or not 0 < float(budget) <= 1:
+        raise FingerprintError(f"budget must be a fraction in (0, 1], 'auto' or None; got {budget!r}.")
+    return float(budget)
+
+
+def embedding_gap(*, tensors: Any, name: str, rows: list[int], budget: float | None, total_bytes: int) -> int:
     """Under a budget, read token rows in wide windows (fewer requests, a few more bytes): the widest merge gap
     whose reads stay within EMBEDDING_SHARE of the budget. Without a budget, exact rows."""
-    if budget == "auto":
-        budget = None if total_bytes <= AUTO_FULL_BYTES else AUTO_BUDGET
-    if budget is None or isinstance(budget, str):
+    if budget is None:
         return 0
-    limit = EMBEDDING_SHARE * float(budget) * total_bytes
+    limit = EMBEDDING_SHARE * budget * total_bytes
     best = 0
     for gap in EMBEDDING_GAPS:
         if tensors.rows_bytes(name, rows, max_gap=gap) <= limit:
@@ -76,34 +101,35 @@ def plan_reads(
     budget: "float | str | None" = "auto",
     total_bytes: int,
     embedding_bytes: int,
+    embedding_gap: int = 0,
 ) -> ReadPlan:
     """The richest plan that fits `budget` (a fraction of the checkpoint's bytes, "auto", or None = all)."""
     chosen = select_layers(n_layers, layers, max_layers)
-    if budget == "auto":
-        budget = None if total_bytes <= AUTO_FULL_BYTES else AUTO_BUDGET
+    fraction = resolve_budget(budget, total_bytes=total_bytes)
     sizes = reader.part_bytes(chosen[0])
     attn, ffn = sizes["attention"], sizes["ffn"]
-    if budget is None:
-        return ReadPlan(layers=tuple(chosen), mode="full", estimated_bytes=len(chosen) * (attn + ffn) + embedding_bytes)
-    if isinstance(budget, str) or not 0 < float(budget) <= 1:
-        raise FingerprintError(f"budget must be a fraction in (0, 1], 'auto' or None; got {budget!r}.")
-    allowed = LAYER_SHARE * float(budget) * total_bytes - embedding_bytes
+    full = ReadPlan(layers=tuple(chosen), mode="full", estimated_bytes=len(chosen) * (attn + ffn) + embedding_bytes,
+                    embedding_gap=embedding_gap)
+    if fraction is None:
+        return full
+    allowed = LAYER_SHARE * fraction * total_bytes - embedding_bytes
     if allowed >= len(chosen) * (attn + ffn):
-        return ReadPlan(layers=tuple(chosen), mode="full", estimated_bytes=len(chosen) * (attn + ffn) + embedding_bytes)
+        return full
     fit = min(int(allowed // max(attn, 1)), len(chosen))
     if fit >= min(MIN_ATTENTION_LAYERS, len(chosen) // 2 + 1) or (fit >= 2 and not reader.supports_head_slices):
-        picked = [chosen[i] for i in select_layers(len(chosen), None, fit)]
-        return ReadPlan(layers=tuple(picked), mode="attention", estimated_bytes=fit * attn + embedding_bytes)
+        picked = [chosen[i] for i in evenly_spaced(len(chosen), fit)]
+        return ReadPlan(layers=tuple(picked), mode="attention", estimated_bytes=fit * attn + embedding_bytes,
+                        embedding_gap=embedding_gap)
     if reader.supports_head_slices:
         n = min(HEAD_LAYERS, len(chosen))
-        picked = [chosen[i] for i in select_layers(len(chosen), None, n)]
-        kv_total = reader.arch.num_kv_heads
+        picked = [chosen[i] for i in evenly_spaced(len(chosen), n)]
         per_head = reader.head_slice_bytes(picked[0], kv_heads=1)
-        kv = min(kv_total, int(allowed // max(n * per_head, 1)))
+        kv = min(reader.arch.num_kv_heads, int(allowed // max(n * per_head, 1)))
         if kv >= 1:
             cost = sum(reader.head_slice_bytes(li, kv_heads=kv) for li in picked)
-            return ReadPlan(layers=tuple(picked), mode="qk_heads", kv_heads=kv, estimated_bytes=cost + embedding_bytes)
+            return ReadPlan(layers=tuple(picked), mode="qk_heads", kv_heads=kv, estimated_bytes=cost + embedding_bytes,
+                            embedding_gap=embedding_gap)
     raise FingerprintError(
-        f"A reading budget of {float(budget):.2%} of {total_bytes:,} bytes cannot hold even the smallest fingerprint "
+        f"A reading budget of {fraction:.2%} of {total_bytes:,} bytes cannot hold even the smallest fingerprint "
         f"(embedding rows: {embedding_bytes:,} bytes; one layer's attention: {attn:,} bytes). Raise --budget."
     )

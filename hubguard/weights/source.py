@@ -53,13 +53,20 @@ class Checkpoint:
         return f"Checkpoint({self.source!r})"
 
 
-def open_source(source: str | os.PathLike[str], *, allow_pickle: bool = False, token: str | None = None) -> Checkpoint:
-    """Open `source` (folder, `.safetensors` file or `hf://ORG/NAME[@REV]`) without reading any weights yet."""
+def open_store(source: str | os.PathLike[str], *, token: str | None = None) -> ByteStore:
+    """The bytes of `source` (folder, `.safetensors` file or `hf://ORG/NAME[@REV]`), nothing read yet."""
     spec = os.fspath(source)
     if spec.startswith(HF_PREFIX):
         from hubguard.weights.remote import HubStore
 
         ref = HubRef.parse(spec)
-        store: ByteStore = HubStore(repo_id=ref.repo_id, revision=ref.revision, token=token)
-        return Checkpoint(store=store, allow_pickle=False, source=spec)
-    return Checkpoint(store=LocalStore(spec), allow_pickle=allow_pickle, source=spec)
+        return HubStore(repo_id=ref.repo_id, revision=ref.revision, token=token)
+    return LocalStore(spec)
+
+
+def open_source(source: str | os.PathLike[str], *, allow_pickle: bool = False, token: str | None = None) -> Checkpoint:
+    """Open `source` (folder, `.safetensors` file or `hf://ORG/NAME[@REV]`): its headers, no weights yet.
+    Pickle files are only ever read from local folders."""
+    spec = os.fspath(source)
+    store = open_store(spec, token=token)
+    return Checkpoint(store=store, allow_pickle=allow_pickle and isinstance(store, LocalStore), source=spec)

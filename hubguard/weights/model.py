@@ -1,0 +1,137 @@
+"""`open_model(source)`: a checkpoint bound to its architecture — the one thing lineage reads from.
+
+It hides every step below it (which files transformers would load, headers, the architecture map, reading
+plans and byte budgets, canonicalisation) behind four questions lineage asks: which plan fits a budget, the
+embedding rows of some token ids, the canonical layers of a plan, and the facts about the model.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from hubguard.errors import CorruptCheckpointError
+from hubguard.utils import progress
+from hubguard.weights.binding import BoundArchitecture, bind_architecture
+from hubguard.weights.canonical import CanonicalLayer, LayerReader
+from hubguard.weights.plan import ReadPlan, embedding_gap, plan_reads, resolve_budget
+from hubguard.weights.source import Checkpoint, open_source
+
+if TYPE_CHECKING:
+    import torch
+
+    from hubguard.weights.store import ByteStore, ReadStats
+
+
+@dataclass(frozen=True)
+class ModelWeights:
+    """An opened checkpoint and its bound architecture map."""
+
+    checkpoint: Checkpoint
+    arch: BoundArchitecture
+
+    @property
+    def source(self) -> str:
+        return self.checkpoint.source
+
+    @property
+    def store(self) -> "ByteStore":
+        return self.checkpoint.store
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return self.checkpoint.config
+
+    @property
+    def stats(self) -> "ReadStats":
+        return self.checkpoint.stats
+
+    @cached_property
+    def reader(self) -> LayerReader:
+        return LayerReader(tensors=self.checkpoint.tensors, arch=self.arch)
+
+    @property
+    def vocab_rows(self) -> int:
+        """Rows of the input embedding (token ids at or above this have no row)."""
+        shape = self.checkpoint.tensors.info(self.arch.embedding_name).shape
+        return int(shape[0]) if shape else 0
+
+    @property
+    def layer_norm(self) -> bool:
+        """True for LayerNorm families (their token rows are centred before normalising)."""
+        return self.arch.spec.norm.type == "layer"
+
+    def plan(self, *, rows: list[int], layers: list[int] | None = None, max_layers: int | None = None,
+             budget: "float | str | None" = "auto") -> ReadPlan:
+        """What to read under `budget` (see `hubguard.weights.plan`) when the token rows are `rows`."""
+        tensors, emb = self.checkpoint.tensors, self.arch.embedding_name
+        total = tensors.total_bytes()
+        gap = embedding_gap(tensors=tensors, name=emb, rows=rows, budget=resolve_budget(budget, total_bytes=total),
+                            total_bytes=total)
+        return plan_reads(reader=self.reader, n_layers=self.arch.num_layers, layers=layers, max_layers=max_layers,
+                          budget=budget, total_bytes=total, embedding_bytes=tensors.rows_bytes(emb, rows, max_gap=gap),
+                          embedding_gap=gap)
+
+    def embedding_rows(self, rows: list[int], *, plan: ReadPlan) -> "torch.Tensor":
+        """[len(rows), hidden] float32 input-embedding rows."""
+        x = self.checkpoint.tensors.get_rows(self.arch.embedding_name, rows, max_gap=plan.embedding_gap)
+        if x.dim() != 2 or x.shape[1] != self.arch.hidden_size:
+            raise CorruptCheckpointError(f"'{self.source}': embedding rows are {list(x.shape)[1:]} wide but config.json "
+                                         f"says the hidden size is {self.arch.hidden_size}. Fix config.json.")
+        return x
+
+    def read_layer(self, index: int, *, plan: ReadPlan) -> CanonicalLayer:
+        if plan.mode == "qk_heads":
+            return self.reader.read_qk_heads(index, kv_heads=plan.kv_heads or 1)
+        return self.reader.read(index, with_ffn=plan.mode == "full")
+
+    def layers(self, plan: ReadPlan, *, desc: str | None = None) -> Iterator[CanonicalLayer]:
+        """The plan's canonical layers, one at a time (peak memory: one layer), with a progress bar."""
+        label = desc or f"read {Path(self.source).name or self.source}"
+        for index in progress(list(plan.layers), desc=label, total=len(plan.layers)):
+            yield self.read_layer(index, plan=plan)
+
+    def facts(self) -> dict[str, Any]:
+        """JSON-ready facts about the model (family, sizes, how its map was chosen, parameter count, revision)."""
+        import math
+
+        tensors = self.checkpoint.tensors
+        arch = self.arch
+        return {
+            "source": self.source,
+            "family": arch.family,
+            "binding": arch.how,
+            "model_type": self.config.get("model_type"),
+            "architectures": self.config.get("architectures"),
+            "num_layers": arch.num_layers,
+            "hidden_size": arch.hidden_size,
+            "num_heads": arch.num_heads,
+            "num_kv_heads": arch.num_kv_heads,
+            "head_dim": arch.head_dim,
+            "parameters": sum(math.prod(tensors.info(n).shape) for n in tensors.names()),
+            "vocab_size": self.vocab_rows,
+            "revision": getattr(self.store, "sha", None) or getattr(self.store, "revision", None),
+        }
+
+
+def bind_model(checkpoint: Checkpoint, *, family: str | None = None) -> ModelWeights:
+    """Bind an opened checkpoint to its architecture map (see `hubguard.weights.binding`)."""
+    arch = bind_architecture(config=checkpoint.config, tensor_names=checkpoint.tensors.names(),
+                             source=checkpoint.source, family=family)
+    return ModelWeights(checkpoint=checkpoint, arch=arch)
+
+
+def open_model(
+    source: "str | os.PathLike[str] | Checkpoint",
+    *,
+    family: str | None = None,
+    allow_pickle: bool = False,
+    token: str | None = None,
+) -> ModelWeights:
+    """Open a folder, a `.safetensors` file or `hf://ORG/NAME[@REV]` and bind it to its architecture map."""
+    checkpoint = source if isinstance(source, Checkpoint) else open_source(source, allow_pickle=allow_pickle, token=token)
+    return bind_model(checkpoint, family=family)
