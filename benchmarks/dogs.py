@@ -46,10 +46,10 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     from lineage import emit_json, load_zoo  # benchmarks/lineage.py: the manifest (or the models built so far)
 
+    from hubguard.lineage.fingerprints import compute_fingerprint
     from hubguard.portraits.dogs import dog_vector
     from hubguard.portraits.renderer import render_dog, trait_distance
     from hubguard.portraits.sheet import make_sheet
-    from hubguard.lineage.fingerprints import compute_fingerprint
 
     manifest = load_zoo(args.zoo)
     models = {m["name"]: m for m in manifest["models"]}

@@ -205,8 +205,8 @@ def _run_one(method: str, source: str, folder: str, kwargs: dict) -> dict:
 
         import transformers
 
-        from hubguard.weights.source import Checkpoint
         from hubguard.lineage import compute_fingerprint
+        from hubguard.weights.source import Checkpoint
 
         # HuRef's official code: from_pretrained of the Hub repo — download every shard from the same server
         # hubguard reads from, load the whole model (float32; full_load_bf16 keeps the checkpoint's dtype for
@@ -245,9 +245,9 @@ def request_pattern(folder: Path) -> dict:
 
     Also the number of tensors per layer and their sizes, i.e. the requests and bytes one more layer costs.
     """
+    from hubguard.lineage.tokens import load_token_set, load_vocabulary
     from hubguard.weights.source import open_source
     from hubguard.weights.store import coalesce_ranges
-    from hubguard.lineage.tokens import load_token_set, load_vocabulary
 
     ckpt = open_source(folder)
     info = ckpt.tensors.info("model.embed_tokens.weight")

@@ -14,9 +14,9 @@ import pytest
 import torch
 
 import hubguard
+from hubguard.lineage.sketch import sketch
 from hubguard.redteam import attacks
 from hubguard.redteam.baselines import huref_official, pcs
-from hubguard.lineage.sketch import sketch
 
 TEXT = "The function returns a new object when the argument is not required by the caller."
 

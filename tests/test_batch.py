@@ -95,13 +95,13 @@ def test_cli_exit_codes_and_json(ray_runtime, models, tmp_path) -> None:
 
     missing = tmp_path / "nope"
     res = runner.invoke(app, ["fingerprint-batch", str(models["qwen2"]), str(missing), "--out-dir", str(out), "--json"])
-    assert res.exit_code == 1
+    assert res.exit_code == 2
     data = json.loads(res.stdout)
     assert [d["ok"] for d in data] == [True, False] and "does not exist" in data[1]["error"]
     assert f"failed  {missing}" in res.stderr and "Traceback" not in res.output
 
     res = runner.invoke(app, ["fingerprint-batch", str(models["qwen2"]), str(missing), "--out-dir", str(out)])
-    assert res.exit_code == 1 and "1 of 2 fingerprinted" in res.stdout and "does not exist" in res.stderr
+    assert res.exit_code == 2 and "1 of 2 fingerprinted" in res.stdout and "does not exist" in res.stderr
 
     res = runner.invoke(app, ["fingerprint-batch", str(models["qwen2"]), "--out-dir", str(out), "--address", "auto",
                               "--num-cpus", "2"])

@@ -8,9 +8,9 @@ import pytest
 
 import hubguard
 from hubguard.weights.binding import bind_architecture
-from hubguard.weights.spec import load_specs
 from hubguard.weights.canonical import LayerReader
 from hubguard.weights.source import open_source
+from hubguard.weights.spec import load_specs
 
 FAMILIES = ["llama", "mistral", "qwen2", "gemma", "phi3", "gpt2", "gpt_neox", "falcon", "bert", "roberta", "distilbert", "mpnet"]
 

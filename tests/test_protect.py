@@ -603,8 +603,8 @@ def test_audit_runs_real_mergekit_and_peft_merges(tiny, trained, tmp_path):
 def test_bad_inputs_raise_hubguard_errors(tiny, trained, tmp_path):
     from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
-    from hubguard.protect.audit import check_base, load_adapter, update_kind
     from hubguard.protect.data import read_text_data
+    from hubguard.protect.updates import check_base, load_adapter, update_kind
 
     with pytest.raises(ProtectionError, match="missing"):
         check_base(tmp_path / "nowhere")
@@ -713,8 +713,8 @@ def test_cli_protect_with_lock_writes_a_locked_standard_adapter(tiny, tmp_path):
     from transformers import AutoModelForCausalLM
     from typer.testing import CliRunner
 
-    from hubguard.protect.card import read_protection
     from hubguard.cli.protect import protect_app
+    from hubguard.protect.card import read_protection
 
     data = tmp_path / "apache.txt"
     data.write_text((LICENSES / "Apache-2.0").read_text()[:4000])

@@ -280,7 +280,7 @@ def test_cli_round_trip(tmp_path: Path, fps: dict[str, Path]) -> None:
     assert json.loads(run(app, ["show", "org/bert-base", "--json", "--registry", d]).output)["family"] == "bert"
     assert run(app, ["remove", "org/bert-base", "--registry", d]).exit_code == 0
     bad = run(app, ["show", "org/bert-base", "--registry", d])
-    assert bad.exit_code == 1 and "not in the registry" in bad.output
+    assert bad.exit_code == 2 and "not in the registry" in bad.output
 
 
 # --- Hub sync ---------------------------------------------------------------------------------------------------

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from hubguard.errors import CorruptCheckpointError, RemoteError, SourceNotFoundError
 from hubguard.weights.remote import HubStore
 from hubguard.weights.source import open_source
-from hubguard.errors import CorruptCheckpointError, RemoteError, SourceNotFoundError
 from tests.support.hubserver import HubServer, hub_server  # noqa: F401  (pytest fixture)
 
 pytestmark = pytest.mark.network

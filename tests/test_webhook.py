@@ -248,10 +248,10 @@ def test_parse_and_targets() -> None:
 def test_serve_refuses_to_run_without_a_secret(monkeypatch, registry) -> None:
     from typer.testing import CliRunner
 
-    from hubguard.cli.bot import bot_app
+    from hubguard.cli import app
 
     monkeypatch.delenv("WEBHOOK_SECRET", raising=False)
-    out = CliRunner().invoke(bot_app, ["serve", "--registry", str(registry.path), "--port", str(_free_port())])
+    out = CliRunner().invoke(app, ["bot", "serve", "--registry", str(registry.path), "--port", str(_free_port())])
     assert out.exit_code == 2 and "needs a secret" in out.output
 
 

@@ -1,4 +1,4 @@
-"""`hubguard bot serve`: host the moderators' webhook bot (a Typer app the main CLI mounts as `bot`)."""
+"""`hubguard bot serve`: host the moderators' webhook bot."""
 
 from __future__ import annotations
 
@@ -6,18 +6,17 @@ from typing import Annotated
 
 import typer
 
-from hubguard.cli.errors import handle_errors
+from hubguard.cli.errors import group
 
-bot_app = typer.Typer(help="The moderators' webhook bot.", no_args_is_help=True)
+app = group(help="The moderators' webhook bot.")
 
 
-@bot_app.callback()
+@app.callback()
 def _group() -> None:
     """The moderators' webhook bot."""
 
 
-@bot_app.command("serve")
-@handle_errors
+@app.command("serve")
 def serve(
     registry: Annotated[str | None, typer.Option("--registry", help="Registry folder (default: HUBGUARD_REGISTRY or the shipped one).")] = None,
     secret: Annotated[str | None, typer.Option("--secret", envvar="WEBHOOK_SECRET", help="The webhook secret set in the Hub's webhook settings.")] = None,

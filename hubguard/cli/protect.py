@@ -4,9 +4,8 @@
     hubguard audit UPDATE --base BASE --eval DATA [--others A --others B] [--json] [--out report.json]
     hubguard lock UPDATE --base BASE --out OUT [--data DATA] [--gain 100]
 
-Mount in the main CLI with `app.command(name="protect")(protect_command)` and
-`app.command(name="audit")(audit_command)`; `protect_app` / `audit_app` are the same commands as standalone
-single-command Typer apps. Also callable from Python: `protect_main(...)`, `audit_main(...)` (keyword-only; they return the result).
+`register(app)` mounts them in the main CLI; `protect_app` / `lock_app` / `audit_app` are the same commands as
+standalone single-command Typer apps. Also callable from Python: `protect_main(...)`, `audit_main(...)` (keyword-only; they return the result).
 """
 
 from __future__ import annotations
@@ -66,10 +65,10 @@ def protect_main(
     """
     import torch
 
-    from hubguard.protect.audit import check_base
     from hubguard.protect.card import write_protection_card
     from hubguard.protect.config import ProtectConfig
     from hubguard.protect.trainer import attach_lora, train_protected
+    from hubguard.protect.updates import check_base
 
     base = check_base(base)
     out = Path(out)
@@ -150,8 +149,8 @@ def lock_main(
 ) -> dict[str, Any]:
     """Scale-lock `update` (adapter or full model of `base`) into `out`; `data` chooses the lock directions
     (its first `batches` batches), without it they come from the weights. Returns the lock record."""
-    from hubguard.protect.audit import check_base
     from hubguard.protect.lock_adapter import lock_update
+    from hubguard.protect.updates import check_base
 
     config = _lock_config(gain=gain, directions=directions, pairs=tuple(pairs))
     calibration = None
@@ -168,7 +167,7 @@ def lock_main(
 
 def _check_init(init: str | Path, *, mode: str) -> None:
     """`init` exists and is the kind of update `mode` continues (an adapter for lora, a full model for full)."""
-    from hubguard.protect.audit import update_kind
+    from hubguard.protect.updates import update_kind
 
     kind = update_kind(init)
     if mode == "lora" and kind != "adapter":
@@ -181,8 +180,8 @@ def _continue_from(base_model: Any, *, init: str | Path, mode: str, task: str,
                    num_labels: int | None) -> tuple[Any, dict[str, Any] | None]:
     """The update at `init` (checked by `_check_init`), trainable, on top of `base_model`; for full mode also
     θ0 (the base's weights)."""
-    from hubguard.protect.audit import load_adapter
     from hubguard.protect.objective import snapshot_reference
+    from hubguard.protect.updates import load_adapter
 
     if mode == "lora":
         return load_adapter(base_model, init, is_trainable=True), None
@@ -231,7 +230,8 @@ def audit_main(
     """Scale sweep + real merges of `update` with `others`; the attacker tunes on half of `eval_data` and is
     scored on the other half. `realign`: also undo a scale lock first (the adaptive attack). Returns the report
     dict (and writes JSON / PNG when asked)."""
-    from hubguard.protect.audit import MERGEKIT_METHODS, PEFT_METHODS, check_base, plot_sweep, run_audit, update_kind
+    from hubguard.protect.audit import MERGEKIT_METHODS, PEFT_METHODS, plot_sweep, run_audit
+    from hubguard.protect.updates import check_base, update_kind
 
     base = check_base(base)
     update_kind(update)
@@ -380,6 +380,10 @@ def audit_command(
                                                "the base, then task arithmetic")] = False,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
+    """Attack a released update with real merges (mergekit, PEFT) and a scale sweep; say whether it looks protected.
+
+    Example: hubguard audit ./protected --base ./base --eval val.jsonl --others ./other-adapter --json
+    """
     try:
         coefs = tuple(float(c) for c in coefficients.split(",") if c.strip())
     except ValueError:
@@ -399,6 +403,13 @@ def audit_command(
         for name, m in res["merges"].items():
             typer.echo(f"{name}: failed: {m['error']}" if "error" in m else
                        f"{name}: best coefficient {m['coefficient']:g} -> {m['test']}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add `protect`, `lock` and `audit` to `app`."""
+    app.command(name="protect")(protect_command)
+    app.command(name="lock")(lock_command)
+    app.command(name="audit")(audit_command)
 
 
 __all__ = ["audit_app", "audit_command", "audit_main", "lock_app", "lock_command", "lock_main", "protect_app",

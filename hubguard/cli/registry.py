@@ -1,42 +1,25 @@
-"""`hubguard registry ...`: the Typer sub-app (mounted by `hubguard.cli` as `registry`)."""
+"""`hubguard registry ...`: search and manage the registry of base-model fingerprints."""
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import typer
 
-from hubguard.errors import HubguardError
+from hubguard.cli.errors import EXIT_BAD_INPUT, group
+from hubguard.cli.output import print_json
 
-app = typer.Typer(name="registry", help="The lineage registry: base-model fingerprints, search, Hub sync.",
-                  no_args_is_help=True, add_completion=False)
+app = group(name="registry", help="The lineage registry: base-model fingerprints, search, Hub sync.")
 
 RegistryOpt = typer.Option(None, "--registry", help="Registry folder (default: $HUBGUARD_REGISTRY, else your copy "
                            "of the shipped registry).", envvar="HUBGUARD_REGISTRY")
 JsonOpt = typer.Option(False, "--json", help="Print JSON.")
 
 
-@contextmanager
-def _errors() -> Iterator[None]:
-    try:
-        yield
-    except HubguardError as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(code=1) from None
-
-
 def _open(registry: Path | None):  # noqa: ANN202 - Registry
     from hubguard.registry.store import Registry
 
     return Registry(registry)
-
-
-def _print_json(data: Any) -> None:
-    typer.echo(json.dumps(data, indent=2, ensure_ascii=False, default=str))
 
 
 @app.command()
@@ -54,14 +37,13 @@ def add(
     as_json: bool = JsonOpt,
 ) -> None:
     """Fingerprint SOURCE and register it as a base model."""
-    with _errors():
-        reg = _open(registry)
-        entry = reg.add(source, name=name, family=family, license=license, base_model=base_model,
-                        base_model_relation=relation, notes=notes, storage=storage, replace=replace)
-        if as_json:
-            _print_json(entry.to_dict())
-        else:
-            typer.echo(f"added {entry.name} ({entry.family}, {entry.storage}, {entry.fingerprint_bytes} bytes) to {reg.path}")
+    reg = _open(registry)
+    entry = reg.add(source, name=name, family=family, license=license, base_model=base_model,
+                    base_model_relation=relation, notes=notes, storage=storage, replace=replace)
+    if as_json:
+        print_json(entry.to_dict())
+    else:
+        typer.echo(f"added {entry.name} ({entry.family}, {entry.storage}, {entry.fingerprint_bytes} bytes) to {reg.path}")
 
 
 @app.command()
@@ -73,15 +55,14 @@ def search(
     as_json: bool = JsonOpt,
 ) -> None:
     """Find the registered bases SOURCE most likely derives from (best first)."""
-    with _errors():
-        results = _open(registry).search(source, top_k=top_k, candidates=candidates)
-        if as_json:
-            _print_json([r.to_dict() for r in results])
-            return
-        if not results:
-            typer.echo("the registry is empty")
-        for r in results:
-            typer.echo(f"{r.score:7.2f}  z={r.z:7.2f}  {r.verdict:13s} {r.name}")
+    results = _open(registry).search(source, top_k=top_k, candidates=candidates)
+    if as_json:
+        print_json([r.to_dict() for r in results])
+        return
+    if not results:
+        typer.echo("the registry is empty")
+    for r in results:
+        typer.echo(f"{r.score:7.2f}  z={r.z:7.2f}  {r.verdict:13s} {r.name}")
 
 
 @app.command("list")
@@ -93,34 +74,31 @@ def list_(
     as_json: bool = JsonOpt,
 ) -> None:
     """List registered base models."""
-    with _errors():
-        entries = _open(registry).list(text=text, family=family, license=license)
-        if as_json:
-            _print_json([e.to_dict() for e in entries])
-            return
-        for e in entries:
-            typer.echo(f"{e.name:50s} {e.family or '-':12s} {e.license or '-':14s} {e.parameters or 0:>14,d}")
+    entries = _open(registry).list(text=text, family=family, license=license)
+    if as_json:
+        print_json([e.to_dict() for e in entries])
+        return
+    for e in entries:
+        typer.echo(f"{e.name:50s} {e.family or '-':12s} {e.license or '-':14s} {e.parameters or 0:>14,d}")
 
 
 @app.command()
 def show(name: str, registry: Path | None = RegistryOpt, as_json: bool = JsonOpt) -> None:
     """Show one entry."""
-    with _errors():
-        entry = _open(registry).show(name)
-        if as_json:
-            _print_json(entry.to_dict())
-        else:
-            for k, v in entry.to_dict().items():
-                typer.echo(f"{k:22s} {v}")
+    entry = _open(registry).show(name)
+    if as_json:
+        print_json(entry.to_dict())
+    else:
+        for k, v in entry.to_dict().items():
+            typer.echo(f"{k:22s} {v}")
 
 
 @app.command()
 def remove(name: str, registry: Path | None = RegistryOpt) -> None:
     """Remove an entry and its verification data."""
-    with _errors():
-        reg = _open(registry)
-        reg.remove(name)
-        typer.echo(f"removed {name} from {reg.path}")
+    reg = _open(registry)
+    reg.remove(name)
+    typer.echo(f"removed {name} from {reg.path}")
 
 
 @app.command()
@@ -133,9 +111,8 @@ def push(
     registry: Path | None = RegistryOpt,
 ) -> None:
     """Upload the registry folder to a Hub dataset repo."""
-    with _errors():
-        url = _open(registry).push(repo_id, create_pr=create_pr, private=private or None, revision=revision, token=token)
-        typer.echo(url)
+    url = _open(registry).push(repo_id, create_pr=create_pr, private=private or None, revision=revision, token=token)
+    typer.echo(url)
 
 
 @app.command()
@@ -146,10 +123,9 @@ def pull(
     registry: Path | None = RegistryOpt,
 ) -> None:
     """Replace the registry folder with a Hub dataset repo's contents."""
-    with _errors():
-        reg = _open(registry)
-        path = reg.pull(repo_id, revision=revision, token=token)
-        typer.echo(f"pulled {repo_id} into {path} ({len(reg)} entries)")
+    reg = _open(registry)
+    path = reg.pull(repo_id, revision=revision, token=token)
+    typer.echo(f"pulled {repo_id} into {path} ({len(reg)} entries)")
 
 
 @app.command()
@@ -164,25 +140,23 @@ def build(
     """Fingerprint the manifest's base models over the network; resumes where an earlier build stopped."""
     from hubguard.registry.build import build as run_build
 
-    with _errors():
-        report = run_build(_open(registry), manifest=manifest, only=only or None, max_layers=max_layers, token=token)
+    report = run_build(_open(registry), manifest=manifest, only=only or None, max_layers=max_layers, token=token)
     if as_json:
-        _print_json(report.to_dict())
+        print_json(report.to_dict())
     else:
         typer.echo(f"added {len(report.added)}, already present {len(report.skipped)}, failed {len(report.failed)}")
         for _, err in report.failed:
             typer.echo(f"  failed: {err}", err=True)
     if report.failed:
-        raise typer.Exit(code=1)
+        raise typer.Exit(code=EXIT_BAD_INPUT)
 
 
 @app.command()
 def derivatives(name: str, registry: Path | None = RegistryOpt, as_json: bool = JsonOpt) -> None:
     """All known derivatives of NAME (verdict log and declared base models)."""
-    with _errors():
-        rows = _open(registry).derivatives_of(name)
+    rows = _open(registry).derivatives_of(name)
     if as_json:
-        _print_json(rows)
+        print_json(rows)
     else:
         for r in rows:
             typer.echo(f"{r['repo_id']:50s} {r['via']:9s} {r.get('score') or ''}")
@@ -191,10 +165,9 @@ def derivatives(name: str, registry: Path | None = RegistryOpt, as_json: bool = 
 @app.command()
 def flagged(registry: Path | None = RegistryOpt, as_json: bool = JsonOpt) -> None:
     """Flagged uploads (newest first)."""
-    with _errors():
-        rows = _open(registry).flagged()
+    rows = _open(registry).flagged()
     if as_json:
-        _print_json(rows)
+        print_json(rows)
     else:
         for r in rows:
-            typer.echo(f"{r['logged_at']}  {r['repo_id']:40s} -> {r['match']}  {r['reason'] or ''}")
+            typer.echo(f"{r['logged_at']}  {r['repo_id']:40s} {r['verdict']:12s} -> {r['match'] or '-'}  {r['reason'] or ''}")

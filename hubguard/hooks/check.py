@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from hubguard.lineage.comparison import Comparison
     from hubguard.lineage.fingerprints import Fingerprint
     from hubguard.registry import Registry
-    from hubguard.registry.store import SearchResult
+    from hubguard.registry.search import SearchResult
 
 logger = get_logger(__name__)
 

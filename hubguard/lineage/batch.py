@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hubguard.weights.source import HF_PREFIX
 from hubguard.errors import FingerprintError, MissingDependencyError
-from hubguard.registry.schema import slug
 from hubguard.utils import get_logger, progress
+from hubguard.utils.names import slug
+from hubguard.weights.source import HF_PREFIX
 
 logger = get_logger(__name__)
 

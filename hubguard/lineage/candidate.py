@@ -79,9 +79,7 @@ def open_candidate(
     from hubguard.lineage.cross import CrossTerms
     from hubguard.lineage.fingerprint_files import is_fingerprint_file, load_fingerprint
     from hubguard.lineage.fingerprints import fingerprint_weights
-    from hubguard.weights.model import open_model
-
-    from hubguard.weights.model import ModelWeights
+    from hubguard.weights.model import ModelWeights, open_model
     from hubguard.weights.source import Checkpoint
 
     if isinstance(item, Candidate):

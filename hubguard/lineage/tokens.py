@@ -18,8 +18,8 @@ from functools import lru_cache
 from importlib import resources
 from typing import Any
 
-from hubguard.weights.store import ByteStore
 from hubguard.errors import TokenizerError
+from hubguard.weights.store import ByteStore
 
 WORD_START = "▁"
 DEFAULT_TOKEN_SET = "v1"

@@ -25,8 +25,8 @@ def dog_vector(fp: "Fingerprint") -> "np.ndarray":
     import numpy as np
     import torch
 
-    from hubguard.portraits.encoder import VECTOR_DIM, encode_terms
     from hubguard.lineage.tokens import load_token_set, token_set_index
+    from hubguard.portraits.encoder import VECTOR_DIM, encode_terms
 
     idx = torch.tensor(token_set_index(fp.tokens, token_set=fp.token_set))
     n = len(load_token_set(fp.token_set))

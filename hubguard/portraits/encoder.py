@@ -73,11 +73,20 @@ def build_network(config: dict[str, Any]) -> "torch.nn.Module":
     )
 
 
+def zscore_channels(terms: "torch.Tensor") -> "torch.Tensor":
+    """Z-score each [n, n] matrix of a [..., n, n] tensor; all-zero matrices stay zero."""
+    import torch
+
+    flat = terms.flatten(-2)
+    mean = flat.mean(dim=-1, keepdim=True)
+    std = flat.std(dim=-1, keepdim=True)
+    out = torch.where(std > 1e-12, (flat - mean) / std.clamp_min(1e-12), torch.zeros_like(flat))
+    return out.view_as(terms)
+
+
 def pool_terms(terms: "torch.Tensor", *, pool: int = POOL_SIZE) -> "torch.Tensor":
     """[B, C, n, n] z-scored terms -> [B, C, pool, pool]: area pooling, then z-scored again per channel."""
     import torch.nn.functional as F
-
-    from hubguard.redteam.synthetic import zscore_channels
 
     n = terms.shape[-1]
     if n == pool:

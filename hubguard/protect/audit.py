@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from hubguard.errors import MissingDependencyError, ProtectionError
 from hubguard.protect.objective import scaled_in_place
+from hubguard.protect.updates import check_base, load_adapter, read_adapter, update_kind
 from hubguard.utils import get_logger, progress
 
 if TYPE_CHECKING:
@@ -40,63 +41,6 @@ DEFAULT_SCALES = tuple(round(0.1 * i, 2) for i in range(21))
 ModelLoader = Callable[[str], "torch.nn.Module"]
 Scorer = Callable[["torch.nn.Module"], float]
 Reporter = Callable[["torch.nn.Module"], dict[str, float]]
-
-
-# --- updates -----------------------------------------------------------------------------------------
-
-
-def update_kind(path: str | Path) -> str:
-    """'adapter' (PEFT folder) or 'full' (transformers folder with safetensors); errors otherwise."""
-    p = Path(path)
-    if not p.exists():
-        raise ProtectionError(f"Update {p} does not exist. Pass a PEFT adapter folder or a model folder.")
-    if (p / "adapter_config.json").is_file():
-        if not (p / "adapter_model.safetensors").is_file():
-            raise ProtectionError(
-                f"{p} has adapter_config.json but no adapter_model.safetensors; hubguard only reads safetensors "
-                "adapters (re-save with save_pretrained(..., safe_serialization=True))."
-            )
-        return "adapter"
-    if (p / "config.json").is_file() and any(p.glob("*.safetensors")):
-        return "full"
-    raise ProtectionError(
-        f"{p} is neither a PEFT adapter (adapter_config.json + adapter_model.safetensors) nor a model folder "
-        "(config.json + *.safetensors)."
-    )
-
-
-def check_base(base: str | Path) -> Path:
-    p = Path(base)
-    if not (p / "config.json").is_file() or not any(p.glob("*.safetensors")):
-        raise ProtectionError(
-            f"Base model {p} is missing or not a transformers folder with config.json and safetensors weights. "
-            "Pass the local folder of the base the update was trained from."
-        )
-    return p
-
-
-def load_adapter(base_model: torch.nn.Module, path: str | Path, **kwargs: Any) -> Any:
-    """`PeftModel.from_pretrained`, with a hubguard error when the adapter does not fit the base."""
-    import warnings
-
-    from peft import PeftModel
-
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            model = PeftModel.from_pretrained(base_model, str(path), **kwargs)
-    except (RuntimeError, ValueError, KeyError) as exc:
-        raise ProtectionError(
-            f"Adapter {path} does not fit the base model ({str(exc).splitlines()[0][:300]}). "
-            "Audit it against the base it was trained from."
-        ) from exc
-    missing = [str(w.message) for w in caught if "missing adapter keys" in str(w.message).lower()]
-    if missing:
-        raise ProtectionError(
-            f"Adapter {path} does not fit the base model: {missing[0][:300]}. "
-            "Audit it against the base it was trained from."
-        )
-    return model
 
 
 def materialize_full(update: str | Path, *, base: str | Path, out_dir: str | Path, load_base: ModelLoader) -> Path:
@@ -193,7 +137,6 @@ def pad_adapter_rank(adapter: str | Path, *, out: str | Path, rank: int) -> Path
     import torch
     from safetensors.torch import save_file
 
-    from hubguard.protect.lock_adapter import read_adapter
 
     adapter, out = Path(adapter), Path(out)
     cfg, tensors = read_adapter(adapter)

@@ -35,9 +35,9 @@ from typing import Any
 
 import torch
 
-from hubguard.weights.binding import BoundArchitecture, bind_architecture
 from hubguard.errors import ProtectionError, UnsupportedArchitectureError
 from hubguard.utils import get_logger
+from hubguard.weights.binding import BoundArchitecture, bind_architecture
 
 logger = get_logger(__name__)
 

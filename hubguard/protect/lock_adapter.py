@@ -22,13 +22,12 @@ import torch
 
 from hubguard.errors import ProtectionError
 from hubguard.protect.lock import LockConfig, LockPlan, apply_lock, plan_lock
+from hubguard.protect.updates import ADAPTER_CONFIG, ADAPTER_WEIGHTS, check_base, read_adapter, update_kind
 from hubguard.utils import get_logger
 
 logger = get_logger(__name__)
 
 PEFT_PREFIX = "base_model.model."
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
-ADAPTER_CONFIG = "adapter_config.json"
 
 
 def _lora_scaling(cfg: Mapping[str, Any]) -> float:
@@ -40,26 +39,6 @@ def _lora_scaling(cfg: Mapping[str, Any]) -> float:
                               "train with one r and lora_alpha for every module.")
     r, alpha = int(cfg["r"]), float(cfg.get("lora_alpha", cfg["r"]))
     return alpha / math.sqrt(r) if cfg.get("use_rslora") else alpha / r
-
-
-def read_adapter(folder: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """(adapter_config, tensors) of a PEFT LoRA folder, from safetensors only."""
-    from safetensors.torch import load_file
-
-    folder = Path(folder)
-    if not (folder / ADAPTER_CONFIG).is_file() or not (folder / ADAPTER_WEIGHTS).is_file():
-        raise ProtectionError(f"{folder} is not a PEFT adapter with {ADAPTER_CONFIG} and {ADAPTER_WEIGHTS}; "
-                              "re-save it with save_pretrained(..., safe_serialization=True).")
-    try:
-        cfg = json.loads((folder / ADAPTER_CONFIG).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ProtectionError(f"{folder / ADAPTER_CONFIG} is not a readable JSON adapter config ({exc}); re-save the "
-                              "adapter with PEFT's save_pretrained.") from exc
-    if not isinstance(cfg, dict) or "r" not in cfg:
-        raise ProtectionError(f"{folder / ADAPTER_CONFIG} has no LoRA rank 'r'; re-save the adapter with PEFT.")
-    if str(cfg.get("peft_type", "LORA")).upper() != "LORA":
-        raise ProtectionError(f"{folder} is a {cfg.get('peft_type')} adapter; only LoRA adapters can be locked.")
-    return cfg, load_file(str(folder / ADAPTER_WEIGHTS))
 
 
 def _pairs(tensors: Mapping[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -166,7 +145,6 @@ def lock_update(
     """
     from safetensors.torch import save_file
 
-    from hubguard.protect.audit import check_base, update_kind
     from hubguard.protect.card import write_protection_card
 
     config = config or LockConfig()

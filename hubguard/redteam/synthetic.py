@@ -17,6 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from hubguard.portraits.encoder import zscore_channels
+
 if TYPE_CHECKING:
     import torch
 
@@ -31,17 +33,6 @@ class SyntheticModels:
     q: "torch.Tensor"  # [B, C, d, r] (columns beyond a channel's rank are zero)
     k: "torch.Tensor"  # [B, C, d, r]
     mask: "torch.Tensor"  # [B, C] 1.0 where the channel is present
-
-
-def zscore_channels(terms: "torch.Tensor") -> "torch.Tensor":
-    """Z-score each [n, n] matrix of a [..., n, n] tensor; all-zero matrices stay zero."""
-    import torch
-
-    flat = terms.flatten(-2)
-    mean = flat.mean(dim=-1, keepdim=True)
-    std = flat.std(dim=-1, keepdim=True)
-    out = torch.where(std > 1e-12, (flat - mean) / std.clamp_min(1e-12), torch.zeros_like(flat))
-    return out.view_as(terms)
 
 
 def draw_models(

@@ -106,8 +106,8 @@ def build(
     storage: str = "auto",
 ) -> BuildReport:
     """Fingerprint every manifest model not yet in `registry` and add it; see the module docstring."""
-    from hubguard.weights.source import open_source
     from hubguard.lineage.fingerprints import compute_fingerprint
+    from hubguard.weights.source import open_source
 
     path = Path(manifest) if manifest is not None else registry.path / schema.MANIFEST_FILE
     models = load_manifest(path)

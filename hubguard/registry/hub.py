@@ -76,9 +76,7 @@ def pull(registry: "Registry", *, repo_id: str, revision: str | None = None, tok
     """Replace the registry folder with revision `revision` of dataset repo `repo_id`; returns the folder."""
     from huggingface_hub import snapshot_download
 
-    from hubguard.registry.store import Registry
-
-    registry._writable()
+    registry.make_writable()
     target = registry.path
     staging = target.with_name(f".{target.name}.pull{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
@@ -89,7 +87,7 @@ def pull(registry: "Registry", *, repo_id: str, revision: str | None = None, tok
         raise _hub_error("Pulling", repo_id, err) from err
     shutil.rmtree(staging / ".cache", ignore_errors=True)  # huggingface_hub's own metadata folder
     try:
-        pulled = Registry(staging)
+        pulled = type(registry)(staging)  # the same class, reading the downloaded folder
         if not (staging / schema.INFO_FILE).is_file():
             raise RegistryError(f"Dataset repo '{repo_id}' has no {schema.INFO_FILE}; it is not a hubguard registry.")
         pulled.info()
@@ -101,7 +99,7 @@ def pull(registry: "Registry", *, repo_id: str, revision: str | None = None, tok
     except HubguardError:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    with registry._lock():
+    with registry.write_lock():
         backup = target.with_name(f".{target.name}.old{os.getpid()}")
         shutil.rmtree(backup, ignore_errors=True)
         lock_dir = target / schema.CACHE_DIR
@@ -116,6 +114,6 @@ def pull(registry: "Registry", *, repo_id: str, revision: str | None = None, tok
         shutil.rmtree(lock_dir / "index", ignore_errors=True)
         shutil.rmtree(backup, ignore_errors=True)
     shutil.rmtree(staging, ignore_errors=True)
-    registry._cache_sig = None
+    registry.invalidate()
     logger.info("pulled %s into %s", repo_id, target)
     return target

@@ -19,7 +19,6 @@ not know, and fill columns an older writer did not have with nulls.
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -111,14 +110,6 @@ def arrow_schema(columns: dict[str, str], *, fmt: str, sketch_dim: int = 512) ->
 
     meta = {"hubguard": json.dumps({"format": fmt, "schema_version": SCHEMA_VERSION})}
     return pa.schema([pa.field(n, _arrow_type(k, sketch_dim=sketch_dim)) for n, k in columns.items()], metadata=meta)
-
-
-def slug(name: str) -> str:
-    """A file-system and Hub-safe file stem for an entry name ("org/model" -> "org--model")."""
-    s = re.sub(r"[^A-Za-z0-9._-]+", "-", name.replace("/", "--")).strip("-.")
-    if not s:
-        raise ValueError(f"'{name}' has no usable characters for a file name")
-    return s[:180]
 
 
 # --- reading and writing tables ----------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""`Registry`: add, search, list, show and remove base-model entries; log and query verdicts.
+"""`Registry`: a registry folder — add, list, show and remove base-model entries; search and the verdict log
+(`hubguard.registry.search`, `hubguard.registry.verdicts`) work on it.
 
 Writers take a file lock (`.cache/write.lock`), write every file to a temporary name and rename it into
 place, so readers (which take no lock) always see either the previous or the next complete state, and a
@@ -8,149 +9,34 @@ points to it and deleted after the entry is gone.
 
 from __future__ import annotations
 
-import getpass
 import hashlib
 import json
 import os
 import shutil
-from dataclasses import asdict, dataclass, field, fields
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hubguard import constants
 from hubguard.errors import RegistryCorruptError, RegistryError
-from hubguard.registry import locate, schema
+from hubguard.registry import locate, schema, verdicts
+from hubguard.registry.entries import Entry, concat, entry_row, now, relabel, str_array
 from hubguard.utils import get_logger
 from hubguard.utils.files import atomic_write_json, atomic_write_text
+from hubguard.utils.names import slug
 
 if TYPE_CHECKING:
     import numpy as np
     import pyarrow as pa
 
     from hubguard.lineage.candidate import Candidate
-    from hubguard.lineage.comparison import Comparison
     from hubguard.lineage.fingerprints import Fingerprint
     from hubguard.registry.index import SketchSearcher
+    from hubguard.registry.search import SearchResult
 
 logger = get_logger(__name__)
 
 LOCK_TIMEOUT_S = 120.0
-# A logged verdict: the lineage verdicts, or "unreadable" (hubguard could not fingerprint the upload).
-VERDICTS = ("derivative", "independent", "inconclusive", "unreadable")
 _META_COLUMNS = [c for c in schema.ENTRY_COLUMNS if c != "sketch"]
-
-
-@dataclass(frozen=True)
-class Entry:
-    """One registered base model (every column of the entries table but the sketch)."""
-
-    name: str
-    repo_id: str | None = None
-    revision: str | None = None
-    family: str | None = None
-    license: str | None = None
-    parameters: int | None = None
-    architecture: str | None = None
-    model_type: str | None = None
-    num_layers: int | None = None
-    hidden_size: int | None = None
-    vocab_size: int | None = None
-    tokenizer_sha256: str | None = None
-    base_model: str | None = None
-    base_model_relation: str | None = None
-    method: str | None = None
-    method_version: int | None = None
-    token_set: str | None = None
-    sketch_version: int | None = None
-    fingerprint_file: str | None = None
-    fingerprint_bytes: int | None = None
-    storage: str | None = None
-    added_by: str | None = None
-    added_at: str | None = None
-    notes: str | None = None
-    schema_version: int | None = schema.SCHEMA_VERSION
-
-    @classmethod
-    def from_row(cls, row: dict[str, Any]) -> "Entry":
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in row.items() if k in known})
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class SearchResult:
-    """A verified match: the full comparison of the entry (reference) with the query (candidate)."""
-
-    name: str
-    score: float
-    z: float
-    verdict: str
-    sketch_similarity: float
-    entry: Entry
-    comparison: "Comparison" = field(repr=False)
-
-    def to_dict(self) -> dict[str, Any]:
-        c = self.comparison
-        return {
-            "name": self.name,
-            "score": self.score,
-            "z": self.z,
-            "verdict": self.verdict,
-            "false_positive_rate": c.false_positive_rate,
-            "sketch_similarity": round(self.sketch_similarity, 4),
-            "terms": c.terms,
-            "matched_layers": c.matched_layers,
-            "common_tokens": c.common_tokens,
-            "layers": [asdict(m) for m in c.layers],
-            "notes": list(c.notes),
-            "entry": self.entry.to_dict(),
-        }
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-def _user() -> str:
-    try:
-        return getpass.getuser()
-    except (OSError, KeyError):
-        return "unknown"
-
-
-def entry_row(fp: "Fingerprint", *, name: str, sketch: "np.ndarray", **meta: Any) -> dict[str, Any]:
-    """The entries-table row of a fingerprint (without verification-file columns)."""
-    from hubguard.lineage.sketch import SKETCH_VERSION
-
-    m = fp.model
-    return {
-        "schema_version": schema.SCHEMA_VERSION,
-        "name": name,
-        "repo_id": meta.get("repo_id") or (name if name.count("/") == 1 else None),
-        "revision": meta.get("revision") or m.get("revision"),
-        "family": meta.get("family") or m.get("family"),
-        "license": meta.get("license"),
-        "parameters": m.get("parameters"),
-        "architecture": f"{m.get('family')}/{m.get('model_type')}",
-        "model_type": m.get("model_type"),
-        "num_layers": m.get("num_layers"),
-        "hidden_size": m.get("hidden_size"),
-        "vocab_size": m.get("vocab_size"),
-        "tokenizer_sha256": m.get("tokenizer_sha256"),
-        "base_model": meta.get("base_model"),
-        "base_model_relation": meta.get("base_model_relation"),
-        "method": fp.method,
-        "method_version": fp.version,
-        "token_set": fp.token_set,
-        "sketch_version": SKETCH_VERSION,
-        "sketch": sketch,
-        "added_by": meta.get("added_by") or _user(),
-        "added_at": meta.get("added_at") or _now(),
-        "notes": meta.get("notes"),
-    }
 
 
 class Registry:
@@ -165,6 +51,10 @@ class Registry:
     def __repr__(self) -> str:
         return f"Registry({str(self.path)!r})"
 
+    def invalidate(self) -> None:
+        """Forget cached tables (after the folder was replaced underneath)."""
+        self._cache_sig = None
+
     # -- files and locking ----------------------------------------------------------------------------------
 
     @property
@@ -175,13 +65,13 @@ class Registry:
     def verdicts_path(self) -> Path:
         return self.path / schema.VERDICTS_FILE
 
-    def _lock(self):  # noqa: ANN202 - filelock.FileLock
+    def write_lock(self):  # noqa: ANN202 - filelock.FileLock
         from filelock import FileLock
 
         (self.path / schema.CACHE_DIR).mkdir(parents=True, exist_ok=True)
         return FileLock(str(self.path / schema.CACHE_DIR / "write.lock"), timeout=LOCK_TIMEOUT_S)
 
-    def _writable(self) -> None:
+    def make_writable(self) -> None:
         """Make `self.path` a folder we may write: seed the user's copy from the shipped registry if needed."""
         if self._seed_to is not None:
             from filelock import FileLock
@@ -201,7 +91,7 @@ class Registry:
         if not info.is_file():
             self.path.mkdir(parents=True, exist_ok=True)
             atomic_write_json(
-                info, {"format": schema.REGISTRY_FORMAT, "schema_version": schema.SCHEMA_VERSION, "created_at": _now()}
+                info, {"format": schema.REGISTRY_FORMAT, "schema_version": schema.SCHEMA_VERSION, "created_at": now()}
             )
         else:
             self.info()
@@ -222,9 +112,9 @@ class Registry:
                                        f"this hubguard reads ({schema.SCHEMA_VERSION}); upgrade hubguard.")
         return data
 
-    def _write_card(self, table: "pa.Table", n_verdicts: int | None = None) -> None:
+    def write_card(self, table: "pa.Table", n_verdicts: int | None = None) -> None:
         if n_verdicts is None:
-            n_verdicts = self._verdict_table().num_rows if self.verdicts_path.exists() else 0
+            n_verdicts = verdicts.verdict_table(self).num_rows if self.verdicts_path.exists() else 0
         fams = sorted({f for f in table.column("family").to_pylist() if f}) if table.num_rows else []
         text = locate.card_text(n_entries=table.num_rows, n_verdicts=n_verdicts, families=fams)
         atomic_write_text(self.path / schema.CARD_FILE, text)
@@ -238,7 +128,7 @@ class Registry:
             return None
         return (st.st_mtime_ns, st.st_size, st.st_ino)
 
-    def _entries(self) -> "pa.Table":
+    def entries_table(self) -> "pa.Table":
         """The entries table (cached until the file changes)."""
         self.info()
         sig = self._stat()
@@ -252,18 +142,18 @@ class Registry:
 
     def _write_entries(self, table: "pa.Table") -> None:
         schema.write_table_atomic(self.entries_path, table)
-        self._write_card(table)
+        self.write_card(table)
         self._cache_sig = None
 
     def __len__(self) -> int:
-        return self._entries().num_rows
+        return self.entries_table().num_rows
 
     def names(self) -> list[str]:
-        return self._entries().column("name").to_pylist()
+        return self.entries_table().column("name").to_pylist()
 
     def _fp_relpath(self, name: str) -> str:
         digest = hashlib.sha1(name.encode()).hexdigest()[:8]
-        return f"{schema.FINGERPRINT_DIR}/{schema.slug(name)}-{digest}.safetensors"
+        return f"{schema.FINGERPRINT_DIR}/{slug(name)}-{digest}.safetensors"
 
     def add(
         self,
@@ -304,12 +194,12 @@ class Registry:
                 raise RegistryError("An entry needs a non-empty --name (normally the Hub repo id, e.g. org/model).")
         if len(set(names)) != len(names):
             raise RegistryError(f"Duplicate names in one add: {sorted({n for n in names if names.count(n) > 1})}.")
-        items = [(_relabel(fp, name=n, repo_id=meta.get("repo_id")), n, meta) for fp, n, meta in items]
+        items = [(relabel(fp, name=n, repo_id=meta.get("repo_id")), n, meta) for fp, n, meta in items]
         rows = [entry_row(fp, name=n, sketch=sketch(fp), **{k: v for k, v in meta.items() if v is not None})
                 for fp, n, meta in items]
-        self._writable()
-        with self._lock():
-            table = self._entries()
+        self.make_writable()
+        with self.write_lock():
+            table = self.entries_table()
             existing = set(table.column("name").to_pylist())
             clash = [n for n in names if n in existing]
             if clash and not replace:
@@ -324,8 +214,8 @@ class Registry:
             if clash:
                 import pyarrow.compute as pc
 
-                table = table.filter(pc.invert(pc.is_in(table.column("name"), value_set=_str_array(clash))))
-            self._write_entries(_concat(table, new))
+                table = table.filter(pc.invert(pc.is_in(table.column("name"), value_set=str_array(clash))))
+            self._write_entries(concat(table, new))
         return [Entry.from_row({k: v for k, v in r.items() if k != "sketch"}) for r in rows]
 
     def remove(self, name: str) -> Entry:
@@ -333,9 +223,9 @@ class Registry:
         import pyarrow.compute as pc
 
         self.show(name)
-        self._writable()
-        with self._lock():
-            table = self._entries()
+        self.make_writable()
+        with self.write_lock():
+            table = self.entries_table()
             mask = pc.equal(table.column("name"), name)
             hit = table.filter(mask)
             if hit.num_rows == 0:
@@ -351,7 +241,7 @@ class Registry:
     def list(self, *, text: str | None = None, family: str | None = None, license: str | None = None) -> list[Entry]:  # noqa: A002
         """Entries, optionally filtered: `text` (case-insensitive substring of name, repo id or notes),
         exact `family` and `license` (case-insensitive)."""
-        rows = self._entries().select(_META_COLUMNS).to_pylist()
+        rows = self.entries_table().select(_META_COLUMNS).to_pylist()
         out = []
         for r in rows:
             if family and (r.get("family") or "").lower() != family.lower():
@@ -368,7 +258,7 @@ class Registry:
     def show(self, name: str) -> Entry:
         import pyarrow.compute as pc
 
-        table = self._entries()
+        table = self.entries_table()
         hit = table.filter(pc.equal(table.column("name"), name))
         if hit.num_rows == 0:
             close = [n for n in table.column("name").to_pylist() if name.lower() in n.lower()][:5]
@@ -386,12 +276,12 @@ class Registry:
         return load_verification(self.path / entry.fingerprint_file)
 
     def sketches(self) -> "np.ndarray":
-        return schema.sketch_matrix(self._entries().column("sketch"))
+        return schema.sketch_matrix(self.entries_table().column("sketch"))
 
     def _search_stage(self) -> "SketchSearcher":
         from hubguard.registry.index import SketchSearcher
 
-        table = self._entries()
+        table = self.entries_table()
         if self._searcher is None:
             cache = self.path / schema.CACHE_DIR / "index"
             if not os.access(self.path, os.W_OK):
@@ -405,119 +295,35 @@ class Registry:
         if len(self) == 0:
             return []
         rows, sims = self._search_stage().search(query_sketch, k)
-        names = self._entries().column("name")
+        names = self.entries_table().column("name")
         return [(names[int(r)].as_py(), float(s)) for r, s in zip(rows, sims)]
 
     def search(
         self, source: "Candidate | Fingerprint | str | os.PathLike[str]", *, top_k: int = 5, candidates: int | None = None,
         exclude: list[str] | None = None,
-    ) -> list[SearchResult]:
-        """Two-stage search: nearest sketches, then the verification pipeline (`hubguard.lineage.verify`) on each
-        candidate entry; best score first. A weight source's layers are also read through each entry's token
-        rows, which finds layers copied under another embedding."""
-        from hubguard.lineage.candidate import open_candidate
-        from hubguard.lineage.sketch import sketch
-        from hubguard.lineage.verify import verify_many
+    ) -> "list[SearchResult]":
+        """Two-stage search: nearest sketches, then the verification pipeline on each (`hubguard.registry.search`)."""
+        from hubguard.registry.search import search
 
-        if top_k < 1:
-            raise RegistryError(f"--top-k must be at least 1 (got {top_k}).")
-        candidate = open_candidate(source)
-        n_cand = candidates or max(4 * top_k, 16)
-        skip = set(exclude or ())
-        found: list[tuple[Entry, float, Fingerprint]] = []
-        for name, sim in self.nearest(sketch(candidate.fingerprint), k=n_cand + len(skip)):
-            if name in skip:
-                continue
-            try:
-                entry = self.show(name)
-            except RegistryCorruptError:
-                raise
-            except RegistryError:
-                continue  # removed by another process while we searched
-            if entry.fingerprint_file and not (self.path / entry.fingerprint_file).exists() and name not in self.names():
-                continue  # removed between reading the entry and its verification data
-            found.append((entry, sim, self.fingerprint(name)))
-        comparisons = verify_many(references=[ref for _, _, ref in found], candidate=candidate)
-        results = [SearchResult(name=e.name, score=c.score, z=c.z, verdict=c.verdict, sketch_similarity=sim, entry=e,
-                                comparison=c) for (e, sim, _), c in zip(found, comparisons)]
-        results.sort(key=lambda r: (-r.score, r.name))
-        return results[:top_k]
+        return search(self, source, top_k=top_k, candidates=candidates, exclude=exclude)
 
-    # -- verdict log ----------------------------------------------------------------------------------------
+    # -- verdict log (hubguard.registry.verdicts) -----------------------------------------------------------
 
-    def _verdict_table(self) -> "pa.Table":
-        if not self.verdicts_path.exists():
-            return schema.table_from_rows([], columns=schema.VERDICT_COLUMNS, fmt=schema.VERDICTS_FORMAT)
-        return schema.read_table(self.verdicts_path, columns=schema.VERDICT_COLUMNS, fmt=schema.VERDICTS_FORMAT)
+    def log_verdict(self, **row: Any) -> dict[str, Any]:
+        """Append one verdict to the log (see `hubguard.registry.verdicts.log_verdict`)."""
+        return verdicts.log_verdict(self, **row)
 
-    def log_verdict(
-        self,
-        *,
-        repo_id: str,
-        match: str | None,
-        verdict: str,
-        score: float | None = None,
-        z: float | None = None,
-        revision: str | None = None,
-        declared_base_model: str | list[str] | None = None,
-        declared_relation: str | None = None,
-        flagged: bool | None = None,
-        reason: str | None = None,
-        source: str = "api",
-        logged_by: str | None = None,
-        details: dict[str, Any] | None = None,
-    ) -> dict[str, Any]:
-        """Append one verdict to the log. `flagged` defaults to "a derivative whose declared base is not `match`"."""
-        if verdict not in VERDICTS:
-            raise RegistryError(f"verdict must be one of {', '.join(VERDICTS)} (got {verdict!r}).")
-        declared = [declared_base_model] if isinstance(declared_base_model, str) else list(declared_base_model or [])
-        if flagged is None:
-            flagged = verdict == "derivative" and (match is None or match not in declared)
-            if flagged and reason is None:
-                reason = f"undeclared derivative of {match}" if not declared else f"declares {declared} but matches {match}"
-        row = {
-            "schema_version": schema.SCHEMA_VERSION, "logged_at": _now(), "repo_id": repo_id, "revision": revision,
-            "match": match, "score": score, "z": z, "verdict": verdict,
-            "declared_base_model": ",".join(declared) or None, "declared_relation": declared_relation,
-            "flagged": bool(flagged), "reason": reason, "source": source, "logged_by": logged_by or _user(),
-            "details": json.dumps(details, default=str) if details is not None else None,
-        }
-        self._writable()
-        with self._lock():
-            old = self._verdict_table()
-            new = schema.table_from_rows([row], columns=schema.VERDICT_COLUMNS, fmt=schema.VERDICTS_FORMAT)
-            table = _concat(old, new)
-            schema.write_table_atomic(self.verdicts_path, table)
-            self._write_card(self._entries(), n_verdicts=table.num_rows)
-        return row
-
-    def verdicts(self, *, repo_id: str | None = None, match: str | None = None, verdict: str | None = None,
-                 flagged: bool | None = None) -> list[dict[str, Any]]:
-        """Logged verdicts (oldest first), filtered by exact field values."""
-        out = []
-        for r in self._verdict_table().to_pylist():
-            if (repo_id is not None and r["repo_id"] != repo_id) or (match is not None and r["match"] != match):
-                continue
-            if (verdict is not None and r["verdict"] != verdict) or (flagged is not None and bool(r["flagged"]) != flagged):
-                continue
-            out.append(r)
-        return out
+    def verdicts(self, **filters: Any) -> list[dict[str, Any]]:
+        """Logged verdicts (oldest first), filtered by exact field values (repo_id, match, verdict, flagged)."""
+        return verdicts.read_verdicts(self, **filters)
 
     def derivatives_of(self, name: str) -> list[dict[str, Any]]:
-        """All known derivatives of `name`: uploads whose latest logged verdict against it is "derivative",
-        plus registry entries that declare it as their base model."""
-        latest: dict[str, dict[str, Any]] = {}
-        for r in self.verdicts(match=name):
-            latest[r["repo_id"]] = r
-        out = [{"repo_id": k, "via": "verdict", **{f: v[f] for f in ("score", "z", "logged_at", "flagged")}}
-               for k, v in latest.items() if v["verdict"] == "derivative"]
-        out += [{"repo_id": e.name, "via": "declared", "relation": e.base_model_relation}
-                for e in self.list() if e.base_model == name]
-        return out
+        """All known derivatives of `name` (verdict log and declared base models)."""
+        return verdicts.derivatives_of(self, name)
 
     def flagged(self) -> list[dict[str, Any]]:
-        """Uploads moderators should look at (flagged verdicts), newest first."""
-        return list(reversed(self.verdicts(flagged=True)))
+        """Uploads moderators should look at (flagged verdicts, unreadable ones included), newest first."""
+        return verdicts.flagged(self)
 
     # -- Hub sync -------------------------------------------------------------------------------------------
 
@@ -532,26 +338,3 @@ class Registry:
         from hubguard.registry.hub import pull
 
         return pull(self, repo_id=repo_id, **kwargs)
-
-
-def _relabel(fp: "Fingerprint", *, name: str, repo_id: str | None) -> "Fingerprint":
-    """The fingerprint named as its entry (a local build path is not worth publishing)."""
-    import dataclasses
-
-    repo = repo_id or (name if name.count("/") == 1 else None)
-    source = f"hf://{repo}" if repo else fp.model.get("source")
-    return dataclasses.replace(fp, model={**fp.model, "name": name, "source": source})
-
-
-def _str_array(values: list[str]) -> "pa.Array":
-    import pyarrow as pa
-
-    return pa.array(values, type=pa.string())
-
-
-def _concat(a: "pa.Table", b: "pa.Table") -> "pa.Table":
-    import pyarrow as pa
-
-    if a.num_rows == 0:
-        return b
-    return pa.concat_tables([a.cast(b.schema) if a.schema != b.schema else a, b]).combine_chunks()

@@ -18,9 +18,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from hubguard.errors import CorruptCheckpointError
 from hubguard.weights.binding import BoundArchitecture
 from hubguard.weights.spec import TensorRef
-from hubguard.errors import CorruptCheckpointError
 
 if TYPE_CHECKING:
     import torch

@@ -32,10 +32,10 @@ from typing import TYPE_CHECKING, NoReturn
 from urllib.parse import quote, urlsplit
 
 from hubguard import constants
-from hubguard.weights.remote_cache import RangeCache, default_cache_root
-from hubguard.weights.store import ReadStats, coalesce_ranges
 from hubguard.errors import CorruptCheckpointError, RemoteError, SourceNotFoundError
 from hubguard.utils import get_logger
+from hubguard.weights.remote_cache import RangeCache, default_cache_root
+from hubguard.weights.store import ReadStats, coalesce_ranges
 
 if TYPE_CHECKING:
     import httpx2

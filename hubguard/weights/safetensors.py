@@ -14,7 +14,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from hubguard.weights.store import ByteStore, coalesce_ranges
 from hubguard.constants import PICKLE_SUFFIXES, SAFETENSORS_MAX_HEADER_BYTES
 from hubguard.errors import (
     CorruptCheckpointError,
@@ -22,6 +21,7 @@ from hubguard.errors import (
     SourceNotFoundError,
     UnsafeCheckpointError,
 )
+from hubguard.weights.store import ByteStore, coalesce_ranges
 
 if TYPE_CHECKING:
     import torch
