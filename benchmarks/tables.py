@@ -1,7 +1,9 @@
 """Regenerate the README's result tables from the committed benchmark JSON (never typed by hand).
 
-    python benchmarks/tables.py            # rewrite README.md between <!-- table:NAME --> ... <!-- /table:NAME -->
-    python benchmarks/tables.py --check    # exit 1 if README.md is out of date
+    python benchmarks/tables.py            # rewrite README.md and benchmarks/README.md between the table markers
+    python benchmarks/tables.py --check    # exit 1 if either is out of date
+
+Markers: <!-- table:NAME --> ... <!-- /table:NAME -->; NAME is a key of TABLES below.
 
 Each benchmark writes its JSON to benchmarks/results/NAME.json (the command that made it is recorded there or
 in the README next to the table).
@@ -19,7 +21,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
-README = ROOT / "README.md"
+DOCUMENTS = (ROOT / "README.md", ROOT / "benchmarks" / "README.md")
 
 
 def _fmt(x: Any, nd: int = 1) -> str:
@@ -126,7 +128,7 @@ def dogs(d: dict[str, Any]) -> str:
         f"| base ↔ base, same family (independent seeds) | {st(d['base_to_base_same_family'])} |",
         f"| base ↔ base, all | {st(d['base_to_base'])} |",
         "",
-        f"![contact sheet]({d['sheet']})",
+        f"![contact sheet]({d['sheet'].removeprefix('benchmarks/')})",  # the table lives in benchmarks/README.md
     ]
     return "\n".join(rows)
 
@@ -289,14 +291,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true")
     args = parser.parse_args(argv)
-    old = README.read_text(encoding="utf-8")
-    new = render(old)
-    if args.check:
+    stale = []
+    for doc in DOCUMENTS:
+        old = doc.read_text(encoding="utf-8")
+        new = render(old)
         if new != old:
-            print("README.md tables are out of date: run python benchmarks/tables.py", file=sys.stderr)
-            return 1
-        return 0
-    README.write_text(new, encoding="utf-8")
+            stale.append(doc.relative_to(ROOT))
+            if not args.check:
+                doc.write_text(new, encoding="utf-8")
+    if args.check and stale:
+        print(f"{', '.join(map(str, stale))}: tables are out of date: run python benchmarks/tables.py", file=sys.stderr)
+        return 1
     return 0
 
 

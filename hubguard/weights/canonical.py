@@ -15,7 +15,7 @@ Shapes (H heads, hd head dim, d hidden, f FFN width):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from hubguard.errors import CorruptCheckpointError
@@ -29,16 +29,44 @@ if TYPE_CHECKING:
 
 
 @dataclass
+class CanonicalExpert:
+    """One FFN (a dense layer's FFN is its only expert; an MoE layer has one per routed expert, plus shared ones)."""
+
+    up: "torch.Tensor"  # [f, d]
+    down: "torch.Tensor"  # [d, f]
+    gate: "torch.Tensor | None" = None  # [f, d] for gated FFNs
+    shared: bool = False  # an always-on shared expert (Qwen-MoE, DeepSeek, Llama 4)
+
+
+@dataclass
 class CanonicalLayer:
+    """One layer, canonicalised: norms folded, heads split and expanded. Attention per query head; the FFN as
+    experts (empty when only attention was read)."""
+
     index: int
     q: "torch.Tensor"  # [H, hd, d]
     k: "torch.Tensor"  # [H, hd, d], expanded to query heads
-    v: "torch.Tensor"  # [H, hd, d], expanded to query heads
-    o: "torch.Tensor"  # [H, d, hd]
+    v: "torch.Tensor"  # [H, hd_v, d], expanded to query heads
+    o: "torch.Tensor"  # [H, d, hd_v]
     ffn_type: str  # "gated" | "plain"
-    up: "torch.Tensor | None" = None  # [f, d]; None when only attention was read
-    down: "torch.Tensor | None" = None  # [d, f]
-    gate: "torch.Tensor | None" = None  # [f, d] for gated FFNs
+    experts: "list[CanonicalExpert]" = field(default_factory=list)
+
+    @property
+    def dense(self) -> "CanonicalExpert | None":
+        """The FFN of a dense layer (None for MoE layers and attention-only reads)."""
+        return self.experts[0] if len(self.experts) == 1 and not self.experts[0].shared else None
+
+    @property
+    def up(self) -> "torch.Tensor | None":
+        return self.dense.up if self.dense is not None else None
+
+    @property
+    def down(self) -> "torch.Tensor | None":
+        return self.dense.down if self.dense is not None else None
+
+    @property
+    def gate(self) -> "torch.Tensor | None":
+        return self.dense.gate if self.dense is not None else None
 
 
 class LayerReader:
@@ -208,4 +236,5 @@ class LayerReader:
         if down.shape != (d, up.shape[0]):
             raise CorruptCheckpointError(f"Layer {layer}: FFN down projection is {list(down.shape)}, expected {[d, up.shape[0]]}.")
         self._prefetched = {}
-        return CanonicalLayer(index=layer, q=q, k=k, v=v, o=o, ffn_type=ffn.type, up=up, down=down, gate=gate)
+        return CanonicalLayer(index=layer, q=q, k=k, v=v, o=o, ffn_type=ffn.type,
+                              experts=[CanonicalExpert(up=up, down=down, gate=gate)])
