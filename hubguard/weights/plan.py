@@ -74,7 +74,7 @@ def resolve_budget(budget: "float | str | None", *, total_bytes: int) -> float |
         return None if total_bytes <= AUTO_FULL_BYTES else AUTO_BUDGET
     if budget is None:
         return None
-    if isinstance(budget, str) or isinstance(budget, bool) or not 0 < float(budget) <= 1:
+    if isinstance(budget, (str, bool)) or not 0 < float(budget) <= 1:
         raise FingerprintError(f"budget must be a fraction in (0, 1], 'auto' or None; got {budget!r}.")
     return float(budget)
 
