@@ -28,11 +28,11 @@ if TYPE_CHECKING:
     import torch
 
 SCALES = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0)
-MERGE_SCALES = (0.25, 0.5, 0.75)
-MARGIN = 10.0
+NEIGHBOURS = (0.75, 1.25)
+KEPT_AT_QUARTER = 0.25
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 MAX_UPLOAD_BYTES = 512 * 1024 * 1024
-MAX_TEXTS, MAX_LENGTH = 24, 64
+MAX_TEXTS, MAX_LENGTH = 16, 64
 
 
 @dataclass(frozen=True)
@@ -147,14 +147,18 @@ def _predictions(model: Any, batches: list[dict[str, Any]], task: str) -> "torch
 
 
 def verdict_of(sweep: list[dict[str, float]]) -> tuple[str, str]:
-    """("looks protected" | "not protected", why) from the agreement curve."""
+    """("looks protected" | "not protected" | "inconclusive", why) from the agreement curve."""
     at = {round(r["scale"], 2): r["agreement"] for r in sweep}
-    base, worst = at[0.0], min(at[s] for s in MERGE_SCALES)
-    if worst < base - MARGIN:
-        return "looks protected", (f"At merge-like scales the model agrees with the update on only {worst:.0f}% of "
-                                   f"predictions — less than the bare base ({base:.0f}%): merging breaks it.")
-    return "not protected", (f"Scaled as a merge would (s = 0.25–0.75) the model still agrees with the update on "
-                             f"{worst:.0f}% of predictions (the bare base: {base:.0f}%): a merge keeps what it learned.")
+    base = at[0.0]
+    if base >= 99.0:
+        return "inconclusive", ("On this text the update changes (almost) none of its base's predictions, so scaling it "
+                                "shows nothing. Give text from the update's own task.")
+    kept = max((at[s] - base) / (100.0 - base) for s in NEIGHBOURS)
+    if kept < KEPT_AT_QUARTER:
+        return "looks protected", (f"A quarter step off s = 1 (s = 0.75 or 1.25) the model keeps at most {100 * kept:.0f}% "
+                                   "of the predictions the update changed: a merge, which rescales the update, breaks it.")
+    return "not protected", (f"A quarter step off s = 1 the model still keeps {100 * kept:.0f}% of the predictions the "
+                             "update changed: it fades smoothly into its base, so a merge keeps what it learned.")
 
 
 def run_audit(*, adapter_files: list[str] | None, adapter_source: str | None, base_source: str,

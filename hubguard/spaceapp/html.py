@@ -222,7 +222,7 @@ def moderator_status(*, who: str | None, how: str) -> str:
 
 
 def audit_card(*, verdict: str, summary: str, details: Sequence[tuple[str, str]]) -> str:
-    colour = {"looks protected": "#067647", "not protected": "#b42318"}.get(verdict, "#475467")
+    colour = {"looks protected": "#067647", "not protected": "#b42318", "inconclusive": "#b54708"}.get(verdict, "#475467")
     return (f'<div class="hg-card" id="hg-audit-card" data-state="result" data-verdict="{esc(verdict)}">'
             f'<span class="hg-verdict" style="background:{colour}">{esc(verdict)}</span>'
             f'<div class="hg-meaning">{esc(summary)}</div><div class="hg-grid">{_stats(details)}</div></div>')
