@@ -145,7 +145,8 @@ def build_space(out: str | Path, *, settings: SpaceSettings | None = None, wheel
     settings = settings or SpaceSettings()
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:
-        raise SpaceBuildError(f"{out} is not empty.", fix="Give an empty or new folder, or pass --overwrite.")
+        raise SpaceBuildError(f"{out} is not empty, and the Space folder must hold nothing else; give an empty or new "
+                              "folder, or pass --overwrite.", fix="Give an empty or new folder, or pass --overwrite.")
     staging = Path(tempfile.mkdtemp(prefix=".hubguard-space-", dir=out.parent if out.parent.exists() else None))
     try:
         wheels = staging / "wheels"
@@ -186,8 +187,9 @@ def deploy_space(repo_id: str, *, settings: SpaceSettings | None = None, token: 
         except HubguardError:
             raise
         except Exception as err:  # noqa: BLE001 - huggingface_hub raises HTTP, OS and validation errors alike
-            raise SpaceBuildError(f"Deploying the Space to {repo_id} failed: {type(err).__name__}: {err}.",
-                                  fix="Check the repo id and that your token (HF_TOKEN or --token) may write there.") from err
+            fix = "Check the repo id and that your token (HF_TOKEN or --token) may write there."
+            raise SpaceBuildError(f"Deploying the Space to {repo_id} failed: {type(err).__name__}: {err}. {fix}",
+                                  fix=fix) from err
         files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
     return {"repo_id": repo_id, "commit": str(getattr(info, "commit_url", info)), "files": files,
             "variables": settings.variables()}
