@@ -6,6 +6,10 @@ CSS = """
 #hg-header p {color: var(--body-text-color-subdued); margin-top: 0;}
 .hg-card {border: 1px solid var(--border-color-primary); border-radius: 12px; padding: 16px 20px;
           background: var(--block-background-fill);}
+.hg-card {max-width: 100%; overflow-x: auto; box-sizing: border-box;}
+.hg-card td, .hg-card code, .hg-card li, .hg-source {overflow-wrap: anywhere; word-break: break-word;}
+.hg-card code {white-space: normal;}
+.hg-lineage td:first-child {white-space: nowrap; width: 1%; overflow-wrap: normal; word-break: normal;}
 .hg-card.hg-error {border-color: #fda29b; background: #fef3f2;}
 .hg-verdict {display: inline-block; padding: 4px 14px; border-radius: 999px; color: white; font-weight: 700;
              font-size: 1.15em; letter-spacing: 0.02em;}
