@@ -142,8 +142,12 @@ def _summary(report: "CheckReport", *, spec: str, verdict: str, self_match: str 
 
 
 def _log(state: "SpaceState", report: "CheckReport", *, spec: str, verdict: str, self_match: str | None) -> None:
-    """One verdict row per checked repo and outcome (a repeated check with the same outcome logs nothing)."""
+    """One verdict row per checked repo and outcome (a repeated check with the same outcome logs nothing; the
+    registered base itself is no derivative of itself and is not logged)."""
+    if self_match:
+        return
     repo = repo_id_of(spec) or display_name(spec)
+    repo = repo if repo.startswith("example:") or repo_id_of(spec) else spec
     revision = spec.split("@", 1)[1] if spec.startswith("hf://") and "@" in spec else None
     best = report.matches[0] if report.matches else None
     logged = "unreadable" if report.status == "unreadable" else (best["verdict"] if best else "independent")
@@ -151,7 +155,7 @@ def _log(state: "SpaceState", report: "CheckReport", *, spec: str, verdict: str,
     last = state.registry.verdicts(repo_id=repo)
     if last and (last[-1]["verdict"], last[-1]["match"], last[-1]["revision"]) == (logged, match, revision):
         return
-    extra: dict[str, Any] = {"flagged": False, "reason": f"the registered base {self_match} itself"} if self_match else {}
+    extra: dict[str, Any] = {}
     if report.status == "unreadable":
         extra = {"flagged": True, "reason": report.reason}
     state.log_verdict(repo_id=repo, revision=revision, match=match, verdict=logged, score=best and best["score"],
