@@ -1,8 +1,8 @@
 """The Space as a user meets it: a cold start of the real process, then a real browser (Debian chromium).
 
 - cold start: `python -c "from hubguard.spaceapp import launch; launch(...)"` until the page answers;
-- page interactive: navigation start until the Check button is enabled and the registry page has loaded
-  (Gradio's load events done), over `--repeats` fresh pages;
+- page interactive: navigation start until the Check button is visible and enabled and the model field takes
+  typed text, over `--repeats` fresh pages;
 - warm verdict for the shipped MiniLM (`example:minilm`): click to the verdict card, after one warm-up check;
 - registry paging with `--entries` entries (synthetic rows, real Parquet table): click "next" to the new page.
 
@@ -98,8 +98,10 @@ def measure(url: str, *, repeats: int) -> dict[str, list[float]]:
             page = browser.new_page(viewport={"width": 1280, "height": 900})
             t0 = time.perf_counter()
             page.goto(url)
-            page.wait_for_selector("#hg-check:not([disabled])", timeout=60_000)
-            page.wait_for_selector("#hg-page-status[data-total]", state="attached", timeout=60_000)
+            page.wait_for_selector("#hg-check:not([disabled])", state="visible", timeout=60_000)
+            field = page.locator("#hg-source textarea")
+            field.wait_for(state="visible", timeout=60_000)
+            field.fill("typing works")  # the page takes input: it is interactive
             out["interactive_s"].append(time.perf_counter() - t0)
             page.close()
         page = browser.new_page(viewport={"width": 1280, "height": 900})

@@ -101,3 +101,92 @@ def test_deploy_then_download_into_an_empty_folder(hub_server: HubServer, tmp_pa
     # Without a token the Hub refuses the upload: a hubguard error naming the repo and the fix.
     res = CliRunner().invoke(app, ["space", "deploy", "org/other-space"])
     assert res.exit_code == 2 and "org/other-space" in res.output and "token" in res.output
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_deployed_space_installs_in_a_fresh_venv_and_serves_moderators(hub_server: HubServer, tmp_path: Path,  # noqa: F811
+                                                                        minilm: Path) -> None:
+    """Deploy, download into an empty folder, `pip install -r requirements.txt` into a fresh venv that cannot see
+    the checkout, start `python app.py` with its registry on a Hub dataset, and drive it in Chromium: a check of
+    the example derivative, a moderator (token) confirms the flag, and the decision is committed to the dataset."""
+    import shutil
+    import socket
+    import time
+    import urllib.request
+
+    from huggingface_hub import snapshot_download
+
+    from hubguard.registry import Registry
+
+    shipped = Registry(ROOT / "registry")
+    dataset = Registry(tmp_path / "dataset")
+    dataset.add(shipped.fingerprint(shipped.names()[0]), name=shipped.names()[0], family="bert", license="apache-2.0")
+    hub_server.add_repo("org/registry", dataset.path, repo_type="dataset")
+    hub_server.add_repo("sentence-transformers/all-MiniLM-L6-v2", minilm)  # what example:minilm reads without the wheel
+    res = CliRunner().invoke(app, ["space", "deploy", "org/space", "--token", HubServer.TOKEN, "--torch-index", "none",
+                                   "--registry", "hf://datasets/org/registry"])
+    assert res.exit_code == 0, res.output
+    folder = tmp_path / "downloaded"
+    snapshot_download(repo_id="org/space", repo_type="space", local_dir=str(folder), token=HubServer.TOKEN)
+    shutil.rmtree(folder / ".cache", ignore_errors=True)
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    py = venv / "bin" / "python"
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "HUBGUARD_", "VIRTUAL_ENV"))}
+    done = subprocess.run([str(py), "-m", "pip", "install", "-q", "-r", "requirements.txt"], cwd=folder, env=clean,
+                          capture_output=True, text=True, timeout=1800, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    probe = subprocess.run([str(py), "-c", "import hubguard; print(hubguard.__file__)"], cwd=folder, env=clean,
+                           capture_output=True, text=True, check=True)
+    assert probe.stdout.startswith(str(venv))  # the wheel's copy, never the checkout
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = clean | {"HF_ENDPOINT": hub_server.endpoint, "HF_TOKEN": HubServer.TOKEN, "GRADIO_SERVER_NAME": "127.0.0.1",
+                   "GRADIO_SERVER_PORT": str(port), "HUBGUARD_REGISTRY": "hf://datasets/org/registry",
+                   "HUBGUARD_MODERATOR_TOKEN": "venv-secret", "HUBGUARD_SYNC_BATCH": "1", "HUBGUARD_SYNC_INTERVAL": "1",
+                   "HUBGUARD_HOME": str(tmp_path / "home"), "HUBGUARD_CACHE": str(tmp_path / "cache"),
+                   "HF_HOME": str(tmp_path / "hf-home"), "HUBGUARD_DISABLE_PROGRESS_BARS": "1"}
+    proc = subprocess.Popen([str(py), "app.py"], cwd=folder, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2).close()
+                break
+            except OSError:
+                assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+                time.sleep(0.5)
+        from playwright.sync_api import sync_playwright
+
+        from tests.test_space import BROWSER_ARGS, CHROMIUM
+
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.goto(f"http://127.0.0.1:{port}/", wait_until="networkidle")
+            page.locator("#hg-example-derivative").click()
+            page.wait_for_selector("#hg-verdict-card[data-verdict='derivative']", timeout=600_000)
+            page.get_by_role("tab", name="Moderation").click()
+            token = page.locator("#hg-mod-token textarea, #hg-mod-token input").first
+            token.fill("venv-secret")
+            token.press("Enter")
+            page.wait_for_function("document.querySelector('#hg-flagged').innerText.includes('example:minilm-derivative')",
+                                   timeout=60_000)
+            page.locator("#hg-review-repo textarea, #hg-review-repo input").first.fill("example:minilm-derivative")
+            page.locator("#hg-confirm").click()
+            page.wait_for_selector("#hg-mod-done[data-state='done']", timeout=60_000)
+            browser.close()
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:  # the Space commits its journal back to the dataset (batch of 1)
+            remote = Registry(tmp_path / f"readback-{int(time.monotonic() * 1000)}")
+            remote.pull("org/registry", token=HubServer.TOKEN)
+            decided = [v for v in remote.verdicts(repo_id="example:minilm-derivative") if v["source"] == "moderator"]
+            if decided:
+                break
+            time.sleep(2)
+        assert decided and decided[0]["logged_by"] == "local-moderator"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
