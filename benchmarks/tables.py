@@ -246,6 +246,21 @@ def protect_lock_probe(d: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
+def space(d: dict[str, Any]) -> str:
+    names = {"interactive_s": "page interactive (fresh page)", "warm_verdict_s": "warm verdict, shipped MiniLM",
+             "registry_page_s": f"registry tab, next page ({d.get('entries', 0):,} entries)"}
+    rows = ["| measure | median s | max s | target s | met |", "|---|---|---|---|---|"]
+    for key, label in names.items():
+        r = d.get(key)
+        if r:
+            rows.append(f"| {label} | {r['median']:.2f} | {r['max']:.2f} | < {r['target']:g} | {'yes' if r['met'] else 'no'} |")
+    m = d.get("machine", {})
+    rows += ["", f"Cold start of the process until the page answers: {d.get('cold_start_s', 0):.1f} s; "
+             f"{d.get('repeats')} repeats; {m.get('cpus')} CPUs, 1-minute load average {m.get('load_average_1m', 0):.1f} "
+             "while measuring (the machine is shared)."]
+    return "\n".join(rows)
+
+
 def generic(d: Any) -> str:
     """Fallback: a fenced JSON block (for benchmarks whose table is not specialised yet)."""
     return "```json\n" + json.dumps(d, indent=1)[:4000] + "\n```"
@@ -264,7 +279,8 @@ TABLES: dict[str, tuple[str, Callable[[Any], str]]] = {
     "protect": ("protect", protect),
     "protect-lock": ("protect_lock", protect),
     "protect-lock-probe": ("protect_lock_probe", protect_lock_probe),
-    "protect-runs": ("protect*", protect_runs),  # every benchmarks/results/protect*.json, by file name
+    "protect-runs": ("protect*", protect_runs),
+    "space": ("space", space),  # every benchmarks/results/protect*.json, by file name
 }
 
 

@@ -101,6 +101,60 @@ def remote_max_gap(default: int) -> int:
     return int(_env_float("HUBGUARD_REMOTE_MAX_GAP", default))
 
 
+def hub_registry_refresh_s() -> float:
+    """`HUBGUARD_REGISTRY_REFRESH`: seconds a local mirror of an hf://datasets registry is used before the Hub is
+    asked whether it moved (default 300)."""
+    return max(0.0, _env_float("HUBGUARD_REGISTRY_REFRESH", 300.0))
+
+
+def _env_list(name: str) -> tuple[str, ...]:
+    return tuple(p.strip() for p in (os.environ.get(name) or "").replace(";", ",").split(",") if p.strip())
+
+
+# --- the Space (Space variables and secrets; read when the app starts) -------------------------------------
+
+
+def space_moderators() -> tuple[str, ...]:
+    """`HUBGUARD_MODERATORS`: Hub usernames allowed to take moderator actions in the Space (comma-separated)."""
+    return _env_list("HUBGUARD_MODERATORS")
+
+
+def space_moderator_orgs() -> tuple[str, ...]:
+    """`HUBGUARD_MODERATOR_ORG`: Hub organisations whose members are moderators (comma-separated)."""
+    return _env_list("HUBGUARD_MODERATOR_ORG")
+
+
+def space_moderator_token() -> str | None:
+    """`HUBGUARD_MODERATOR_TOKEN`: a secret that makes its bearer a moderator where no Hub OAuth is set up
+    (a local run); unset: no token is accepted."""
+    return os.environ.get("HUBGUARD_MODERATOR_TOKEN") or None
+
+
+def space_moderator_name() -> str:
+    """`HUBGUARD_MODERATOR_NAME`: the name the verdict log records for the token moderator (default local-moderator)."""
+    return os.environ.get("HUBGUARD_MODERATOR_NAME") or "local-moderator"
+
+
+def space_oauth_configured() -> bool:
+    """Hub OAuth is available: on a Space with `hf_oauth: true` (the runtime sets OAUTH_CLIENT_ID)."""
+    return bool(os.environ.get("OAUTH_CLIENT_ID"))
+
+
+def space_sync_batch() -> int:
+    """`HUBGUARD_SYNC_BATCH`: pending registry changes that trigger a commit back to the Hub dataset (default 20)."""
+    return max(1, int(_env_float("HUBGUARD_SYNC_BATCH", 20)))
+
+
+def space_sync_interval_s() -> float:
+    """`HUBGUARD_SYNC_INTERVAL`: seconds after which pending changes are committed anyway (default 60)."""
+    return max(0.05, _env_float("HUBGUARD_SYNC_INTERVAL", 60.0))
+
+
+def space_max_audit_parameters() -> int:
+    """`HUBGUARD_AUDIT_MAX_PARAMETERS`: the largest base model the Space's protection audit loads (default 5e8)."""
+    return int(_env_float("HUBGUARD_AUDIT_MAX_PARAMETERS", 5e8))
+
+
 # --- fixed --------------------------------------------------------------------------------------------------
 
 # The Hub's own limit on a safetensors header; larger headers are refused.

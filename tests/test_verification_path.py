@@ -8,7 +8,6 @@ caller that reads the candidate's layers through A's embedding sees them; every 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -23,7 +22,6 @@ from hubguard.registry import Registry
 from tests.support.hubserver import hub_server  # noqa: F401 - pytest fixture
 
 A, B = "org/base-a", "org/base-b"
-APP = Path(__file__).resolve().parents[1] / "space" / "app.py"
 
 
 def _stack(lower: Path, upper: Path, out: Path, *, from_lower: tuple[int, ...]) -> Path:
@@ -55,13 +53,6 @@ def _layer_map(layers: list[dict]) -> list[tuple[int, int, float]]:
     return [(m["layer"], m["match"], round(m["score"], 1)) for m in layers]
 
 
-def _load_space():  # noqa: ANN202 - the space/app.py module
-    spec = importlib.util.spec_from_file_location("hubguard_space_app_vp", APP)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
-
-
 @pytest.mark.network
 def test_every_caller_gives_the_same_verdict_and_layer_map(setup, hub_server, family_models) -> None:
     merge, reg = setup
@@ -80,8 +71,12 @@ def test_every_caller_gives_the_same_verdict_and_layer_map(setup, hub_server, fa
     result = LineageBot(registry=reg, act=False).process(Target("someone/merge", sha))
     rows = {r["match"]: r for r in result.verdicts}
     # 5. the Space's lineage check
-    card, _gallery, table, summary = _load_space().check_lineage(str(merge), 2, registry_path=str(reg.path))
-    space = {m["name"]: m for m in summary["matches"]}
+    from hubguard.spaceapp.check_view import run_check
+    from hubguard.spaceapp.state import SpaceState
+
+    view = run_check(SpaceState(reg.path), source=str(merge), top_k=2)
+    card, table = view.card, view.layers
+    space = {m["name"]: m for m in view.report["matches"]}
 
     for name in (A, B):
         want = direct[name]

@@ -5,6 +5,7 @@
     hubguard check | hooks install-git                          (hubguard.cli.hooks)
     hubguard bot serve                                          (hubguard.cli.bot)
     hubguard protect | lock | audit                             (hubguard.cli.protect)
+    hubguard space build | deploy                               (hubguard.cli.space)
 
 Exit codes, every command: 0 ok, 1 lineage problem under --strict, 2 bad input or unreadable, 3 internal error.
 """
@@ -15,7 +16,7 @@ from typing import Annotated
 
 import typer
 
-from hubguard.cli import bot, hooks, lineage, protect, registry
+from hubguard.cli import bot, hooks, lineage, protect, registry, space
 from hubguard.cli.errors import group, set_debug
 
 app = group(name="hubguard", help="Lineage fingerprints, a base-model registry, upload checks and merge protection "
@@ -35,6 +36,7 @@ hooks.register(app)
 protect.register(app)
 app.add_typer(registry.app, name="registry")
 app.add_typer(bot.app, name="bot")
+app.add_typer(space.app, name="space")
 
 
 def main() -> None:

@@ -4,15 +4,53 @@ Order: an explicit path (CLI `--registry`), then `HUBGUARD_REGISTRY`, then the u
 (`HUBGUARD_HOME/registry`) if it exists, else the shipped registry (read-only). The shipped registry is the
 repository's top-level `registry/` folder; an installed wheel carries it as package data under
 `hubguard/registry/data/`. Writing to the shipped registry first seeds the user's copy from it.
+
+A path or `HUBGUARD_REGISTRY` of the form `hf://datasets/ORG/NAME[@REVISION]` names a Hub dataset: it is read
+from a local mirror (`hubguard.registry.hub.ensure_mirror`), which a Space keeps in sync
+(`hubguard.registry.sync`).
 """
 
 from __future__ import annotations
 
 import os
+import re
+from dataclasses import dataclass
 from pathlib import Path
 
 from hubguard import constants
+from hubguard.errors import RegistryError
 from hubguard.registry import schema
+
+HUB_PREFIX = "hf://datasets/"
+# pathlib collapses "//": Path("hf://datasets/o/n") prints as "hf:/datasets/o/n"; both name the dataset.
+_HUB_SPEC = re.compile(r"^hf:/{1,2}datasets/(?P<repo>[^/@\s]+/[^/@\s]+)(?:@(?P<rev>[^\s]+))?/?$")
+_REPO_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
+
+
+@dataclass(frozen=True)
+class HubRegistry:
+    """A registry that lives in a Hub dataset repo."""
+
+    repo_id: str
+    revision: str | None = None
+
+    @property
+    def spec(self) -> str:
+        return f"{HUB_PREFIX}{self.repo_id}" + (f"@{self.revision}" if self.revision else "")
+
+
+def parse_hub_registry(spec: "str | os.PathLike[str] | None") -> HubRegistry | None:
+    """`HubRegistry` for `hf://datasets/ORG/NAME[@REV]`, None for anything else (a folder)."""
+    if spec is None:
+        return None
+    text = os.fspath(spec).strip()
+    if not text.startswith("hf:/"):
+        return None
+    m = _HUB_SPEC.match(text)
+    if m is None or not all(_REPO_PART.match(p) for p in m["repo"].split("/")):
+        raise RegistryError(f"'{text}' is not a Hub dataset registry; write hf://datasets/ORG/NAME or "
+                            "hf://datasets/ORG/NAME@REVISION (or give a folder).")
+    return HubRegistry(repo_id=m["repo"], revision=m["rev"] or None)
 
 
 def shipped_registry() -> Path | None:
@@ -30,11 +68,14 @@ def user_registry() -> Path:
 
 def resolve(path: "str | os.PathLike[str] | None") -> tuple[Path, Path | None]:
     """(folder to read, folder to seed on first write or None when the folder itself is written)."""
-    if path is not None:
-        return Path(path).expanduser(), None
-    env = constants.hubguard_registry()
-    if env:
-        return Path(env).expanduser(), None
+    chosen = path if path is not None else constants.hubguard_registry()
+    hub = parse_hub_registry(chosen)
+    if hub is not None:
+        from hubguard.registry.hub import ensure_mirror
+
+        return ensure_mirror(repo_id=hub.repo_id, revision=hub.revision, token=constants.hf_token()), None
+    if chosen:
+        return Path(chosen).expanduser(), None
     user = user_registry()
     if (user / schema.INFO_FILE).is_file():
         return user, None

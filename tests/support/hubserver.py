@@ -101,6 +101,7 @@ class HubServer:
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._discussions: dict[tuple[str, str], list[dict]] = {}  # (repo_type, repo_id) -> discussions (see below)
+        self.space_variables: dict[str, dict[str, dict]] = {}  # Space repo id -> its variables (hubserver_writes.py)
 
     # -- lifecycle -----------------------------------------------------------------------------------
 
@@ -418,6 +419,8 @@ class _Handler(WriteRoutes, BaseHTTPRequestHandler):
             self._send(200, json.dumps(entries).encode(), rec=rec)
         elif rest[0] == "discussions":
             self._discussion_route(repo_type, repo_id, rest[1:], query, rec)
+        elif repo_type == "space" and rest == ["variables"]:
+            self._space_variables(repo_id, rec)  # GET: the Space's variables (tests/hubserver_writes.py)
         else:
             self._error(404, "NotFound", "unknown API route", rec=rec)
 

@@ -10,6 +10,10 @@
   creates `refs/pr/N` at main, as the Hub does) and committed to; `?create_pr=1` and `lfsFile` lines (no LFS
   upload route here) are refused with 400.
 
+- Space settings (added for `hubguard space deploy`): `POST /api/spaces/{org}/{name}/variables` (`{"key", "value",
+  "description"}`, `HfApi.add_space_variable`) and `GET` of the same path (`get_space_variables`), kept in memory
+  (`HubServer.space_variables`); both need the token, like the Hub.
+
 Every write needs `Authorization: Bearer <HubServer.TOKEN>` (401 otherwise, like the Hub).
 """
 
@@ -42,6 +46,9 @@ class WriteRoutes:
         if parts == ["validate-yaml"]:
             self._validate_yaml(rec)
             return True
+        if len(parts) == 4 and parts[0] == "spaces" and parts[3] == "variables":
+            self._space_variables("/".join(parts[1:3]), rec)
+            return True
         if len(parts) >= 5 and parts[0] in {"models", "datasets", "spaces"} and parts[3] in {"preupload", "commit"}:
             repo_type, repo_id, rev = parts[0][:-1], "/".join(parts[1:3]), "/".join(parts[4:])
             if not rec.authorized:
@@ -56,6 +63,23 @@ class WriteRoutes:
                 self._commit(repo_type, repo_id, rev, rec)
             return True
         return False
+
+    def _space_variables(self, repo_id: str, rec: RequestRecord) -> None:
+        """`POST` (add or update one variable) and `GET` (list) of a Space's variables: {key: {"value", ...}}."""
+        if self._repo("space", repo_id, None, rec) is None:  # type: ignore[attr-defined]
+            return
+        if not rec.authorized:
+            self._error(401, "Unauthorized", "Invalid username or password.", rec=rec)  # type: ignore[attr-defined]
+            return
+        store = self.hub.space_variables.setdefault(repo_id, {})
+        if self.command == "POST":  # type: ignore[attr-defined]
+            body = self._json_body()  # type: ignore[attr-defined]
+            key, value = body.get("key"), body.get("value")
+            if not isinstance(key, str) or not key or not isinstance(value, str):
+                self._error(400, "BadRequest", "a JSON body with string 'key' and 'value' is required", rec=rec)  # type: ignore[attr-defined]
+                return
+            store[key] = {"value": value, "description": body.get("description"), "updatedAt": "2024-01-01T00:00:00.000Z"}
+        self._send(200, json.dumps(store).encode(), rec=rec)  # type: ignore[attr-defined]
 
     def _body(self) -> bytes:
         length = int(self.headers.get("Content-Length") or 0)  # type: ignore[attr-defined]
