@@ -70,6 +70,13 @@ class BaseModelUnavailableError(SourceError):
                    "adapter_config.json's base_model_name_or_path point at a readable repo.")
 
 
+class UnsupportedAdapterError(SourceError):
+    """An adapter hubguard cannot combine with its base (not LoRA, DoRA, or an adapter_config.json it cannot use)."""
+
+    default_fix = ("Merge the adapter into its base (peft: model.merge_and_unload().save_pretrained(DIR)) and check "
+                   "the merged folder.")
+
+
 # --- architectures ---------------------------------------------------------------------------------
 
 
@@ -89,6 +96,13 @@ class ArchitectureMapError(HubguardError):
 
 class FingerprintError(HubguardError):
     """A fingerprint cannot be computed, read or compared."""
+
+
+class DegenerateWeightsError(FingerprintError, CorruptCheckpointError):
+    """Weights no fingerprint can be computed from: NaN/Inf, all zero or constant, or beyond float32's range."""
+
+    default_fix = ("Re-download the checkpoint; if it is the one you trained, its weights are broken (NaN/Inf or "
+                   "collapsed to a constant): re-save it from a healthy training state.")
 
 
 class IncompatibleFingerprintError(FingerprintError):

@@ -9,7 +9,12 @@
 - `unverifiable_base_model`: a declared base is not in the registry (a warning, not an error);
 - `relation_mismatch`: the declared relation disagrees with what the files show (merge of several bases,
   adapter, quantized) — a warning;
-- `invalid_model_card`: README.md's YAML header cannot be parsed, so nothing is declared.
+- `invalid_model_card`: README.md's YAML header cannot be parsed, so nothing is declared;
+- `shadow_weights`: files that hold weights but are not what transformers loads (a variant, an unused index and
+  its shards, pickles beside safetensors, GGUF/ONNX exports, weights in another folder) — a warning: the verdict
+  is about the weights transformers loads, and these were not verified.
+
+A PEFT adapter is checked as base ⊕ adapter; the base its adapter_config.json names counts as declared lineage.
 
 Every repo gets a report: weights hubguard cannot read (pickle only, an unsupported architecture, no config,
 corrupt files, an adapter whose base is out of reach) give `status="unreadable"` with the reason and the fix,
@@ -142,6 +147,23 @@ def _verify(candidate: "Candidate", reg: "Registry", *, repo_id: str | None, top
     return hits, checked, [asdict(s) for s in layers]
 
 
+def _with_adapter_base(declared: dict[str, Any], adapter_base: str | None) -> dict[str, Any]:
+    """An adapter declares its base in adapter_config.json: it counts as declared lineage."""
+    if adapter_base is None or any(same_repo(adapter_base, b) for b in declared["base_model"]):
+        return declared
+    return {**declared, "base_model": [*declared["base_model"], adapter_base.removeprefix("hf://")]}
+
+
+def _shadow_problem(shadow: list[dict[str, str]]) -> Problem:
+    listed = "; ".join(f"{s['file']} ({s['reason']})" for s in shadow[:10]) + (f"; and {len(shadow) - 10} more"
+                                                                              if len(shadow) > 10 else "")
+    return Problem(
+        "shadow_weights",
+        f"Files that hold weights but are not what transformers loads, so hubguard did not verify them: {listed}. "
+        "Remove them, or check each one on its own (`hubguard fingerprint FOLDER/FILE`).",
+    )
+
+
 def check_upload(
     source: "str | os.PathLike[str]",
     *,
@@ -151,9 +173,11 @@ def check_upload(
     token: str | None = None,
     family: str | None = None,
     allow_pickle: bool = False,
+    base: "str | os.PathLike[str] | None" = None,
 ) -> CheckReport:
     """Check a model folder (or an `hf://` repo, read with `token` or HF_TOKEN) against the registry and its
-    own model card. The report carries the query's fingerprint (`report.fingerprint`) for callers that draw it.
+    own model card. `base` is where an adapter's base is (default: what adapter_config.json names). The report
+    carries the query's fingerprint (`report.fingerprint`) for callers that draw it.
     Raises only for what is not the repo's content's fault: a missing folder or repo, a failed network read, a
     damaged registry."""
     from hubguard.lineage.candidate import open_candidate
@@ -167,7 +191,8 @@ def check_upload(
     store = open_store(spec, token=token)  # a missing folder or repo is the caller's error, not a verdict
     declared = read_declared_lineage(store)
     try:
-        checkpoint = Checkpoint(store=store, source=spec, allow_pickle=allow_pickle)
+        checkpoint = Checkpoint(store=store, source=spec, allow_pickle=allow_pickle, base=base, token=token)
+        declared = _with_adapter_base(declared, checkpoint.adapter_base)
         candidate = open_candidate(checkpoint, name=repo_id or spec, family=family)
         hits, checked, layers = _verify(candidate, reg, repo_id=repo_id, top_k=top_k, declared=declared)
     except (RegistryError, RemoteError):
@@ -175,6 +200,8 @@ def check_upload(
     except HubguardError as err:
         return _unreadable(spec, repo_id, declared, err)
     problems = _problems(hits=hits, declared=declared, known=set(reg.names()), checked=checked)
+    if checkpoint.shadow:
+        problems.append(_shadow_problem(checkpoint.shadow))
     found = [h.name for h in hits if h.verdict == "derivative"]
     expected = expected_relation(found=found, declared=declared, config=checkpoint.config)
     rel = declared["base_model_relation"]

@@ -115,6 +115,9 @@ class ModelWeights:
             "parameters": sum(math.prod(tensors.info(n).shape) for n in tensors.names()),
             "vocab_size": self.vocab_rows,
             "revision": getattr(self.store, "sha", None) or getattr(self.store, "revision", None),
+            "weight_files": list(self.checkpoint.layout.files),
+            "shadow_weights": self.checkpoint.shadow,
+            "adapter_base": self.checkpoint.base.source if self.checkpoint.base is not None else None,
         }
 
 
@@ -131,7 +134,10 @@ def open_model(
     family: str | None = None,
     allow_pickle: bool = False,
     token: str | None = None,
+    base: "str | os.PathLike[str] | None" = None,
 ) -> ModelWeights:
-    """Open a folder, a `.safetensors` file or `hf://ORG/NAME[@REV]` and bind it to its architecture map."""
-    checkpoint = source if isinstance(source, Checkpoint) else open_source(source, allow_pickle=allow_pickle, token=token)
+    """Open a folder, a `.safetensors` file or `hf://ORG/NAME[@REV]` and bind it to its architecture map. `base`: where
+    a PEFT adapter's base is (default: what adapter_config.json names)."""
+    checkpoint = source if isinstance(source, Checkpoint) else open_source(source, allow_pickle=allow_pickle, token=token,
+                                                                            base=base)
     return bind_model(checkpoint, family=family)

@@ -4,8 +4,9 @@ A `ByteStore` answers "give me these byte ranges of this file". Everything above
 parsing, tensor and row reads, tokenizer files) is shared between local files and remote repos, so the
 two give bit-identical fingerprints. Stores count the bytes and requests they serve.
 
-Implementations: `LocalStore` (a folder or one file, read with `os.pread`) here, and the HTTP Range
-store for `hf://` repos in `hubguard.weights.remote`.
+Implementations: `LocalStore` (a folder or one file, read with `os.pread`) and `SubStore` (a sub-folder of another
+store seen as a store of its own: a sentence-transformers module) here, and the HTTP Range store for `hf://` repos
+in `hubguard.weights.remote`.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from hubguard.errors import CorruptCheckpointError, SourceNotFoundError
+
+MAX_TEXT_BYTES = 256 * 1024 * 1024  # the largest text file (config, tokenizer, index) any store reads whole
 
 
 @dataclass
@@ -78,6 +81,15 @@ class LocalStore:
         self.name = str(path)
         self.stats = ReadStats()
 
+    @property
+    def single_file(self) -> str | None:
+        """The file's name when this store is one file (then that file is the weights, whatever its name)."""
+        return self._only
+
+    def path(self, file: str) -> Path:
+        """The local path of `file`, refusing paths (or symlinks) that lead outside the store's folder."""
+        return self._path(file)
+
     def _path(self, file: str) -> Path:
         p = (self.root / file).resolve()
         if self.root.resolve() not in p.parents and p != self.root.resolve():
@@ -127,13 +139,49 @@ class LocalStore:
         return out
 
     def read_text(self, file: str) -> str | None:
-        p = self.root / file
-        if not p.is_file():
+        p = self._path(file)
+        if not p.is_file():  # a one-file store still reads the config and tokenizer beside the file
             return None
+        if p.stat().st_size > MAX_TEXT_BYTES:
+            raise CorruptCheckpointError(f"'{p}' is {p.stat().st_size:,} bytes, too large for a text file (limit "
+                                         f"{MAX_TEXT_BYTES:,}). Replace it with the model's own file.")
         try:
-            return p.read_text(encoding="utf-8")
+            return p.read_bytes().decode("utf-8")
         except UnicodeDecodeError as err:
             raise CorruptCheckpointError(f"'{p}' is not UTF-8 text ({err}). Replace it with a valid file.") from err
+
+
+class SubStore:
+    """The files under `folder/` of another store, seen as a store of their own (names relative to the folder).
+    Reads and their counts go to the parent store."""
+
+    def __init__(self, parent: ByteStore, folder: str) -> None:
+        self.parent = parent
+        self.folder = folder.strip("/")
+        self.name = f"{parent.name}/{self.folder}"
+
+    @property
+    def stats(self) -> ReadStats:
+        return self.parent.stats
+
+    def _full(self, file: str) -> str:
+        return f"{self.folder}/{file}"
+
+    def list_files(self) -> list[str]:
+        prefix = self.folder + "/"
+        return [f[len(prefix):] for f in self.parent.list_files() if f.startswith(prefix)]
+
+    def size(self, file: str) -> int:
+        return self.parent.size(self._full(file))
+
+    def read_ranges(self, file: str, ranges: list[tuple[int, int]]) -> list[bytes]:
+        return self.parent.read_ranges(self._full(file), ranges)
+
+    def read_text(self, file: str) -> str | None:
+        return self.parent.read_text(self._full(file))
+
+    def __getattr__(self, attr: str):  # noqa: ANN204 - sha, revision, repo_id of a remote parent
+        return getattr(self.parent, attr)
 
 
 def coalesce_ranges(ranges: list[tuple[int, int]], *, max_gap: int) -> list[tuple[int, int]]:
@@ -145,3 +193,30 @@ def coalesce_ranges(ranges: list[tuple[int, int]], *, max_gap: int) -> list[tupl
         else:
             merged.append((start, stop))
     return merged
+
+
+class FallbackStore:
+    """A store whose text files (tokenizer, config) fall back to another store's: an adapter folder without a
+    tokenizer of its own reads its base's. Byte ranges, listing and identity are the primary store's."""
+
+    def __init__(self, primary: ByteStore, fallback: ByteStore) -> None:
+        self.primary = primary
+        self.fallback = fallback
+        self.name = primary.name
+        self.stats = primary.stats
+
+    def list_files(self) -> list[str]:
+        return self.primary.list_files()
+
+    def size(self, file: str) -> int:
+        return self.primary.size(file)
+
+    def read_ranges(self, file: str, ranges: list[tuple[int, int]]) -> list[bytes]:
+        return self.primary.read_ranges(file, ranges)
+
+    def read_text(self, file: str) -> str | None:
+        text = self.primary.read_text(file)
+        return text if text is not None else self.fallback.read_text(file)
+
+    def __getattr__(self, attr: str):  # noqa: ANN204 - sha, revision, repo_id of a remote primary
+        return getattr(self.primary, attr)
