@@ -22,17 +22,21 @@ def check(
     top_k: Annotated[int, typer.Option("--top-k", help="Registry candidates to verify.")] = 5,
     family: Annotated[str | None, typer.Option("--family", help="Force an architecture map (default: the one config.json names).")] = None,
     allow_pickle: Annotated[bool, typer.Option(help="Read .bin/.pt weights with torch.load(weights_only=True).")] = False,
+    base: Annotated[str | None, typer.Option("--base", help="For a PEFT adapter: its base model (folder or hf://ORG/NAME); "
+                                             "default: the base_model_name_or_path of adapter_config.json.")] = None,
 ) -> None:
     """Pre-upload check: flag undeclared derivatives and false or missing base_model metadata.
 
     Every folder gets a report: weights hubguard cannot read give status 'unreadable' with the reason and the
-    fix (exit 2). Exit 1 under --strict when an undeclared derivative or a false base_model is found.
+    fix (exit 2). Exit 1 under --strict when an undeclared derivative or a false base_model is found. A PEFT adapter
+    is checked as base ⊕ adapter against the base its adapter_config.json declares (--base: where to read it).
 
     Example: hubguard check ./my-finetune --repo-id me/my-finetune --strict
     """
     from hubguard.hooks.check import check_upload
 
-    report = check_upload(folder, repo_id=repo_id, registry=registry, top_k=top_k, family=family, allow_pickle=allow_pickle)
+    report = check_upload(folder, repo_id=repo_id, registry=registry, top_k=top_k, family=family, allow_pickle=allow_pickle,
+                          base=base)
     if as_json:
         print_json(report.to_dict())
     else:

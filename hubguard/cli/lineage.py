@@ -20,6 +20,8 @@ from hubguard.cli.errors import EXIT_BAD_INPUT
 from hubguard.cli.output import print_json as _print_json
 
 FamilyOpt = typer.Option("--family", help="Force an architecture map (e.g. llama); default: the one config.json names.")
+BaseOpt = typer.Option("--base", help="For a PEFT adapter: its base model (folder or hf://ORG/NAME); default: the "
+                       "base_model_name_or_path of adapter_config.json.")
 
 
 def register(app: typer.Typer) -> None:
@@ -51,8 +53,10 @@ def fingerprint(
     budget: Annotated[str, typer.Option(help="Reading budget: a fraction of the checkpoint's bytes (e.g. 0.02), 'auto' or 'all'.")] = "auto",
     allow_pickle: Annotated[bool, typer.Option(help="Read .bin/.pt weights with torch.load(weights_only=True).")] = False,
     family: Annotated[str | None, FamilyOpt] = None,
+    base: Annotated[str | None, BaseOpt] = None,
 ) -> None:
-    """Fingerprint a model: invariant terms of its layers over a versioned token set.
+    """Fingerprint a model: invariant terms of its layers over a versioned token set. A PEFT adapter folder is
+    fingerprinted as base ⊕ adapter.
 
     Example: hubguard fingerprint ./my-model --out my-model.fp.safetensors
     """
@@ -60,7 +64,7 @@ def fingerprint(
     from hubguard.lineage.fingerprints import compute_fingerprint
 
     fp = compute_fingerprint(source, max_layers=max_layers, budget=parse_budget(budget), allow_pickle=allow_pickle,
-                             family=family)
+                             family=family, base=base)
     summary = fp.summary()
     if out is not None:
         summary["saved_to"] = str(save_fingerprint(fp, out))
@@ -131,6 +135,7 @@ def compare(
     sheet: Annotated[Path | None, typer.Option(help="Also write a side-by-side dog sheet PNG here.")] = None,
     allow_pickle: Annotated[bool, typer.Option(help="Read .bin/.pt weights with torch.load(weights_only=True).")] = False,
     family: Annotated[str | None, FamilyOpt] = None,
+    base: Annotated[str | None, BaseOpt] = None,
 ) -> None:
     """Compare two models: score (0-100), z against the calibrated null, verdict and per-layer map.
 
@@ -138,7 +143,7 @@ def compare(
     """
     from hubguard.lineage.api import compare_with_fingerprints
 
-    fa, fb, result = compare_with_fingerprints(a, b, allow_pickle=allow_pickle, family=family)
+    fa, fb, result = compare_with_fingerprints(a, b, allow_pickle=allow_pickle, family=family, base=base)
     if sheet is not None:
         from hubguard.portraits.dogs import comparison_sheet
 

@@ -25,14 +25,14 @@ def is_weight_source(item: "Fingerprint | str | os.PathLike[str]") -> bool:
 
 def as_fingerprint(
     item: "Fingerprint | str | os.PathLike[str]", *, allow_pickle: bool = False, keep_probe: bool = False,
-    family: str | None = None,
+    family: str | None = None, base: "str | os.PathLike[str] | None" = None,
 ) -> Fingerprint:
     """A Fingerprint as is, a saved fingerprint file, or a weight source to fingerprint."""
     if isinstance(item, Fingerprint):
         return item
     if is_fingerprint_file(item):
         return load_fingerprint(item)
-    return compute_fingerprint(item, allow_pickle=allow_pickle, keep_probe=keep_probe, family=family)
+    return compute_fingerprint(item, allow_pickle=allow_pickle, keep_probe=keep_probe, family=family, base=base)
 
 
 def compare(
@@ -42,12 +42,14 @@ def compare(
     calibration: "Calibration | None" = None,
     allow_pickle: bool = False,
     family: str | None = None,
+    base: "str | os.PathLike[str] | None" = None,
 ) -> "Comparison":
     """Compare reference `a` with candidate `b` (sources, saved fingerprints, or Fingerprint objects).
 
     See `compare_with_fingerprints`, which also returns the two fingerprints.
     """
-    return compare_with_fingerprints(a, b, calibration=calibration, allow_pickle=allow_pickle, family=family)[2]
+    return compare_with_fingerprints(a, b, calibration=calibration, allow_pickle=allow_pickle, family=family,
+                                     base=base)[2]
 
 
 def compare_with_fingerprints(
@@ -57,16 +59,18 @@ def compare_with_fingerprints(
     calibration: "Calibration | None" = None,
     allow_pickle: bool = False,
     family: str | None = None,
+    base: "str | os.PathLike[str] | None" = None,
 ) -> tuple[Fingerprint, Fingerprint, "Comparison"]:
     """Compare reference `a` with candidate `b` through the verification pipeline (`hubguard.lineage.verify`).
 
     When `b` is a weight source, its layers are also read through `a`'s embedding in the same pass (for `a` a
     source, or a fingerprint made with keep_probe=True), which finds layers copied under another embedding.
-    `family` forces the architecture map of weight sources.
+    `family` forces the architecture map of weight sources; `base` is where the base of an adapter (either side)
+    is, instead of the one its adapter_config.json names.
     """
     from hubguard.lineage.candidate import open_candidate
     from hubguard.lineage.verify import verify
 
-    reference = as_fingerprint(a, allow_pickle=allow_pickle, keep_probe=True, family=family)
-    candidate = open_candidate(b, references=[reference], allow_pickle=allow_pickle, family=family)
+    reference = as_fingerprint(a, allow_pickle=allow_pickle, keep_probe=True, family=family, base=base)
+    candidate = open_candidate(b, references=[reference], allow_pickle=allow_pickle, family=family, base=base)
     return reference, candidate.fingerprint, verify(reference=reference, candidate=candidate, calibration=calibration)

@@ -72,10 +72,11 @@ def open_candidate(
     token: str | None = None,
     budget: "float | str | None" = "auto",
     max_layers: int | None = None,
+    base: "str | os.PathLike[str] | None" = None,
 ) -> Candidate:
     """A candidate from weights (a folder, a `.safetensors` file, `hf://ORG/NAME[@REV]`), a saved fingerprint
     file, or a Fingerprint. With weights and `references` known up front, their cross-embedding readings are
-    made in the same pass as the fingerprint."""
+    made in the same pass as the fingerprint. `base`: where a PEFT adapter's base is (see `open_model`)."""
     from hubguard.lineage.cross import CrossTerms
     from hubguard.lineage.fingerprint_files import is_fingerprint_file, load_fingerprint
     from hubguard.lineage.fingerprints import fingerprint_weights
@@ -89,7 +90,7 @@ def open_candidate(
     if not isinstance(item, (Checkpoint, ModelWeights)) and is_fingerprint_file(item):
         return Candidate(fingerprint=load_fingerprint(item))
     weights = item if isinstance(item, ModelWeights) else open_model(item, family=family, allow_pickle=allow_pickle,
-                                                                      token=token)
+                                                                      token=token, base=base)
     accs = [CrossTerms(reference=r) for r in references if r.probe is not None]
 
     def feed(layer: Any) -> None:

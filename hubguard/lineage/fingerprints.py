@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hubguard import constants
+from hubguard.errors import DegenerateWeightsError, FingerprintError
 from hubguard.lineage.tokens import DEFAULT_TOKEN_SET
 from hubguard.utils import get_logger
 
@@ -103,11 +104,20 @@ def fingerprint_weights(
     vocab = load_vocabulary(weights.store)
     keys, rows = token_rows(vocab, token_set=token_set, vocab_rows=weights.vocab_rows, source=weights.source)
     plan = weights.plan(rows=rows, layers=layers, max_layers=max_layers, budget=budget)
-    x = probe_rows(weights.embedding_rows(rows, plan=plan), layer_norm=weights.layer_norm)
+    token_rows_read = weights.embedding_rows(rows, plan=plan)
+    try:
+        x = probe_rows(token_rows_read, layer_norm=weights.layer_norm)
+    except FingerprintError as err:
+        raise DegenerateWeightsError(f"'{weights.source}': in the token rows of '{weights.arch.embedding_name}', {err}.") from None
     per_term: dict[str, list[torch.Tensor]] = {}
     for layer in weights.layers(plan, desc=f"fingerprint {Path(weights.source).name or weights.source}"):
-        for tname, m in layer_terms(layer=layer, x=x).items():
-            per_term.setdefault(tname, []).append(standardise(m))
+        try:
+            computed = {tname: standardise(m) for tname, m in layer_terms(layer=layer, x=x).items()}
+        except FingerprintError as err:
+            names = [n for part in weights.reader.part_names(layer.index).values() for n in part]
+            raise DegenerateWeightsError(f"'{weights.source}': layer {layer.index} ({', '.join(names)}): {err}.") from None
+        for tname, m in computed.items():
+            per_term.setdefault(tname, []).append(m)
         if on_layer is not None:
             on_layer(layer)
         del layer
@@ -144,6 +154,7 @@ def compute_fingerprint(
     name: str | None = None,
     keep_probe: bool = False,
     family: str | None = None,
+    base: "str | os.PathLike[str] | None" = None,
 ) -> Fingerprint:
     """Fingerprint a model folder, a `.safetensors` file, or `hf://ORG/NAME[@REV]`.
 
@@ -157,10 +168,12 @@ def compute_fingerprint(
         token: Hub token for gated/private repos (default: HF_TOKEN).
         keep_probe: keep the token rows in the fingerprint (see `Fingerprint.probe`).
         family: force an architecture map (default: the one the config names).
+        base: for a PEFT adapter, where its base is (default: adapter_config.json's base_model_name_or_path);
+            the fingerprint is that of base ⊕ adapter.
     """
     from hubguard.weights.model import ModelWeights, open_model
 
     weights = source if isinstance(source, ModelWeights) else open_model(source, family=family, allow_pickle=allow_pickle,
-                                                                          token=token)
+                                                                          token=token, base=base)
     return fingerprint_weights(weights=weights, token_set=token_set, layers=layers, max_layers=max_layers,
                                budget=budget, name=name, keep_probe=keep_probe)
