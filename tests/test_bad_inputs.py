@@ -79,7 +79,7 @@ def test_garbage_header(llama_copy) -> None:
     raw = st.read_bytes()
     (n,) = struct.unpack("<Q", raw[:8])
     st.write_bytes(raw[:8] + b"{" * n + raw[8 + n :])
-    with pytest.raises(errors.CorruptCheckpointError, match="unreadable header"):
+    with pytest.raises(errors.CorruptCheckpointError, match="header of"):
         hubguard.fingerprint(llama_copy)
 
 
@@ -100,6 +100,31 @@ def test_nan_weights(llama_copy) -> None:
     save_file(tensors, str(st))
     with pytest.raises(errors.CorruptCheckpointError, match="NaN"):
         hubguard.fingerprint(llama_copy)
+
+
+def _edit_tensor(folder: Path, suffix: str, value) -> str:
+    st = folder / "model.safetensors"
+    tensors = load_file(str(st))
+    name = next(k for k in tensors if k.endswith(suffix))
+    tensors[name] = value(tensors[name])
+    save_file(tensors, str(st))
+    return name
+
+
+@pytest.mark.parametrize(("suffix", "value", "named"), [
+    ("embed_tokens.weight", torch.zeros_like, "embed_tokens"),  # all-zero embeddings: nothing to decorrelate
+    ("embed_tokens.weight", lambda t: t[:1].expand_as(t).contiguous(), "embed_tokens"),  # every row alike
+    ("embed_tokens.weight", lambda t: torch.full_like(t, 3e38), "embed_tokens"),  # overflows in float32 maths
+    ("layers.1.self_attn.q_proj.weight", torch.zeros_like, "layers.1.self_attn.q_proj"),  # a constant term
+    ("layers.0.self_attn.k_proj.weight", lambda t: torch.full_like(t, 3e38), "layers.0.self_attn.k_proj"),
+    ("layers.0.mlp.up_proj.weight", lambda t: t.double() * 1e300, "layers.0.mlp.up_proj"),  # beyond float32's range
+    ("layers.0.self_attn.q_proj.weight", lambda t: t.index_fill(0, torch.tensor([0]), float("inf")), "q_proj"),
+])
+def test_degenerate_weights_are_a_fingerprint_error_naming_the_tensor(llama_copy, suffix, value, named) -> None:
+    _edit_tensor(llama_copy, suffix, value)
+    with pytest.raises(errors.DegenerateWeightsError, match=named) as caught:
+        hubguard.fingerprint(llama_copy)
+    assert isinstance(caught.value, errors.FingerprintError)
 
 
 def test_missing_tokenizer(llama_copy) -> None:
@@ -145,6 +170,53 @@ def test_malicious_pickle_is_not_executed(llama_copy, tmp_path) -> None:
     with pytest.raises(errors.UnsafeCheckpointError):
         hubguard.fingerprint(llama_copy, allow_pickle=True)
     assert not marker.exists()
+
+
+def test_legacy_non_zip_pickle_is_read_with_weights_only(llama_copy) -> None:
+    """--allow-pickle reads torch.save's legacy (non-zip) format too (not memory-mapped), still weights_only=True."""
+    import zipfile
+
+    st = llama_copy / "model.safetensors"
+    reference = hubguard.fingerprint(llama_copy)
+    torch.save(load_file(str(st)), llama_copy / "pytorch_model.bin", _use_new_zipfile_serialization=False)
+    assert not zipfile.is_zipfile(llama_copy / "pytorch_model.bin")
+    st.unlink()
+    fp = hubguard.fingerprint(llama_copy, allow_pickle=True)
+    assert fp.model["weight_files"] == ["pytorch_model.bin"]
+    assert all(torch.equal(reference.terms[t], fp.terms[t]) for t in reference.terms)
+
+
+@pytest.mark.parametrize("zip_format", [False, True])
+def test_malicious_torch_pickle_is_refused_without_running_it(llama_copy, tmp_path, zip_format) -> None:
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+
+    (llama_copy / "model.safetensors").unlink()
+    torch.save({"model.embed_tokens.weight": torch.zeros(2), "x": Evil()}, llama_copy / "pytorch_model.bin",
+               _use_new_zipfile_serialization=zip_format)
+    with pytest.raises(errors.UnsafeCheckpointError, match="weights_only"):
+        hubguard.fingerprint(llama_copy, allow_pickle=True)
+    assert not marker.exists()
+    from hubguard.hooks import check_upload
+    from hubguard.registry import Registry
+
+    report = check_upload(llama_copy, registry=Registry(tmp_path / "reg"), allow_pickle=True)
+    assert report.status == "unreadable" and report.error == "UnsafeCheckpointError"
+    assert not marker.exists()
+
+
+def test_pickle_only_repo_gets_an_unreadable_report(llama_copy, tmp_path) -> None:
+    from hubguard.hooks import check_upload
+    from hubguard.registry import Registry
+
+    st = llama_copy / "model.safetensors"
+    torch.save(load_file(str(st)), llama_copy / "pytorch_model.bin")
+    st.unlink()
+    report = check_upload(llama_copy, registry=Registry(tmp_path / "reg"))
+    assert report.status == "unreadable" and "--allow-pickle" in report.fix
 
 
 def test_sharded_index_with_missing_shard(family_models, tmp_path) -> None:

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from hubguard.errors import FingerprintError
+
 if TYPE_CHECKING:
     import torch
 
@@ -58,13 +60,27 @@ def decorrelate_tokens(x: "torch.Tensor", *, shrink: float = WHITEN_SHRINK) -> "
     geometry. Both steps are equivariant under hidden-space rotations (Σ rotates with X), so every term stays
     invariant. Computed through the SVD of X_c ([n, d], n ≤ d in practice).
     """
-    import torch
-
     xc = x - x.mean(dim=0, keepdim=True)
-    u, s, vh = torch.linalg.svd(xc.double(), full_matrices=False)
+    u, s, vh = _svd(xc, what="the token rows")
     ev = s**2 / x.shape[0]
     lam = shrink * ev.sum() / x.shape[1]
+    scale = (x.double() ** 2).sum(dim=1).mean()
+    if not bool(ev.sum() > 1e-9 * scale):  # every token row the same (up to rounding): nothing to decorrelate
+        raise FingerprintError("the token rows are all equal (zero or constant embeddings, or values beyond float32's "
+                               "range), so they carry no information to compute terms over")
     return ((u * (s * (ev + lam).rsqrt())) @ vh).to(x.dtype)
+
+
+def _svd(m: "torch.Tensor", *, what: str) -> "tuple[torch.Tensor, torch.Tensor, torch.Tensor]":
+    """SVD in float64; non-finite input or a failed decomposition is a FingerprintError (the weights are degenerate)."""
+    import torch
+
+    if not bool(torch.isfinite(m).all()):
+        raise FingerprintError(f"{what} came out Inf or NaN in float32: the weights hold values too large to compute with")
+    try:
+        return torch.linalg.svd(m.double(), full_matrices=False)
+    except torch.linalg.LinAlgError as err:
+        raise FingerprintError(f"the SVD of {what} failed ({str(err)[:120]}): the weights are degenerate") from None
 
 
 def layer_terms(*, layer: "CanonicalLayer", x: "torch.Tensor") -> dict[str, "torch.Tensor"]:
@@ -104,11 +120,9 @@ def remove_shared_function(m: "torch.Tensor", *, rank: int = SHARED_RANK) -> "to
     initialisation and training history left, which fine-tuning keeps and an independent run does not
     share. Measured on the zoo's independently seeded GPT-2 bases: 24 → 5 points.
     """
-    import torch
-
     if rank <= 0:
         return m
-    u, s, vh = torch.linalg.svd(m.double(), full_matrices=False)
+    u, s, vh = _svd(m, what="a term")
     s[..., :rank] = 0
     return ((u * s[..., None, :]) @ vh).to(m.dtype)
 
@@ -122,5 +136,8 @@ def standardise(m: "torch.Tensor") -> "torch.Tensor":
     off = ~torch.eye(n, dtype=torch.bool)
     vals = m[..., off]
     mean = vals.mean(dim=-1, keepdim=True)[..., None]
-    std = vals.std(dim=-1, keepdim=True)[..., None].clamp_min(1e-12)
+    std = vals.std(dim=-1, keepdim=True)[..., None]
+    if not bool((std > 0).all()):
+        raise FingerprintError("a term is constant (zero or constant weights, or rows that are all alike), so it cannot "
+                               "be standardised")
     return (m - mean) / std

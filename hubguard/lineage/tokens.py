@@ -83,12 +83,27 @@ def _walk_types(node: Any) -> list[str]:
     return []
 
 
+MAX_TOKENIZER_BYTES = 256 << 20
+
+
+def _untrusted_json(text: str, where: str) -> Any:
+    from hubguard.utils.jsonsafe import loads_untrusted
+
+    return loads_untrusted(text, what=where, error=TokenizerError, max_bytes=MAX_TOKENIZER_BYTES,
+                           fix="Re-save the tokenizer (tokenizer.save_pretrained(DIR)).")
+
+
 def _from_tokenizer_json(text: str, source: str) -> Vocabulary:
+    tok = _untrusted_json(text, f"'{source}/tokenizer.json'")
     try:
-        tok = json.loads(text)
-        model = tok["model"]
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
-        raise TokenizerError(f"'{source}/tokenizer.json' is not a valid tokenizers file ({err}). Re-save the tokenizer.") from err
+        return _parse_tokenizer(tok, text=text, source=source)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as err:
+        raise TokenizerError(f"'{source}/tokenizer.json' is not a valid tokenizers file ({type(err).__name__}: "
+                             f"{str(err)[:200]}). Re-save the tokenizer.") from None
+
+
+def _parse_tokenizer(tok: Any, *, text: str, source: str) -> Vocabulary:
+    model = tok["model"]
     types = _walk_types(tok.get("pre_tokenizer")) + _walk_types(tok.get("decoder"))
     mtype = model.get("type")
     if mtype == "WordPiece":
@@ -134,9 +149,9 @@ def load_vocabulary(store: ByteStore) -> Vocabulary:
     text = store.read_text("vocab.json")
     if text is not None:
         try:
-            vocab = {str(k): int(v) for k, v in json.loads(text).items()}
-        except (json.JSONDecodeError, AttributeError, ValueError) as err:
-            raise TokenizerError(f"'{store.name}/vocab.json' is not a token->id JSON object ({err}).") from err
+            vocab = {str(k): int(v) for k, v in _untrusted_json(text, f"'{store.name}/vocab.json'").items()}
+        except (AttributeError, ValueError, TypeError) as err:
+            raise TokenizerError(f"'{store.name}/vocab.json' is not a token->id JSON object ({err}).") from None
         return _vocabulary(list(vocab.items()), style="byte_level", text=text)
     raise TokenizerError(
         f"'{store.name}' has no tokenizer (tokenizer.json, vocab.txt or vocab.json). hubguard aligns embedding rows by "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Any
 
 from hubguard.errors import HubguardError
@@ -49,17 +50,23 @@ def _constant(text: str) -> Any:
     raise _Reject(f"the non-JSON constant {text}")
 
 
-def _depth(value: Any, limit: int) -> int:
-    """Nesting depth of a parsed value (iterative; stops once `limit` is passed)."""
-    deepest, stack = 0, [(value, 1)]
-    while stack:
-        node, depth = stack.pop()
-        if isinstance(node, (dict, list)):
-            deepest = max(deepest, depth)
-            if deepest > limit:
-                return deepest
-            children = node.values() if isinstance(node, dict) else node
-            stack.extend((c, depth + 1) for c in children if isinstance(c, (dict, list)))
+_STRINGS = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
+_BRACKETS = re.compile(r"[\[\]{}]")
+
+
+def _depth(text: str, limit: int) -> int:
+    """Nesting depth of JSON text (strings skipped; exact for valid JSON), scanned before parsing, so a bomb is
+    refused before the parser recurses into it. Stops once `limit` is passed."""
+    depth = deepest = 0
+    for b in _BRACKETS.findall(_STRINGS.sub("", text)):
+        if b in "[{":
+            depth += 1
+            if depth > deepest:
+                deepest = depth
+                if deepest > limit:
+                    return deepest
+        else:
+            depth -= 1
     return deepest
 
 
@@ -74,6 +81,8 @@ def loads_untrusted(
         raise error(f"{what} is {size:,} bytes, above the {max_bytes:,}-byte limit.{tail}")
     try:
         text = data.decode("utf-8") if isinstance(data, bytes) else data
+        if _depth(text, max_depth) > max_depth:
+            raise error(f"{what} nests deeper than {max_depth} levels.{tail}")
         value = json.loads(text, object_pairs_hook=_no_duplicates, parse_int=_int, parse_float=_float,
                            parse_constant=_constant)
     except _Reject as err:
@@ -82,6 +91,4 @@ def loads_untrusted(
         raise error(f"{what} nests deeper than {max_depth} levels.{tail}") from None
     except (UnicodeDecodeError, json.JSONDecodeError, ValueError, TypeError) as err:
         raise error(f"{what} is not valid JSON ({err}).{tail}") from None
-    if _depth(value, max_depth) > max_depth:
-        raise error(f"{what} nests deeper than {max_depth} levels.{tail}")
     return value
