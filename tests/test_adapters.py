@@ -122,6 +122,9 @@ def test_adapter_base_is_read_over_http_with_range_requests(lora, registry, hub_
     assert weights and all(r.range for r in weights)
     assert report.fingerprint.model["adapter_base"] == f"hf://{BASE}"
     assert sum(r.bytes_sent for r in weights) < 3 * size  # ranges, not downloads of the whole file per read
+    hub_server.add_repo("me/lora", lora["adapter"])  # the adapter on the Hub too: both read over hf://
+    remote = check_upload("hf://me/lora", registry=registry, repo_id="me/lora")
+    assert remote.status == "ok" and remote.found_bases == [BASE] and remote.expected_relation == "adapter"
 
 
 def test_unreachable_base_is_an_unreadable_report_that_says_what_to_pass(lora, registry, tmp_path) -> None:

@@ -112,6 +112,22 @@ def test_decoy_layouts_are_the_derivative_with_the_shadow_named(tiny_registry, t
     _assert_flagged_with_shadow(check_upload(tiny_decoys[layout], registry=tiny_registry, repo_id="someone/decoy"), layout)
 
 
+def test_check_json_and_the_fingerprint_warning_name_the_shadow(tiny_registry, tiny_decoys, caplog) -> None:
+    import logging
+
+    from typer.testing import CliRunner
+
+    from hubguard.cli import app
+
+    res = CliRunner().invoke(app, ["check", str(tiny_decoys["variant"]), "--registry", str(tiny_registry.path), "--json"])
+    assert res.exit_code == 0, res.output
+    problems = {p["code"]: p for p in json.loads(res.stdout)["problems"]}
+    assert problems["shadow_weights"]["level"] == "warning" and "model.zz.safetensors" in problems["shadow_weights"]["message"]
+    with caplog.at_level(logging.WARNING, logger="hubguard"):
+        open_source(tiny_decoys["variant"])
+    assert "model.zz.safetensors" in caplog.text and "does not load" in caplog.text
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("layout", ["variant", "index"])
 def test_decoy_layouts_on_the_real_minilm(minilm, minilm_decoys, layout, tmp_path_factory) -> None:

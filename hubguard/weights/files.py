@@ -255,13 +255,14 @@ def _loaded(store: ByteStore, folder: str, files: set[str], config: dict[str, An
         fmt = "pickle" if path.endswith(".bin") else "safetensors"
         how = f"config.json's transformers_weights names {path}"
         return _with_shards(store, folder, files, path, is_index, fmt, how)
-    for name, fmt, is_index in PRECEDENCE:
-        if (use_safetensors is True and fmt != "safetensors") or (use_safetensors is False and fmt == "safetensors"):
-            continue
-        path = _join(folder, add_variant(name, variant))
+    order = [(add_variant(name, variant), fmt, is_index) for name, fmt, is_index in PRECEDENCE
+             if not (use_safetensors is True and fmt != "safetensors") and not (use_safetensors is False and fmt == "safetensors")]
+    for name, fmt, is_index in order:
+        path = _join(folder, name)
         if path in files:
-            return _with_shards(store, folder, files, path, is_index, fmt, f"{path}: transformers' first choice present")
-    wanted = [add_variant(n, variant) for n, fmt, _ in PRECEDENCE]
+            how = f"{path}, the first present of transformers' choices ({' > '.join(n for n, _, _ in order)})"
+            return _with_shards(store, folder, files, path, is_index, fmt, how)
+    wanted = [n for n, _, _ in order]
     raise SourceNotFoundError(
         f"'{store.name}' holds no weights transformers would load: none of {', '.join(wanted)}"
         + (f" in '{folder}/'" if folder else "") + ". Point hubguard at a model folder, a .safetensors file or "

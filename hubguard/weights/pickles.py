@@ -95,18 +95,6 @@ class PickleCheckpoint(TensorSource):
                                             stop=v.numel() * v.element_size())
         logger.info("read %d tensors from pickles %s with torch.load(weights_only=True)", len(self._tensors), list(files))
 
-    def names(self) -> list[str]:
-        return list(self._tensors)
-
-    def __contains__(self, name: str) -> bool:
-        return name in self._tensors
-
-    def info(self, name: str) -> TensorInfo:
-        try:
-            return self._infos[name]
-        except KeyError:
-            raise self.missing(name) from None
-
     def _read_many(self, names: list[str]) -> "dict[str, torch.Tensor]":
         return {n: self._tensors[n].float() for n in names}
 

@@ -119,30 +119,18 @@ class SafetensorsCheckpoint(TensorSource):
         self.store = store
         self.name = store.name
         self.metadata: dict[str, str] = {}
-        self._tensors: dict[str, TensorInfo] = {}
+        self._infos: dict[str, TensorInfo] = {}
         if files is None:
             from hubguard.weights.files import weight_files
 
             files = weight_files(store=store).files
         for f in files:
             tensors, meta = parse_header(store=store, file=f)
-            self._tensors.update(tensors)
+            self._infos.update(tensors)
             self.metadata.update(meta)
-        if not self._tensors:
+        if not self._infos:
             raise SourceNotFoundError(f"'{store.name}' holds safetensors files ({', '.join(files)}) without any tensor "
                                       "in them. Upload the model's weights.")
-
-    def names(self) -> list[str]:
-        return list(self._tensors)
-
-    def __contains__(self, name: str) -> bool:
-        return name in self._tensors
-
-    def info(self, name: str) -> TensorInfo:
-        try:
-            return self._tensors[name]
-        except KeyError:
-            raise self.missing(name) from None
 
     def _read_many(self, names: list[str]) -> dict[str, "torch.Tensor"]:
         """One `read_ranges` call per file, so a remote store can merge neighbouring tensors (a layer's matrices sit
@@ -150,25 +138,25 @@ class SafetensorsCheckpoint(TensorSource):
         out: dict[str, torch.Tensor] = {}
         by_file: dict[str, list[str]] = {}
         for n in names:
-            by_file.setdefault(self._tensors[n].file, []).append(n)
+            by_file.setdefault(self._infos[n].file, []).append(n)
         for file, group in by_file.items():
-            infos = [self._tensors[n] for n in group]
+            infos = [self._infos[n] for n in group]
             bufs = self.store.read_ranges(file, [(i.start, i.stop) for i in infos])
             for n, i, buf in zip(group, infos, bufs):
                 out[n] = bytes_to_tensor(buf, dtype=i.dtype, shape=i.shape, name=n)
         return out
 
     def _read_rows(self, name: str, rows: list[int], *, max_gap: int) -> dict[int, "torch.Tensor"]:
-        info = self._tensors[name]
+        info = self._infos[name]
         rb = info.row_bytes
         spans = coalesce_ranges([(info.start + r * rb, info.start + (r + 1) * rb) for r in rows], max_gap=max_gap)
         bufs = self.store.read_ranges(info.file, spans)
         by_row: dict[int, torch.Tensor] = {}
         for (s, e), buf in zip(spans, bufs):
-            first = (s - info.start) // rb
-            block = bytes_to_tensor(buf, dtype=info.dtype, shape=((e - s) // rb, *info.shape[1:]), name=name)
-            for r in rows:
-                if first <= r < first + block.shape[0]:
-                    by_row[r] = block[r - first]
+            first, count = (s - info.start) // rb, (e - s) // rb
+            inside = [r for r in rows if first <= r < first + count]
+            block = bytes_to_tensor(buf, dtype=info.dtype, shape=(count, *info.shape[1:]), name=name,
+                                    rows=[r - first for r in inside])
+            by_row.update(zip(inside, block))
         return by_row
 

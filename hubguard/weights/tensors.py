@@ -60,8 +60,10 @@ class TensorInfo:
         return math.prod(self.shape[1:]) * self.itemsize if self.shape else self.itemsize
 
 
-def bytes_to_tensor(buf: bytes, *, dtype: str, shape: tuple[int, ...], name: str) -> "torch.Tensor":
-    """float32 tensor from raw little-endian bytes (booleans and integers are converted to float32 too)."""
+def bytes_to_tensor(buf: bytes, *, dtype: str, shape: tuple[int, ...], name: str,
+                    rows: "list[int] | None" = None) -> "torch.Tensor":
+    """float32 tensor from raw little-endian bytes (booleans and integers are converted to float32 too); with
+    `rows`, only those first-axis rows (converted after selecting them, so a wide window costs no float copy)."""
     import torch
 
     if dtype not in TORCH_DTYPES:
@@ -69,9 +71,9 @@ def bytes_to_tensor(buf: bytes, *, dtype: str, shape: tuple[int, ...], name: str
                                f"{', '.join(sorted(TORCH_DTYPES))}).",
                                fix="Save the model's weights in bf16, fp16 or fp32 (dequantize it first).")
     if not buf:
-        return torch.zeros(shape, dtype=torch.float32)
+        return torch.zeros(shape if rows is None else (len(rows), *shape[1:]), dtype=torch.float32)
     t = torch.frombuffer(bytearray(buf), dtype=getattr(torch, TORCH_DTYPES[dtype])).reshape(shape)
-    return t.to(torch.float32)
+    return (t if rows is None else t[rows]).to(torch.float32)
 
 
 def check_finite(name: str, t: "torch.Tensor") -> "torch.Tensor":
@@ -87,17 +89,24 @@ def check_finite(name: str, t: "torch.Tensor") -> "torch.Tensor":
 
 
 class TensorSource:
-    """The interface lineage reads weights through. Subclasses implement `names`, `info` and `_read`/`_read_rows`;
-    `get`, `get_many`, `get_rows` and the byte counts are shared."""
+    """The interface lineage reads weights through. Subclasses fill `_infos` (or override `names`/`info`) and
+    implement `_read_many`/`_read_rows`; `get`, `get_many`, `get_rows` and the byte counts are shared."""
 
     name: str  # where the tensors are, for messages
     metadata: dict[str, str]
+    _infos: dict[str, TensorInfo]
 
     def names(self) -> list[str]:
-        raise NotImplementedError
+        return list(self._infos)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._infos
 
     def info(self, name: str) -> TensorInfo:
-        raise NotImplementedError
+        try:
+            return self._infos[name]
+        except KeyError:
+            raise self.missing(name) from None
 
     def _read_many(self, names: list[str]) -> dict[str, "torch.Tensor"]:
         """Whole tensors (float32, unchecked)."""
@@ -108,9 +117,6 @@ class TensorSource:
         raise NotImplementedError
 
     # -- shared --------------------------------------------------------------------------------------
-
-    def __contains__(self, name: str) -> bool:
-        return name in set(self.names())
 
     def missing(self, name: str) -> MissingTensorError:
         return MissingTensorError(
