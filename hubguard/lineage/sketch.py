@@ -45,6 +45,9 @@ def sketch(fp: "Fingerprint") -> "np.ndarray":
     u, v = _projections(fp.token_set)
     parts = []
     for t in SKETCH_TERMS:
+        if t not in fp.terms:  # head-slice fingerprints of big models hold attn_qk only: that part stays zero
+            parts.append(torch.zeros(SKETCH_RANK * SKETCH_RANK))
+            continue
         m = fp.terms[t].float().sum(dim=0)  # [n, n] summed over layers
         m = m - torch.diag(torch.diagonal(m))  # the diagonal is excluded from scores too
         parts.append((u[idx].t() @ m @ v[idx]).flatten())  # [r, r]
