@@ -35,7 +35,7 @@ from hubguard import constants
 from hubguard.errors import CorruptCheckpointError, RemoteError, SourceNotFoundError
 from hubguard.utils import get_logger
 from hubguard.weights.remote_cache import RangeCache, default_cache_root
-from hubguard.weights.store import ReadStats, coalesce_ranges
+from hubguard.weights.store import MAX_TEXT_BYTES, ReadStats, coalesce_ranges
 
 if TYPE_CHECKING:
     import httpx2
@@ -49,7 +49,6 @@ REMOTE_MAX_GAP = 64 << 10  # the reading plan opens wider windows itself when a 
 # The first read of a .safetensors file at offset 0 fetches this much, so the 8-byte length and the JSON header
 # usually arrive in one request.
 HEADER_PREFETCH = 256 * 1024
-MAX_TEXT_BYTES = 256 * 1024 * 1024
 _MEMO_SPAN_LIMIT = 1 << 20
 _SHA_RE = re.compile(r"^[0-9a-f]{40}$")
 _CONTENT_RANGE_RE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$")
@@ -249,8 +248,13 @@ class HubStore:
     def _fetch_all(self, file: str, spans: list[tuple[int, int]], size: int) -> list[bytes]:
         if len(spans) == 1 or self.max_workers == 1:
             return [self._fetch(file, s, e, size) for s, e in spans]
+        first: list[bytes] = []
+        if file not in self._direct_urls:
+            # The first request learns the file's CDN URL from the Hub's redirect; in parallel, every request would be
+            # redirected (a resolve request each, counted by the Hub's rate limiter).
+            first, spans = [self._fetch(file, *spans[0], size)], spans[1:]
         with ThreadPoolExecutor(max_workers=min(self.max_workers, len(spans)), thread_name_prefix="hubstore") as pool:
-            return list(pool.map(lambda se: self._fetch(file, se[0], se[1], size), spans))
+            return first + list(pool.map(lambda se: self._fetch(file, se[0], se[1], size), spans))
 
     def _fetch(self, file: str, start: int, stop: int, size: int) -> bytes:
         data = self._with_retries(lambda: self._get_range(file, start, stop, size), what=f"bytes {start}-{stop} of {file}")

@@ -5,6 +5,7 @@ It serves a folder tree of repos (`root/{type}s/{org}/{name}/`) on 127.0.0.1 wit
 - `GET/HEAD /{org}/{name}/resolve/{rev}/{file}` (and `/datasets/...`) with real `Range` support (206 and
   `Content-Range`), the headers `huggingface_hub` reads (`X-Repo-Commit`, `ETag`, `X-Linked-Size`, ...), and,
   like the Hub, a 302 redirect of LFS-like files (`*.safetensors`) to a CDN-style URL on the same server;
+- `GET /api/agent-harnesses` (huggingface_hub's agent-detection registry, fetched once a day);
 - `GET /api/{type}s/{org}/{name}[/revision/{rev}]` (`HfApi.model_info` / `dataset_info` / `repo_info`) with file
   sizes (`blobs=true`), and `GET /api/{type}s/{org}/{name}/tree/{rev}[/{path}]` (`list_repo_tree`,
   `snapshot_download`);
@@ -15,7 +16,9 @@ It serves a folder tree of repos (`root/{type}s/{org}/{name}/`) on 127.0.0.1 wit
 - fault injection (`HubServer.inject`): 5xx n times, connection reset, 429 with `Retry-After` or `RateLimit`
   headers, a 200 that ignores `Range`, a short body, a wrong `Content-Range`.
 
-Every request is logged (`HubServer.log`) so tests can count requests and bytes.
+Every request is logged (`HubServer.log`) and counted the way the Hub's rate limiter counts them (`HubServer.served()`:
+every HEAD, API call, redirect and GET, whatever the client believes it sent), so tests and benchmarks/remote.py report
+what the server saw.
 
 Use it in a test module (or `tests/conftest.py`) with::
 
@@ -231,6 +234,22 @@ class HubServer:
             self._wait_settled()
             return [r for r in self.log if (method is None or r.method == method) and contains in r.path]
 
+    def served(self) -> dict[str, int]:
+        """What the server served since the log was last cleared: every request (`requests`), split into API calls,
+        HEADs, redirects (302), GETs of file content with and without a Range header, and body bytes sent."""
+        recs = self.requests()
+        content = [r for r in recs if r.method == "GET" and r.status in (200, 206) and not r.path.startswith("/api/")]
+        return {
+            "requests": len(recs),
+            "api": sum(r.path.startswith("/api/") for r in recs),
+            "head": sum(r.method == "HEAD" for r in recs),
+            "redirects": sum(r.status in (301, 302, 307, 308) for r in recs),
+            "range_gets": sum(r.range is not None for r in content),
+            "full_gets": sum(r.range is None for r in content),
+            "errors": sum(r.status >= 400 or r.status == 0 for r in recs),
+            "bytes_sent": sum(r.bytes_sent for r in recs),
+        }
+
     def clear_log(self) -> None:
         with self._lock:
             self._wait_settled()
@@ -361,6 +380,10 @@ class _Handler(WriteRoutes, BaseHTTPRequestHandler):
             return
         if self.command == "POST" and "discussions" not in parts:
             self._error(405, "MethodNotAllowed", "POST is served for discussions and uploads only", rec=rec)
+            return
+        if parts == ["agent-harnesses"] and self.command == "GET":
+            # huggingface_hub's agent detection fetches this registry (then caches it for a day), as from the Hub
+            self._send(200, json.dumps({"standardEnvVars": [], "harnesses": {}}).encode(), rec=rec)
             return
         if len(parts) < 3 or parts[0] not in {"models", "datasets", "spaces"}:
             self._error(404, "NotFound", "unknown API route", rec=rec)
@@ -649,6 +672,7 @@ def hub_server(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.Mon
     )
     monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(root / "hf-cache"))
     monkeypatch.setattr(hf_constants, "HF_TOKEN_PATH", str(root / "no-token"))
+    monkeypatch.setattr(hf_constants, "AGENT_HARNESSES_PATH", str(root / "agent-harnesses.json"))
     monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
     try:
         yield server
