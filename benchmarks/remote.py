@@ -7,13 +7,16 @@ fingerprinting in its own subprocess (so peak RSS is per method):
 - `http`: `hubguard.fingerprint("hf://bench/NAME")` through `HubStore` with a cold range cache;
 - `http_warm`: the same again with the cache the cold run filled (pinned sha: no request at all);
 - `local`: `hubguard.fingerprint(folder)`;
+- `check`: `hubguard.check_upload(folder)` against the shipped registry (the pre-upload check of the local folder);
 - `full_load`: the way HuRef's official code starts: `transformers` `from_pretrained` of the Hub repo (every shard
   downloaded from the same server) in float32, then the same hubguard terms computed from the loaded weights
   (served from memory through a `ByteStore`); `full_load_bf16` loads in the checkpoint's dtype instead, for
   machines where a float32 copy does not fit in RAM.
 
 Prints one JSON object: per model and method `bytes_read`, `bytes_total`, `fraction`, `requests`, `wall_s`,
-`peak_rss_mb`, and the ratios full_load/http.
+`peak_rss_mb`, and the ratios full_load/http. `requests` is what the server served while the method ran, counted the
+way the Hub's rate limiter counts (every API call, HEAD, redirect and GET; `HubServer.served()`, split out in
+`served`); `client_requests` is what hubguard's own store counted.
 
     python benchmarks/remote.py                       # 1B only
     python benchmarks/remote.py --models 1b 7b        # also 7B (13.5 GB on disk; checks free space first)
@@ -199,6 +202,8 @@ def _run_one(method: str, source: str, folder: str, kwargs: dict) -> dict:
     import hubguard.lineage  # noqa: F401 - imports done before the baseline RSS is taken
 
     import_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    start = resource.getrusage(resource.RUSAGE_SELF)
+    cpu0 = start.ru_utime + start.ru_stime
     t0 = time.perf_counter()
     if method in ("full_load", "full_load_bf16"):
         import tempfile
@@ -221,10 +226,16 @@ def _run_one(method: str, source: str, folder: str, kwargs: dict) -> dict:
             fp = compute_fingerprint(Checkpoint(store=store, source=folder), **kwargs)
             bytes_read = sum(p.stat().st_size for p in Path(cache_dir).rglob("*.safetensors"))
         requests = 0
+    elif method == "check":
+        report = hubguard.check_upload(source)
+        fp = report.fingerprint
+        assert fp is not None, report.reason
+        bytes_read, requests = fp.stats["bytes_read"], fp.stats["requests"]
     else:
         fp = hubguard.fingerprint(source, **kwargs)
         bytes_read, requests = fp.stats["bytes_read"], fp.stats["requests"]
     wall = time.perf_counter() - t0
+    usage = resource.getrusage(resource.RUSAGE_SELF)
     # the checkpoint's size on disk (the full load's in-memory float32 copy would count double)
     total = sum(p.stat().st_size for p in Path(folder).glob("*.safetensors")) if method.startswith("full_load") else fp.stats["bytes_total"]
     return {
@@ -233,6 +244,7 @@ def _run_one(method: str, source: str, folder: str, kwargs: dict) -> dict:
         "fraction": round(bytes_read / total, 5),
         "requests": requests,
         "wall_s": round(wall, 2),
+        "cpu_s": round(usage.ru_utime + usage.ru_stime - cpu0, 2),  # CPU time of the work (the machine may be shared)
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "import_rss_mb": round(import_rss, 1),  # RSS after importing torch + hubguard, before any work
         "layers": list(fp.layers),
@@ -283,7 +295,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="+", default=["1b"], choices=sorted(LAYOUTS))
     ap.add_argument("--cache", default=str(ROOT / "benchmarks" / "out" / "remote-checkpoints"))
-    ap.add_argument("--methods", nargs="+", default=["http", "http_warm", "local", "full_load", "full_load_bf16"])
+    ap.add_argument("--methods", nargs="+", default=["http", "http_warm", "local", "check", "full_load", "full_load_bf16"])
     ap.add_argument("--full-load-max-gb", type=float, default=8.0, help="skip full_load for bigger checkpoints")
     ap.add_argument("--max-layers", type=int, default=None, help="passed to hubguard.fingerprint")
     ap.add_argument("--budget", default=None, help="passed to hubguard.fingerprint: a fraction, 'auto' or 'none'")
@@ -317,7 +329,7 @@ def main() -> None:
             size_gb = sum(p.stat().st_size for p in folder.glob("*.safetensors")) / 1024**3
             env = {**os.environ, "HF_ENDPOINT": server.endpoint, "HF_HUB_OFFLINE": "0",
                    "HUBGUARD_REMOTE_CACHE": str(Path(tmp) / f"cache-{name}"), "HUBGUARD_DISABLE_PROGRESS_BARS": "1",
-                   "OMP_NUM_THREADS": "1"}
+                   "OMP_NUM_THREADS": "1", "HF_HOME": str(Path(tmp) / "hf-home")}
             env.pop("HF_TOKEN", None)
             row: dict[str, object] = {"checkpoint_gb": round(size_gb, 2), "request_pattern": request_pattern(folder)}
             for method in [] if args.pattern_only else args.methods:
@@ -334,7 +346,13 @@ def main() -> None:
                           "full_load": f"hf://bench/llama-{name}", "full_load_bf16": f"hf://bench/llama-{name}"}.get(
                     method, str(folder)
                 )
+                server.clear_log()
                 row[method] = _measure(method, source, folder, kwargs, env)
+                if "error" not in row[method] and method not in ("local", "check"):  # local reads touch no server
+                    served = server.served()
+                    row[method]["client_requests"] = row[method]["requests"]
+                    row[method]["requests"] = served["requests"]
+                    row[method]["served"] = served
                 print(f"{name} {method}: {row[method]}", file=sys.stderr, flush=True)
             for baseline in ("full_load", "full_load_bf16"):
                 base, http = row.get(baseline), row.get("http")

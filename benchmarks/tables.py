@@ -71,21 +71,25 @@ def lineage_multi_base(d: dict[str, Any]) -> str:
 
 def remote(d: dict[str, Any]) -> str:
     rows = [
-        "| model | method | bytes read | of checkpoint | requests | wall s | peak RSS MB (after imports) |",
-        "|---|---|---|---|---|---|---|",
+        "| model | method | bytes read | of checkpoint | requests (served) | wall s | CPU s | peak RSS MB (after imports) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     notes = []
     for name, m in d["models"].items():
-        for method in ("http", "http_warm", "local", "full_load", "full_load_bf16"):
+        for method in ("http", "http_warm", "local", "check", "full_load", "full_load_bf16"):
             r = m.get(method)
             if not isinstance(r, dict):
                 continue
             if "skipped" in r:
-                rows.append(f"| {name} ({m.get('checkpoint_gb')} GB) | {method} | skipped: {r['skipped']} | | | | |")
+                rows.append(f"| {name} ({m.get('checkpoint_gb')} GB) | {method} | skipped: {r['skipped']} | | | | | |")
                 continue
+            served = r.get("served")
+            requests = (f"{r['requests']} ({served['range_gets']} ranged GETs, {served['redirects']} redirects, "
+                        f"{served['api']} API)" if served else f"{r['requests']} reads" if method in ("local", "check")
+                        else f"{r['requests']}")
             rows.append(
                 f"| {name} ({m.get('checkpoint_gb')} GB) | {method} | {r['bytes_read'] / 1e6:,.1f} MB | {100 * r['fraction']:.2f}% | "
-                f"{r['requests']} | {r['wall_s']:.1f} | {r['peak_rss_mb']:.0f} ({r.get('import_rss_mb', 0):.0f}) |"
+                f"{requests} | {r['wall_s']:.1f} | {_fmt(r.get('cpu_s'))} | {r['peak_rss_mb']:.0f} ({r.get('import_rss_mb', 0):.0f}) |"
             )
         for baseline, label in (("full_load", "float32 full load (HuRef's way)"), ("full_load_bf16", "bf16 full load")):
             ratio = m.get(f"{baseline}_over_http")
@@ -93,6 +97,17 @@ def remote(d: dict[str, Any]) -> str:
                 notes.append(f"{name}: the {label} takes {ratio['wall_s']}× the time, {ratio['peak_rss_mb']}× the peak memory "
                              f"and {ratio['bytes_read']}× the bytes of hubguard over HTTP.")
     return "\n".join(rows + [""] + notes)
+
+
+def fingerprint_speed(d: dict[str, Any]) -> str:
+    rows = ["| model | layers | tokens | CPU s (baseline) | CPU s (this tree) | ratio | largest term difference |",
+            "|---|---|---|---|---|---|---|"]
+    for name, r in d["models"].items():
+        rows.append(f"| {name} | {r['layers']} | {r['tokens']} | {r['baseline_cpu_s']:.2f} | {r['current_cpu_s']:.2f} | "
+                    f"{r['cpu_ratio']:.2f} | {r['max_term_difference']:.3g} |")
+    rows += ["", f"Best of {d['repeats']} runs, {d['threads']} thread; baseline `{d['baseline'][:10]}`, this tree "
+             f"`{d['current'][:10]}` (terms compared as saved, in float16)."]
+    return "\n".join(rows)
 
 
 def registry(d: dict[str, Any]) -> str:
@@ -274,6 +289,7 @@ TABLES: dict[str, tuple[str, Callable[[Any], str]]] = {
     "lineage-quick-by-kind": ("lineage_quick", lineage_by_kind),
     "lineage-quick-multi-base": ("lineage_quick", lineage_multi_base),
     "remote": ("remote", remote),
+    "fingerprint-speed": ("fingerprint_speed", fingerprint_speed),
     "registry": ("registry", registry),
     "dogs": ("dogs", dogs),
     "protect": ("protect", protect),
