@@ -201,12 +201,13 @@ def _st_folder(store: ByteStore, files: set[str]) -> tuple[str, list[str]]:
         path, kind = m.get("path"), m.get("type")
         if not isinstance(path, str) or not isinstance(kind, str):
             raise CorruptCheckpointError(f"{where}: every module needs a string 'path' and 'type'.")
+        path = path.rstrip("/")
         if path:
             safe_relative(path, what=f"{where}: a module path")
         if chosen is None and kind.rsplit(".", 1)[-1] in ST_TRANSFORMER_CLASSES:
-            chosen = path.strip("/")
+            chosen = path
         else:
-            others.append(path.strip("/"))
+            others.append(path)
     return (chosen or ""), [o for o in others if o and o != chosen]
 
 
