@@ -4,8 +4,9 @@ A case is (name, file, mutation); `make_cases(seed)` lists them: byte flips and 
 8-byte header-length field, edits of every header field (offsets, dtypes, shapes, entries, `__metadata__`), JSON
 bombs, huge integers, 1e400, type confusion and duplicate keys in the header, config.json, the shard index and
 tokenizer.json. `run_case` builds the mutated folder (unchanged files hard-linked), then calls
-`hubguard.fingerprint` and `check_upload` and reports what came out. Workers run under a CPU-time alarm and an
-address-space limit (`init_worker`), so a hang or an unbounded allocation is a failure, not a stuck test.
+`hubguard.fingerprint` and `check_upload` and reports what came out. Workers run under a CPU-time alarm (so a busy
+machine does not make a slow case look hung) and an address-space limit (`init_worker`), so a runaway computation or
+an unbounded allocation is a failure, not a stuck test; the test's wall-clock deadline catches a worker that hangs.
 """
 
 from __future__ import annotations
@@ -349,7 +350,8 @@ _STATE: dict[str, Any] = {}
 
 
 class CaseTimeout(BaseException):
-    """Raised by the alarm in a case that ran too long (a BaseException, so no `except Exception` swallows it)."""
+    """Raised by the CPU-time alarm in a case that computed too long (a BaseException: no `except Exception` in
+    hubguard swallows it)."""
 
 
 def _alarm(signum: int, frame: Any) -> None:
@@ -367,7 +369,7 @@ def init_worker(bases: dict[str, str], registry: str, work: str, memory_bytes: i
     torch.set_num_threads(1)
     _STATE.update(bases=bases, registry=Registry(registry), work=work, fingerprint=hubguard.fingerprint,
                   check=check_upload)
-    signal.signal(signal.SIGALRM, _alarm)
+    signal.signal(signal.SIGPROF, _alarm)
     soft, hard = resource.getrlimit(resource.RLIMIT_AS)
     resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, hard))
 
@@ -409,12 +411,12 @@ def run_case(index: int, cases_seed: int, shard_file: str, timeout_s: int) -> di
             _build(case, folder)
         except Exception as err:  # noqa: BLE001 - a mutation that cannot be built (e.g. of a file it cannot parse)
             return {"case": case.name, "fingerprint": f"skipped: {type(err).__name__}", "check": "skipped"}
-        signal.alarm(timeout_s)
+        signal.setitimer(signal.ITIMER_PROF, timeout_s)  # CPU seconds of this worker, user and system
         try:
             fp_result, _ = _outcome(lambda: _STATE["fingerprint"](folder))
             check_result, report = _outcome(lambda: _STATE["check"](folder, registry=_STATE["registry"]))
         finally:
-            signal.alarm(0)
+            signal.setitimer(signal.ITIMER_PROF, 0)
         status = getattr(report, "status", None)
         return {"case": case.name, "fingerprint": fp_result, "check": check_result, "status": status}
     finally:
