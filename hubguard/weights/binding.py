@@ -83,6 +83,12 @@ class BoundArchitecture:
         return int(dim)
 
     @property
+    def embedding_projected(self) -> bool:
+        """Whether the embeddings are projected into the hidden size (config embedding_size != hidden_size)."""
+        size = self.value("embedding_size")
+        return self.spec.embedding_projection is not None and size is not None and size != self.hidden_size
+
+    @property
     def num_experts(self) -> int:
         return int(self.value("num_experts", 0) or 0) if self.spec.moe is not None else 0
 
@@ -266,7 +272,12 @@ def bind_architecture(
                                            "heads. Fix config.json.")
     n_layers = _count_layers(spec, prefix, names)
     n_layers_cfg = _config_value(config, cfg.num_layers)
-    if n_layers_cfg is not None and n_layers_cfg != n_layers:
+    if spec.config_layers and isinstance(n_layers_cfg, int) and 0 < n_layers_cfg < n_layers:
+        # e.g. DeepSeek V3's multi-token-prediction layer after the last decoder layer: transformers skips it
+        logger.info("%s: reading the config's %s layers; tensors of %s more are not part of the model.", source,
+                    n_layers_cfg, n_layers - n_layers_cfg)
+        n_layers = n_layers_cfg
+    elif n_layers_cfg is not None and n_layers_cfg != n_layers:
         # Pruned or up-scaled checkpoints sometimes keep a stale config; trust the tensors, but say so.
         logger.warning("%s: config says %s layers, tensors hold %s; using the tensors.", source, n_layers_cfg, n_layers)
     for req in spec.requires:

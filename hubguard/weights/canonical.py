@@ -87,6 +87,8 @@ class LayerReader:
         """The norm feeding a sublayer's maps (None: the sublayer reads the residual stream as it is)."""
         if ref is None:
             return None
+        if layer == 0 and self.arch.embedding_projected and self.arch.spec.projection_after_norm:
+            return None  # ELECTRA: layer 0 reads the projection of the normalised embeddings, with no norm between
         effective = ref.first_layer if layer == 0 and ref.first_layer is not None else ref
         if effective.empty and not effective.free:
             return None

@@ -42,6 +42,8 @@ def _qk_norm_names(reader: "LayerReader", layer: int) -> list[str]:
         return []
     out = []
     for ref, heads in ((qk.q, reader.arch.num_heads), (qk.k, reader.arch.num_kv_heads)):
+        if ref.free:
+            continue
         per_head = any("${head_index}" in t for t in ref.templates)
         out += [reader.arch.resolve(ref, layer=layer, names=reader.names, head=h) for h in (range(heads) if per_head else [None])]
     return out
@@ -85,6 +87,8 @@ def _qk_gains(reader: "LayerReader", layer: int, *, which: str, heads: int) -> "
     qk = reader.arch.qk_norm
     assert qk is not None
     ref, hd = (qk.q if which == "q" else qk.k), reader.arch.head_dim
+    if ref.free:
+        return torch.ones(heads, hd)
     if any("${head_index}" in t for t in ref.templates):
         gains = [reader.gain(ref, layer, head=h) for h in range(heads)]
         g = torch.stack([x.reshape(-1) for x in gains if x is not None])

@@ -177,7 +177,7 @@ def _attention(attn: _Reader, *, path: str) -> AttentionSpec:
         k=attn.optional_tensor("k"), v=attn.optional_tensor("v"), qkv=attn.optional_tensor("qkv"),
         qkv_layout=layout_rules, rotary=attn.optional_choice("rotary", ROTARY_LAYOUTS),
         qk_norm=None if qk is None else QkNormSpec(
-            q=qk.tensor("q"), k=qk.tensor("k"), scope=qk.choice("scope", QK_NORM_SCOPES, default="head"),
+            q=_required(qk, "q"), k=_required(qk, "k"), scope=qk.choice("scope", QK_NORM_SCOPES, default="head"),
             when=qk.conditions("when"), type=qk.optional_choice("type", NORM_TYPES)),
         post_norm=attn.optional_tensor("post_norm"),
         q_a=attn.optional_tensor("q_a"), q_a_norm=attn.optional_tensor("q_a_norm"), q_b=attn.optional_tensor("q_b"),
@@ -193,6 +193,14 @@ def _attention(attn: _Reader, *, path: str) -> AttentionSpec:
     if spec.qkv is not None and not layout_rules:
         raise attn.fail("qkv_layout", "given for a fused 'qkv'")
     return spec
+
+
+def _required(r: _Reader, key: str) -> TensorRef:
+    """A norm gain that must exist, or `false` for a norm without parameters (Llama 4's L2 query/key norm)."""
+    ref = r.norm_tensor(key)
+    if ref is None:
+        raise r.fail(key, "a norm gain template, or false for a norm without parameters")
+    return ref
 
 
 def _ffn(ffn: _Reader, *, path: str) -> FfnSpec:
@@ -245,7 +253,7 @@ def _moe(moe: _Reader, *, path: str, config: ConfigSpec) -> MoeSpec:
 def _output(out: _Reader | None) -> OutputSpec:
     if out is None:
         return OutputSpec()
-    return OutputSpec(norm=out.optional_tensor("norm"), head=out.strings("head"), head_writers=out.strings("head_writers"),
+    return OutputSpec(norm=out.norm_tensor("norm") if "norm" in out.data else None, head=out.strings("head"), head_writers=out.strings("head_writers"),
                       head_vectors=out.strings("head_vectors"))
 
 
@@ -281,7 +289,7 @@ def parse_spec(data: Any, *, path: str) -> ArchitectureSpec:
         embedding_norm=top.optional_tensor("embedding_norm"), embedding_projection=top.optional_tensor("embedding_projection"),
         projection_after_norm=top.bool("projection_after_norm", default=True), hidden_space=top.strings("hidden_space"),
         output=_output(top.optional_child("output")), moe=None if moe is None else _moe(moe, path=path, config=config),
-        requires=_requirements(top),
+        requires=_requirements(top), config_layers=top.bool("config_layers"),
     )
 
 

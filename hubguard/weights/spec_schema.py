@@ -215,6 +215,7 @@ class ArchitectureSpec:
     output: OutputSpec = OutputSpec()
     moe: MoeSpec | None = None
     requires: tuple[Requirement, ...] = field(default_factory=tuple)
+    config_layers: bool = False  # layers beyond the config's count are not part of the model (DeepSeek V3's MTP)
 
     def names(self, *, model_type: str | None, architectures: list[str]) -> bool:
         """True when a config's `model_type` or one of its `architectures` is named by this map."""

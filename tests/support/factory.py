@@ -54,7 +54,7 @@ FAMILIES: dict[str, FamilyCase] = {
     "granite": FamilyCase("GraniteConfig", "GraniteForCausalLM", "bpe", {
         **GQA, "embedding_multiplier": 12.0, "residual_multiplier": 0.22, "attention_multiplier": 0.0625,
         "logits_scaling": 8.0, **UNTIED}),
-    "smollm3": FamilyCase("SmolLM3Config", "SmolLM3ForCausalLM", "bpe", {**GQA, "no_rope_layer_interval": 2,
+    "smollm3": FamilyCase("SmolLM3Config", "SmolLM3ForCausalLM", "bpe", {**GQA, "no_rope_layer_interval": 2, "bos_token_id": 0, "eos_token_id": 0,
                                                                           "pad_token_id": 1}),
     "glm4": FamilyCase("Glm4Config", "Glm4ForCausalLM", "bpe", {**GQA, "head_dim": 16, "pad_token_id": 1, **UNTIED}),
     "olmo": FamilyCase("OlmoConfig", "OlmoForCausalLM", "bpe", {**GQA, "pad_token_id": 1, "eos_token_id": 0, **UNTIED}),
