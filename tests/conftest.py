@@ -52,3 +52,11 @@ def family_models(tmp_path_factory: pytest.TempPathFactory, bpe_tokenizer: Path,
     from tests.support.factory import FamilyModels
 
     return FamilyModels(tmp_path_factory.mktemp("families"), bpe_tokenizer=bpe_tokenizer, minilm=minilm)
+
+
+@pytest.fixture(scope="session")
+def family_fingerprints(family_models):
+    """family -> {seed: fingerprint} of `family_models`, computed on first use."""
+    from tests.support.factory import FamilyFingerprints
+
+    return FamilyFingerprints(family_models)

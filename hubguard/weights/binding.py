@@ -15,7 +15,8 @@ from typing import Any
 
 from hubguard.errors import MissingTensorError, UnsupportedArchitectureError
 from hubguard.utils import get_logger
-from hubguard.weights.spec import (
+from hubguard.weights.spec import load_specs
+from hubguard.weights.spec_schema import (
     QKV_LAYOUTS,
     TEMPLATE,
     ArchitectureSpec,
@@ -23,7 +24,6 @@ from hubguard.weights.spec import (
     ConfigRule,
     QkNormSpec,
     TensorRef,
-    load_specs,
 )
 
 logger = get_logger(__name__)
@@ -142,6 +142,11 @@ class BoundArchitecture:
             f"None of the tensors {resolved} is in the checkpoint, but the '{self.family}' architecture map needs one "
             f"for {where}. The checkpoint is incomplete or is not a '{self.family}' model ({self.how})."
         )
+
+    def has(self, ref: TensorRef, *, layer: int | None, names: "set[str] | frozenset[str]", expert: int | None = None) -> bool:
+        """Whether the checkpoint holds the tensor a map entry means for `layer` (alternatives and conditions
+        considered), without raising when it does not."""
+        return any(self.name(t, layer, expert=expert) in names for t, when in ref.options() if self.holds(when))
 
     def resolve(self, ref: TensorRef, *, layer: int | None, names: "set[str] | frozenset[str]", expert: int | None = None,
                 head: int | None = None) -> str:

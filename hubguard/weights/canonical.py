@@ -4,9 +4,10 @@ Canonicalisation removes the freedoms an attacker (or an innocent conversion) ha
 - the gain γ of a norm feeding a linear map is folded into that map (W ← W·diag(γ)); for LayerNorm the
   mean-centring is folded too (W ← W·P, P = I − 11ᵀ/d), so γ-folding, per-dimension rescaling (γ/s, W·s)
   and centring tricks all land on the same canonical W; only norms that feed a linear map are folded this way;
-- a norm acting on a sublayer's *output* (Gemma 2/3 and OLMo 2 post-norms: y = γ ⊙ n(W a)) makes W free of
-  scale, so W is taken at unit RMS and γ multiplies its rows (`scale_free`); likewise a linear map feeding a
-  norm (query/key norms, DeepSeek's latent norms) is taken at unit RMS, then the norm's gain is applied;
+- a norm acting on a sublayer's *output* (Gemma 2/3, GLM-4 and OLMo 2 post-norms: y = γ ⊙ n(W a)) makes W free
+  of scale, so W is scaled to a unit product with the maps feeding it and γ multiplies its rows (`scale_free`);
+  likewise a linear map feeding a norm (query/key norms, DeepSeek's latent norms) is taken at unit RMS, then
+  the norm's gain is applied;
 - query/key norms (Qwen 3, Gemma 3, OLMo 2, Cohere): q_h ← diag(γq) q_h, k_h ← diag(γk) k_h, so the QK
   product of a head carries γq ⊙ γk (see `canonical_attention`);
 - fused QKV is split by the config's head layout (`concat` [q; k; v] or `grouped` [kv, heads/kv + 2, hd]);
@@ -109,13 +110,15 @@ class LayerReader:
             w = w - w.mean(dim=-1, keepdim=True)
         return w
 
-    def scale_free(self, w: "torch.Tensor", gain: "torch.Tensor | None") -> "torch.Tensor":
-        """A map whose output a norm with gain γ normalises: diag(γ)·w/RMS(w) (rows are outputs). w: [out, ...]."""
+    def scale_free(self, w: "torch.Tensor", gain: "torch.Tensor | None", *, partner: "torch.Tensor") -> "torch.Tensor":
+        """A writer w [d, m] whose output a norm with gain γ normalises (so w's scale is free): diag(γ)·w/‖w·partner‖,
+        with partner [m, d] the maps feeding w (v for o_proj, up for down_proj), so the scale is fixed by the
+        product the terms use, which per-head maps and unit rescaling leave unchanged."""
         if not self.fold_norms or gain is None:
             return w
         if gain.shape[0] != w.shape[0]:
             raise CorruptCheckpointError(f"A norm of size {gain.shape[0]} normalises a map with {w.shape[0]} outputs.")
-        return unit_rms(w) * gain.reshape(-1, *([1] * (w.dim() - 1)))
+        return w / (w @ partner).norm().clamp_min(1e-12) * gain[:, None]
 
     def heads(self, w: "torch.Tensor", heads: int, layer: int, what: str) -> "torch.Tensor":
         """[heads * hd, d] -> [heads, hd, d], after checking the row count against the config's head layout."""

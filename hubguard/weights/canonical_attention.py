@@ -123,13 +123,14 @@ def apply_qk_norm(reader: "LayerReader", layer: int, w: "torch.Tensor", *, which
     return w * gain[:, :, None]
 
 
-def read_output(reader: "LayerReader", layer: int, *, heads: int, hd_v: int) -> "torch.Tensor":
-    """o [H, d, hd_v] (a post-norm's gain on its rows, at unit RMS)."""
+def read_output(reader: "LayerReader", layer: int, *, v: "torch.Tensor") -> "torch.Tensor":
+    """o [H, d, hd_v] for the expanded values v [H, hd_v, d] (a post-norm's gain on its rows, `scale_free`)."""
     attn, d = reader.arch.spec.attention, reader.arch.hidden_size
+    heads, hd_v = v.shape[0], v.shape[1]
     o = reader.matrix(attn.o, layer)  # [d, H*hd_v]
     if o.shape != (d, heads * hd_v):
         raise CorruptCheckpointError(f"Layer {layer}: output projection is {list(o.shape)}, expected {[d, heads * hd_v]}.")
-    o = reader.scale_free(o, reader.gain(attn.post_norm, layer))
+    o = reader.scale_free(o, reader.gain(attn.post_norm, layer), partner=v.reshape(heads * hd_v, d))
     return o.reshape(d, heads, hd_v).permute(1, 0, 2).contiguous()
 
 
@@ -149,7 +150,7 @@ def read_attention(reader: "LayerReader", layer: int) -> "tuple[torch.Tensor, ..
     if KV != H:
         k = k.repeat_interleave(H // KV, dim=0)
         v = v.repeat_interleave(H // KV, dim=0)
-    return q, k, v, read_output(reader, layer, heads=H, hd_v=arch.head_dim), KV
+    return q, k, v, read_output(reader, layer, v=v), KV
 
 
 def _slice_rows(reader: "LayerReader", layer: int, *, kv_heads: int) -> "tuple[torch.Tensor, torch.Tensor]":
@@ -241,4 +242,4 @@ def read_mla(reader: "LayerReader", layer: int) -> "tuple[torch.Tensor, ...]":
     kv_b = kv_b.reshape(H, nope + hd_v, rank)
     k = kv_b[:, :nope] @ latent  # [H, nope, d]
     v = kv_b[:, nope:] @ latent  # [H, hd_v, d]
-    return q, k, v, read_output(reader, layer, heads=H, hd_v=hd_v), H
+    return q, k, v, read_output(reader, layer, v=v), H

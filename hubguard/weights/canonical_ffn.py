@@ -3,7 +3,7 @@ then its shared experts, with the router [E, d].
 
 Every map reading the FFN norm's output is folded with it: gate/up of each expert, the router, the shared
 experts (and their sigmoid gate, which the fingerprint does not use). A post-FFN norm (Gemma 2/3, OLMo 2) makes
-the down projection free of scale: it is taken at unit RMS with the norm's gain on its rows. Routed experts come
+the down projection free of scale: it is scaled to a unit product Σ down·up, with the norm's gain on its rows. Routed experts come
 from per-expert tensors (`${expert_index}` templates, the Hub layout) or from fused 3-D tensors (transformers 5's
 [E, 2f, d] / [E, d, f], or Llama 4's [E, d, 2f] / [E, f, d]); a checkpoint holding both is refused.
 """
@@ -19,19 +19,19 @@ if TYPE_CHECKING:
     import torch
 
     from hubguard.weights.canonical import LayerReader
-    from hubguard.weights.spec import ExpertTensors, TensorRef
+    from hubguard.weights.spec import ExpertTensors
 
 
 def _expert_refs(experts: "ExpertTensors") -> list:
     return [experts.gate, experts.up, experts.gate_up, experts.down]
 
 
-def _routed_layout(reader: "LayerReader", layer: int) -> str:
+def routed_layout(reader: "LayerReader", layer: int) -> str:
     """"split" (per-expert tensors) or "fused" (3-D), by what the checkpoint holds; both at once is refused."""
     moe = reader.arch.spec.moe
     assert moe is not None
-    split = moe.experts is not None and _present(reader, moe.experts.down, layer, expert=0)
-    fused = moe.fused is not None and _present(reader, moe.fused.down, layer)
+    split = moe.experts is not None and reader.arch.has(moe.experts.down, layer=layer, names=reader.names, expert=0)
+    fused = moe.fused is not None and reader.arch.has(moe.fused.down, layer=layer, names=reader.names)
     if split and fused:
         raise CorruptCheckpointError(f"Layer {layer} holds both per-expert and fused expert tensors, so it is unclear "
                                      "which ones transformers would load. Upload one layout only.")
@@ -41,11 +41,6 @@ def _routed_layout(reader: "LayerReader", layer: int) -> str:
         raise CorruptCheckpointError(f"Layer {layer} is a mixture-of-experts layer by config.json, but its experts "
                                      f"(e.g. '{wanted}') are not in the checkpoint. Upload every weight file.")
     return "split" if split else "fused"
-
-
-def _present(reader: "LayerReader", ref: "TensorRef", layer: int, *, expert: int | None = None) -> bool:
-    return any(reader.arch.name(t, layer, expert=expert) in reader.names for t, when in ref.options()
-               if reader.arch.holds(when))
 
 
 def ffn_names(reader: "LayerReader", layer: int) -> list[str]:
@@ -58,7 +53,7 @@ def ffn_names(reader: "LayerReader", layer: int) -> list[str]:
     names = head + [reader.name_of(moe.router, layer), reader.name_of(moe.shared_gate, layer)]
     if moe.shared is not None:
         names += [reader.name_of(r, layer) for r in _expert_refs(moe.shared) if r is not None]
-    if _routed_layout(reader, layer) == "fused":
+    if routed_layout(reader, layer) == "fused":
         assert moe.fused is not None
         names += [reader.name_of(moe.fused.gate_up, layer), reader.name_of(moe.fused.down, layer)]
     else:
@@ -109,7 +104,7 @@ def _moe_ffn(reader: "LayerReader", layer: int, norm: InputNorm | None) -> "tupl
     if router.shape[0] != arch.num_experts:
         raise CorruptCheckpointError(f"Layer {layer}: the router scores {router.shape[0]} experts; config.json says "
                                      f"{arch.num_experts}. Fix config.json.")
-    if _routed_layout(reader, layer) == "fused":
+    if routed_layout(reader, layer) == "fused":
         experts = _fused_experts(reader, layer, norm)
     else:
         assert moe.experts is not None
@@ -121,7 +116,6 @@ def _moe_ffn(reader: "LayerReader", layer: int, norm: InputNorm | None) -> "tupl
 
 def read_ffn(reader: "LayerReader", layer: int) -> "tuple[list[CanonicalExpert], torch.Tensor | None]":
     """(experts, router) of one layer: a dense FFN is one expert and no router."""
-    import torch
 
     arch, ffn = reader.arch, reader.arch.spec.ffn
     norm = reader.input_norm(ffn.norm, layer)
@@ -137,8 +131,9 @@ def read_ffn(reader: "LayerReader", layer: int) -> "tuple[list[CanonicalExpert],
         else:
             experts = [CanonicalExpert(up=reader.fold(reader.matrix(ffn.up, layer), norm), down=reader.matrix(ffn.down, layer))]
     if post is not None and reader.fold_norms:
-        # the post-norm normalises the sum of the experts' outputs: one scale for all of them
-        scale = torch.cat([e.down.reshape(-1) for e in experts]).pow(2).mean().sqrt().clamp_min(1e-12)
+        # the post-norm normalises the sum of the experts' outputs: one scale for all of them, fixed by the
+        # product Σ down·up (unchanged by unit permutations and rescaling)
+        scale = sum(e.down @ e.up for e in experts).norm().clamp_min(1e-12)  # type: ignore[union-attr]
         for e in experts:
             if post.shape[0] != e.down.shape[0]:
                 raise CorruptCheckpointError(f"Layer {layer}: a post-FFN norm of size {post.shape[0]} follows a "

@@ -135,6 +135,8 @@ class ModelWeights:
             "num_heads": arch.num_heads,
             "num_kv_heads": arch.num_kv_heads,
             "head_dim": arch.head_dim,
+            "attention": arch.spec.attention.kind,
+            "num_experts": arch.num_experts,
             "parameters": sum(math.prod(tensors.info(n).shape) for n in tensors.names()),
             "vocab_size": self.vocab_rows,
             "revision": getattr(self.store, "sha", None) or getattr(self.store, "revision", None),

@@ -12,8 +12,9 @@ schema, key by key, in `architectures/README.md`.
 A tensor entry is a template, a list of alternatives (the first present wins; an alternative may be
 `{"when": {config key: value}, "name": template}`, used only when the config matches), or
 `{"name": ..., "first_layer": ...}` (layer 0 reads another tensor, e.g. BERT's embedding LayerNorm; `false`:
-layer 0 has none). A norm entry `false` is a norm without parameters (OLMo); `null`, no norm. A config rule is a key name (dotted for nested keys: `rope_parameters.partial_rotary_factor`),
-or `{"when": {key: value}, "key": name}` / `{"when": {...}, "value": v}`.
+layer 0 has none). A norm entry `false` is a norm without parameters (OLMo); `null`, no norm. A config rule is
+a key name (dotted for nested keys: `rope_parameters.partial_rotary_factor`), or `{"when": {key: value}, "key":
+name}` / `{"when": {...}, "value": v}`.
 """
 
 from __future__ import annotations
@@ -26,31 +27,11 @@ from pathlib import Path
 from hubguard import constants
 from hubguard.errors import ArchitectureMapError
 from hubguard.weights.spec_parse import parse_spec
-from hubguard.weights.spec_schema import (  # noqa: F401  (re-exported: the schema's public names)
+from hubguard.weights.spec_schema import (  # noqa: F401  (re-exported: the schema's main names)
     ARCH_SCHEMA_VERSION,
-    EXPERT_LAYOUTS,
-    FFN_TYPES,
-    MOE_LAYER_RULES,
-    NORM_TYPES,
-    PLACEMENTS,
-    QK_NORM_SCOPES,
-    QKV_LAYOUTS,
-    ROTARY_LAYOUTS,
     TEMPLATE,
     ArchitectureSpec,
-    AttentionSpec,
-    Conditions,
-    ConfigRule,
-    ConfigSpec,
     ExpertTensors,
-    FfnSpec,
-    FusedExperts,
-    MoeLayers,
-    MoeSpec,
-    NormSpec,
-    OutputSpec,
-    QkNormSpec,
-    Requirement,
     TensorRef,
 )
 

@@ -288,6 +288,7 @@ def parse_spec(data: Any, *, path: str) -> ArchitectureSpec:
         placement=top.choice("placement", PLACEMENTS, default="pre"), parallel=top.bool("parallel"),
         embedding_norm=top.optional_tensor("embedding_norm"), embedding_projection=top.optional_tensor("embedding_projection"),
         projection_after_norm=top.bool("projection_after_norm", default=True), hidden_space=top.strings("hidden_space"),
+        head_space=top.strings("head_space"),
         output=_output(top.optional_child("output")), moe=None if moe is None else _moe(moe, path=path, config=config),
         requires=_requirements(top), config_layers=top.bool("config_layers"),
     )

@@ -212,6 +212,8 @@ class ArchitectureSpec:
     embedding_projection: TensorRef | None = None  # [hidden, embedding_size] when they differ (ELECTRA, DeBERTa)
     projection_after_norm: bool = True  # ELECTRA: norm, then projection; DeBERTa: projection, then norm
     hidden_space: tuple[str, ...] = ()  # other hidden-sized tensors (position/type embeddings, ...): attacks only
+    head_space: tuple[str, ...] = ()  # tensors with one entry per attention head on their last axis, shared by all
+    # layers (MPNet's relative-position bias): attacks only
     output: OutputSpec = OutputSpec()
     moe: MoeSpec | None = None
     requires: tuple[Requirement, ...] = field(default_factory=tuple)

@@ -218,3 +218,41 @@ class FamilyModels(Mapping[str, dict[int, Path]]):
 
     def __len__(self) -> int:
         return len(FAMILIES)
+
+
+class FamilyFingerprints(Mapping[str, dict[int, Any]]):
+    """family -> {seed: fingerprint} of `FamilyModels`' folders, computed on first use (shared by the tests)."""
+
+    def __init__(self, models: FamilyModels) -> None:
+        self.models = models
+        self._done: dict[tuple[str, int], Any] = {}
+
+    def __getitem__(self, family: str) -> dict[int, Any]:
+        return _Seeds(self, family)
+
+    def get_fingerprint(self, family: str, seed: int) -> Any:
+        import hubguard
+
+        if (family, seed) not in self._done:
+            self._done[family, seed] = hubguard.fingerprint(self.models[family][seed])
+        return self._done[family, seed]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(FAMILIES)
+
+    def __len__(self) -> int:
+        return len(FAMILIES)
+
+
+class _Seeds(Mapping[int, Any]):
+    def __init__(self, parent: FamilyFingerprints, family: str) -> None:
+        self.parent, self.family = parent, family
+
+    def __getitem__(self, seed: int) -> Any:
+        return self.parent.get_fingerprint(self.family, seed)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter((0, 1))
+
+    def __len__(self) -> int:
+        return 2
