@@ -28,7 +28,13 @@ from typing import TYPE_CHECKING
 
 from hubguard.errors import CorruptCheckpointError
 from hubguard.weights.binding import BoundArchitecture
-from hubguard.weights.canonical_attention import attention_names, head_slice_bytes, read_attention, read_qk_slices
+from hubguard.weights.canonical_attention import (
+    attention_names,
+    head_slice_bytes,
+    qk_norm_names,
+    read_attention,
+    read_qk_slices,
+)
 from hubguard.weights.canonical_ffn import ffn_names, read_ffn
 from hubguard.weights.canonical_layer import CanonicalExpert, CanonicalLayer, InputNorm, unit_rms
 from hubguard.weights.spec import TensorRef
@@ -157,7 +163,13 @@ class LayerReader:
         `v`/`o` are empty. Used by tight reading budgets: the partial QK sum still correlates with the full one."""
         import torch
 
-        q, k = read_qk_slices(self, layer, kv_heads=kv_heads)
+        arch = self.arch
+        norms = [n for n in [self.name_of(arch.spec.attention.norm, layer)] if n is not None] + qk_norm_names(self, layer)
+        self._prefetched = self.tensors.get_many(norms)  # the norms in one batched read (per-head norms: many)
+        try:
+            q, k = read_qk_slices(self, layer, kv_heads=kv_heads)
+        finally:
+            self._prefetched = {}
         hd, d = q.shape[1], q.shape[2]
         return CanonicalLayer(index=layer, q=q, k=k, v=torch.zeros(0, hd, d), o=torch.zeros(0, d, hd),
                               ffn_type=self.arch.spec.ffn.type, kv_heads=min(max(1, kv_heads), self.arch.num_kv_heads))

@@ -36,7 +36,7 @@ def _refs(reader: "LayerReader") -> list:
     return [a.norm, a.q, a.k, a.v, a.qkv, a.o, a.post_norm]
 
 
-def _qk_norm_names(reader: "LayerReader", layer: int) -> list[str]:
+def qk_norm_names(reader: "LayerReader", layer: int) -> list[str]:
     qk = reader.arch.qk_norm
     if qk is None:
         return []
@@ -51,7 +51,7 @@ def _qk_norm_names(reader: "LayerReader", layer: int) -> list[str]:
 
 def attention_names(reader: "LayerReader", layer: int) -> list[str]:
     names = [reader.name_of(r, layer) for r in _refs(reader) if r is not None]
-    return [n for n in names if n is not None] + _qk_norm_names(reader, layer)
+    return [n for n in names if n is not None] + qk_norm_names(reader, layer)
 
 
 # --- standard attention ---------------------------------------------------------------------------------------
@@ -192,7 +192,7 @@ def head_slice_bytes(reader: "LayerReader", layer: int, *, kv_heads: int) -> int
     itemsize = reader.tensors.info(name).itemsize
     grouped = attn.qkv is not None and arch.qkv_layout == "grouped"
     rows = kv_heads * (rep + 2) * hd if grouped else kv_heads * (rep + 1) * hd  # grouped blocks carry V too
-    norms = [n for n in [reader.name_of(attn.norm, layer)] + _qk_norm_names(reader, layer) if n is not None]
+    norms = [n for n in [reader.name_of(attn.norm, layer)] + qk_norm_names(reader, layer) if n is not None]
     return rows * d * itemsize + sum(reader.tensors.info(n).stop - reader.tensors.info(n).start for n in norms)
 
 
