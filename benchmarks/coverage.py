@@ -6,6 +6,7 @@ matched), and all attacks at once scored against the untouched model. Prints and
 
     python benchmarks/coverage.py                      # every family -> benchmarks/results/coverage.json
     python benchmarks/coverage.py --families llama mixtral --out /tmp/c.json
+    python benchmarks/coverage.py --families gemma3 llama4 --update   # re-measure these rows of the results
 
 The same checks run in the test suite (`tests/test_family_attacks.py`, through `tests.support.invariants`).
 Rendered by `benchmarks/tables.py` into the coverage table of benchmarks/README.md.
@@ -73,7 +74,7 @@ def family_row(family: str, *, models: Any, fingerprints: Any, workdir: Path) ->
     spec = next(s for s in load_specs() if s.family == family)
     t0 = time.perf_counter()
     base = fingerprints[family][0]
-    report = verify_attacks(model_class=FAMILIES[family].model_class, src=models[family][0], workdir=workdir,
+    report = verify_attacks(family=family, src=models[family][0], workdir=workdir,
                             base_fingerprint=base)
     seeds = hubguard.compare(base, fingerprints[family][1])
     return {
@@ -100,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--families", nargs="*", help="default: every shipped map")
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--update", action="store_true", help="keep the other families' rows of --out")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     families = args.families or sorted(s.family for s in load_specs())
@@ -112,8 +114,10 @@ def main(argv: list[str] | None = None) -> int:
             rows[f] = family_row(f, models=models, fingerprints=fingerprints, workdir=root / "attacks" / f)
             print(json.dumps({f: {"attacks": sorted(rows[f]["attacks"]), "combined": rows[f]["combined"]["score"]}}),
                   flush=True)
+    if args.update and args.out.exists():
+        rows = {**json.loads(args.out.read_text())["families"], **rows}
     result = {"command": "python benchmarks/coverage.py", "transformers": transformers.__version__,
-              "torch": torch.__version__, "families": rows}
+              "torch": torch.__version__, "families": dict(sorted(rows.items()))}
     from hubguard.utils.files import atomic_write_text
 
     args.out.parent.mkdir(parents=True, exist_ok=True)

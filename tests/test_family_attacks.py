@@ -23,12 +23,12 @@ from tests.support.invariants import verify_attacks
 ALWAYS = {"permute_hidden", "permute_heads", "per_head_maps", "permute_ffn_units"}
 ROTATION = {  # RMSNorm (or parameter-free LayerNorm) everywhere, no post-norms, untied LM head
     "llama", "mistral", "qwen2", "qwen3", "gemma", "phi3", "granite", "olmo", "mixtral", "qwen2_moe", "qwen3_moe",
-    "deepseek_v2", "deepseek_v3", "llama4_text",
+    "deepseek_v2", "deepseek_v3", "llama4_text", "llama4",
 }
 NO_FOLDABLE_NORMS = {"olmo", "bert", "roberta", "distilbert", "mpnet", "deberta-v2"}  # parameter-free or post-LN
 PLAIN_FFN = {"phi", "starcoder2", "gpt2", "gpt_neox", "falcon", "gpt_bigcode", "gptj", "opt", "bert", "roberta",
              "distilbert", "mpnet", "electra", "deberta-v2"}
-MOE = {"mixtral", "qwen2_moe", "qwen3_moe", "deepseek_v2", "deepseek_v3", "llama4_text"}
+MOE = {"mixtral", "qwen2_moe", "qwen3_moe", "deepseek_v2", "deepseek_v3", "llama4_text", "llama4"}
 LOGIT_TOLERANCE = 1e-4  # relative to the largest logit
 PRODUCT_TOLERANCE = 1e-4
 
@@ -46,7 +46,7 @@ def expected_attacks(family: str) -> set[str]:
 def test_every_applicable_attack_preserves_outputs_and_lineage(family: str, family_models, family_fingerprints,
                                                                tmp_path: Path) -> None:
     src = family_models[family][0]
-    report = verify_attacks(model_class=FAMILIES[family].model_class, src=src, workdir=tmp_path,
+    report = verify_attacks(family=family, src=src, workdir=tmp_path,
                             base_fingerprint=family_fingerprints[family][0])
     assert set(report["attacks"]) == expected_attacks(family)
     for name, r in report["attacks"].items():
@@ -56,6 +56,28 @@ def test_every_applicable_attack_preserves_outputs_and_lineage(family: str, fami
     combined = report["combined"]
     assert combined["logits"] < LOGIT_TOLERANCE
     assert combined["verdict"] == "derivative" and combined["score"] >= 95, combined["terms"]
+
+
+def test_multimodal_image_path_is_preserved_too(family_models, tmp_path: Path) -> None:
+    """Gemma 3's projector writes image embeddings into the hidden space: the hidden-space attacks transform it, so
+    logits with an image stay the same as well (the fingerprint reads the language model only)."""
+    import torch
+    import transformers as T
+
+    src = family_models["gemma3"][0]
+    ids = [5, 6, 2991] + [2990] * 4 + [2992, 7, 8, 9]  # text, <boi>, 4 image tokens, <eoi>, text
+    pixels = torch.randn(1, 3, 28, 28, generator=torch.Generator().manual_seed(0))
+
+    def logits(folder: Path) -> torch.Tensor:
+        model = T.Gemma3ForConditionalGeneration.from_pretrained(folder).eval()
+        types = torch.tensor([[int(i == 2990) for i in ids]])
+        with torch.no_grad():
+            return model(input_ids=torch.tensor([ids]), pixel_values=pixels, token_type_ids=types).logits[0].double()
+
+    base = logits(src)
+    for name in ("permute_hidden", "rescale_norms"):
+        out = logits(attack_folder(src, tmp_path / name, attacks=[name], seed=1))
+        assert float((out - base).abs().max() / base.abs().max()) < LOGIT_TOLERANCE, name
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))

@@ -139,3 +139,27 @@ def test_embedding_projection_only_when_the_sizes_differ(family_models: dict) ->
     cfg = {"model_type": "electra", "hidden_size": 64, "embedding_size": 64, "num_hidden_layers": 1, "num_attention_heads": 4}
     names = ["electra.embeddings.word_embeddings.weight", "electra.encoder.layer.0.attention.self.query.weight"]
     assert not bind_architecture(config=cfg, tensor_names=names).embedding_projected
+
+
+def test_extends_must_name_another_known_map(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "a.json").write_text(json.dumps({"family": "loop_a", "extends": "loop_b"}))
+    (tmp_path / "b.json").write_text(json.dumps({"family": "loop_b", "extends": "loop_a"}))
+    monkeypatch.setenv("HUBGUARD_ARCHITECTURES", str(tmp_path))
+    load_specs.cache_clear()
+    try:
+        with pytest.raises(ArchitectureMapError, match="'extends' must name another known map"):
+            load_specs()
+    finally:
+        monkeypatch.delenv("HUBGUARD_ARCHITECTURES")
+        load_specs.cache_clear()
+
+
+def test_multimodal_maps_read_the_nested_text_config(family_models: dict, tmp_path: Path) -> None:
+    weights = open_model(family_models["gemma3"][0])
+    assert weights.arch.family == "gemma3" and weights.arch.num_heads == 4 and weights.arch.qk_norm is not None
+    folder = shutil.copytree(family_models["gemma3"][0], tmp_path / "no-text-config")
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg.pop("text_config")
+    (folder / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(UnsupportedArchitectureError, match="text_config"):
+        open_model(folder)

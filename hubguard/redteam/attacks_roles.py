@@ -339,7 +339,10 @@ class _Builder:
         else:
             self.hidden.append((arch.embedding_name, 1))
             self.group(emb_norm, [], residual=True)
-        self.hidden += [(arch.name(t), -1) for t in spec.hidden_space if arch.name(t) in names]
+        for h in spec.hidden_space:
+            name = h.name if h.absolute else arch.name(h.name)
+            if name in names:
+                self.hidden.append((name, h.axis))
         heads = [(h, 1) for h in spec.output.head if h in names]
         writers = [w for w in spec.output.head_writers if w in names]
         self.hidden += heads + [(w, 0) for w in writers]

@@ -253,6 +253,13 @@ def bind_architecture(
     """Choose the architecture map for a checkpoint (see the module docstring) and resolve its head layout."""
     names = set(tensor_names)
     spec, how = choose_spec(config=config, names=names, source=source, family=family)
+    if spec.config_root is not None:  # a multimodal model: its language model's config is nested
+        sub = config_get(config, spec.config_root)
+        if not isinstance(sub, dict):
+            raise UnsupportedArchitectureError(f"'{source}' is bound to the '{spec.family}' map ({how}), which reads its "
+                                               f"layout from config.json's '{spec.config_root}', but there is none. Fix "
+                                               "config.json (it must be the model's own).")
+        config = sub
     prefix = _prefix(spec, names)
     if prefix is None:
         raise MissingTensorError(

@@ -40,10 +40,22 @@ def _map_dirs() -> list[Path]:
     return [*constants.extra_architecture_dirs(), Path(str(resources.files("hubguard.weights") / "architectures"))]
 
 
+def _extended(family: str, raw: dict[str, tuple[Path, dict]], seen: tuple[str, ...] = ()) -> dict:
+    """A map's JSON with `"extends": BASE` resolved: the base family's keys, overridden by the map's own."""
+    path, data = raw[family]
+    base = data.get("extends")
+    if base is None:
+        return data
+    if not isinstance(base, str) or base not in raw or base in seen + (family,):
+        raise ArchitectureMapError(f"Architecture map '{path}': 'extends' must name another known map (not itself or "
+                                   f"one that extends it back); got {base!r}. Known: {sorted(raw)}.")
+    return {**_extended(base, raw, seen + (family,)), **{k: v for k, v in data.items() if k != "extends"}}
+
+
 @lru_cache(maxsize=1)
 def load_specs() -> tuple[ArchitectureSpec, ...]:
     """All architecture maps (user folders first, so they can override a shipped family)."""
-    specs: dict[str, ArchitectureSpec] = {}
+    raw: dict[str, tuple[Path, dict]] = {}
     for d in _map_dirs():
         if not d.is_dir():
             continue
@@ -52,6 +64,7 @@ def load_specs() -> tuple[ArchitectureSpec, ...]:
                 data = json.loads(f.read_text(encoding="utf-8"))
             except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
                 raise ArchitectureMapError(f"Architecture map '{f}' is not valid JSON: {err}.") from err
-            spec = parse_spec(data, path=str(f))
-            specs.setdefault(spec.family, spec)
-    return tuple(specs.values())
+            if not isinstance(data, dict) or not isinstance(data.get("family"), str):
+                raise ArchitectureMapError(f"Architecture map '{f}' must be a JSON object with a 'family' string.")
+            raw.setdefault(data["family"], (f, data))
+    return tuple(parse_spec(_extended(family, raw), path=str(path)) for family, (path, _) in raw.items())

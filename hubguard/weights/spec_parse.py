@@ -23,6 +23,7 @@ from hubguard.weights.spec_schema import (
     ExpertTensors,
     FfnSpec,
     FusedExperts,
+    HiddenTensor,
     MoeLayers,
     MoeSpec,
     NormSpec,
@@ -253,17 +254,24 @@ def _moe(moe: _Reader, *, path: str, config: ConfigSpec) -> MoeSpec:
 def _output(out: _Reader | None) -> OutputSpec:
     if out is None:
         return OutputSpec()
-    return OutputSpec(norm=out.norm_tensor("norm") if "norm" in out.data else None, head=out.strings("head"), head_writers=out.strings("head_writers"),
-                      head_vectors=out.strings("head_vectors"))
+    return OutputSpec(norm=out.norm_tensor("norm") if "norm" in out.data else None, head=out.strings("head"),
+                      head_writers=out.strings("head_writers"), head_vectors=out.strings("head_vectors"))
+
+
+def _items(top: _Reader, key: str, want: str) -> list[tuple[Any, "_Reader | None"]]:
+    """The entries of a list-valued key: (raw item, a reader for it when it is an object)."""
+    raw = top.data.get(key, [])
+    if not isinstance(raw, list):
+        raise top.fail(key, want)
+    return [(item, _Reader(item, path=top.path, where=f"{key}[{i}]") if isinstance(item, dict) else None)
+            for i, item in enumerate(raw)]
 
 
 def _requirements(top: _Reader) -> tuple[Requirement, ...]:
-    raw = top.data.get("requires", [])
-    if not isinstance(raw, list):
-        raise top.fail("requires", 'a list of {"when": {...}, "refuse": message}')
     out = []
-    for i, item in enumerate(raw):
-        r = _Reader(item, path=top.path, where=f"requires[{i}]")
+    for _, r in _items(top, "requires", 'a list of {"when": {...}, "refuse": message}'):
+        if r is None:
+            raise top.fail("requires", 'a list of {"when": {...}, "refuse": message}')
         out.append(Requirement(when=r.conditions("when"), message=r.str("refuse")))
     return tuple(out)
 
@@ -287,11 +295,28 @@ def parse_spec(data: Any, *, path: str) -> ArchitectureSpec:
         conv1d=top.bool("conv1d"), notes=str(data.get("notes", "")),
         placement=top.choice("placement", PLACEMENTS, default="pre"), parallel=top.bool("parallel"),
         embedding_norm=top.optional_tensor("embedding_norm"), embedding_projection=top.optional_tensor("embedding_projection"),
-        projection_after_norm=top.bool("projection_after_norm", default=True), hidden_space=top.strings("hidden_space"),
+        projection_after_norm=top.bool("projection_after_norm", default=True), hidden_space=_hidden_space(top),
         head_space=top.strings("head_space"),
         output=_output(top.optional_child("output")), moe=None if moe is None else _moe(moe, path=path, config=config),
         requires=_requirements(top), config_layers=top.bool("config_layers"),
+        config_root=top.str("config_root") if top.has("config_root") else None,
     )
+
+
+def _hidden_space(top: _Reader) -> tuple[HiddenTensor, ...]:
+    want = 'a list of templates or {"name", "axis", "absolute"} objects'
+    out = []
+    for item, r in _items(top, "hidden_space", want):
+        if isinstance(item, str) and item:
+            out.append(HiddenTensor(name=item))
+            continue
+        if r is None:
+            raise top.fail("hidden_space", want)
+        axis = r.data.get("axis", -1)
+        if isinstance(axis, bool) or not isinstance(axis, int):
+            raise r.fail("axis", "an integer")
+        out.append(HiddenTensor(name=r.str("name"), axis=axis, absolute=r.bool("absolute")))
+    return tuple(out)
 
 
 def _prefixes(top: _Reader) -> tuple[str, ...]:

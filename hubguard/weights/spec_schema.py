@@ -182,6 +182,16 @@ class OutputSpec:
 
 
 @dataclass(frozen=True)
+class HiddenTensor:
+    """A tensor with a hidden-sized axis that is not in a layer (position embeddings, a vision projector's output):
+    `absolute` names sit outside the prefix (e.g. a multimodal model's projector)."""
+
+    name: str
+    axis: int = -1
+    absolute: bool = False
+
+
+@dataclass(frozen=True)
 class Requirement:
     """A config the family's map cannot read correctly: refused with `message` when `when` holds."""
 
@@ -211,13 +221,14 @@ class ArchitectureSpec:
     embedding_norm: TensorRef | None = None  # the norm applied to the embeddings (BERT, ModernBERT, ELECTRA)
     embedding_projection: TensorRef | None = None  # [hidden, embedding_size] when they differ (ELECTRA, DeBERTa)
     projection_after_norm: bool = True  # ELECTRA: norm, then projection; DeBERTa: projection, then norm
-    hidden_space: tuple[str, ...] = ()  # other hidden-sized tensors (position/type embeddings, ...): attacks only
+    hidden_space: "tuple[HiddenTensor, ...]" = ()  # other hidden-sized tensors (positions, projectors): attacks only
     head_space: tuple[str, ...] = ()  # tensors with one entry per attention head on their last axis, shared by all
     # layers (MPNet's relative-position bias): attacks only
     output: OutputSpec = OutputSpec()
     moe: MoeSpec | None = None
     requires: tuple[Requirement, ...] = field(default_factory=tuple)
     config_layers: bool = False  # layers beyond the config's count are not part of the model (DeepSeek V3's MTP)
+    config_root: str | None = None  # the sub-config every rule reads (a multimodal model's "text_config")
 
     def names(self, *, model_type: str | None, architectures: list[str]) -> bool:
         """True when a config's `model_type` or one of its `architectures` is named by this map."""

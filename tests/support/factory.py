@@ -19,6 +19,7 @@ MINILM_DIR = None
 
 GQA = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, intermediate_size=96)
 UNTIED = dict(tie_word_embeddings=False)
+VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=28, patch_size=14)
 
 
 @dataclass(frozen=True)
@@ -30,12 +31,18 @@ class FamilyCase:
     tokenizer: str  # "bpe" | "wordpiece"
     kwargs: dict[str, Any] = field(default_factory=dict)
     vocab_key: str = "vocab_size"
+    text_module: str | None = None  # run the logits check through this submodule (a multimodal model's language model)
 
     def config(self, *, bpe_vocab: int, wordpiece_vocab: int) -> Any:
+        import copy
+
         import transformers as T
 
         vocab = bpe_vocab if self.tokenizer == "bpe" else wordpiece_vocab
-        return getattr(T, self.config_class)(**{self.vocab_key: vocab, **self.kwargs})
+        kwargs = copy.deepcopy(self.kwargs)
+        parent, _, key = self.vocab_key.rpartition(".")  # "text_config.vocab_size": a multimodal model's text config
+        (kwargs[parent] if parent else kwargs)[key] = vocab
+        return getattr(T, self.config_class)(**kwargs)
 
 
 FAMILIES: dict[str, FamilyCase] = {
@@ -67,6 +74,18 @@ FAMILIES: dict[str, FamilyCase] = {
         **GQA, "partial_rotary_factor": 0.25, "use_qkv_bias": True, "qk_layernorm": True, **UNTIED}),
     "phi": FamilyCase("PhiConfig", "PhiForCausalLM", "bpe", {
         **GQA, "num_key_value_heads": 4, "partial_rotary_factor": 0.5, **UNTIED}),
+    # multimodal checkpoints: their language model is fingerprinted (config in text_config)
+    "gemma3": FamilyCase("Gemma3Config", "Gemma3ForConditionalGeneration", "bpe", {
+        "text_config": {**GQA, "head_dim": 16, "query_pre_attn_scalar": 16, "sliding_window": 16},
+        "vision_config": VISION | {"model_type": "siglip_vision_model"}, "mm_tokens_per_image": 4,
+        "image_token_index": 2990, "boi_token_index": 2991, "eoi_token_index": 2992}, vocab_key="text_config.vocab_size"),
+    "llama4": FamilyCase("Llama4Config", "Llama4ForConditionalGeneration", "bpe", {
+        "text_config": {**GQA, "intermediate_size": 32, "intermediate_size_mlp": 96, "head_dim": 16, "num_local_experts": 4,
+                        "num_experts_per_tok": 1, "interleave_moe_layer_step": 2, "attention_chunk_size": 64,
+                        "pad_token_id": 1},
+        "vision_config": VISION | {"vision_output_dim": 64, "projector_input_dim": 64, "projector_output_dim": 64},
+        "image_token_index": 2990, "boi_token_index": 2991, "eoi_token_index": 2992, **UNTIED},
+        vocab_key="text_config.vocab_size", text_module="language_model"),  # its text-only forward fails in 5.24
     # mixture of experts
     "mixtral": FamilyCase("MixtralConfig", "MixtralForCausalLM", "bpe", {
         **GQA, "num_local_experts": 4, "num_experts_per_tok": 2, **UNTIED}),

@@ -71,11 +71,16 @@ def product_error(a: list[dict[str, torch.Tensor]], b: list[dict[str, torch.Tens
 TEXT_IDS = list(range(5, 37))  # a token sequence inside every tiny vocabulary
 
 
-def logits(model_class: str, folder: "str | Path") -> torch.Tensor:
-    """The transformers forward of a saved model (its LM head's logits) on TEXT_IDS, in float64."""
+def logits(family: str, folder: "str | Path") -> torch.Tensor:
+    """The transformers forward of a family's saved tiny model (its LM head's logits) on TEXT_IDS, in float64."""
     import transformers as T
 
-    model = getattr(T, model_class).from_pretrained(folder).eval()
+    from tests.support.factory import FAMILIES
+
+    case = FAMILIES[family]
+    model = getattr(T, case.model_class).from_pretrained(folder).eval()
+    if case.text_module is not None:
+        model = getattr(model, case.text_module)
     with torch.no_grad():
         return model(torch.tensor([TEXT_IDS])).logits[0].double()
 
@@ -91,7 +96,7 @@ def weights_changed(a: Path, b: Path) -> bool:
     return any(not torch.equal(ta[k], tb[k]) for k in ta)
 
 
-def verify_attacks(*, model_class: str, src: Path, workdir: Path, base_fingerprint, seed: int = 1) -> dict:  # noqa: ANN001
+def verify_attacks(*, family: str, src: Path, workdir: Path, base_fingerprint, seed: int = 1) -> dict:  # noqa: ANN001
     """Every attack that applies to the model at `src`, alone (logit and canonical-product errors, whether the
     weights changed) and all at once (logit error, score and verdict against `base_fingerprint`)."""
     import hubguard
@@ -99,14 +104,14 @@ def verify_attacks(*, model_class: str, src: Path, workdir: Path, base_fingerpri
 
     _, roles = roles_of(src)
     names = applicable(roles)
-    base_logits, base_products = logits(model_class, src), canonical_products(src)
+    base_logits, base_products = logits(family, src), canonical_products(src)
     report: dict = {"attacks": {}}
     for name in names:
         dst = attack_folder(src, workdir / name, attacks=[name], seed=seed)
-        report["attacks"][name] = {"changed": weights_changed(src, dst), "logits": relative(logits(model_class, dst), base_logits),
+        report["attacks"][name] = {"changed": weights_changed(src, dst), "logits": relative(logits(family, dst), base_logits),
                                    "products": product_error(base_products, canonical_products(dst))}
     everything = attack_folder(src, workdir / "all", attacks=names, seed=seed + 1)
     result = hubguard.compare(base_fingerprint, hubguard.fingerprint(everything))
-    report["combined"] = {"attacks": names, "logits": relative(logits(model_class, everything), base_logits),
+    report["combined"] = {"attacks": names, "logits": relative(logits(family, everything), base_logits),
                           "score": result.score, "verdict": result.verdict, "terms": result.to_dict()["terms"]}
     return report
