@@ -276,6 +276,41 @@ def space(d: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
+ATTACK_LABELS = {"permute_hidden": "hidden perm", "rotate_hidden": "rotation", "rescale_norms": "norm rescale",
+                 "permute_heads": "head/KV perm", "per_head_maps": "per-head maps", "permute_ffn_units": "unit perm",
+                 "scale_ffn_units": "unit scale", "permute_experts": "expert perm"}
+ATTACK_TOLERANCE = 1e-4  # relative logit and canonical-product error an output-preserving attack may leave
+
+
+def _attack_ok(r: dict[str, Any]) -> bool:
+    return bool(r["changed"]) and r["logits"] < ATTACK_TOLERANCE and max(r["products"].values()) < ATTACK_TOLERANCE
+
+
+def coverage(d: dict[str, Any]) -> str:
+    rows = ["| family | model_type | map | terms | attacks verified (logits and canonical products unchanged) | "
+            "all attacks at once | independent seed |", "|---|---|---|---|---|---|---|"]
+    for fam, r in sorted(d["families"].items()):
+        attacks = ", ".join(ATTACK_LABELS.get(a, a) + ("" if _attack_ok(x) else " ✗") for a, x in r["attacks"].items())
+        c, s = r["combined"], r["independent_seed"]
+        rows.append(f"| {fam} | {', '.join(r['model_types'])} | {'; '.join(r['map'])} | {', '.join(r['terms'])} | "
+                    f"{attacks} | {c['score']:.1f} {c['verdict']} | {s['score']:.1f} {s['verdict']} |")
+    return "\n".join(rows + ["", coverage_summary(d)])
+
+
+def coverage_summary(d: dict[str, Any]) -> str:
+    fams = d["families"]
+    checks = [x for r in fams.values() for x in r["attacks"].values()]
+    types = {t for r in fams.values() for t in r["model_types"]}
+    passed = sum(_attack_ok(x) for x in checks)
+    combined = min(r["combined"]["score"] for r in fams.values())
+    seeds = max(r["independent_seed"]["score"] for r in fams.values())
+    derivative = sum(r["combined"]["verdict"] == "derivative" for r in fams.values())
+    return (f"{len(fams)} architecture families ({len(types)} model_types) on tiny transformers models: "
+            f"{passed}/{len(checks)} output-preserving attack checks pass (logits and canonical products unchanged); "
+            f"all attacks at once: {derivative}/{len(fams)} `derivative`, lowest score {combined:.1f}; independent seeds "
+            f"score at most {seeds:.1f} (transformers {d['transformers']}, `{d['command']}`).")
+
+
 def generic(d: Any) -> str:
     """Fallback: a fenced JSON block (for benchmarks whose table is not specialised yet)."""
     return "```json\n" + json.dumps(d, indent=1)[:4000] + "\n```"
@@ -295,8 +330,10 @@ TABLES: dict[str, tuple[str, Callable[[Any], str]]] = {
     "protect": ("protect", protect),
     "protect-lock": ("protect_lock", protect),
     "protect-lock-probe": ("protect_lock_probe", protect_lock_probe),
-    "protect-runs": ("protect*", protect_runs),
-    "space": ("space", space),  # every benchmarks/results/protect*.json, by file name
+    "protect-runs": ("protect*", protect_runs),  # every benchmarks/results/protect*.json, by file name
+    "space": ("space", space),
+    "coverage": ("coverage", coverage),
+    "coverage-summary": ("coverage", coverage_summary),
 }
 
 

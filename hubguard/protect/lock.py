@@ -121,10 +121,11 @@ def bind_model(model: torch.nn.Module) -> BoundArchitecture:
     """The architecture map of a plain transformers model (not PEFT-wrapped)."""
     config = model.config.to_dict() if hasattr(model, "config") else {}
     bound = bind_architecture(config=config, tensor_names=list(model.state_dict()), source=type(model).__name__)
-    if bound.spec.attention.fused:
+    if bound.spec.attention.fused or bound.spec.attention.kind != "standard":
         raise UnsupportedArchitectureError(
             f"The scale lock needs separate q/k/v projections; the '{bound.family}' family fuses them into one "
-            "weight. Use Trap² (hubguard protect) for this model, or add per-projection names to its architecture map."
+            "weight (or, with latent attention, into low-rank paths). Use Trap² (hubguard protect) for this model, or "
+            "add per-projection names to its architecture map."
         )
     return bound
 

@@ -8,6 +8,9 @@ Two module layouts are supported: the Llama layout (llama, mistral, qwen2: RMSNo
 the GPT-2 layout (LayerNorm, Conv1D; `attacks_gpt2`: permutations, per-dimension rescaling of LayerNorm gain
 and bias, per-head maps). `rotate_hidden`, `fold_norm_gains`, `scale_gammas_uniformly` and `scale_ffn_units`
 (gated FFNs) are Llama-layout only: LayerNorm does not commute with rotations.
+
+For every family with an architecture map (MoE, latent attention, QK-norm, post-norm, parallel blocks, encoders),
+the spec-driven attacks of `hubguard.redteam.attacks_spec` work on a checkpoint's tensors instead.
 """
 
 from __future__ import annotations

@@ -77,12 +77,35 @@ class ModelWeights:
                           embedding_gap=gap)
 
     def embedding_rows(self, rows: list[int], *, plan: ReadPlan) -> "torch.Tensor":
-        """[len(rows), hidden] float32 input-embedding rows."""
+        """[len(rows), hidden] float32 input-embedding rows (projected into the hidden size where the map has an
+        embedding projection that the config switches on: ELECTRA normalises first, DeBERTa projects first)."""
         x = self.checkpoint.tensors.get_rows(self.arch.embedding_name, rows, max_gap=plan.embedding_gap)
+        if self.arch.embedding_projected and x.dim() == 2:
+            x = self._project(x)
         if x.dim() != 2 or x.shape[1] != self.arch.hidden_size:
             raise CorruptCheckpointError(f"'{self.source}': embedding rows are {list(x.shape)[1:]} wide but config.json "
                                          f"says the hidden size is {self.arch.hidden_size}. Fix config.json.")
         return x
+
+    def _project(self, x: "torch.Tensor") -> "torch.Tensor":
+        """Embedding rows [n, e] into the hidden size through the map's embedding projection [hidden, e]."""
+        spec, reader = self.arch.spec, self.reader
+        assert spec.embedding_projection is not None
+        w = reader.matrix(spec.embedding_projection, 0)
+        if w.shape[1] != x.shape[1]:
+            raise CorruptCheckpointError(f"'{self.source}': the embedding projection reads {w.shape[1]} dimensions but "
+                                         f"the embeddings are {x.shape[1]} wide. Fix config.json (embedding_size).")
+        if spec.projection_after_norm and spec.embedding_norm is not None:  # the embedding norm feeds the projection
+            if spec.norm.type == "layer":
+                x = x - x.mean(dim=1, keepdim=True)
+            x = x / x.pow(2).mean(dim=1, keepdim=True).add(1e-12).sqrt()
+            gain = reader.gain(spec.embedding_norm, None)
+            if gain is not None:
+                if gain.shape != (x.shape[1],):
+                    raise CorruptCheckpointError(f"'{self.source}': the embedding norm has shape {list(gain.shape)}; "
+                                                 f"the embeddings are {x.shape[1]} wide.")
+                x = x * gain
+        return x @ w.t()
 
     def read_layer(self, index: int, *, plan: ReadPlan) -> CanonicalLayer:
         if plan.mode == "qk_heads":
@@ -112,6 +135,8 @@ class ModelWeights:
             "num_heads": arch.num_heads,
             "num_kv_heads": arch.num_kv_heads,
             "head_dim": arch.head_dim,
+            "attention": arch.spec.attention.kind,
+            "num_experts": arch.num_experts,
             "parameters": sum(math.prod(tensors.info(n).shape) for n in tensors.names()),
             "vocab_size": self.vocab_rows,
             "revision": getattr(self.store, "sha", None) or getattr(self.store, "revision", None),
