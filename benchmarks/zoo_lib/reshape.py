@@ -17,7 +17,7 @@ CALIBRATION_BLOCKS_FULL, CALIBRATION_BLOCKS_QUICK = 64, 16
 
 def build_moe_upcycle(ctx: ZooContext, *, family: str, parent: Path, seed: int, out: Path) -> dict[str, Any]:
     """Every expert of a Mixtral-style model starts as the parent's FFN, the router fresh; then a short heal."""
-    from zoo_lib.upcycle import upcycle_to_mixtral
+    from hubguard.redteam.upcycle import upcycle_to_mixtral
 
     dense = _load_causal_lm(parent)
     train, held = ctx.blocks(family, CORPUS_OF["moe_heal"])
@@ -39,8 +39,8 @@ def build_width_prune(ctx: ZooContext, *, family: str, parent: Path, seed: int, 
     calibration text, then distil from the parent."""
     import torch
 
+    from hubguard.redteam.width_prune import importances, plan_width, prune_width
     from zoo_lib.distill import distill_causal_lm
-    from zoo_lib.width_prune import importances, plan_width, prune_width
 
     teacher = _load_causal_lm(parent)
     cfg = teacher.config

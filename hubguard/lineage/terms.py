@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import torch
 
-    from hubguard.weights.canonical import CanonicalLayer
+    from hubguard.weights.canonical import CanonicalExpert, CanonicalLayer
 
 GATED_TERMS = ("attn_qk", "attn_vo", "ffn_up", "ffn_gate")
 PLAIN_TERMS = ("attn_qk", "attn_vo", "ffn")
@@ -67,8 +67,21 @@ def decorrelate_tokens(x: "torch.Tensor", *, shrink: float = WHITEN_SHRINK) -> "
     return ((u * (s * (ev + lam).rsqrt())) @ vh).to(x.dtype)
 
 
+def ffn_terms(*, expert: "CanonicalExpert", x: "torch.Tensor", ffn_type: str) -> dict[str, "torch.Tensor"]:
+    """The FFN terms of one FFN block (a dense layer's FFN, or one expert). x: [n, d]. Returns name -> [n, n]."""
+    xt = x.t()
+    down_t = expert.down.t()  # [f, d]
+    if ffn_type == "gated":
+        assert expert.gate is not None
+        unit_weight = (expert.gate * expert.up).sum(dim=1)  # [f]: ⟨Wg_i, Wu_i⟩
+        return {"ffn_up": ((x @ expert.up.t()) @ down_t) @ xt,
+                "ffn_gate": (((x @ expert.gate.t()) * unit_weight[None, :]) @ down_t) @ xt}
+    return {"ffn": ((x @ expert.up.t()) @ down_t) @ xt}
+
+
 def layer_terms(*, layer: "CanonicalLayer", x: "torch.Tensor") -> dict[str, "torch.Tensor"]:
-    """The invariant terms of one layer. x: [n, d] normalised embedding rows. Returns name -> [n, n] float32."""
+    """The whole-layer invariant terms of one layer (FFN terms only for a dense FFN). x: [n, d] normalised
+    embedding rows. Returns name -> [n, n] float32."""
     H, hd, d = layer.q.shape
     wq = layer.q.reshape(H * hd, d)
     wk = layer.k.reshape(H * hd, d)
@@ -79,16 +92,8 @@ def layer_terms(*, layer: "CanonicalLayer", x: "torch.Tensor") -> dict[str, "tor
     if layer.v.shape[0] == 0:
         return terms  # query/key head slices only (tight reading budget)
     terms["attn_vo"] = ((x @ wv.t()) @ wo.t()) @ xt  # [n, H*hd] @ [H*hd, d] @ [d, n]
-    if layer.up is None or layer.down is None:
-        return terms  # attention-only read (reading budget)
-    if layer.ffn_type == "gated":
-        assert layer.gate is not None
-        unit_weight = (layer.gate * layer.up).sum(dim=1)  # [f]: ⟨Wg_i, Wu_i⟩
-        down_t = layer.down.t()  # [f, d]
-        terms["ffn_up"] = ((x @ layer.up.t()) @ down_t) @ xt
-        terms["ffn_gate"] = (((x @ layer.gate.t()) * unit_weight[None, :]) @ down_t) @ xt
-    else:
-        terms["ffn"] = ((x @ layer.up.t()) @ layer.down.t()) @ xt
+    if layer.dense is not None:  # attention-only reads and MoE layers have no whole-layer FFN term
+        terms |= ffn_terms(expert=layer.dense, x=x, ffn_type=layer.ffn_type)
     return terms
 
 
