@@ -9,6 +9,7 @@ All terms are [n, n]:
     ffn      = X W1ᵀ W2ᵀ Xᵀ                      (plain FFN)
     ffn_up   = X Wuᵀ Wdᵀ Xᵀ                      (gated FFN)
     ffn_gate = X Wgᵀ diag(⟨Wg_i, Wu_i⟩) Wdᵀ Xᵀ    (gated FFN)
+    (MoE layers: each FFN term summed over the layer's experts, routed and shared)
 
 Why these survive the attacks: a hidden-space rotation/permutation R maps X→XR and every input-side W→WR,
 output-side W→RᵀW, so every product above cancels R; per-head maps A (Wq_h→A Wq_h, Wk_h→A⁻ᵀ Wk_h, likewise
@@ -79,16 +80,21 @@ def layer_terms(*, layer: "CanonicalLayer", x: "torch.Tensor") -> dict[str, "tor
     if layer.v.shape[0] == 0:
         return terms  # query/key head slices only (tight reading budget)
     terms["attn_vo"] = ((x @ wv.t()) @ wo.t()) @ xt  # [n, H*hd] @ [H*hd, d] @ [d, n]
-    if layer.up is None or layer.down is None:
+    if not layer.experts:
         return terms  # attention-only read (reading budget)
+    # a dense FFN is one expert; an MoE layer's FFN terms are summed over its experts (routed and shared),
+    # which leaves them unchanged when the experts are permuted
     if layer.ffn_type == "gated":
-        assert layer.gate is not None
-        unit_weight = (layer.gate * layer.up).sum(dim=1)  # [f]: ⟨Wg_i, Wu_i⟩
-        down_t = layer.down.t()  # [f, d]
-        terms["ffn_up"] = ((x @ layer.up.t()) @ down_t) @ xt
-        terms["ffn_gate"] = (((x @ layer.gate.t()) * unit_weight[None, :]) @ down_t) @ xt
+        up_terms, gate_terms = [], []
+        for e in layer.experts:
+            assert e.gate is not None
+            unit_weight = (e.gate * e.up).sum(dim=1)  # [f]: ⟨Wg_i, Wu_i⟩
+            down_t = e.down.t()  # [f, d]
+            up_terms.append(((x @ e.up.t()) @ down_t) @ xt)
+            gate_terms.append((((x @ e.gate.t()) * unit_weight[None, :]) @ down_t) @ xt)
+        terms["ffn_up"], terms["ffn_gate"] = sum(up_terms), sum(gate_terms)
     else:
-        terms["ffn"] = ((x @ layer.up.t()) @ layer.down.t()) @ xt
+        terms["ffn"] = sum(((x @ e.up.t()) @ e.down.t()) @ xt for e in layer.experts)
     return terms
 
 
