@@ -46,24 +46,9 @@ def minilm() -> Path:
 
 
 @pytest.fixture(scope="session")
-def family_models(tmp_path_factory: pytest.TempPathFactory, bpe_tokenizer: Path, minilm: Path) -> dict[str, dict[int, Path]]:
-    """family -> {seed: folder} for seeds 0 and 1 (independent random inits of one config)."""
-    from tokenizers import Tokenizer
+def family_models(tmp_path_factory: pytest.TempPathFactory, bpe_tokenizer: Path, minilm: Path):
+    """family -> {seed: folder} for seeds 0 and 1 (independent random inits of one config, with the LM head),
+    each family built on first use (`tests.support.factory.FAMILIES`)."""
+    from tests.support.factory import FamilyModels
 
-    from tests.support.factory import build_model, family_configs, save_with_tokenizer
-
-    root = tmp_path_factory.mktemp("families")
-    bpe_vocab = Tokenizer.from_file(str(bpe_tokenizer)).get_vocab_size()
-    wp_vocab = Tokenizer.from_file(str(minilm / "tokenizer.json")).get_vocab_size()
-    out: dict[str, dict[int, Path]] = {}
-    for family, (config, kind) in family_configs(bpe_vocab=bpe_vocab, wordpiece_vocab=wp_vocab).items():
-        out[family] = {}
-        for seed in (0, 1):
-            model = build_model(config, seed=seed)
-            folder = root / f"{family}-{seed}"
-            if kind == "bpe":
-                save_with_tokenizer(model, folder, tokenizer_json=bpe_tokenizer)
-            else:
-                save_with_tokenizer(model, folder, tokenizer_json=None, wordpiece_dir=minilm)
-            out[family][seed] = folder
-    return out
+    return FamilyModels(tmp_path_factory.mktemp("families"), bpe_tokenizer=bpe_tokenizer, minilm=minilm)

@@ -162,7 +162,7 @@ def test_layer_removal_and_duplication_are_matched(llama_source, source_fp, tmp_
 
 
 def test_official_huref_fails_on_rotation_and_rescaling(llama_source, attacked) -> None:
-    """The published formulas break under the attacks hubguard survives (ANCHORS.md §1)."""
+    """The published formulas break under the attacks hubguard survives (as the HuRef paper's critics showed)."""
     assert huref_official(llama_source, llama_source).score > 99.9
     assert huref_official(llama_source, attacked["permute_ffn_units"]).score > 99  # invariant to permutations
     rotated = huref_official(llama_source, attacked["rotate_hidden"])

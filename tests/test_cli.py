@@ -1,4 +1,4 @@
-"""The CLI contracts of DESIGN.md: fingerprint, compare (JSON keys), dog, compare --sheet, and clear errors."""
+"""The CLI contracts: fingerprint, compare (JSON keys), dog, compare --sheet, check, and the exit-code table."""
 
 from __future__ import annotations
 
@@ -56,3 +56,32 @@ def test_errors_are_one_line_with_exit_code_2(tmp_path) -> None:
     assert res.exit_code == 2 and "--budget" in res.output
     res = runner.invoke(app, ["dog", "hf://not-a-valid-spec", "--out", str(tmp_path / "x.png")])
     assert res.exit_code == 2 and "hf://ORG/NAME" in res.output
+
+
+def test_unreadable_weights_get_a_report_and_exit_code_2(family_models, tmp_path) -> None:
+    """Every repo gets a report: an unsupported architecture is `unreadable` with the reason and the fix."""
+    import shutil
+
+    folder = shutil.copytree(family_models["llama"][0], tmp_path / "mystery")
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["model_type"], cfg["architectures"] = "mystery", ["MysteryForCausalLM"]
+    (folder / "config.json").write_text(json.dumps(cfg))
+    res = runner.invoke(app, ["check", str(folder), "--json"])
+    assert res.exit_code == 2, res.output
+    report = json.loads(res.stdout)
+    assert report["status"] == "unreadable" and report["error"] == "UnsupportedArchitectureError"
+    assert "mystery" in report["reason"] and "--family" in report["fix"]
+    # --family forces a map, and then the same folder is read (and says how the map was chosen)
+    res = runner.invoke(app, ["fingerprint", str(folder), "--family", "llama", "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["model"]["binding"] == "forced with family='llama'"
+    res = runner.invoke(app, ["fingerprint", str(folder), "--family", "nope"])
+    assert res.exit_code == 2 and "Known families" in res.output
+
+
+def test_debug_prints_the_traceback(tmp_path) -> None:
+    quiet = runner.invoke(app, ["fingerprint", str(tmp_path / "missing")])
+    loud = runner.invoke(app, ["--debug", "fingerprint", str(tmp_path / "missing")])
+    assert quiet.exit_code == loud.exit_code == 2
+    assert "Traceback" not in quiet.output and "Traceback" in loud.output
+    assert len([line for line in quiet.output.splitlines() if line.strip()]) == 1

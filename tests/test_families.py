@@ -12,7 +12,8 @@ from hubguard.weights.canonical import LayerReader
 from hubguard.weights.source import open_source
 from hubguard.weights.spec import load_specs
 
-FAMILIES = ["llama", "mistral", "qwen2", "gemma", "phi3", "gpt2", "gpt_neox", "falcon", "bert", "roberta", "distilbert", "mpnet"]
+FAMILIES = ["llama", "mistral", "qwen2", "qwen3", "gemma", "phi3", "gpt2", "gpt_neox", "falcon", "bert", "roberta",
+            "distilbert", "mpnet", "mixtral", "qwen2_moe", "qwen3_moe"]
 
 
 def test_every_family_has_a_map() -> None:

@@ -34,8 +34,9 @@ _debug = constants.HUBGUARD_DEBUG
 
 
 def set_debug(on: bool) -> None:
+    """`hubguard --debug` for this invocation (HUBGUARD_DEBUG=1 turns it on for every one)."""
     global _debug
-    _debug = _debug or on
+    _debug = on or constants.HUBGUARD_DEBUG
 
 
 def fail(message: str, *, code: int) -> None:

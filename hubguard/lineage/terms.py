@@ -9,6 +9,8 @@ All terms are [n, n]:
     ffn      = X W1ᵀ W2ᵀ Xᵀ                      (plain FFN)
     ffn_up   = X Wuᵀ Wdᵀ Xᵀ                      (gated FFN)
     ffn_gate = X Wgᵀ diag(⟨Wg_i, Wu_i⟩) Wdᵀ Xᵀ    (gated FFN)
+    (whole-layer FFN terms for dense FFNs; an MoE layer's FFN is read expert by expert, `ffn_terms` of each
+    expert sketched in `hubguard.lineage.unit_terms` and matched expert to expert)
 
 Why these survive the attacks: a hidden-space rotation/permutation R maps X→XR and every input-side W→WR,
 output-side W→RᵀW, so every product above cancels R; per-head maps A (Wq_h→A Wq_h, Wk_h→A⁻ᵀ Wk_h, likewise

@@ -1,6 +1,6 @@
 """Invariant terms -> a 512-d vector distributed like N(0, I): the input of the dog renderer.
 
-Same idea as HuRef's fingerprint encoder (ANCHORS.md §1), sized for a CPU: a small CNN trained only on
+Same idea as HuRef's fingerprint encoder (Zeng et al., NeurIPS 2024), sized for a CPU: a small CNN trained only on
 synthetic Gaussian low-rank products with a contrastive locality loss and a Gaussianity term (see
 `hubguard.redteam.train_encoder`). The trained weights ship inside the package and are checked against
 a SHA-256 on load.

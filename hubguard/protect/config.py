@@ -1,4 +1,4 @@
-"""Settings of Trap² merge protection, with the paper's defaults (ANCHORS.md §3).
+"""Settings of Trap² merge protection, with the paper's defaults (Jang, Kim, Koo, Ok; ICML 2026).
 
 One frozen dataclass, `ProtectConfig`, holds every knob; `ProtectConfig.preset(...)` gives the paper's
 setting for vision LoRA, vision full fine-tuning and LLM LoRA. `to_dict()` is what the model card and the

@@ -7,7 +7,7 @@
 - `pcs`: HuRef's parameter cosine similarity: one cosine over all parameters with equal names and shapes
   (mismatches skipped silently, as in the original).
 
-Both break under output-preserving attacks; `tests/test_baselines.py` shows it.
+Both break under output-preserving attacks; `tests/test_attacks.py` shows it.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Synthetic invariant terms for training and measuring the fingerprint encoder.
 
-HuRef trains its encoder on Gaussian data only (ANCHORS.md §1): an anchor is a low-rank product
+HuRef (Zeng et al., NeurIPS 2024) trains its encoder on Gaussian data only: an anchor is a low-rank product
 X·Q·Kᵀ·Xᵀ, a positive is the same product after noise on Q, K and X (a "fine-tune"), a negative is a fresh
 draw (an "independent model"). This module draws such data in batches, one term per channel, each channel
 z-scored like the lineage core's terms.

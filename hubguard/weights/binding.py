@@ -10,12 +10,21 @@ config and is sanity-checked (positive integers, heads divisible by key/value he
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from hubguard.errors import MissingTensorError, UnsupportedArchitectureError
 from hubguard.utils import get_logger
-from hubguard.weights.spec import TEMPLATE, ArchitectureSpec, ConfigRule, TensorRef, load_specs
+from hubguard.weights.spec import (
+    QKV_LAYOUTS,
+    TEMPLATE,
+    ArchitectureSpec,
+    Conditions,
+    ConfigRule,
+    QkNormSpec,
+    TensorRef,
+    load_specs,
+)
 
 logger = get_logger(__name__)
 
@@ -39,36 +48,102 @@ class BoundArchitecture:
     num_kv_heads: int
     head_dim: int
     how: str  # why this map: "config model_type 'llama'", "forced with family='gemma'", "probed: ..."
+    config: "dict[str, Any]" = field(default_factory=dict, compare=False, repr=False)
+    values: tuple[tuple[str, Any], ...] = ()  # the map's named config values, resolved (num_experts, rotary_dim, ...)
+    qkv_layout: str | None = None  # fused QKV layout, resolved from the config where the map makes it conditional
 
     @property
     def family(self) -> str:
         return self.spec.family
+
+    def value(self, name: str, default: Any = None) -> Any:
+        """A named config value of the map (`config` keys beyond the head layout), resolved for this checkpoint."""
+        got = dict(self.values).get(name)
+        return default if got is None else got
+
+    def holds(self, conditions: Conditions) -> bool:
+        """True when every (config key, value) pair holds in this checkpoint's config."""
+        return all(config_get(self.config, k) == v for k, v in conditions)
+
+    @property
+    def qk_norm(self) -> QkNormSpec | None:
+        """The query/key norm spec, when the map has one and the config switches it on."""
+        qk = self.spec.attention.qk_norm
+        return qk if qk is not None and self.holds(qk.when) else None
+
+    @property
+    def rotary_dim(self) -> int:
+        """Dimensions per head that carry rotary position (0 without rotary; partial rotary: a prefix)."""
+        if self.spec.attention.rotary is None:
+            return 0
+        dim = self.value("rotary_dim")
+        if dim is None:
+            fraction = self.value("rotary_fraction", 1.0)
+            dim = int(self.value("rotary_head_dim", self.head_dim) * float(fraction))
+        return int(dim)
+
+    @property
+    def num_experts(self) -> int:
+        return int(self.value("num_experts", 0) or 0) if self.spec.moe is not None else 0
+
+    def is_moe_layer(self, layer: int) -> bool:
+        """Whether `layer` has a mixture-of-experts FFN, by the map's rule over the config (never by probing)."""
+        moe = self.spec.moe
+        if moe is None or self.num_experts <= 0:
+            return False
+        rule = moe.layers
+        if rule.rule == "all":
+            return True
+        if rule.rule == "from":
+            return layer >= int(config_get(self.config, rule.key) or 0)
+        if rule.rule == "list":
+            return layer in (config_get(self.config, rule.key) or [])
+        step = int(config_get(self.config, rule.key) or 1)
+        skipped = config_get(self.config, rule.except_key) if rule.except_key else None
+        return (layer + 1) % max(step, 1) == 0 and layer not in (skipped or [])
 
     @property
     def kv_group(self) -> int:
         """Query heads per key/value head."""
         return self.num_heads // self.num_kv_heads
 
-    def name(self, template: str, layer: int | None = None) -> str:
+    def name(self, template: str, layer: int | None = None, *, expert: int | None = None, head: int | None = None) -> str:
+        indices = {"layer_index": layer, "prev_layer_index": None if layer is None else layer - 1,
+                   "expert_index": expert, "head_index": head}
+
         def sub(m: re.Match[str]) -> str:
-            if layer is None:
-                raise MissingTensorError(f"The '{self.family}' map's template '{template}' needs a layer index.")
-            return str(layer if m.group(1) == "layer_index" else layer - 1)
+            value = indices[m.group(1)]
+            if value is None:
+                raise MissingTensorError(f"The '{self.family}' map's template '{template}' needs a {m.group(1)}.")
+            return str(value)
 
         return self.prefix + TEMPLATE.sub(sub, template)
 
-    def resolve(self, ref: TensorRef, *, layer: int | None, names: "set[str] | frozenset[str]") -> str:
-        """The tensor name a map entry means for `layer` (the first alternative present in `names`)."""
+    def lookup(self, ref: TensorRef, *, layer: int | None, names: "set[str] | frozenset[str]", expert: int | None = None,
+               head: int | None = None) -> str | None:
+        """The tensor name a map entry means for `layer` (the first alternative present in `names` whose config
+        conditions hold), or None when the entry says there is none for this layer (`"first_layer": false`)."""
         if layer == 0 and ref.first_layer is not None:
-            return self.resolve(ref.first_layer, layer=None, names=names)
-        resolved = [self.name(t, layer) for t in ref.templates]
+            return self.lookup(ref.first_layer, layer=None, names=names)
+        if ref.empty:
+            return None
+        resolved = [self.name(t, layer, expert=expert, head=head) for t, when in ref.options() if self.holds(when)]
         for r in resolved:
             if r in names:
                 return r
+        where = f"layer {layer}" + (f", expert {expert}" if expert is not None else "") + (f", head {head}" if head is not None else "")
         raise MissingTensorError(
             f"None of the tensors {resolved} is in the checkpoint, but the '{self.family}' architecture map needs one "
-            f"for layer {layer}. The checkpoint is incomplete or is not a '{self.family}' model ({self.how})."
+            f"for {where}. The checkpoint is incomplete or is not a '{self.family}' model ({self.how})."
         )
+
+    def resolve(self, ref: TensorRef, *, layer: int | None, names: "set[str] | frozenset[str]", expert: int | None = None,
+                head: int | None = None) -> str:
+        """Like `lookup`, for entries that always name a tensor."""
+        found = self.lookup(ref, layer=layer, names=names, expert=expert, head=head)
+        if found is None:
+            raise MissingTensorError(f"The '{self.family}' map names no tensor for this entry at layer {layer}.")
+        return found
 
     @property
     def embedding_name(self) -> str:
@@ -129,13 +204,25 @@ def choose_spec(*, config: dict[str, Any], names: "set[str]", source: str, famil
     return fitting[0], why
 
 
+def config_get(config: dict[str, Any], key: str | None) -> Any:
+    """`config[key]`, where a dotted key reads nested objects (`rope_parameters.partial_rotary_factor`)."""
+    if key is None:
+        return None
+    value: Any = config
+    for part in key.split("."):
+        if not isinstance(value, dict):
+            return None
+        value = value.get(part)
+    return value
+
+
 def _config_value(config: dict[str, Any], rules: tuple[ConfigRule, ...]) -> Any:
     for rule in rules:
-        if all(config.get(k) == v for k, v in rule.when):
+        if all(config_get(config, k) == v for k, v in rule.when):
             if rule.key is None:
                 return rule.value
-            if config.get(rule.key) is not None:
-                return config[rule.key]
+            if config_get(config, rule.key) is not None:
+                return config_get(config, rule.key)
     return None
 
 
@@ -182,5 +269,34 @@ def bind_architecture(
     if n_layers_cfg is not None and n_layers_cfg != n_layers:
         # Pruned or up-scaled checkpoints sometimes keep a stale config; trust the tensors, but say so.
         logger.warning("%s: config says %s layers, tensors hold %s; using the tensors.", source, n_layers_cfg, n_layers)
+    for req in spec.requires:
+        if all(config_get(config, k) == v for k, v in req.when):
+            raise UnsupportedArchitectureError(f"'{source}' is a '{spec.family}' model that hubguard's map cannot read: "
+                                               f"{req.message}")
+    values = _named_values(spec, config, source=source)
+    layout = _config_value(config, spec.attention.qkv_layout) if spec.attention.qkv is not None else None
+    if spec.attention.qkv is not None and layout not in QKV_LAYOUTS:
+        raise UnsupportedArchitectureError(f"'{source}': the '{spec.family}' map gives no fused-QKV layout for this "
+                                           f"config (got {layout!r}). Fix config.json.")
     return BoundArchitecture(spec=spec, prefix=prefix, hidden_size=hidden, num_layers=n_layers, num_heads=heads,
-                             num_kv_heads=kv, head_dim=head_dim, how=how)
+                             num_kv_heads=kv, head_dim=head_dim, how=how, config=dict(config), values=values,
+                             qkv_layout=layout)
+
+
+INT_VALUES = ("num_experts", "expert_groups", "rotary_dim", "rotary_head_dim", "qk_nope_head_dim", "qk_rope_head_dim",
+              "v_head_dim", "kv_lora_rank", "q_lora_rank", "embedding_size")
+
+
+def _named_values(spec: ArchitectureSpec, config: dict[str, Any], *, source: str) -> tuple[tuple[str, Any], ...]:
+    """The map's named config values; the integer ones are checked like the head layout (null stays null)."""
+    out = []
+    for name, rules in spec.config.values:
+        value = _config_value(config, rules)
+        if value is not None and name in INT_VALUES:
+            value = _positive_int(value, what=name, source=source, keys=rules)
+        elif name == "rotary_fraction" and value is not None and (
+                isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1):
+            raise UnsupportedArchitectureError(f"'{source}': config.json gives a rotary fraction of {value!r}; it "
+                                               "must be a number in (0, 1]. Fix config.json.")
+        out.append((name, value))
+    return tuple(out)

@@ -74,7 +74,7 @@ def resolve_budget(budget: "float | str | None", *, total_bytes: int) -> float |
         return None if total_bytes <= AUTO_FULL_BYTES else AUTO_BUDGET
     if budget is None:
         return None
-    if isinstance(budget, str) or isinstance(budget, bool) or not 0 < float(budget) <= 1:
+    if isinstance(budget, (str, bool)) or not 0 < float(budget) <= 1:
         raise FingerprintError(f"budget must be a fraction in (0, 1], 'auto' or None; got {budget!r}.")
     return float(budget)
 
@@ -106,14 +106,15 @@ def plan_reads(
     """The richest plan that fits `budget` (a fraction of the checkpoint's bytes, "auto", or None = all)."""
     chosen = select_layers(n_layers, layers, max_layers)
     fraction = resolve_budget(budget, total_bytes=total_bytes)
-    sizes = reader.part_bytes(chosen[0])
-    attn, ffn = sizes["attention"], sizes["ffn"]
-    full = ReadPlan(layers=tuple(chosen), mode="full", estimated_bytes=len(chosen) * (attn + ffn) + embedding_bytes,
+    sizes = [reader.part_bytes(li) for li in chosen]  # per layer: MoE and dense layers may alternate
+    attn = max(s["attention"] for s in sizes)
+    layer_bytes = sum(s["attention"] + s["ffn"] for s in sizes)
+    full = ReadPlan(layers=tuple(chosen), mode="full", estimated_bytes=layer_bytes + embedding_bytes,
                     embedding_gap=embedding_gap)
     if fraction is None:
         return full
     allowed = LAYER_SHARE * fraction * total_bytes - embedding_bytes
-    if allowed >= len(chosen) * (attn + ffn):
+    if allowed >= layer_bytes:
         return full
     fit = min(int(allowed // max(attn, 1)), len(chosen))
     if fit >= min(MIN_ATTENTION_LAYERS, len(chosen) // 2 + 1) or (fit >= 2 and not reader.supports_head_slices):

@@ -2,7 +2,7 @@
 
 Headers are parsed and validated by us (no trust in offsets or sizes); only the bytes of the tensors or
 rows asked for are read. Sharded checkpoints are resolved through `model.safetensors.index.json`.
-Pickle checkpoints are never unpickled (see `hubguard.weights.pickle_guard`).
+Pickle checkpoints are never unpickled; `--allow-pickle` reads them with torch.load(weights_only=True).
 """
 
 from __future__ import annotations
