@@ -138,21 +138,22 @@ def compare_fingerprints(
     parts = sorted({t for j in top for t in matches[j].terms})
     terms = {t: round(sum(matches[j].terms.get(t, 0.0) for j in top) / k, 3) for t in parts}
     z = cal.overall.z(score)
+    cross_only = sum(m.reading == "cross" and m.z >= cal.derivative_z > cal.layer.z(float(own.score[int(best_i[j]), j]))
+                     for j, m in enumerate(matches))
     return Comparison(
         score=round(score, 3), z=round(z, 3), verdict=cal.verdict(z), terms=terms, layers=tuple(matches),
         a=a.summary(), b=b.summary(), common_tokens=len(ia), false_positive_rate=cal.overall.false_positive_rate(score),
-        matched_layers=sum(m.z >= cal.derivative_z for m in matches), notes=tuple(_notes(a=a, b=b, matches=matches,
-                                                                                       n_shared=len(ia), cal=cal)),
+        matched_layers=sum(m.z >= cal.derivative_z for m in matches), notes=tuple(_notes(a=a, b=b, n_shared=len(ia),
+                                                                                       cross_only=cross_only)),
     )
 
 
-def _notes(*, a: Fingerprint, b: Fingerprint, matches: list[LayerMatch], n_shared: int, cal: "Calibration") -> list[str]:
+def _notes(*, a: Fingerprint, b: Fingerprint, n_shared: int, cross_only: int) -> list[str]:
     notes = []
     if a.model.get("tokenizer_sha256") and a.model.get("tokenizer_sha256") != b.model.get("tokenizer_sha256"):
         notes.append(f"tokenizers differ; compared on {n_shared} shared tokens")
-    n_cross = sum(m.reading == "cross" and m.z >= cal.derivative_z for m in matches)
-    if n_cross:
-        notes.append(f"{n_cross} layer(s) match only when read through the reference's embedding (copied under another embedding)")
+    if cross_only:
+        notes.append(f"{cross_only} layer(s) match only when read through the reference's embedding (copied under another embedding)")
     if a.model.get("family") != b.model.get("family"):
         notes.append(f"families differ ({a.model.get('family')} vs {b.model.get('family')})")
     ha, hb = max(a.head_counts or (0,)), max(b.head_counts or (0,))
