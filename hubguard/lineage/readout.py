@@ -9,10 +9,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from hubguard.errors import FingerprintError
+
 if TYPE_CHECKING:
     import torch
 
     from hubguard.weights.canonical import CanonicalLayer
+
+
+MAX_UNITS = 1024  # heads or experts per layer; real models have at most a few hundred (matching is cubic in them)
 
 
 @dataclass(frozen=True)
@@ -37,11 +42,16 @@ def read_layer(layer: "CanonicalLayer", *, x: "torch.Tensor", grid: "torch.Tenso
     """Every term of one canonical layer over token rows x [n, d] (grid: `token_grid` of those n tokens)."""
     import torch
 
-    from hubguard.lineage.terms import ffn_terms, layer_terms, standardise
+    from hubguard.lineage.terms import ffn_terms, head_factors, layer_terms, standardise
     from hubguard.lineage.unit_terms import head_sketches, matrix_sketches
 
-    whole = {t: standardise(m) for t, m in layer_terms(layer=layer, x=x).items()}
-    heads = head_sketches(layer, x, grid=grid)
+    for what, count in (("attention heads", layer.q.shape[0]), ("FFN experts", len(layer.experts))):
+        if count > MAX_UNITS:
+            raise FingerprintError(f"Layer {layer.index} has {count} {what}; hubguard matches at most {MAX_UNITS} per "
+                                   "layer. Check config.json: no released model has that many.")
+    factors = head_factors(layer, x)  # the head projections, shared by the whole-layer terms and the head sketches
+    whole = {t: standardise(m) for t, m in layer_terms(layer=layer, x=x, factors=factors).items()}
+    heads = head_sketches(factors, grid=grid)
     experts: dict[str, torch.Tensor] = {}
     if layer.dense is not None:
         experts = {t: matrix_sketches(m[None], grid=grid) for t, m in whole.items() if t.startswith("ffn")}

@@ -31,8 +31,6 @@ from hubguard.lineage.tokens import load_token_set
 if TYPE_CHECKING:
     import torch
 
-    from hubguard.weights.canonical import CanonicalLayer
-
 UNIT_RANK = 24  # r: each sketch is [r, r]
 UNIT_COPIES = 2  # independent sketches per term: copy 0 picks matches, copy 1 scores them
 HEAD_SHARED_RANK = 2  # leading singular components removed from each head term
@@ -63,7 +61,7 @@ def factor_sketches(a: "torch.Tensor", b: "torch.Tensor", *, grid: "torch.Tensor
     model's token positions). Returns [H, C, r, r] float32."""
     import torch
 
-    a, b = a.double(), b.double()
+    a, b = a.float(), b.float()
     qa, ra = torch.linalg.qr(a)  # [H, n, c'], [H, c', c']
     qb, rb = torch.linalg.qr(b)
     p, s, rh = torch.linalg.svd(ra @ rb.transpose(-1, -2))  # core of M_h
@@ -75,7 +73,7 @@ def factor_sketches(a: "torch.Tensor", b: "torch.Tensor", *, grid: "torch.Tensor
     diag = (u * v).sum(dim=-1)  # [H, n]: M'_h[i, i]
     mean = ((u.sum(dim=1) * v.sum(dim=1)).sum(dim=-1) - diag.sum(dim=-1)) / max(n * n - n, 1)  # off-diagonal mean
     out = []
-    for left, right in grid:  # one copy: [n, r], [n, r]
+    for left, right in grid.float():  # one copy: [n, r], [n, r]
         full = torch.einsum("nr,hnc->hrc", left, u) @ torch.einsum("ns,hnc->hcs", right, v)  # Pᵀ M' Q
         on_diag = torch.einsum("nr,hn,ns->hrs", left, diag, right)
         ones = torch.outer(left.sum(dim=0), right.sum(dim=0)) - left.t() @ right  # Pᵀ (11ᵀ − I) Q
@@ -87,20 +85,10 @@ def matrix_sketches(m: "torch.Tensor", *, grid: "torch.Tensor") -> "torch.Tensor
     """Sketches of standardised [E, n, n] terms (off-diagonal already z-scored), diagonal left out: [E, C, r, r]."""
     import torch
 
-    m = m.double() * (~torch.eye(m.shape[-1], dtype=torch.bool))
-    return _unit_rms(torch.stack([left.t() @ m @ right for left, right in grid], dim=1))
+    m = m.float() * (~torch.eye(m.shape[-1], dtype=torch.bool))
+    return _unit_rms(torch.stack([left.t() @ m @ right for left, right in grid.float()], dim=1))
 
 
-def head_factors(layer: "CanonicalLayer", x: "torch.Tensor") -> dict[str, tuple["torch.Tensor", "torch.Tensor"]]:
-    """Per query head, the factors (A, B) of its terms over x [n, d]: QK_h = A Bᵀ, VO_h likewise; [H, n, hd]."""
-    import torch
-
-    out = {"attn_qk": (torch.einsum("nd,hcd->hnc", x, layer.q), torch.einsum("nd,hcd->hnc", x, layer.k))}
-    if layer.v.shape[0]:
-        out["attn_vo"] = (torch.einsum("nd,hcd->hnc", x, layer.v), torch.einsum("nd,hdc->hnc", x, layer.o))
-    return out
-
-
-def head_sketches(layer: "CanonicalLayer", x: "torch.Tensor", *, grid: "torch.Tensor") -> dict[str, "torch.Tensor"]:
-    """Per head term: [H, C, r, r] sketches over the token rows x [n, d]."""
-    return {t: factor_sketches(a, b, grid=grid) for t, (a, b) in head_factors(layer, x).items()}
+def head_sketches(factors: dict[str, tuple["torch.Tensor", "torch.Tensor"]], *, grid: "torch.Tensor") -> dict[str, "torch.Tensor"]:
+    """Per head term: [H, C, r, r] sketches, from its factors (`hubguard.lineage.terms.head_factors`)."""
+    return {t: factor_sketches(a, b, grid=grid) for t, (a, b) in factors.items()}
