@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     import torch
 
 PICK, SCORE = 0, 1  # which sketch copy picks the pairs, which scores them
@@ -63,10 +65,32 @@ def _masked(c: "torch.Tensor", valid_a: "torch.Tensor | None", valid_b: "torch.T
     return c
 
 
+CHUNK_VALUES = 1 << 22  # unit-pair scores held at once: A's layers are matched in chunks of this size
+
+
+def _by_chunks(match: "Callable[..., UnitMatch]", a: dict[str, "torch.Tensor"], b: dict[str, "torch.Tensor"], *,
+               valid_a: "torch.Tensor", valid_b: "torch.Tensor") -> UnitMatch:
+    """`match` over chunks of A's layers (memory stays bounded for deep models with many heads or experts)."""
+    import torch
+
+    La, Ua, Lb, Ub = valid_a.shape[0], valid_a.shape[1], valid_b.shape[0], valid_b.shape[1]
+    step = max(1, CHUNK_VALUES // max(Lb * Ua * Ub, 1))
+    parts = [match({t: m[i : i + step] for t, m in a.items()}, b, valid_a=valid_a[i : i + step], valid_b=valid_b)
+             for i in range(0, La, step)]
+    if len(parts) == 1:
+        return parts[0]
+    return UnitMatch(**{f: torch.cat([getattr(p, f) for p in parts]) for f in ("score", "pick", "pairs", "pair_scores")})
+
+
 def match_heads(a: dict[str, "torch.Tensor"], b: dict[str, "torch.Tensor"], *, valid_a: "torch.Tensor",
                 valid_b: "torch.Tensor") -> UnitMatch:
     """Greedy one-to-one head matching for every layer pair (picked on copy PICK, scored on copy SCORE).
     valid_a / valid_b: [L, H] bool, which head slots hold a head (layers may have different head counts)."""
+    return _by_chunks(_match_heads, a, b, valid_a=valid_a, valid_b=valid_b)
+
+
+def _match_heads(a: dict[str, "torch.Tensor"], b: dict[str, "torch.Tensor"], *, valid_a: "torch.Tensor",
+                 valid_b: "torch.Tensor") -> UnitMatch:
     import torch
 
     pick = _masked(unit_cosines(a, b, copy=PICK), valid_a, valid_b)  # [La, Lb, Ha, Hb]
@@ -98,6 +122,11 @@ def match_experts(a: dict[str, "torch.Tensor"], b: dict[str, "torch.Tensor"], *,
                   valid_b: "torch.Tensor") -> UnitMatch:
     """Each B expert to its best A expert (picked on copy PICK, scored on copy SCORE), for every layer pair.
     valid_a / valid_b: [L, E] bool, which expert slots hold an expert (layers may have different counts)."""
+    return _by_chunks(_match_experts, a, b, valid_a=valid_a, valid_b=valid_b)
+
+
+def _match_experts(a: dict[str, "torch.Tensor"], b: dict[str, "torch.Tensor"], *, valid_a: "torch.Tensor",
+                   valid_b: "torch.Tensor") -> UnitMatch:
     import torch
 
     pick = _masked(unit_cosines(a, b, copy=PICK), valid_a, valid_b)  # [La, Lb, Ea, Eb]
