@@ -248,3 +248,15 @@ def test_malformed_unit_metadata_is_refused(llama_fp, tmp_path, defect, error, m
     bad = _rewrite_units(path, tmp_path / "bad.safetensors", change)
     with pytest.raises(error, match=match):
         hubguard.load_fingerprint(bad)
+
+
+def test_absurd_head_counts_are_refused() -> None:
+    """A config can claim any number of heads; matching is cubic in them, so more than any model has is refused."""
+    from hubguard.lineage.readout import MAX_UNITS, read_layer, token_grid
+    from hubguard.weights.canonical import CanonicalLayer
+
+    H, d = MAX_UNITS + 1, 8
+    layer = CanonicalLayer(index=3, q=torch.zeros(H, 1, d), k=torch.zeros(H, 1, d), v=torch.zeros(H, 1, d),
+                           o=torch.zeros(H, d, 1), ffn_type="gated")
+    with pytest.raises(FingerprintError, match="1025 attention heads"):
+        read_layer(layer, x=torch.randn(40, d), grid=token_grid(token_set="v1", positions=torch.arange(40)))
