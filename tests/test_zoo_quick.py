@@ -295,3 +295,20 @@ def test_manifest_reader_refuses_other_schema_versions(tmp_path: Path) -> None:
         {"name": "a", "path": "a", "family": "f", "base": "a", "kind": "base", "seed": 0, "new": True}]}))
     zoo = manifest.read_manifest(tmp_path)
     assert zoo.get("a").path == tmp_path / "a" and zoo.bases[0].name == "a"
+
+
+def test_build_locks_are_shared_and_stale_ones_taken_over(tmp_path: Path) -> None:
+    """Several zoo.py processes may share a folder: a model locked by a live process is left to it; a lock whose
+    process is gone is taken over."""
+    import subprocess as sp
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import zoo
+
+    (tmp_path / f"{zoo.LOCK_PREFIX}a").write_text(str(os.getpid()))  # held by a live process (this one)
+    assert not zoo._claim(tmp_path, "a")
+    gone = sp.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
+    (tmp_path / f"{zoo.LOCK_PREFIX}b").write_text(gone)  # its process has exited
+    assert zoo._claim(tmp_path, "b")
+    assert (tmp_path / f"{zoo.LOCK_PREFIX}b").read_text() == str(os.getpid())
+    assert zoo._claim(tmp_path, "c") and not zoo._claim(tmp_path, "c")
