@@ -160,6 +160,23 @@ def test_pruned_kv_group_leaves_the_remaining_heads_matched(llama, llama_fp, tmp
     assert any("head counts differ" in n for n in result.notes)
 
 
+def test_head_slices_of_a_tight_budget_match_their_own_heads(llama, llama_fp) -> None:
+    """A tight budget reads the query/key rows of the first KV group only; those heads match themselves in the
+    full reference (whole-matrix QK sums over a subset of heads would not score near 100)."""
+    from hubguard.weights.model import open_model
+
+    weights = open_model(llama)
+    total = weights.checkpoint.tensors.total_bytes()
+    emb = len(llama_fp.tokens) * weights.checkpoint.tensors.info(weights.arch.embedding_name).row_bytes
+    sliced = hubguard.fingerprint(llama, budget=(emb + 2.5 * weights.reader.part_bytes(0)["attention"]) / total)
+    assert sliced.stats["plan"]["mode"] == "qk_heads" and set(sliced.heads) == {"attn_qk"}
+    rep = weights.arch.num_heads // weights.arch.num_kv_heads
+    assert set(sliced.head_counts) == {rep * sliced.stats["plan"]["kv_heads"]}
+    result = hubguard.compare(llama_fp, sliced)
+    assert result.verdict == "derivative" and result.score > 99, result.terms
+    assert all(sorted(h[:2] for h in m.heads) == [(h, h) for h in range(sliced.head_counts[0])] for m in result.layers)
+
+
 def test_width_pruned_model_is_a_derivative(llama, llama_fp, family_models, tmp_path) -> None:
     """3/4 of the hidden channels, half the KV groups with their query heads, half the FFN units, chosen by
     activation importance: still `derivative`, heads matched to the kept ones; an independent seed is not."""
