@@ -100,6 +100,11 @@ def unit_terms(d: dict[str, Any]) -> str:
             continue
         per_layer = ", ".join(f"{x['sketched']:.1f} / {x['exact']:.1f}" for x in r["layers"])
         rows.append(f"| {pair} | {r['head_pairs']} | {r['mean_abs_error']:.2f} / {r['max_abs_error']:.2f} | {per_layer} |")
+    e = d.get("registry_entry_7b_like")
+    if e:
+        rows += ["", f"A {e['layers']}-layer, {e['heads']}-head, hidden-{e['hidden']} reference with its token rows is stored as "
+                     f"{e['storage']}, {e['layers_kept']} of {e['layers']} layers, {e['bytes'] / 1e6:.1f} MB "
+                     f"(budget {e['budget_bytes'] / 2**20:.0f} MiB)."]
     s = d["settings"]
     rows += ["", f"Sketches: {s['sketch_copies']} copies of {s['sketch_rank']} × {s['sketch_rank']} per head and term; "
                  f"{s['head_shared_rank']} leading singular components removed per head term."]

@@ -4,7 +4,8 @@
 
 1. Time per dense layer of fingerprint v1's work (the whole-layer terms, standardised) and of v2's (the same,
    plus head sketches and the FFN's expert sketch), on random canonical layers of three shapes: the zoo's
-   tiny Llama, a 1B-like and a 7B-like layer (n = 288 tokens). Also the bytes a layer adds to a fingerprint.
+   tiny Llama, a 1B-like and a 7B-like layer (n = 288 tokens). Also the bytes a layer adds to a fingerprint,
+   and how a 32-layer, 32-head 7B-like reference is stored in the registry (16 MB budget).
 2. Sketch accuracy on zoo pairs: per matched head pair, the exact cosine of the two standardised [n, n] head
    terms (formed in full here) against the estimate from the stored sketches (copy 1); and the layer's
    matched-head score exact vs sketched. Pairs: a base against its SFT, its width-pruned + distilled
@@ -108,6 +109,27 @@ def time_layers(repeats: int) -> dict[str, Any]:
     return out
 
 
+def registry_entry(*, layers: int, heads: int, hidden: int) -> dict[str, Any]:
+    """How a reference fingerprint of a dense model of this shape is stored in the registry (16 MB budget)."""
+    import torch
+
+    from hubguard.lineage.fingerprints import Fingerprint
+    from hubguard.lineage.unit_terms import UNIT_COPIES, UNIT_RANK
+    from hubguard.registry.verification import DEFAULT_BUDGET_BYTES, _payload_bytes, plan_storage
+
+    unit = (UNIT_COPIES, UNIT_RANK, UNIT_RANK)
+    fp = Fingerprint(
+        tokens=tuple(f"t{i}" for i in range(N_TOKENS)), layers=tuple(range(layers)), model={},
+        terms={t: torch.zeros(layers, N_TOKENS, N_TOKENS) for t in ("attn_qk", "attn_vo", "ffn_up", "ffn_gate")},
+        heads={t: torch.zeros(layers, heads, *unit) for t in ("attn_qk", "attn_vo")}, head_counts=(heads,) * layers,
+        experts={t: torch.zeros(layers, 1, *unit) for t in ("ffn_up", "ffn_gate")}, expert_shared=((False,),) * layers,
+        probe=torch.zeros(N_TOKENS, hidden),
+    )
+    dtype, keep = plan_storage(fp)
+    return {"layers": layers, "heads": heads, "hidden": hidden, "budget_bytes": DEFAULT_BUDGET_BYTES, "storage": dtype,
+            "layers_kept": len(keep), "bytes": _payload_bytes(fp, itemsize=1 if dtype == "float8" else 2, n_layers=len(keep))}
+
+
 def exact_head_terms(fp_layer: Any, x: Any, *, shared_rank: int) -> dict[str, Any]:
     """[H, n, n] standardised head terms, formed in full (what the sketches stand for)."""
     import torch
@@ -208,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         "settings": {"n_tokens": N_TOKENS, "sketch_rank": UNIT_RANK, "sketch_copies": UNIT_COPIES,
                      "head_shared_rank": HEAD_SHARED_RANK, "threads": args.threads, "repeats": args.repeats},
         "time_per_layer": time_layers(args.repeats),
+        "registry_entry_7b_like": registry_entry(layers=32, heads=32, hidden=4096),
         "sketch_accuracy": sketch_accuracy(args.zoo),
     }
     emit_json(out, path=args.out)
