@@ -3,18 +3,17 @@ heal a width-pruned student and to train a fresh student of a base's shape."""
 
 from __future__ import annotations
 
-import math
 import time
 from typing import Any
 
-from zoo_lib.training import TrainResult, evaluate
+from zoo_lib.training import TrainResult, evaluate, optimiser
 
 
 def distill_causal_lm(
     *, student: Any, teacher: Any, blocks: Any, eval_blocks: Any, steps: int, seed: int, lr: float,
     temperature: float = 1.0, batch_size: int = 16, desc: str = "distill",
 ) -> TrainResult:
-    """AdamW + cosine schedule with warm-up on KL(teacher ‖ student) over every position; data order from `seed`.
+    """`optimiser`'s AdamW and schedule on KL(teacher ‖ student) over every position; data order from `seed`.
     first/final loss are the KL (nats/token); eval_loss is the student's ordinary LM loss on `eval_blocks`."""
     import torch
     import torch.nn.functional as F
@@ -27,15 +26,7 @@ def distill_causal_lm(
     teacher.eval()
     student.train()
     params = [p for p in student.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01, betas=(0.9, 0.95))
-    warmup = max(1, steps // 10)
-
-    def lr_at(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    opt, sched = optimiser(params, lr=lr, steps=steps)
     order, pos, losses = torch.randperm(len(blocks), generator=gen), 0, []
     for _ in progress(range(steps), desc=desc, total=steps):
         if pos + batch_size > len(order):
