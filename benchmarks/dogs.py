@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
 
     detail, own, other = [], [], []
     nearest_ok = 0
-    derivatives = [n for n, m in models.items() if m["kind"] != "base"]
+    derivatives = [n for n, m in models.items() if m["kind"] != "base" and _bases(m)]  # students derive from no base
     for n in derivatives:
         truth = _bases(models[n])
         dist = {b: trait_distance(a=vec[n], b=vec[b]) for b in bases}

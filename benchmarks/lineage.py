@@ -14,8 +14,12 @@ are bases of one family trained from different seeds on the same data. Prints JS
 
 where each method has auc, tpr_at_fpr0, min_positive_score, max_negative_score, margin_z and by_kind.
 A method that cannot score a pair (shapes differ, vocabularies differ) gets score 0 for it — HuRef's code
-silently skips such parameters; we count the miss. With --write-calibration, the null of hubguard's z is
-re-estimated from this run's negatives and written (default: hubguard/lineage/calibration_v1.json).
+silently skips such parameters; we count the miss. A student distilled from a base into a fresh initialisation
+is a negative of its teacher (kind `distilled_student`: it shares the teacher's function, not its weights).
+`units` lists, for the derivatives that change heads or experts (width pruning, MoE upcycling) and for the
+students, the head and expert pairs hubguard found per layer and what whole-matrix attention terms alone
+would score. With --write-calibration, the null of hubguard's z is re-estimated from this run's negatives
+and written (default: hubguard/lineage/calibration_v<FINGERPRINT_VERSION>.json).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 NORMAL_Z_1E4 = 3.719  # one-sided normal tail p = 1e-4
 INDEPENDENT_Z = 2.0
+UNIT_KINDS = ("width_pruning_distilled", "moe_upcycling", "distilled_student")
 
 
 def bases_of(entry: dict[str, Any]) -> set[str]:
@@ -54,7 +59,8 @@ def method_summary(rows: list[dict[str, Any]], key: str) -> dict[str, Any]:
     max_neg = max(neg)
     by_kind: dict[str, dict[str, Any]] = {}
     for r in rows:
-        kind = r["kind"] if r["positive"] else ("independent_seed" if r["same_family"] else "unrelated")
+        kind = r["kind"] if r["positive"] else r.get("negative_kind") or (
+            "independent_seed" if r["same_family"] else "unrelated")
         slot = by_kind.setdefault(kind, {"positive": r["positive"], "scores": [], "pairs": []})
         slot["scores"].append(round(r[key], 2))
         slot["pairs"].append(f"{r['base']} -> {r['model']}")
@@ -99,11 +105,50 @@ def load_zoo(zoo: Path) -> dict[str, Any]:
     return {"models": entries, "root": str(zoo), "quick": False, "partial": True}
 
 
+def whole_attention_score(a: Any, b: Any) -> float:
+    """What the whole-layer attention terms alone (sums over heads, as in fingerprint v1) score for a pair:
+    per B layer its best A layer, mean over the best half."""
+    import math
+
+    import torch
+
+    from hubguard.lineage.similarity import layer_scores, shared_token_index
+
+    ia, ib = shared_token_index(a.tokens, b.tokens)
+    terms = [t for t in ("attn_qk", "attn_vo") if t in a.terms and t in b.terms]
+    best = torch.stack([layer_scores(a.terms[t], b.terms[t], ia=ia, ib=ib) for t in terms]).mean(dim=0).max(dim=0).values
+    k = max(1, math.ceil(len(best) / 2))
+    return round(float(best.sort(descending=True).values[:k].mean()), 2)
+
+
+def unit_row(name: str, *, models: dict[str, Any], base_fps: dict[str, Any], cands: dict[str, Any],
+             calibration: Any) -> dict[str, Any]:
+    """Head and expert provenance of one width-pruned / upcycled model (or a student) against its base (or
+    teacher): per layer, the matched reference layer, heads (candidate←reference) and experts."""
+    from hubguard.lineage.verify import verify
+
+    m = models[name]
+    ref = next(iter(bases_of(m)), None) or (m.get("notes") or {}).get("teacher")
+    res = verify(reference=base_fps[ref], candidate=cands[name], calibration=calibration)
+    fp = cands[name].fingerprint
+    return {
+        "model": name, "kind": m["kind"], "reference": ref, "score": res.score, "z": res.z, "verdict": res.verdict,
+        "terms": res.terms, "whole_attention_score": whole_attention_score(base_fps[ref], fp),
+        "heads": [max(fp.head_counts, default=0), max(base_fps[ref].head_counts, default=0)],
+        "experts": [max(fp.expert_counts, default=0), max(base_fps[ref].expert_counts, default=0)],
+        "layers": [{"layer": lm.layer, "match": lm.match, "score": lm.score, "reading": lm.reading,
+                    "heads": [list(h) for h in lm.heads], "experts": [list(e) for e in lm.experts]} for lm in res.layers],
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--zoo", type=Path, default=ROOT / "benchmarks" / "out" / "zoo")
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
-    parser.add_argument("--write-calibration", nargs="?", const=ROOT / "hubguard" / "lineage" / "calibration_v1.json", type=Path, default=None)
+    from hubguard import constants
+
+    default_cal = ROOT / "hubguard" / "lineage" / f"calibration_v{constants.FINGERPRINT_VERSION}.json"
+    parser.add_argument("--write-calibration", nargs="?", const=default_cal, type=Path, default=None)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
 
@@ -140,9 +185,11 @@ def main(argv: list[str] | None = None) -> int:
             if m == b:
                 continue
             res = verify_many(references=[base_fps[b]], candidate=cands[m], calibration=load_calibration())[0]
+            teacher = (models[m].get("notes") or {}).get("teacher")
             rows.append({
                 "base": b, "model": m, "kind": models[m]["kind"], "positive": b in bases_of(models[m]),
                 "same_family": models[m]["family"] == models[b]["family"],
+                "negative_kind": "distilled_student" if teacher == b else None,
                 "hubguard": res.score, "layer_scores": [lm.score for lm in res.layers],
                 "huref_official": safe(huref_official, b, m), "pcs": safe(pcs, b, m),
             })
@@ -158,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
             overall=overall, layer=layer, derivative_z=round(derivative_z, 3), independent_z=INDEPENDENT_Z,
             source=f"benchmarks/lineage.py --write-calibration on {manifest.get('root', args.zoo)} "
             f"({'quick' if manifest.get('quick') else 'full'}-zoo configuration, {len(models)} models, {len(neg)} negative pairs)",
-            method_version=1,
+            method_version=constants.FINGERPRINT_VERSION,
         )
         args.write_calibration.write_text(json.dumps(calibration.to_dict(), indent=2) + "\n")
     for r in rows:
@@ -191,6 +238,8 @@ def main(argv: list[str] | None = None) -> int:
                 ),
             })
 
+    units = [unit_row(n, models=models, base_fps=base_fps, cands=cands, calibration=calibration)
+             for n, m in models.items() if m["kind"] in UNIT_KINDS]
     out = {
         "pairs": len(rows),
         "positives": sum(r["positive"] for r in rows),
@@ -198,6 +247,7 @@ def main(argv: list[str] | None = None) -> int:
         "zoo": {"quick": manifest.get("quick"), "partial": manifest.get("partial", False), "models": len(models), "bases": bases},
         "methods": methods,
         "multi_base": multi,
+        "units": units,
         "calibration": {k: v for k, v in calibration.to_dict().items() if k != "null"} | {
             "null_overall": {"mean": round(calibration.overall.mean, 3), "std": round(calibration.overall.std, 3)},
         },

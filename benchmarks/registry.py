@@ -223,6 +223,8 @@ def bench_verification(tmp: Path) -> dict:
         out[label] = {"storage": desc, "bytes": path.stat().st_size, **errs}
     out["float16_bytes_for_32_layers_4_terms"] = 32 * 4 * per_layer_term * 2
     out["float8_bytes_for_32_layers_4_terms"] = 32 * 4 * per_layer_term
+    sketches = sum(m[0].numel() for group in (fps["base"].heads, fps["base"].experts) for m in group.values())
+    out["unit_sketch_values_per_layer"] = sketches  # head and expert sketches (fingerprint v2)
     return out
 
 
@@ -238,6 +240,8 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--skip-verification", action="store_true")
+    ap.add_argument("--only-verification", action="store_true",
+                    help="re-measure only the verification data and update that part of --out (search results kept)")
     ap.add_argument("--skip-io", action="store_true", help="skip the entries-table write/read timing")
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "registry.json")
     ap.add_argument("--child", nargs=2, metavar=("KIND", "N"), help=argparse.SUPPRESS)
@@ -248,6 +252,13 @@ def main() -> None:
             res = bench_search(n, queries=args.queries, cache=Path(d)) if kind == "search" else {
                 "entries": n, **bench_registry_io(n, Path(d)), "peak_rss_mb": round(_rss_mb(), 1)}
         print(json.dumps(res), flush=True)
+        return
+    if args.only_verification:
+        result = json.loads(args.out.read_text()) if args.out.exists() else {}
+        with tempfile.TemporaryDirectory() as d:
+            result["verification"] = bench_verification(Path(d))
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+        print(json.dumps(result["verification"], indent=2))
         return
     result: dict = {"search": [], "io": [], "machine": {"cpus": os.cpu_count(),
                                                         "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}}

@@ -69,6 +69,48 @@ def lineage_multi_base(d: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
+def lineage_units(d: dict[str, Any]) -> str:
+    """Width-pruned and upcycled models (and distilled students): score, z, verdict, what whole-matrix attention
+    alone scores, and the head / expert pairs of each layer (candidate ← reference)."""
+    rows = ["| model | kind | reference | score | z | verdict | whole-matrix attention | heads (cand. / ref.) | "
+            "per-layer map: layer ← ref layer [heads c←r] [experts c←r] |", "|---|---|---|---|---|---|---|---|---|"]
+    for u in d.get("units", []):
+        def pairs(ps: list[list[Any]]) -> str:
+            return " ".join(f"{c}←{r}" for c, r, _ in ps)
+
+        lm = "; ".join(f"{x['layer']}←{x['match']} [{pairs(x['heads'])}]" + (f" [{pairs(x['experts'])}]" if x["experts"] else "")
+                       for x in u["layers"])
+        rows.append(f"| {u['model']} | {u['kind']} | {u['reference']} | {u['score']:.1f} | {u['z']:.1f} | {u['verdict']} | "
+                    f"{u['whole_attention_score']:.1f} | {u['heads'][0]} / {u['heads'][1]} | {lm} |")
+    return "\n".join(rows)
+
+
+def unit_terms(d: dict[str, Any]) -> str:
+    rows = ["| layer shape | v1 s / layer | v2 s / layer | v2 / v1 | whole terms (float16) | head + expert sketches (float16) |",
+            "|---|---|---|---|---|---|"]
+    for name, r in d["time_per_layer"].items():
+        b = r["bytes_per_layer_float16"]
+        rows.append(f"| {name} (d {r['hidden']}, {r['heads']} heads, {r['kv_heads']} kv, ffn {r['ffn']}) | {r['v1_seconds']:.2f} | "
+                    f"{r['v2_seconds']:.2f} | {r['v2_over_v1']:.2f} | {b['whole_terms'] / 1e3:.0f} kB | {b['unit_sketches'] / 1e3:.0f} kB |")
+    rows += ["", "| pair | head pairs | sketch error mean abs / max (points) | matched-head score per layer, sketched / exact |",
+             "|---|---|---|---|"]
+    for pair, r in d["sketch_accuracy"].items():
+        if "skipped" in r:
+            rows.append(f"| {pair} | skipped: {r['skipped']} | | |")
+            continue
+        per_layer = ", ".join(f"{x['sketched']:.1f} / {x['exact']:.1f}" for x in r["layers"])
+        rows.append(f"| {pair} | {r['head_pairs']} | {r['mean_abs_error']:.2f} / {r['max_abs_error']:.2f} | {per_layer} |")
+    e = d.get("registry_entry_7b_like")
+    if e:
+        rows += ["", f"A {e['layers']}-layer, {e['heads']}-head, hidden-{e['hidden']} reference with its token rows is stored as "
+                     f"{e['storage']}, {e['layers_kept']} of {e['layers']} layers, {e['bytes'] / 1e6:.1f} MB "
+                     f"(budget {e['budget_bytes'] / 2**20:.0f} MiB)."]
+    s = d["settings"]
+    rows += ["", f"Sketches: {s['sketch_copies']} copies of {s['sketch_rank']} × {s['sketch_rank']} per head and term; "
+                 f"{s['head_shared_rank']} leading singular components removed per head term."]
+    return "\n".join(rows)
+
+
 def remote(d: dict[str, Any]) -> str:
     rows = [
         "| model | method | bytes read | of checkpoint | requests (served) | wall s | CPU s | peak RSS MB (after imports) |",
@@ -320,9 +362,12 @@ TABLES: dict[str, tuple[str, Callable[[Any], str]]] = {
     "lineage-summary": ("lineage", lineage_summary),
     "lineage-by-kind": ("lineage", lineage_by_kind),
     "lineage-multi-base": ("lineage", lineage_multi_base),
+    "lineage-units": ("lineage", lineage_units),
     "lineage-quick-summary": ("lineage_quick", lineage_summary),
     "lineage-quick-by-kind": ("lineage_quick", lineage_by_kind),
     "lineage-quick-multi-base": ("lineage_quick", lineage_multi_base),
+    "lineage-quick-units": ("lineage_quick", lineage_units),
+    "unit-terms": ("unit_terms", unit_terms),
     "remote": ("remote", remote),
     "fingerprint-speed": ("fingerprint_speed", fingerprint_speed),
     "registry": ("registry", registry),

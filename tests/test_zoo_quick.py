@@ -19,7 +19,9 @@ SCRIPT = ROOT / "benchmarks" / "zoo.py"
 REQUIRED_KINDS = {
     "base", "sft", "continued_pretraining", "lora_merged", "vocab_extension", "layer_pruning", "layer_duplication",
     "int8_roundtrip", "int4_roundtrip", "merge_linear", "merge_ties", "merge_dare", "merge_slerp", "frankenmerge",
+    "moe_upcycling", "width_pruning_distilled", "distilled_student",
 }
+NEGATIVE_KINDS = {"base", "distilled_student"}  # kinds that derive from no base's weights
 ENTRY_KEYS = {"name", "path", "family", "base", "kind", "layer_sources", "seed", "train_tokens", "notes"}
 
 
@@ -114,8 +116,8 @@ def test_derivatives_really_differ_from_their_base(quick_zoo: tuple[Path, dict[s
         for base in _bases(entry):
             theirs = _tensors(models[base])
             shared = [n for n in mine if n in theirs and mine[n].shape == theirs[n].shape and mine[n].dim() == 2]
-            if entry["kind"] in {"frankenmerge", "layer_pruning", "layer_duplication"}:
-                continue  # checked layer by layer below
+            if entry["kind"] in {"frankenmerge", "layer_pruning", "layer_duplication", "width_pruning_distilled"}:
+                continue  # checked layer by layer below / no tensor keeps its shape
             assert shared or entry["kind"].startswith("attack_"), entry["name"]
             changed = max(((mine[n] - theirs[n]).norm() / theirs[n].norm()).item() for n in shared) if shared else 1
             assert changed > 1e-4, f"{entry['name']} equals its base {base} (max relative change {changed:.2e})"
@@ -205,6 +207,32 @@ def test_vocab_extension_and_quantisation(quick_zoo: tuple[Path, dict[str, Any]]
 
 
 @pytest.mark.slow
+def test_upcycling_width_pruning_and_students(quick_zoo: tuple[Path, dict[str, Any]]) -> None:
+    """The MoE starts as exactly its dense parent (same loss before the heal); the width-pruned model has the
+    documented widths; the student has its teacher's shape, no base, and none of its weights."""
+    _, manifest = quick_zoo
+    models = _by_name(manifest)
+    config = lambda name: json.loads((Path(models[name]["path"]) / "config.json").read_text())  # noqa: E731
+    parent = config("llama-s0")
+    moe = models["llama-s0-moe"]
+    assert config("llama-s0-moe")["model_type"] == "mixtral" and config("llama-s0-moe")["num_local_experts"] == 4
+    assert moe["notes"]["upcycled_eval_loss_before_heal"] == pytest.approx(moe["notes"]["parent_eval_loss"], abs=1e-4)
+    experts = [n for n in _tensors(moe) if ".experts." in n]
+    assert experts and moe["train_tokens"] > 0
+    width = config("llama-s0-width")
+    assert (width["hidden_size"], width["num_attention_heads"], width["num_key_value_heads"], width["intermediate_size"]) == (
+        parent["hidden_size"] * 3 // 4, parent["num_attention_heads"] // 2, parent["num_key_value_heads"] // 2,
+        parent["intermediate_size"] // 2)
+    assert width["head_dim"] == parent["hidden_size"] // parent["num_attention_heads"]
+    student = models["llama-s0-student"]
+    assert student["base"] == [] and student["notes"]["teacher"] == "llama-s0" and student["parents"] == ["llama-s0"]
+    assert {k: v for k, v in config("llama-s0-student").items() if k != "transformers_version"} == {
+        k: v for k, v in parent.items() if k != "transformers_version"}
+    mine, theirs = _tensors(student), _tensors(models["llama-s0"])
+    assert all(((mine[n] - theirs[n]).norm() / theirs[n].norm()) > 0.5 for n in theirs if theirs[n].dim() == 2)
+
+
+@pytest.mark.slow
 def test_rebuilding_a_base_is_deterministic(quick_zoo: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:
     out, _ = quick_zoo
     proc = _run_zoo("--out", str(tmp_path), "--quick", "--only", "llama-s1")
@@ -250,7 +278,8 @@ def test_manifest_reader_labels_pairs(quick_zoo: tuple[Path, dict[str, Any]]) ->
     for base in ("llama-s0", "llama-s1"):  # a frankenmerge derives from both of its bases
         assert by_key[(base, "llama-franken-s0-s1")].positive
     positives = {p.kind for p in pairs if p.positive}
-    assert positives >= REQUIRED_KINDS - {"base"}
+    assert positives >= REQUIRED_KINDS - NEGATIVE_KINDS
+    assert not by_key[("llama-s0", "llama-s0-student")].positive  # distilled from s0, but shares no weights
     assert all(p.same_family for p in pairs)
     assert any(not p.same_family for p in manifest.labelled_pairs(zoo, cross_family=True))
 
@@ -266,3 +295,20 @@ def test_manifest_reader_refuses_other_schema_versions(tmp_path: Path) -> None:
         {"name": "a", "path": "a", "family": "f", "base": "a", "kind": "base", "seed": 0, "new": True}]}))
     zoo = manifest.read_manifest(tmp_path)
     assert zoo.get("a").path == tmp_path / "a" and zoo.bases[0].name == "a"
+
+
+def test_build_locks_are_shared_and_stale_ones_taken_over(tmp_path: Path) -> None:
+    """Several zoo.py processes may share a folder: a model locked by a live process is left to it; a lock whose
+    process is gone is taken over."""
+    import subprocess as sp
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import zoo
+
+    (tmp_path / f"{zoo.LOCK_PREFIX}a").write_text(str(os.getpid()))  # held by a live process (this one)
+    assert not zoo._claim(tmp_path, "a")
+    gone = sp.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
+    (tmp_path / f"{zoo.LOCK_PREFIX}b").write_text(gone)  # its process has exited
+    assert zoo._claim(tmp_path, "b")
+    assert (tmp_path / f"{zoo.LOCK_PREFIX}b").read_text() == str(os.getpid())
+    assert zoo._claim(tmp_path, "c") and not zoo._claim(tmp_path, "c")

@@ -30,14 +30,19 @@ class Steps:
     vocab: int
     heal: int
     minilm: int
+    moe_heal: int  # MoE upcycling: a short heal with the fresh router
+    prune_distill: int  # width pruning: distillation from the parent
+    student: int  # a fresh student distilled from a base (as long as the base's own training)
 
 
-FULL_STEPS = Steps(base=600, sft=60, cpt=300, lora=80, vocab=100, heal=40, minilm=30)
-QUICK_STEPS = Steps(base=30, sft=8, cpt=24, lora=8, vocab=8, heal=5, minilm=3)
+FULL_STEPS = Steps(base=600, sft=60, cpt=300, lora=80, vocab=100, heal=40, minilm=30, moe_heal=60, prune_distill=200,
+                   student=600)
+QUICK_STEPS = Steps(base=30, sft=8, cpt=24, lora=8, vocab=8, heal=5, minilm=3, moe_heal=5, prune_distill=10, student=30)
 
 # Which corpus each training run reads (pretraining and fine-tuning corpora are disjoint).
 CORPUS_OF = {"base": "pretrain", "sft": "licenses", "sft2": "debian", "cpt": "man", "lora": "licenses",
-             "vocab": "debian", "heal": "pretrain", "minilm": "debian"}
+             "vocab": "debian", "heal": "pretrain", "minilm": "debian",
+             "moe_heal": "pretrain", "distill": "pretrain"}
 
 
 @dataclass

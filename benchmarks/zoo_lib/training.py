@@ -78,6 +78,22 @@ class TrainResult:
     seconds: float
 
 
+def optimiser(params: list[Any], *, lr: float, steps: int) -> tuple[Any, Any]:
+    """AdamW (weight decay 0.01, betas 0.9 / 0.95) and its schedule: linear warm-up over the first tenth of the
+    steps, then cosine decay to a tenth of `lr`."""
+    import torch
+
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01, betas=(0.9, 0.95))
+    warmup = max(1, steps // 10)
+
+    def lr_at(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+
+
 def train_causal_lm(
     *,
     model: Any,
@@ -100,15 +116,7 @@ def train_causal_lm(
     torch.manual_seed(seed)
     model.train()
     trainable = [p for p in (params if params is not None else model.parameters()) if p.requires_grad]
-    opt = torch.optim.AdamW(trainable, lr=lr, weight_decay=0.01, betas=(0.9, 0.95))
-    warmup = max(1, steps // 10)
-
-    def lr_at(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    opt, sched = optimiser(trainable, lr=lr, steps=steps)
     order = torch.randperm(len(blocks), generator=gen)
     pos, losses = 0, []
     bar = progress(range(steps), desc=desc, total=steps)

@@ -120,10 +120,12 @@ def format_comparison(result: Any) -> str:
         + (f"   null FPR: {result.false_positive_rate:.3g}" if result.false_positive_rate is not None else ""),
         "terms:   " + "  ".join(f"{k}={v:.1f}" for k, v in result.terms.items()),
         f"tokens:  {result.common_tokens} shared",
-        "layers (candidate <- reference, score, z):",
+        "layers (candidate <- reference, score, z; heads and experts candidate<-reference):",
     ]
     for m in result.layers:
-        lines.append(f"  {m.layer:>3} <- {m.match:<3} {m.score:6.1f}  z={m.z:6.1f}")
+        units = "  heads " + " ".join(f"{c}<-{r}" for c, r, _ in m.heads) if m.heads else ""
+        units += "  experts " + " ".join(f"{c}<-{r}" for c, r, _ in m.experts) if m.experts else ""
+        lines.append(f"  {m.layer:>3} <- {m.match:<3} {m.score:6.1f}  z={m.z:6.1f}{units}")
     lines += [f"note: {n}" for n in result.notes]
     return "\n".join(lines)
 

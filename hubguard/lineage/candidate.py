@@ -41,13 +41,13 @@ class Candidate:
         return self.weights is not None and plan.get("mode", "full") != "qk_heads"
 
     def remember(self, accumulators: "Sequence[CrossTerms]") -> None:
-        """Keep the cross scores of accumulators fed during the fingerprinting pass."""
+        """Keep the cross readings of accumulators fed during the fingerprinting pass."""
         for acc in accumulators:
-            self._cross[id(acc.reference)] = (acc.reference, acc.scores())
+            self._cross[id(acc.reference)] = (acc.reference, acc.reading())
 
-    def cross_scores(self, references: Sequence[Fingerprint]) -> list[Any]:
-        """Per reference, its cross-embedding scores (`CrossTerms.scores`) or None; one pass over the
-        candidate's layers serves every reference not seen before."""
+    def cross_readings(self, references: Sequence[Fingerprint]) -> list[Any]:
+        """Per reference, the candidate's layers read through its token rows (`CrossTerms.reading`) or None;
+        one pass over the candidate's layers serves every reference not seen before."""
         from hubguard.lineage.cross import CrossTerms
         from hubguard.weights.plan import ReadPlan
 

@@ -4,8 +4,9 @@ The terms of a fingerprint tie each layer to the model's own embedding. A layer 
 another embedding — a frankenmerge stacking layers of two bases, or a body kept under a re-trained
 embedding — no longer meets its original token rows, so its own-embedding terms look unrelated. With the
 reference's token rows (`Fingerprint.probe`) and the candidate's weights, the candidate's layers can be
-read through the reference's rows: X_ref W_cand X_refᵀ. A layer copied from the reference (canonicalised, so
-norm folding and rescaling do not matter) then reproduces the reference's terms.
+read through the reference's rows: X_ref W_cand X_refᵀ (whole-layer terms, head and expert sketches alike). A
+layer copied from the reference (canonicalised, so norm folding and rescaling do not matter) then reproduces
+the reference's terms.
 
 This needs the candidate's weights (not just its fingerprint) and a reference fingerprint made with
 `keep_probe=True`; the verification pipeline (`hubguard.lineage.verify`) uses it whenever both are at hand.
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
     import torch
 
     from hubguard.lineage.fingerprints import Fingerprint
+    from hubguard.lineage.readout import LayerReadout
     from hubguard.weights.canonical import CanonicalLayer
 
 
@@ -31,10 +33,15 @@ class CrossTerms:
     def __init__(self, *, reference: "Fingerprint") -> None:
         self.reference = reference
         self.usable = reference.probe is not None
-        self._terms: dict[str, list[torch.Tensor]] = {}
+        self._readouts: list[LayerReadout] = []
+        self._layers: list[int] = []
+        self._grid: torch.Tensor | None = None
 
     def add(self, layer: "CanonicalLayer") -> None:
-        from hubguard.lineage.terms import layer_terms, standardise
+        import torch
+
+        from hubguard.lineage.readout import read_layer, token_grid
+        from hubguard.lineage.tokens import token_set_index
 
         probe = self.reference.probe
         if not self.usable or probe is None:
@@ -42,18 +49,23 @@ class CrossTerms:
         if layer.v.shape[0] == 0 or layer.q.shape[-1] != probe.shape[1]:
             self.usable = False  # head slices (tight budgets) or another hidden size: not applicable
             return
-        for t, m in layer_terms(layer=layer, x=probe.float()).items():
-            self._terms.setdefault(t, []).append(standardise(m))
+        if self._grid is None:
+            ref = self.reference
+            self._grid = token_grid(token_set=ref.token_set,
+                                    positions=torch.tensor(token_set_index(ref.tokens, token_set=ref.token_set)))
+        self._readouts.append(read_layer(layer, x=probe.float(), grid=self._grid))
+        self._layers.append(layer.index)
 
-    def scores(self) -> "dict[str, torch.Tensor] | None":
-        """Per shared term, [len(reference.layers), layers added] scores (0-100); None when not applicable."""
-        import torch
+    def reading(self) -> "Fingerprint | None":
+        """The candidate's layers as read through the reference's token rows — a fingerprint over the
+        reference's tokens, compared with the reference by `compare_fingerprints(cross=...)`; None when not
+        applicable."""
+        from dataclasses import replace
 
-        from hubguard.lineage.similarity import layer_scores
+        from hubguard.lineage.fingerprints import stack_readouts
 
-        if not self.usable or not self._terms:
+        if not self.usable or not self._readouts:
             return None
-        idx = torch.arange(len(self.reference.tokens))
-        out = {t: layer_scores(self.reference.terms[t], torch.stack(self._terms[t]), ia=idx, ib=idx)
-               for t in sorted(set(self._terms) & set(self.reference.terms))}
-        return out or None
+        ref = self.reference
+        return replace(ref, layers=tuple(self._layers), probe=None, stats={},
+                       model={"name": f"{ref.name} (cross reading)"}, **stack_readouts(self._readouts))

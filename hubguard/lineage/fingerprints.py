@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
     import torch
 
+    from hubguard.lineage.readout import LayerReadout
     from hubguard.weights.canonical import CanonicalLayer
     from hubguard.weights.model import ModelWeights
     from hubguard.weights.source import Checkpoint
@@ -45,6 +46,12 @@ class Fingerprint:
             Kept for registry references (`keep_probe=True`): with it, a candidate's layers can be read through
             this model's embedding, which finds layers copied under another embedding (frankenmerges,
             re-trained embeddings). It reveals those n embedding rows, so it is off by default.
+        heads: head term name -> float32 [len(layers), H, C, r, r]: per query head, `UNIT_COPIES` sketches of its
+            standardised term (`hubguard.lineage.unit_terms`); slots past a layer's head count are zero.
+        head_counts: per layer, how many heads it holds (all of them, or those a tight budget read).
+        experts: FFN term name -> float32 [len(layers), E, C, r, r]: the same per FFN expert (a dense FFN is
+            one expert); slots past a layer's expert count are zero.
+        expert_shared: per layer, per expert, whether it is an always-on shared expert (empty: FFN not read).
     """
 
     tokens: tuple[str, ...]
@@ -56,6 +63,14 @@ class Fingerprint:
     version: int = constants.FINGERPRINT_VERSION
     stats: dict[str, Any] = field(default_factory=dict)
     probe: "torch.Tensor | None" = None
+    heads: dict[str, "torch.Tensor"] = field(default_factory=dict)
+    head_counts: tuple[int, ...] = ()
+    experts: dict[str, "torch.Tensor"] = field(default_factory=dict)
+    expert_shared: tuple[tuple[bool, ...], ...] = ()
+
+    @property
+    def expert_counts(self) -> tuple[int, ...]:
+        return tuple(len(s) for s in self.expert_shared)
 
     @property
     def name(self) -> str:
@@ -71,6 +86,10 @@ class Fingerprint:
             "n_tokens": len(self.tokens),
             "layers": list(self.layers),
             "terms": sorted(self.terms),
+            "head_terms": sorted(self.heads),
+            "expert_terms": sorted(self.experts),
+            "heads_per_layer": list(self.head_counts),
+            "experts_per_layer": list(self.expert_counts),
             "model": self.model,
             "stats": self.stats,
         }
@@ -97,8 +116,9 @@ def fingerprint_weights(
     """
     import torch
 
-    from hubguard.lineage.terms import layer_terms, probe_rows, standardise
-    from hubguard.lineage.tokens import load_vocabulary, token_rows
+    from hubguard.lineage.readout import read_layer, token_grid
+    from hubguard.lineage.terms import probe_rows
+    from hubguard.lineage.tokens import load_vocabulary, token_rows, token_set_index
 
     start = time.perf_counter()
     vocab = load_vocabulary(weights.store)
@@ -109,19 +129,18 @@ def fingerprint_weights(
         x = probe_rows(token_rows_read, layer_norm=weights.layer_norm)
     except FingerprintError as err:
         raise DegenerateWeightsError(f"'{weights.source}': in the token rows of '{weights.arch.embedding_name}', {err}.") from None
-    per_term: dict[str, list[torch.Tensor]] = {}
+    grid = token_grid(token_set=token_set, positions=torch.tensor(token_set_index(keys, token_set=token_set)))
+    readouts = []
     for layer in weights.layers(plan, desc=f"fingerprint {Path(weights.source).name or weights.source}"):
         try:
-            computed = {tname: standardise(m) for tname, m in layer_terms(layer=layer, x=x).items()}
+            readouts.append(read_layer(layer, x=x, grid=grid))
         except FingerprintError as err:
             names = [n for part in weights.reader.part_names(layer.index).values() for n in part]
             raise DegenerateWeightsError(f"'{weights.source}': layer {layer.index} ({', '.join(names)}): {err}.") from None
-        for tname, m in computed.items():
-            per_term.setdefault(tname, []).append(m)
         if on_layer is not None:
             on_layer(layer)
         del layer
-    terms = {t: torch.stack(ms) for t, ms in per_term.items()}
+    stacked = stack_readouts(readouts)
     model = {**weights.facts(), "name": name or weights.source, "tokenizer_sha256": vocab.sha256,
              "tokenizer_style": vocab.style}
     total = weights.checkpoint.tensors.total_bytes()
@@ -137,9 +156,37 @@ def fingerprint_weights(
     logger.info("fingerprinted %s: %d layers, %d tokens, %.1f%% of bytes", weights.source, len(plan.layers), len(keys),
                 100 * stats["bytes_read"] / max(total, 1))
     return Fingerprint(
-        tokens=tuple(keys), layers=tuple(plan.layers), terms=terms, model=model, token_set=token_set, stats=stats,
-        probe=x.clone() if keep_probe else None,
+        tokens=tuple(keys), layers=tuple(plan.layers), model=model, token_set=token_set, stats=stats,
+        probe=x.clone() if keep_probe else None, **stacked,
     )
+
+
+def stack_readouts(readouts: "list[LayerReadout]") -> dict[str, Any]:
+    """Per-layer readouts as a fingerprint's fields: whole terms every layer has, stacked [L, n, n]; unit
+    sketches zero-padded to the most heads / experts of any layer, with the per-layer counts."""
+    import torch
+
+    def padded(per_layer: "list[dict[str, torch.Tensor]]") -> "dict[str, torch.Tensor]":
+        names = sorted({t for d in per_layer for t in d})
+        out = {}
+        for t in names:
+            shape = next(d[t].shape for d in per_layer if t in d)
+            width = max(d[t].shape[0] for d in per_layer if t in d)
+            slab = torch.zeros(len(per_layer), width, *shape[1:])
+            for i, d in enumerate(per_layer):
+                if t in d:
+                    slab[i, : d[t].shape[0]] = d[t]
+            out[t] = slab
+        return out
+
+    whole = sorted(set.intersection(*(set(r.whole) for r in readouts))) if readouts else []
+    return {
+        "terms": {t: torch.stack([r.whole[t] for r in readouts]) for t in whole},
+        "heads": padded([r.heads for r in readouts]),
+        "head_counts": tuple(max((h.shape[0] for h in r.heads.values()), default=0) for r in readouts),
+        "experts": padded([r.experts for r in readouts]),
+        "expert_shared": tuple(r.shared for r in readouts),
+    }
 
 
 def compute_fingerprint(

@@ -9,7 +9,8 @@ All terms are [n, n]:
     ffn      = X W1ᵀ W2ᵀ Xᵀ                      (plain FFN)
     ffn_up   = X Wuᵀ Wdᵀ Xᵀ                      (gated FFN)
     ffn_gate = X Wgᵀ diag(⟨Wg_i, Wu_i⟩) Wdᵀ Xᵀ    (gated FFN)
-    (MoE layers: each FFN term summed over the layer's experts, routed and shared)
+    (whole-layer FFN terms for dense FFNs; an MoE layer's FFN is read expert by expert, `ffn_terms` of each
+    expert sketched in `hubguard.lineage.unit_terms` and matched expert to expert)
 
 Why these survive the attacks: a hidden-space rotation/permutation R maps X→XR and every input-side W→WR,
 output-side W→RᵀW, so every product above cancels R; per-head maps A (Wq_h→A Wq_h, Wk_h→A⁻ᵀ Wk_h, likewise
@@ -28,7 +29,7 @@ from hubguard.errors import FingerprintError
 if TYPE_CHECKING:
     import torch
 
-    from hubguard.weights.canonical import CanonicalLayer
+    from hubguard.weights.canonical import CanonicalExpert, CanonicalLayer
 
 GATED_TERMS = ("attn_qk", "attn_vo", "ffn_up", "ffn_gate")
 PLAIN_TERMS = ("attn_qk", "attn_vo", "ffn")
@@ -72,45 +73,57 @@ def decorrelate_tokens(x: "torch.Tensor", *, shrink: float = WHITEN_SHRINK) -> "
     return ((u * (s * (ev + lam).rsqrt())) @ vh).to(x.dtype)
 
 
-def _svd(m: "torch.Tensor", *, what: str) -> "tuple[torch.Tensor, torch.Tensor, torch.Tensor]":
-    """SVD in float64; non-finite input or a failed decomposition is a FingerprintError (the weights are degenerate)."""
+def _svd(m: "torch.Tensor", *, what: str, double: bool = True) -> "tuple[torch.Tensor, torch.Tensor, torch.Tensor]":
+    """SVD in float64 (float32 with double=False); non-finite input or a failed decomposition is a FingerprintError (the weights are degenerate)."""
     import torch
 
     if not bool(torch.isfinite(m).all()):
         raise FingerprintError(f"{what} came out Inf or NaN in float32: the weights hold values too large to compute with")
     try:
-        return torch.linalg.svd(m.double(), full_matrices=False)
+        return torch.linalg.svd(m.double() if double else m.float(), full_matrices=False)
     except torch.linalg.LinAlgError as err:
         raise FingerprintError(f"the SVD of {what} failed ({str(err)[:120]}): the weights are degenerate") from None
 
 
-def layer_terms(*, layer: "CanonicalLayer", x: "torch.Tensor") -> dict[str, "torch.Tensor"]:
-    """The invariant terms of one layer. x: [n, d] normalised embedding rows. Returns name -> [n, n] float32."""
-    H, hd, d = layer.q.shape
-    wq = layer.q.reshape(H * hd, d)
-    wk = layer.k.reshape(H * hd, d)
-    wv = layer.v.reshape(-1, d)
-    wo = layer.o.permute(1, 0, 2).reshape(d, -1)  # [d, H*hd], the HF o_proj layout
-    xt = x.t()
-    terms = {"attn_qk": (x @ wq.t()) @ (x @ wk.t()).t()}  # [n, H*hd] @ [H*hd, n]
-    if layer.v.shape[0] == 0:
-        return terms  # query/key head slices only (tight reading budget)
-    terms["attn_vo"] = ((x @ wv.t()) @ wo.t()) @ xt  # [n, H*hd] @ [H*hd, d] @ [d, n]
-    if not layer.experts:
-        return terms  # attention-only read (reading budget)
-    # a dense FFN is one expert; an MoE layer's FFN terms are summed over its experts (routed and shared),
-    # which leaves them unchanged when the experts are permuted
-    if layer.ffn_type == "gated":
-        up_terms, gate_terms = [], []
-        for e in layer.experts:
-            assert e.gate is not None
-            unit_weight = (e.gate * e.up).sum(dim=1)  # [f]: ⟨Wg_i, Wu_i⟩
-            down_t = e.down.t()  # [f, d]
-            up_terms.append(((x @ e.up.t()) @ down_t) @ xt)
-            gate_terms.append((((x @ e.gate.t()) * unit_weight[None, :]) @ down_t) @ xt)
-        terms["ffn_up"], terms["ffn_gate"] = sum(up_terms), sum(gate_terms)
-    else:
-        terms["ffn"] = sum(((x @ e.up.t()) @ e.down.t()) @ xt for e in layer.experts)
+def ffn_terms(*, expert: "CanonicalExpert", x: "torch.Tensor", ffn_type: str) -> dict[str, "torch.Tensor"]:
+    """The FFN terms of one FFN block (a dense layer's FFN, or one expert). x: [n, d]. Returns name -> [n, n].
+    X Wd [n, f] is computed once and shared: X Wuᵀ Wdᵀ Xᵀ = (X Wuᵀ)(X Wd)ᵀ."""
+    out_rows = x @ expert.down  # [n, f]: X Wd
+    if ffn_type == "gated":
+        assert expert.gate is not None
+        unit_weight = (expert.gate * expert.up).sum(dim=1)  # [f]: ⟨Wg_i, Wu_i⟩
+        return {"ffn_up": (x @ expert.up.t()) @ out_rows.t(),
+                "ffn_gate": ((x @ expert.gate.t()) * unit_weight[None, :]) @ out_rows.t()}
+    return {"ffn": (x @ expert.up.t()) @ out_rows.t()}
+
+
+def head_factors(layer: "CanonicalLayer", x: "torch.Tensor") -> dict[str, tuple["torch.Tensor", "torch.Tensor"]]:
+    """Per query head, the factors (A, B) of its attention terms over x [n, d]: X Wq_hᵀ Wk_h Xᵀ = A Bᵀ with
+    A = X Wq_hᵀ, B = X Wk_hᵀ, and X Wv_hᵀ Wo_hᵀ Xᵀ with A = X Wv_hᵀ, B = X Wo_h. Each [H, n, hd]."""
+    import torch
+
+    out = {"attn_qk": (torch.einsum("nd,hcd->hnc", x, layer.q), torch.einsum("nd,hcd->hnc", x, layer.k))}
+    if layer.v.shape[0]:  # query/key head slices only (tight reading budget): no VO term
+        out["attn_vo"] = (torch.einsum("nd,hcd->hnc", x, layer.v), torch.einsum("nd,hdc->hnc", x, layer.o))
+    return out
+
+
+def attention_terms(factors: dict[str, tuple["torch.Tensor", "torch.Tensor"]]) -> dict[str, "torch.Tensor"]:
+    """The whole-layer attention terms: each head's term summed over heads, Σ_h A_h B_hᵀ [n, n]."""
+    out = {}
+    for t, (a, b) in factors.items():
+        H, n, c = a.shape
+        out[t] = a.permute(1, 0, 2).reshape(n, H * c) @ b.permute(1, 0, 2).reshape(n, H * c).t()
+    return out
+
+
+def layer_terms(*, layer: "CanonicalLayer", x: "torch.Tensor",
+                factors: dict[str, tuple["torch.Tensor", "torch.Tensor"]] | None = None) -> dict[str, "torch.Tensor"]:
+    """The whole-layer invariant terms of one layer (FFN terms only for a dense FFN). x: [n, d] normalised
+    embedding rows; factors: `head_factors(layer, x)` when already computed. Returns name -> [n, n] float32."""
+    terms = attention_terms(factors if factors is not None else head_factors(layer, x))
+    if layer.dense is not None:  # attention-only reads and MoE layers have no whole-layer FFN term
+        terms |= ffn_terms(expert=layer.dense, x=x, ffn_type=layer.ffn_type)
     return terms
 
 
@@ -128,9 +141,9 @@ def remove_shared_function(m: "torch.Tensor", *, rank: int = SHARED_RANK) -> "to
     """
     if rank <= 0:
         return m
-    u, s, vh = _svd(m, what="a term")
-    s[..., :rank] = 0
-    return ((u * s[..., None, :]) @ vh).to(m.dtype)
+    u, s, vh = _svd(m, what="a term", double=False)  # float32: the leading components are well resolved
+    lead = (u[..., :rank] * s[..., None, :rank]) @ vh[..., :rank, :]
+    return (m.double() - lead.double()).to(m.dtype)
 
 
 def standardise(m: "torch.Tensor") -> "torch.Tensor":

@@ -24,7 +24,7 @@ def verify_many(
     *, references: Sequence["Fingerprint"], candidate: Candidate, calibration: "Calibration | None" = None
 ) -> list[Comparison]:
     """The comparison of `candidate` with each reference (in order); one pass over its layers serves them all."""
-    crosses = candidate.cross_scores(references)
+    crosses = candidate.cross_readings(references)
     return [compare_fingerprints(a=ref, b=candidate.fingerprint, calibration=calibration, cross=cross)
             for ref, cross in zip(references, crosses)]
 
@@ -41,13 +41,15 @@ class LayerSource:
     match: int | None  # that reference's layer index
     score: float
     z: float
+    heads: tuple[tuple[int, int, float], ...] = ()  # (candidate head, reference head, score) in the matched layer
+    experts: tuple[tuple[int, int, float], ...] = ()  # (candidate expert, reference expert, score), MoE layers
 
 
 def layer_provenance(
     *, candidate: Candidate, references: Mapping[str, "Fingerprint"], calibration: "Calibration | None" = None,
     comparisons: Sequence[Comparison] | None = None,
 ) -> list[LayerSource]:
-    """For each candidate layer, which reference (and which of its layers) it matches best.
+    """For each candidate layer, which reference (and which of its layers, heads and experts) it matches best.
 
     A merge of two bases shows both; a layer no reference explains (z below the derivative threshold) gets
     source None. `comparisons`: the `verify_many` results for `references` (in order), when already made.
@@ -63,6 +65,7 @@ def layer_provenance(
     for name, result in zip(names, results):
         for j, m in enumerate(result.layers):
             if m.score > best[j].score:
-                best[j] = LayerSource(layer=m.layer, source=name, match=m.match, score=m.score, z=m.z)
+                best[j] = LayerSource(layer=m.layer, source=name, match=m.match, score=m.score, z=m.z, heads=m.heads,
+                                      experts=m.experts)
     return [b if b.z >= cal.derivative_z else LayerSource(layer=b.layer, source=None, match=None, score=b.score, z=b.z)
             for b in best]

@@ -49,6 +49,8 @@ def _official_terms(ckpt: "Checkpoint", ids: list[int]) -> list["torch.Tensor"]:
     rep = arch.num_heads // arch.num_kv_heads
     for li in range(max(arch.num_layers - 2, 0), arch.num_layers):
         layer = reader.read(li)
+        if layer.dense is None:
+            raise FingerprintError("HuRef's official terms need a dense FFN; this layer is a mixture of experts.")
         H, hd, d = layer.q.shape
         # undo our correct repeat_interleave and tile like the official code
         k = layer.k[::rep].repeat(rep, 1, 1) if rep > 1 else layer.k

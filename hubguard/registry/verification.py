@@ -1,12 +1,14 @@
 """Verification data: the fingerprint file stored for each registry entry, full or compact.
 
-A fingerprint's terms are [L, n, n] matrices (n ≈ 288 tokens): float16 costs ~0.16 MB per layer and term,
-so a 32-layer model with 4 terms is ~21 MB. To stay under the per-entry budget (16 MB by default) the
-registry stores, in order of preference:
+A fingerprint's whole-layer terms are [L, n, n] matrices (n ≈ 288 tokens): float16 costs ~0.16 MB per layer
+and term, so a 32-layer model with 4 terms is ~21 MB; its head and expert sketches add C·r² values per unit and
+term (32 heads × 2 terms ≈ 0.15 MB per layer in float16). To stay under the per-entry budget (16 MB by default)
+the registry stores, in order of preference:
 
 1. `float16` — the file `save_fingerprint` writes (lossless w.r.t. the saved fingerprint);
-2. `float8` — the same terms as float8 e4m3 (the terms are z-scored, so clamping at ±448 loses nothing
-   real); half the bytes, score error well under 0.5 points (measured by `benchmarks/registry.py`);
+2. `float8` — the same terms as float8 e4m3 (the terms are z-scored and the sketches have unit RMS, so
+   clamping at ±448 loses nothing real); half the bytes, score error well under 0.5 points (measured by
+   `benchmarks/registry.py`);
 3. `float8` with fewer layers, spread evenly over the depth, until the file fits.
 
 Every form is an ordinary hubguard fingerprint file (`load_fingerprint` and `hubguard compare` read it),
@@ -29,13 +31,15 @@ if TYPE_CHECKING:
 
 DEFAULT_BUDGET_BYTES = 16 * 1024 * 1024
 STORAGES = ("auto", "float16", "float8")
-_F8_MAX = 448.0
 _HEADER_SLACK = 64 * 1024  # JSON header (token strings, model facts)
 
 
 def _payload_bytes(fp: "Fingerprint", *, itemsize: int, n_layers: int) -> int:
-    n = len(fp.tokens)
-    return len(fp.terms) * n_layers * n * n * itemsize + _HEADER_SLACK
+    import math
+
+    per_layer = sum(math.prod(m.shape[1:]) for group in (fp.terms, fp.heads, fp.experts) for m in group.values())
+    probe = 2 * fp.probe.numel() if fp.probe is not None else 0
+    return per_layer * n_layers * itemsize + probe + _HEADER_SLACK
 
 
 def plan_storage(fp: "Fingerprint", *, storage: str = "auto", budget_bytes: int = DEFAULT_BUDGET_BYTES) -> tuple[str, list[int]]:
@@ -50,8 +54,9 @@ def plan_storage(fp: "Fingerprint", *, storage: str = "auto", budget_bytes: int 
         return "float16", every
     if _payload_bytes(fp, itemsize=1, n_layers=n_layers) <= budget_bytes:
         return "float8", every
-    per_layer = _payload_bytes(fp, itemsize=1, n_layers=1) - _HEADER_SLACK
-    keep = max(1, (budget_bytes - _HEADER_SLACK) // max(per_layer, 1))
+    fixed = _payload_bytes(fp, itemsize=1, n_layers=0)
+    per_layer = _payload_bytes(fp, itemsize=1, n_layers=1) - fixed
+    keep = max(1, (budget_bytes - fixed) // max(per_layer, 1))
     return "float8", evenly_spaced(n_layers, int(keep))
 
 
@@ -62,21 +67,11 @@ def save_verification(
     import torch
     from safetensors.torch import save_file
 
-    from hubguard.lineage.fingerprint_files import fingerprint_metadata
+    from hubguard.lineage.fingerprint_files import fingerprint_metadata, fingerprint_tensors
 
     dtype, keep = plan_storage(fp, storage=storage, budget_bytes=budget_bytes)
     description = dtype if len(keep) == len(fp.layers) else f"{dtype}/layers={len(keep)}of{len(fp.layers)}"
-    idx = torch.tensor(keep, dtype=torch.long)
-    tensors = {}
-    for t, m in fp.terms.items():
-        kept = m.index_select(0, idx).float()
-        if dtype == "float8":
-            kept = kept.clamp(-_F8_MAX, _F8_MAX).to(torch.float8_e4m3fn)
-        else:
-            kept = kept.to(torch.float16)
-        tensors[f"terms.{t}"] = kept.contiguous()
-    if fp.probe is not None:  # the reference's token rows, for cross-embedding reading (hubguard.lineage.cross)
-        tensors["probe"] = fp.probe.to(torch.float16).contiguous()
+    tensors = fingerprint_tensors(fp, keep=keep, dtype=torch.float8_e4m3fn if dtype == "float8" else torch.float16)
     meta: dict[str, Any] = fingerprint_metadata(fp, layers=[fp.layers[i] for i in keep])
     meta["storage"] = {"dtype": dtype, "layers_kept": len(keep), "layers_total": len(fp.layers), "all_layers": list(fp.layers)}
     metadata = {"hubguard": json.dumps(meta, ensure_ascii=False)}
