@@ -37,7 +37,7 @@ def _save_adapter(base: Path, out: Path, *, base_name: str = BASE, seed: int = 0
     import transformers as T
 
     torch.manual_seed(seed)
-    model = T.AutoModel.from_pretrained(base)
+    model = T.AutoModelForCausalLM.from_pretrained(base)  # the tiny models carry an LM head
     config = peft.LoraConfig(**{"r": 8, "lora_alpha": 16, "target_modules": TARGETS, **lora})
     peft_model = peft.get_peft_model(model, config)
     with torch.no_grad():

@@ -8,6 +8,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from hubguard.cli import app
+from hubguard.constants import FINGERPRINT_VERSION
 
 runner = CliRunner()
 
@@ -18,7 +19,7 @@ def test_fingerprint_json_and_saved_file(family_models, tmp_path) -> None:
     assert res.exit_code == 0, res.output
     data = json.loads(res.output)
     assert data["model"]["family"] == "qwen2" and data["saved_to"] == str(out) and out.is_file()
-    assert data["method"] == "hubguard-invariants" and data["version"] == 1
+    assert data["method"] == "hubguard-invariants" and data["version"] == FINGERPRINT_VERSION
 
 
 def test_compare_json_contract(family_models, tmp_path) -> None:
