@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,7 +13,7 @@ from typer.testing import CliRunner
 
 from hubguard import errors
 from hubguard.cli import app
-from hubguard.hooks import check_upload, install_git_hook, upload_folder_checked
+from hubguard.hooks import check_upload, upload_folder_checked
 from hubguard.registry import Registry
 
 BASE = "org/base-llama"
@@ -115,23 +113,6 @@ def test_strict_upload_wrapper_refuses_before_any_network_call(registry, derivat
 
     with pytest.raises(errors.HookError, match="refused"):
         upload_folder_checked(folder=derivative, repo_id="me/finetune", registry=registry, api=NoNetwork())
-
-
-def test_git_pre_push_hook(registry, derivative, tmp_path) -> None:
-    subprocess.run(["git", "init", "-q", str(derivative)], check=True)
-    hook = install_git_hook(repo_dir=derivative, registry=str(registry.path))
-    env = {"HUBGUARD_DISABLE_PROGRESS_BARS": "1", "PATH": str(Path(sys.executable).parent) + ":/usr/bin:/bin"}
-    blocked = subprocess.run([str(hook)], cwd=derivative, env=env, capture_output=True, text=True)
-    assert blocked.returncode == 1, blocked.stdout + blocked.stderr
-    assert "undeclared_derivative" in blocked.stdout
-    _card(derivative, f"base_model: {BASE}")
-    assert subprocess.run([str(hook)], cwd=derivative, env=env, capture_output=True).returncode == 0
-    install_git_hook(repo_dir=derivative)  # re-installing over our own hook is fine
-    hook.write_text("#!/bin/sh\necho someone else's hook\n")
-    with pytest.raises(errors.HookError, match="not written by hubguard"):
-        install_git_hook(repo_dir=derivative)
-    with pytest.raises(errors.HookError, match="not a git repository"):
-        install_git_hook(repo_dir=tmp_path)
 
 
 def test_check_a_hub_repo_over_http(registry, derivative, hub_server) -> None:

@@ -2,7 +2,8 @@
 
     hubguard fingerprint | fingerprint-batch | compare | dog     (hubguard.cli.lineage)
     hubguard registry add | search | list | show | ...          (hubguard.cli.registry)
-    hubguard check | hooks install-git                          (hubguard.cli.hooks)
+    hubguard check | hooks install-git | pre-push | pre-commit  (hubguard.cli.hooks)
+    hubguard upload                                             (hubguard.cli.upload)
     hubguard bot serve                                          (hubguard.cli.bot)
     hubguard protect | lock | audit                             (hubguard.cli.protect)
     hubguard space build | deploy                               (hubguard.cli.space)
@@ -16,7 +17,7 @@ from typing import Annotated
 
 import typer
 
-from hubguard.cli import bot, hooks, lineage, protect, registry, space
+from hubguard.cli import bot, hooks, lineage, protect, registry, space, upload
 from hubguard.cli.errors import group, set_debug
 
 app = group(name="hubguard", help="Lineage fingerprints, a base-model registry, upload checks and merge protection "
@@ -33,6 +34,7 @@ def _root(
 
 lineage.register(app)
 hooks.register(app)
+upload.register(app)
 protect.register(app)
 app.add_typer(registry.app, name="registry")
 app.add_typer(bot.app, name="bot")
