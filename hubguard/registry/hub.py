@@ -76,6 +76,7 @@ def push(
             revision=revision,
             create_pr=create_pr,
             ignore_patterns=LOCAL_ONLY,
+            delete_patterns=[schema.VERDICTS_GLOB],  # verdict-log segments merged away locally go on the Hub too
             commit_message=commit_message or f"hubguard registry: {len(registry)} entries",
         )
     except HubguardError:
