@@ -199,23 +199,26 @@ class Journal:
 
 
 @contextmanager
-def worker_lock(journal_path: "str | os.PathLike[str]", *, timeout_s: float = 60.0) -> Iterator[None]:
-    """Hold the journal's worker lock (an flock, released when the process dies, even by kill -9)."""
+def worker_lock(journal_path: "str | os.PathLike[str]", *, stop: threading.Event | None = None,
+                timeout_s: float | None = None) -> Iterator[bool]:
+    """Hold the journal's worker lock (an flock, released when the process dies, even by kill -9). Waits while
+    another worker holds it; yields False when `stop` was set (or `timeout_s` passed) before it was acquired."""
     path = Path(f"{journal_path}.worker.lock")
     path.parent.mkdir(parents=True, exist_ok=True)
     with closing(open(path, "a+")) as fh:  # noqa: SIM115 - the lock lives as long as the file is open
-        deadline = time.monotonic() + timeout_s
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while True:
             try:
                 fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise HookError(f"Another bot worker holds '{path}' (one worker per journal).",
-                                    fix="Stop the other `hubguard bot serve` on this journal, or use another --journal.") from None
-                time.sleep(0.1)
+                if (stop is not None and stop.wait(0.2)) or (deadline is not None and time.monotonic() > deadline):
+                    yield False
+                    return
+                if stop is None:
+                    time.sleep(0.2)
         try:
-            yield
+            yield True
         finally:
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 

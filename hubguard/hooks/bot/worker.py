@@ -69,7 +69,9 @@ class Worker:
         return HfApi(endpoint=self.endpoint, token=self.token or False, library_name="hubguard")
 
     def run(self, stop: threading.Event) -> None:
-        with worker_lock(self.config.journal):
+        with worker_lock(self.config.journal, stop=stop) as held:
+            if not held:
+                return
             recovered = self.journal.recover()
             if recovered:
                 logger.info("bot worker: resuming %d commits a previous worker left unfinished", recovered)
