@@ -9,7 +9,8 @@ It serves a folder tree of repos (`root/{type}s/{org}/{name}/`) on 127.0.0.1 wit
   sizes (`blobs=true`), and `GET /api/{type}s/{org}/{name}/tree/{rev}[/{path}]` (`list_repo_tree`,
   `snapshot_download`);
 - uploads: `POST /api/repos/create`, `.../preupload/{rev}` and `.../commit/{rev}` (`HfApi.create_repo`,
-  `upload_folder`; small files inline, no LFS), in tests/hubserver_writes.py;
+  `upload_folder`; small files inline, no LFS), in tests/hubserver_writes.py; `GET /api/models?sort=createdAt`
+  (`HfApi.list_models`, newest first, one page), there too;
 - gated repos (files need `Authorization: Bearer <HubServer.TOKEN>`, metadata is public) and private repos
   (everything needs the token, like the Hub answers 401 otherwise);
 - fault injection (`HubServer.inject`): 5xx n times, connection reset, 429 with `Retry-After` or `RateLimit`
@@ -35,6 +36,7 @@ import shutil
 import socket
 import struct
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -43,7 +45,7 @@ from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 import pytest
 
-from tests.support.hubserver_writes import WriteRoutes
+from tests.support.hubserver_writes import ListRoute, WriteRoutes
 
 REPO_FILE = "repo.json"
 _REQUEST_FAULTS = {"status", "reset", "rate_limit"}  # apply to any matching request, before routing
@@ -146,10 +148,12 @@ class HubServer:
         gated: bool = False,
         private: bool = False,
         link: bool = False,
+        created_at: str | None = None,
     ) -> str:
         """Publish `folder` as a new commit of `repo_id` and point `revision` (a branch or tag) at it.
 
         Returns the commit sha. `link=True` symlinks the folder instead of copying it (large benchmark files).
+        `created_at` (ISO 8601) is the repo's creation time `GET /api/models` reports (default: its first commit's).
         """
         folder = Path(folder)
         files = sorted(p for p in folder.rglob("*") if p.is_file())
@@ -169,9 +173,13 @@ class HubServer:
         state = self._read_state(base) or _RepoState(refs={})
         state.refs[revision] = sha
         state.gated, state.private = gated, private
-        (base / REPO_FILE).write_text(
-            json.dumps({"schema_version": SCHEMA_VERSION, "refs": state.refs, "gated": gated, "private": private})
-        )
+        try:
+            first = json.loads((base / REPO_FILE).read_text()).get("created_at")
+        except FileNotFoundError:
+            first = None
+        stamp = created_at or first or time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime())
+        (base / REPO_FILE).write_text(json.dumps({"schema_version": SCHEMA_VERSION, "refs": state.refs, "gated": gated,
+                                                  "private": private, "created_at": stamp}))
         return sha
 
     def _set_ref(self, repo_type: str, repo_id: str, ref: str, sha: str) -> None:
@@ -255,7 +263,7 @@ def _file_etag(path: Path) -> str:
     return hashlib.sha1(f"{path.name}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()
 
 
-class _Handler(WriteRoutes, BaseHTTPRequestHandler):
+class _Handler(WriteRoutes, ListRoute, BaseHTTPRequestHandler):
     hub: HubServer
     protocol_version = "HTTP/1.1"
 
@@ -361,6 +369,9 @@ class _Handler(WriteRoutes, BaseHTTPRequestHandler):
             return
         if self.command == "POST" and "discussions" not in parts:
             self._error(405, "MethodNotAllowed", "POST is served for discussions and uploads only", rec=rec)
+            return
+        if parts == ["models"]:
+            self._list_models(query, rec)  # HfApi.list_models (tests/hubserver_writes.py: ListRoute)
             return
         if len(parts) < 3 or parts[0] not in {"models", "datasets", "spaces"}:
             self._error(404, "NotFound", "unknown API route", rec=rec)
