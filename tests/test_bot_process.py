@@ -5,13 +5,8 @@ every repo gets exactly one discussion."""
 
 from __future__ import annotations
 
-import json
-import os
 import signal
 import socket
-import subprocess
-import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -21,71 +16,9 @@ import pytest
 from hubguard.hooks.bot import WEBHOOK_PATH
 from hubguard.hooks.bot.journal import Journal
 from hubguard.registry import Registry
+from tests.support.botkit import SECRET, BotProcess, finetune, payload, wait_until
 from tests.support.hubserver import HubServer, hub_server  # noqa: F401 - pytest fixture
-from tests.test_webhook import BASE, SECRET, finetune, free_port, payload, registry, registry_dir  # noqa: F401
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-class BotProcess:
-    """`hubguard bot serve` in its own session (so the test can end it and its worker by process group)."""
-
-    def __init__(self, *, registry: Path, journal: Path, hub: HubServer, workdir: Path, args: tuple[str, ...] = ()) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}{WEBHOOK_PATH}"
-        env = {**os.environ, "WEBHOOK_SECRET": SECRET, "HF_TOKEN": HubServer.TOKEN, "HF_ENDPOINT": hub.endpoint,
-               "HF_HUB_OFFLINE": "0", "HUBGUARD_REMOTE_CACHE": str(workdir / "range-cache"),
-               "HUBGUARD_DISABLE_PROGRESS_BARS": "1", "HF_HUB_DISABLE_EXPERIMENTAL_WARNING": "1",
-               "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)}
-        self.log = (workdir / f"bot-{self.port}.log").open("w")
-        cmd = [sys.executable, "-m", "hubguard.cli", "bot", "serve", "--host", "127.0.0.1", "--port", str(self.port),
-               "--journal", str(journal), "--registry", str(registry), *args]
-        self.proc = subprocess.Popen(cmd, env=env, cwd=workdir, stdout=self.log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
-        deadline = time.monotonic() + 120
-        while True:
-            assert self.proc.poll() is None, f"the bot exited: {self.output()}"
-            try:
-                if httpx.get(f"http://127.0.0.1:{self.port}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, f"the bot did not start: {self.output()}"
-            time.sleep(0.2)
-
-    def output(self) -> str:
-        self.log.flush()
-        return Path(self.log.name).read_text()
-
-    def post(self, body: object, *, secret: str | None = SECRET, raw: bytes | None = None) -> httpx.Response:
-        headers = {"Content-Type": "application/json", **({"X-Webhook-Secret": secret} if secret is not None else {})}
-        return httpx.post(self.url, content=raw if raw is not None else json.dumps(body).encode(), headers=headers,
-                          timeout=60)
-
-    def worker_pids(self) -> list[int]:
-        import psutil
-
-        return [c.pid for c in psutil.Process(self.proc.pid).children(recursive=True)]
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
-        self.proc.send_signal(sig)
-        try:
-            return self.proc.wait(timeout=timeout)
-        finally:
-            self.close()
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=30)
-        self.log.close()
-
-
-def wait_until(predicate, *, timeout: float, what: str) -> None:  # noqa: ANN001
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
+from tests.test_webhook import registry, registry_dir  # noqa: F401
 
 
 @pytest.fixture()

@@ -6,11 +6,9 @@ then driver are killed resumes without redoing finished repos."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -19,10 +17,9 @@ from hubguard.cli import app
 from hubguard.hooks.scan import RateLimiter, scan
 from hubguard.hooks.scan.journal import ScanJournal
 from hubguard.hooks.scan.limiter import WINDOW_S, bucket_of
+from tests.support.botkit import child_env, finetune
 from tests.support.hubserver import HubServer, hub_server  # noqa: F401 - pytest fixture
-from tests.test_webhook import BASE, finetune, registry, registry_dir  # noqa: F401
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.test_webhook import BASE, registry, registry_dir  # noqa: F401
 
 
 @pytest.fixture()
@@ -129,9 +126,7 @@ def test_a_scan_whose_worker_then_driver_are_killed_resumes_without_redoing_fini
     for i, name in enumerate(names):
         hub_server.add_repo(name, finetune(family_models["llama"][0], tmp_path / f"k{i}", seed=100 + i))
     journal = tmp_path / "scan.sqlite"
-    env = {**os.environ, "HF_ENDPOINT": hub_server.endpoint, "HF_HUB_OFFLINE": "0", "HUBGUARD_DISABLE_PROGRESS_BARS": "1",
-           "HUBGUARD_REMOTE_CACHE": str(tmp_path / "cache"),
-           "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)}
+    env = child_env(hub_server, tmp_path, HF_TOKEN="")
     args = [*names, "--engine", "ray", "--workers", "2", "--journal", str(journal), "--registry", str(registry.path)]
 
     def done() -> set[str]:

@@ -14,55 +14,15 @@ from pathlib import Path
 
 import httpx
 import pytest
-import torch
-from safetensors.torch import load_file, save_file
 
 from hubguard.errors import HookError
 from hubguard.hooks.bot import WEBHOOK_PATH, LineageBot, parse_payload, targets_of
 from hubguard.hooks.bot.discussions import TITLE_FLAGGED
 from hubguard.registry import Registry
+from tests.support.botkit import SECRET, finetune, free_port, payload
 from tests.support.hubserver import HubServer, hub_server  # noqa: F401 - pytest fixture
 
 BASE = "org/base-llama"
-SECRET = "s3cret-webhook"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def finetune(src: Path, dst: Path, *, card: str | None = None, noise: float = 0.2, seed: int = 0) -> Path:
-    """A copy whose matrices moved by `noise` of their scale (a fine-tune), with an optional model card header."""
-    shutil.copytree(src, dst)
-    st = dst / "model.safetensors"
-    tensors = load_file(str(st))
-    g = torch.Generator().manual_seed(seed)
-    for k, t in tensors.items():
-        if t.dim() == 2:
-            tensors[k] = t + noise * t.std() * torch.randn(t.shape, generator=g)
-    save_file(tensors, str(st))
-    if card is not None:
-        (dst / "README.md").write_text(f"---\n{card}\n---\n\n# A model\n")
-    return dst
-
-
-def payload(repo: str, sha: str | None, *, repo_type: str = "model", scope: str = "repo.content", action: str = "update",
-            ref: str = "refs/heads/main", discussion: dict | None = None) -> dict:
-    """A payload shaped like the Hub's (webhook version 3)."""
-    body = {
-        "event": {"action": action, "scope": scope},
-        "repo": {"type": repo_type, "name": repo, "id": "6399f58518721fdd27fc9ca9", "private": False, "headSha": sha,
-                 "owner": {"id": "628b753283ef59b5be89e937"},
-                 "url": {"web": f"https://huggingface.co/{repo}", "api": f"https://huggingface.co/api/models/{repo}"}},
-        "webhook": {"id": "6390e855e30d9209411de93b", "version": 3},
-    }
-    if scope == "repo.content" and sha:
-        body["updatedRefs"] = [{"ref": ref, "oldSha": None, "newSha": sha}]
-    if discussion is not None:
-        body["discussion"] = discussion
-    return body
 
 
 @pytest.fixture(scope="module")

@@ -179,13 +179,16 @@ class VerdictStore:
         st = seg.path.stat()
         return seg.path.name, seg.first, seg.last, st.st_size, st.st_mtime_ns
 
-    def insert_rows(self, conn: sqlite3.Connection, table: "pa.Table", first: int) -> None:
-        cols = table.to_pydict()
-        names = list(cols)
-        rows = [(first + i, repo_key(cols["repo_id"][i]), *(cols[c][i] for c in names)) for i in range(table.num_rows)]
-        placeholders = ", ".join("?" * (len(names) + 2))
+    def insert_rows(self, conn: sqlite3.Connection, table: "pa.Table", first: int, *, chunk: int = 50_000) -> None:
+        """Index `table`'s rows as rows `first...` (in chunks, so a rebuild of a big log holds one chunk in memory)."""
+        names = table.column_names
         quoted = ", ".join(f'"{c}"' for c in names)
-        conn.executemany(f"INSERT OR REPLACE INTO rows(seq, repo_key, {quoted}) VALUES ({placeholders})", rows)
+        sql = f"INSERT OR REPLACE INTO rows(seq, repo_key, {quoted}) VALUES ({', '.join('?' * (len(names) + 2))})"
+        for start in range(0, table.num_rows, chunk):
+            cols = table.slice(start, chunk).to_pydict()
+            n = len(cols[names[0]])
+            conn.executemany(sql, ((first + start + i, repo_key(cols["repo_id"][i]), *(cols[c][i] for c in names))
+                                   for i in range(n)))
 
     def record_segments(self, conn: sqlite3.Connection, segments: list[Segment]) -> None:
         conn.execute("DELETE FROM segments")
