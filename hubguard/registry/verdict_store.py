@@ -51,10 +51,23 @@ _DDL = f"""
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT);
 CREATE TABLE IF NOT EXISTS segments(name TEXT PRIMARY KEY, first INTEGER, last INTEGER, size INTEGER, mtime_ns INTEGER);
 CREATE TABLE IF NOT EXISTS rows(seq INTEGER PRIMARY KEY, repo_key TEXT, {", ".join(f'"{c}"' for c in INDEXED)});
+"""
+_INDEXES = """
 CREATE INDEX IF NOT EXISTS rows_by_repo ON rows(repo_key, revision, source);
 CREATE INDEX IF NOT EXISTS rows_by_match ON rows("match", repo_key);
+CREATE INDEX IF NOT EXISTS rows_by_time ON rows(logged_at);
 CREATE INDEX IF NOT EXISTS rows_flagged_by_time ON rows(logged_at) WHERE flagged = 1;
 """
+_DROP_INDEXES = "DROP INDEX IF EXISTS rows_by_repo; DROP INDEX IF EXISTS rows_by_match; DROP INDEX IF EXISTS rows_by_time; " \
+    "DROP INDEX IF EXISTS rows_flagged_by_time;"
+BULK_ROWS = 200_000  # a rebuild or catch-up with more rows than this builds the indexes after the inserts
+
+
+def _run_each(conn: sqlite3.Connection, script: str) -> None:
+    """Statements one by one (`executescript` would COMMIT the open transaction first)."""
+    for statement in script.split(";"):
+        if statement.strip():
+            conn.execute(statement)
 
 
 @dataclass(frozen=True)
@@ -167,7 +180,7 @@ class VerdictStore:
         conn.row_factory = sqlite3.Row
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")  # the index is derived: a lost tail is re-read from the segments
-        conn.executescript(_DDL)
+        conn.executescript(_DDL + _INDEXES)
         version = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
         if version is None or int(version[0]) != INDEX_SCHEMA_VERSION:
             conn.executescript("DELETE FROM rows; DELETE FROM segments;")
@@ -224,11 +237,16 @@ class VerdictStore:
                 logger.info("rebuilding the verdict index of %s", self.registry.path)
                 conn.execute("DELETE FROM rows")
                 through = -1
+            bulk = (segments[-1].last if segments else -1) - through > BULK_ROWS
+            if bulk:
+                _run_each(conn, _DROP_INDEXES)
             for seg in segments:
                 if seg.last > through:
                     table = self.read_segment(seg)
                     start = max(seg.first, through + 1)
                     self.insert_rows(conn, table.slice(start - seg.first), start)
+            if bulk:
+                _run_each(conn, _INDEXES)
             self.record_segments(conn, segments)
             conn.execute("COMMIT")
         except BaseException:

@@ -109,7 +109,10 @@ def read_verdicts(registry: "Registry", *, repo_id: str | None = None, match: st
         where.append("logged_at >= ?")
         params.append(since)
     sql = "SELECT * FROM rows" + (f" WHERE {' AND '.join(where)}" if where else "")
-    sql += f" ORDER BY seq {'DESC' if newest_first else 'ASC'}" + (" LIMIT ?" if limit is not None else "")
+    direction = "DESC" if newest_first else "ASC"
+    # Rows are logged in time order: by time, flagged and since-queries walk the (partial) time index, not the table.
+    order = f"logged_at {direction}, seq {direction}" if flagged or since is not None else f"seq {direction}"
+    sql += f" ORDER BY {order}" + (" LIMIT ?" if limit is not None else "")
     if limit is not None:
         params.append(int(limit))
     return VerdictStore(registry).query(sql, tuple(params))
