@@ -66,7 +66,7 @@ class Setup:
         os.environ["HUBGUARD_REMOTE_CACHE"] = str(work / "cache")
 
     def derivative(self, name: str, *, seed: int, sharded: bool = False, card: str | None = None) -> Path:
-        """A fine-tuned copy of the base (single file, or 5 shards + index like a large model's repo)."""
+        """A fine-tuned copy of the base (single file, or shards + index like a large model's repo)."""
         from tests.support.botkit import finetune
 
         folder = finetune(self.base, self.work / name, seed=seed, card=card)
@@ -105,7 +105,9 @@ def part_throughput(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         name = f"bench/repo-{i}"
         folder = s.other if kind == 2 else s.derivative(f"d{i}", seed=i, sharded=kind == 1)
         repos[name] = s.hub.add_repo(name, folder)
-    layouts = {"single file": [n for i, n in enumerate(repos) if i % 3 != 1], "5 shards + index": [n for i, n in enumerate(repos) if i % 3 == 1]}
+    shards = len(list((work / "d1").glob("model-*.safetensors")))
+    layouts = {"single file": [n for i, n in enumerate(repos) if i % 3 != 1],
+               f"{shards} shards + index": [n for i, n in enumerate(repos) if i % 3 == 1]}
     out: dict[str, Any] = {"repos": args.repos, "machine": _machine(), "runs": {}}
     for label, engine, workers in (("local", "local", 1), ("ray, 1 worker", "ray", 1), ("ray, 2 workers", "ray", 2)):
         os.environ["HUBGUARD_REMOTE_CACHE"] = str(work / f"cache-{engine}-{workers}")  # every run starts cold

@@ -114,7 +114,8 @@ def projection(*, throughput: dict[str, Any], remote: dict[str, Any]) -> dict[st
     """Hours and HTTP requests for 1e5 and 1e6 repos under the Hub's published 5-minute budgets (90% used)."""
     from hubguard.hooks.scan.limiter import PLANS, WINDOW_S
 
-    per_repo = throughput["runs"]["ray, 2 workers"]["per_repo"]["5 shards + index"]
+    layouts = throughput["runs"]["ray, 2 workers"]["per_repo"]
+    per_repo = next(v for k, v in layouts.items() if "shards" in k)  # the layout of large models
     seven_b = remote["models"]["7b"]["http"]
     rows = []
     for plan in ("free", "pro"):

@@ -19,6 +19,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from tables_scan import SCAN_TABLES  # noqa: E402 - a sibling module (benchmarks/ is not a package)
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 DOCUMENTS = (ROOT / "README.md", ROOT / "benchmarks" / "README.md")
@@ -279,8 +282,9 @@ TABLES: dict[str, tuple[str, Callable[[Any], str]]] = {
     "protect": ("protect", protect),
     "protect-lock": ("protect_lock", protect),
     "protect-lock-probe": ("protect_lock_probe", protect_lock_probe),
-    "protect-runs": ("protect*", protect_runs),
-    "space": ("space", space),  # every benchmarks/results/protect*.json, by file name
+    "protect-runs": ("protect*", protect_runs),  # every benchmarks/results/protect*.json, by file name
+    "space": ("space", space),
+    **SCAN_TABLES,
 }
 
 

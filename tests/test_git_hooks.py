@@ -1,5 +1,6 @@
 """The git pre-push hook and the pre-commit-framework hook check what is pushed or committed, never the working folder:
 real git, Debian's git-lfs, a local bare remote, the pre-commit package."""
+# ruff: noqa: F811  (the registry fixture is imported, then requested by name)
 
 from __future__ import annotations
 
@@ -14,8 +15,7 @@ import pytest
 from hubguard.errors import HookError
 from hubguard.hooks.git import hook_path, install_git_hook, parse_pre_push, repo_id_from_url
 from hubguard.hooks.stores import GitTreeStore, parse_lfs_pointer
-from hubguard.registry import Registry
-from tests.test_hooks import BASE, _card, _finetune_like
+from tests.test_hooks import BASE, _card, _finetune_like, registry  # noqa: F401 - registry is a fixture
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(shutil.which("git") is None or shutil.which("git-lfs") is None,
@@ -38,13 +38,6 @@ def run(*args: str | Path, cwd: Path, env: dict[str, str], check: bool = True, s
     if check and done.returncode != 0:
         raise AssertionError(f"{args} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
     return done
-
-
-@pytest.fixture(scope="module")
-def registry(family_models, tmp_path_factory) -> Registry:
-    reg = Registry(tmp_path_factory.mktemp("registry"))
-    reg.add(family_models["llama"][0], name=BASE, family="llama", license="apache-2.0")
-    return reg
 
 
 @pytest.fixture()

@@ -7,29 +7,20 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
-from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
 from hubguard import errors
 from hubguard.cli import app
 from hubguard.hooks import check_upload, upload_folder_checked
 from hubguard.registry import Registry
+from tests.support.botkit import finetune
 
 BASE = "org/base-llama"
 
 
 def _finetune_like(src: Path, dst: Path, *, noise: float = 0.2, seed: int = 0) -> Path:
     """A copy whose every matrix moved by `noise` of its own scale (the size of a real fine-tune's update)."""
-    shutil.copytree(src, dst)
-    st = dst / "model.safetensors"
-    tensors = load_file(str(st))
-    g = torch.Generator().manual_seed(seed)
-    for k, t in tensors.items():
-        if t.dim() == 2:
-            tensors[k] = t + noise * t.std() * torch.randn(t.shape, generator=g)
-    save_file(tensors, str(st))
-    return dst
+    return finetune(src, dst, noise=noise, seed=seed)
 
 
 def _card(folder: Path, yaml: str) -> None:

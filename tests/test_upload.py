@@ -16,16 +16,8 @@ from hubguard.errors import HookError
 from hubguard.hooks import check_upload, upload_folder_checked
 from hubguard.hooks.card import parse_model_card, read_declared_lineage
 from hubguard.hooks.stores import SelectedFilesStore, upload_plan
-from hubguard.registry import Registry
 from tests.support.hubserver import HubServer, hub_server  # noqa: F401 - pytest fixture
-from tests.test_hooks import BASE, _card, _finetune_like
-
-
-@pytest.fixture(scope="module")
-def registry(family_models, tmp_path_factory) -> Registry:
-    reg = Registry(tmp_path_factory.mktemp("registry"))
-    reg.add(family_models["llama"][0], name=BASE, family="llama", license="apache-2.0")
-    return reg
+from tests.test_hooks import BASE, _card, _finetune_like, registry  # noqa: F401 - registry is a fixture
 
 
 @pytest.fixture()
