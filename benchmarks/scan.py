@@ -81,10 +81,45 @@ class Setup:
         return folder
 
 
-def _per_repo_requests(hub: Any, repos: list[str]) -> dict[str, float]:
-    """Mean requests per repo by the Hub's buckets (api, resolvers) and the CDN, and bytes sent, from the server log."""
+class HubProcess:
+    """The Hub-shaped server in its own process (so the scan driver does not share its GIL), serving the folder a
+    `HubServer` object of this process writes repos into; `requests()` reads the log it dumps when asked."""
+
+    def __init__(self, root: Path) -> None:
+        import subprocess
+
+        self.root, self.log_file = root, root.parent / "hub-log.json"
+        code = ("import json, signal, sys, threading; from tests.support.hubserver import HubServer; "
+                "h = HubServer(sys.argv[1], redirect_lfs=True).start(); print(h.endpoint, flush=True); "
+                "dump = lambda *_: open(sys.argv[2], 'w').write(json.dumps([r.__dict__ for r in h.log])); "
+                "signal.signal(signal.SIGUSR1, dump); threading.Event().wait()")
+        self.proc = subprocess.Popen([sys.executable, "-c", code, str(root), str(self.log_file)], cwd=ROOT,
+                                     stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        self.endpoint = self.proc.stdout.readline().strip()
+
+    def requests(self) -> list[Any]:
+        import signal
+        from types import SimpleNamespace
+
+        self.log_file.unlink(missing_ok=True)
+        self.proc.send_signal(signal.SIGUSR1)
+        for _ in range(100):
+            if self.log_file.exists() and self.log_file.stat().st_size:
+                time.sleep(0.2)
+                return [SimpleNamespace(**r) for r in json.loads(self.log_file.read_text())]
+            time.sleep(0.1)
+        raise TimeoutError("the hub process did not dump its log")
+
+    def stop(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+
+def _per_repo_requests(hub: Any, repos: list[str], *, since: int = 0) -> dict[str, float]:
+    """Mean requests per repo by the Hub's buckets (api, resolvers) and the CDN, and bytes sent, from the server log
+    (its entries from `since` on)."""
     counts = {"api": 0, "resolvers": 0, "cdn": 0, "bytes": 0}
-    for r in hub.requests():
+    for r in hub.requests()[since:]:
         if not any(repo in r.path for repo in repos):
             continue
         bucket = "cdn" if r.path.startswith("/_cdn/") else "resolvers" if "/resolve/" in r.path else "api"
@@ -99,6 +134,9 @@ def part_throughput(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     from hubguard.hooks.scan import scan
 
     s = Setup(work)
+    s.hub.stop()  # the files stay; a server in its own process serves them
+    served = HubProcess(s.hub.root)
+    os.environ["HF_ENDPOINT"] = served.endpoint
     repos: dict[str, str] = {}
     for i in range(args.repos):
         kind = i % 3  # undeclared single-file derivative | sharded derivative | independent model
@@ -111,7 +149,7 @@ def part_throughput(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     out: dict[str, Any] = {"repos": args.repos, "machine": _machine(), "runs": {}}
     for label, engine, workers in (("local", "local", 1), ("ray, 1 worker", "ray", 1), ("ray, 2 workers", "ray", 2)):
         os.environ["HUBGUARD_REMOTE_CACHE"] = str(work / f"cache-{engine}-{workers}")  # every run starts cold
-        s.hub.clear_log()
+        logged_before = len(served.requests())
         init_s = 0.0
         if engine == "ray":
             t = time.perf_counter()
@@ -125,10 +163,10 @@ def part_throughput(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             ray.shutdown()
         run = {"engine": engine, "workers": workers, "wall_s": round(wall, 1), "ray_init_s": round(init_s, 1),
                "repos_per_minute": round(60 * args.repos / wall, 1), "counts": summary.counts,
-               "per_repo": {lay: _per_repo_requests(s.hub, names) for lay, names in layouts.items()}}
+               "per_repo": {lay: _per_repo_requests(served, names, since=logged_before) for lay, names in layouts.items()}}
         out["runs"][label] = run
         print(json.dumps({label: run}), flush=True)
-    s.hub.stop()
+    served.stop()
     return out
 
 
@@ -190,7 +228,7 @@ def _crash_run(s: Setup, work: Path, *, sig: str, n: int) -> dict[str, Any]:
     journal = work / f"{sig}.sqlite"
     bot = BotProcess(registry=s.registry.path, journal=journal, hub=s.hub, workdir=work)
     accepted = sum(bot.post(payload(repo, sha)).status_code == 202 for repo, sha in repos.items())
-    time.sleep(1.0)
+    wait_until(lambda: Journal(journal).counts().get("done", 0) >= 2, timeout=600, what="two finished commits")
     bot.stop(getattr(signal, sig))
     open_after_stop = Journal(journal).open_count()
     bot = BotProcess(registry=s.registry.path, journal=journal, hub=s.hub, workdir=work)
