@@ -286,6 +286,32 @@ class VerdictStore:
             self.compact(conn, segments)
             return seg.last + 1
 
+    def compact_all(self) -> Path | None:
+        """Merge every segment into one file, `data/verdicts.parquet` (for a commit that must carry the whole log in
+        one file); the caller holds the registry's write lock. Returns that file (None: the log is empty)."""
+        import pyarrow as pa
+
+        with closing(self.connect()) as conn:
+            segments = self.sync(conn)
+            if not segments:
+                return None
+            target = self.data_dir / LEGACY_NAME
+            if len(segments) > 1 or segments[0].path != target:
+                import pyarrow.parquet as pq
+
+                from hubguard.utils.files import atomic_write
+
+                merged = pa.concat_tables([self.read_segment(s) for s in segments]).combine_chunks()
+                atomic_write(target, lambda tmp: pq.write_table(merged, tmp, compression="zstd", row_group_size=ROW_GROUP_ROWS))
+                whole = Segment(target, 0, merged.num_rows - 1)
+                conn.execute("BEGIN IMMEDIATE")
+                self.record_segments(conn, [whole])
+                conn.execute("COMMIT")
+                for seg in segments:
+                    if seg.path != target:
+                        seg.path.unlink(missing_ok=True)
+            return target
+
     def compact(self, conn: sqlite3.Connection, segments: list[Segment]) -> None:
         """Merge runs of FANOUT newest segments of one tier (cascading), then delete the parts."""
         import pyarrow as pa

@@ -16,6 +16,8 @@ from hubguard.registry.entries import now, user
 from hubguard.registry.verdict_store import VerdictStore, repo_key
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import pyarrow as pa
 
     from hubguard.registry.store import Registry
@@ -81,6 +83,23 @@ def log_verdicts(registry: "Registry", rows: list[dict[str, Any]]) -> list[dict[
         total = VerdictStore(registry).append(table)
         registry.write_card(registry.entries_table(), n_verdicts=total)
     return full
+
+
+def append_rows(registry: "Registry", rows: list[dict[str, Any]]) -> None:
+    """Append rows logged elsewhere as they are (their `logged_at` and `logged_by` kept), in one segment."""
+    if not rows:
+        return
+    registry.make_writable()
+    with registry.write_lock():
+        table = schema.table_from_rows(rows, columns=schema.VERDICT_COLUMNS, fmt=schema.VERDICTS_FORMAT)
+        total = VerdictStore(registry).append(table)
+        registry.write_card(registry.entries_table(), n_verdicts=total)
+
+
+def compact_verdicts(registry: "Registry") -> "Path | None":
+    """The whole log in one file, `data/verdicts.parquet` (what a commit of the log as one file uploads)."""
+    with registry.write_lock():
+        return VerdictStore(registry).compact_all()
 
 
 def log_verdict(registry: "Registry", **row: Any) -> dict[str, Any]:

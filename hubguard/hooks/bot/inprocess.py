@@ -8,15 +8,30 @@ from __future__ import annotations
 import os
 import threading
 import time
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from hubguard import constants
 from hubguard.hooks.bot.journal import Intake, Journal, QueueFull
-from hubguard.hooks.bot.payload import WebhookEvent, targets_of
+from hubguard.hooks.bot.payload import Target, WebhookEvent, targets_of
 from hubguard.hooks.bot.worker import Worker, WorkerConfig
 
 if TYPE_CHECKING:
+    from hubguard.hooks.check import CheckReport
     from hubguard.registry import Registry
+
+
+@dataclass(frozen=True)
+class ProcessedCommit:
+    """What `LineageBot.process` did with one commit."""
+
+    repo_id: str
+    revision: str
+    outcome: str  # ok | flagged | unreadable
+    report: "CheckReport" = field(repr=False)
+    verdicts: list[dict[str, Any]] = field(default_factory=list)  # its rows in the verdict log
+    action: str | None = None  # "discussion" | "comment" | None
+    discussion_num: int | None = None
 
 
 class LineageBot:
@@ -69,6 +84,20 @@ class LineageBot:
         except QueueFull as err:
             return {"status": "full", "error": str(err)}
         return {"status": "queued" if queued else "duplicate", "queued": queued, "duplicate": duplicate}
+
+    def process(self, target: Target) -> ProcessedCommit:
+        """Check one commit now, in this thread: resolve, check, log the verdict rows, and report on the Hub unless a
+        dry run. Raises what the check raises (a missing repo, a failed network read)."""
+        from hubguard.hooks.bot.discussions import Reporter
+        from hubguard.hooks.bot.worker import outcome_of
+
+        sha, report, rows = self.worker.check_commit(target)
+        action, num = None, None
+        if self.worker.config.act:
+            action, num = Reporter(api=self.worker.api(), journal=self.journal, key=self.secret or "").post(
+                target=Target(target.repo_id, sha, target.pr_num), report=report)
+        return ProcessedCommit(repo_id=target.repo_id, revision=sha, outcome=outcome_of(report), report=report,
+                               verdicts=rows, action=action, discussion_num=num)
 
     def app(self) -> Any:
         """A FastAPI app serving this bot's intake (for uvicorn)."""

@@ -28,6 +28,7 @@ from hubguard.hooks.bot.payload import Target, is_sha
 from hubguard.utils import get_logger
 
 if TYPE_CHECKING:
+    from hubguard.hooks.check import CheckReport
     from hubguard.registry import Registry
 
 logger = get_logger(__name__)
@@ -113,29 +114,36 @@ class Worker:
             raise RemoteError(f"{self.endpoint} returned no commit sha for {target.repo_id}@{target.revision}.")
         return info.sha  # type: ignore[return-value]
 
-    def check(self, task: Task) -> Task | None:
-        """Check the commit and log its verdict rows; the task becomes `logged` (or is retried / failed)."""
+    def check_commit(self, target: Target) -> tuple[str, "CheckReport", list[dict[str, Any]]]:
+        """Resolve, check and log one commit (its rows are logged once, however often it is checked): (sha, report,
+        the verdict rows in the log). Raises HubguardError (or huggingface_hub's errors on resolving)."""
         from hubguard.hooks.bot.report import verdict_rows
         from hubguard.hooks.check import check_upload
         from hubguard.registry.verdicts import has_verdict, log_verdicts
 
+        sha = self.resolve(target)
+        report = check_upload(f"hf://{target.repo_id}@{sha}", repo_id=target.repo_id, registry=self.registry,
+                              top_k=self.config.top_k, token=self.token)
+        if has_verdict(self.registry, repo_id=target.repo_id, revision=sha, source=SOURCE):
+            rows = self.registry.verdicts(repo_id=target.repo_id, revision=sha, source=SOURCE)
+        else:
+            rows = log_verdicts(self.registry, verdict_rows(repo_id=target.repo_id, revision=sha, report=report,
+                                                            source=SOURCE, extra={"pr_num": target.pr_num}))
+        return sha, report, rows
+
+    def check(self, task: Task) -> Task | None:
+        """Check the commit and log its verdict rows; the task becomes `logged` (or is retried / failed)."""
         try:
-            sha = self.resolve(Target(task.repo_id, task.revision, task.pr_num))
-            report = check_upload(f"hf://{task.repo_id}@{sha}", repo_id=task.repo_id, registry=self.registry,
-                                  top_k=self.config.top_k, token=self.token)
+            sha, report, _ = self.check_commit(Target(task.repo_id, task.revision, task.pr_num))
         except HubguardError as err:
             self._retry_or_fail(task, err)
             return None
         except Exception as err:  # noqa: BLE001 - huggingface_hub raises its own HTTP errors on resolve
             self._retry_or_fail(task, _as_remote_error(err, task))
             return None
-        if not has_verdict(self.registry, repo_id=task.repo_id, revision=sha, source=SOURCE):
-            log_verdicts(self.registry, verdict_rows(repo_id=task.repo_id, revision=sha, report=report, source=SOURCE,
-                                                     extra={"pr_num": task.pr_num}))
         summary = {"status": report.status, "found_bases": report.found_bases,
                    "problems": [p.code for p in report.problems], "reason": report.reason, "fix": report.fix}
-        outcome = "ok" if report.status == "ok" else ("unreadable" if report.status == "unreadable" else "flagged")
-        self.journal.update(task.key, state="logged", sha=sha, outcome=outcome, result=summary,
+        self.journal.update(task.key, state="logged", sha=sha, outcome=outcome_of(report), result=summary,
                             report=_report_json(report))
         return self.journal.task(task.key)
 
@@ -160,6 +168,10 @@ class Worker:
                 return
             result.update(action=action, discussion_num=num)
         self.journal.update(task.key, state="done", result=result)
+
+
+def outcome_of(report: "CheckReport") -> str:
+    return "ok" if report.status == "ok" else ("unreadable" if report.status == "unreadable" else "flagged")
 
 
 def _as_remote_error(err: Exception, task: Task) -> HubguardError:
