@@ -180,19 +180,18 @@ def test_pre_commit_framework_hook(clone, registry, tmp_path) -> None:
         f"        args: [--registry, {registry.path}]\n")
     precommit = [sys.executable, "-m", "pre_commit"]
     run("git", "add", "-A", cwd=work, env=env)
+    _card(work, f"base_model: {BASE}")  # on disk only: the staged files have no card
     blocked = run(*precommit, "run", "hubguard-check", cwd=work, env=env, check=False)
     assert blocked.returncode != 0 and "undeclared_derivative" in blocked.stdout, blocked.stdout + blocked.stderr
-    _card(work, f"base_model: {BASE}")  # on disk only: the staged files still have no card
-    assert run(*precommit, "run", "hubguard-check", cwd=work, env=env, check=False).returncode != 0
     run("git", "add", "README.md", cwd=work, env=env)
     ok = run(*precommit, "run", "hubguard-check", cwd=work, env=env, check=False)
     assert ok.returncode == 0, ok.stdout + ok.stderr
     good = _commit(work, env, "declared")
-    run("git", "rm", "-q", "README.md", cwd=work, env=env)
-    bad = _commit(work, env, "card removed")
-    stage = [*precommit, "run", "hubguard-check", "--hook-stage", "pre-push", "--from-ref", good]
-    assert run(*stage, "--to-ref", good, cwd=work, env=env, check=False).returncode == 0
-    pushed_bad = run(*stage, "--to-ref", bad, cwd=work, env=env, check=False)
+    run("git", "rm", "-q", "--cached", "README.md", cwd=work, env=env)  # the card stays on disk
+    run("git", "commit", "-q", "-m", "card removed", cwd=work, env=env)
+    bad = run("git", "rev-parse", "HEAD", cwd=work, env=env).stdout.strip()
+    pushed_bad = run(*precommit, "run", "hubguard-check", "--hook-stage", "pre-push", "--from-ref", good, "--to-ref", bad,
+                     cwd=work, env=env, check=False)
     assert pushed_bad.returncode != 0 and "undeclared_derivative" in pushed_bad.stdout
 
 
