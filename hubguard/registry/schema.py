@@ -38,6 +38,7 @@ INFO_FILE = "registry.json"
 ENTRIES_FILE = "data/entries.parquet"
 VERDICTS_FILE = "data/verdicts.parquet"  # the log before segments; now its first segment when present
 VERDICTS_GLOB = "data/verdicts*.parquet"  # every segment of the verdict log (hubguard.registry.verdict_store)
+VERDICT_SEGMENTS_GLOB = "data/verdicts-*.parquet"  # the segments appended since the log was last compacted
 FINGERPRINT_DIR = "fingerprints"
 CACHE_DIR = ".cache"
 CARD_FILE = "README.md"

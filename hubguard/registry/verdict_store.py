@@ -1,7 +1,8 @@
 """Storage of the verdict log: append-only Parquet segments (what is published) and a local SQLite index (what
 queries read), so an append costs one small file and a lookup an index probe, at any size of the log.
 
-Segments (in the registry folder, pushed to the Hub dataset, read by `datasets` and DuckDB)::
+Segments (in the registry folder, read by `datasets` and DuckDB; `registry push` and the Space's write-back compact
+them first, so a Hub dataset holds the log as the one file `data/verdicts.parquet`)::
 
     data/verdicts.parquet                              a log written before segments existed: rows 0..n-1
     data/verdicts-{first:012d}-{last:012d}.parquet     rows `first..last` (a row's sequence number is its position)
