@@ -31,6 +31,7 @@ from typing import Any
 
 from hubguard.errors import HookError
 from hubguard.hooks.bot.payload import Target
+from hubguard.hooks.journal_db import open_journal
 
 JOURNAL_SCHEMA_VERSION = 1
 OPEN_STATES = ("queued", "checking", "logged")
@@ -81,24 +82,9 @@ class Journal:
     """One SQLite journal file. Thread-safe (one connection behind a lock); each process opens its own."""
 
     def __init__(self, path: "str | os.PathLike[str]") -> None:
-        self.path = Path(path).expanduser()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
-        try:
-            self._conn = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
-            self._conn.row_factory = sqlite3.Row
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=FULL")  # an accepted event survives a power cut, not just kill -9
-            self._conn.executescript(_DDL)
-        except sqlite3.DatabaseError as err:
-            raise HookError(f"The bot's journal '{self.path}' cannot be opened ({err}).",
-                            fix="Point --journal at a new file, or move the damaged one away.") from err
-        row = self._conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-        if row is None:
-            self._conn.execute("INSERT OR IGNORE INTO meta VALUES('schema_version', ?)", (str(JOURNAL_SCHEMA_VERSION),))
-        elif int(row[0]) > JOURNAL_SCHEMA_VERSION:
-            raise HookError(f"The bot's journal '{self.path}' has schema version {row[0]}; this hubguard reads "
-                            f"{JOURNAL_SCHEMA_VERSION}.", fix="Upgrade hubguard, or use another --journal.")
+        self.path, self._conn = open_journal(path, ddl=_DDL, schema_version=JOURNAL_SCHEMA_VERSION,
+                                             what="The bot's journal")
 
     def close(self) -> None:
         with self._lock:

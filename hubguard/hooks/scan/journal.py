@@ -12,15 +12,13 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from hubguard.errors import HookError
+from hubguard.hooks.journal_db import open_journal
 
 SCHEMA_VERSION = 1
 _DDL = """
@@ -41,22 +39,8 @@ class ScanItem:
 
 class ScanJournal:
     def __init__(self, path: "str | os.PathLike[str]") -> None:
-        self.path = Path(path).expanduser()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        try:
-            self._conn = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=FULL")
-            self._conn.executescript(_DDL)
-            self._conn.execute("INSERT OR IGNORE INTO meta VALUES('schema_version', ?)", (str(SCHEMA_VERSION),))
-            version = int(self._conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0])
-        except sqlite3.DatabaseError as err:
-            raise HookError(f"The scan journal '{self.path}' cannot be opened ({err}).",
-                            fix="Pass --journal a new file, or move the damaged one away.") from err
-        if version > SCHEMA_VERSION:
-            raise HookError(f"The scan journal '{self.path}' has schema version {version}; this hubguard reads "
-                            f"{SCHEMA_VERSION}.", fix="Upgrade hubguard, or use another --journal.")
+        self.path, self._conn = open_journal(path, ddl=_DDL, schema_version=SCHEMA_VERSION, what="The scan journal")
 
     def close(self) -> None:
         with self._lock:
