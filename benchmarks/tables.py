@@ -19,6 +19,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from tables_scan import SCAN_TABLES  # noqa: E402 - a sibling module (benchmarks/ is not a package)
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 DOCUMENTS = (ROOT / "README.md", ROOT / "benchmarks" / "README.md")
@@ -379,6 +382,7 @@ TABLES: dict[str, tuple[str, Callable[[Any], str]]] = {
     "space": ("space", space),
     "coverage": ("coverage", coverage),
     "coverage-summary": ("coverage", coverage_summary),
+    **SCAN_TABLES,
 }
 
 

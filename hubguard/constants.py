@@ -155,6 +155,29 @@ def space_max_audit_parameters() -> int:
     return int(_env_float("HUBGUARD_AUDIT_MAX_PARAMETERS", 5e8))
 
 
+def remote_cache_max_bytes(default: int) -> int:
+    """`HUBGUARD_REMOTE_CACHE_MAX_BYTES`: size cap of the range cache (bytes, or with a K/M/G suffix)."""
+    return parse_size(os.environ.get("HUBGUARD_REMOTE_CACHE_MAX_BYTES"), default=default)
+
+
+def parse_size(value: str | None, *, default: int) -> int:
+    """'2G', '500M', '64K' or plain bytes; `default` when unset or unreadable."""
+    if not value or not value.strip():
+        return default
+    text = value.strip().upper().removesuffix("B").removesuffix("I")
+    scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}.get(text[-1:], 1)
+    try:
+        return max(0, int(float(text[:-1] if scale > 1 else text) * scale))
+    except ValueError:
+        return default
+
+
+def pre_commit_push() -> tuple[str | None, str | None]:
+    """What the pre-commit framework tells a hook run at its pre-push stage: (PRE_COMMIT_TO_REF, the commit being
+    pushed; PRE_COMMIT_REMOTE_URL). (None, None) at the pre-commit stage."""
+    return os.environ.get("PRE_COMMIT_TO_REF") or None, os.environ.get("PRE_COMMIT_REMOTE_URL") or None
+
+
 # --- fixed --------------------------------------------------------------------------------------------------
 
 # The Hub's own limit on a safetensors header; larger headers are refused.

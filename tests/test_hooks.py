@@ -4,34 +4,23 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-import torch
-from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
 from hubguard import errors
 from hubguard.cli import app
-from hubguard.hooks import check_upload, install_git_hook, upload_folder_checked
+from hubguard.hooks import check_upload, upload_folder_checked
 from hubguard.registry import Registry
+from tests.support.botkit import finetune
 
 BASE = "org/base-llama"
 
 
 def _finetune_like(src: Path, dst: Path, *, noise: float = 0.2, seed: int = 0) -> Path:
     """A copy whose every matrix moved by `noise` of its own scale (the size of a real fine-tune's update)."""
-    shutil.copytree(src, dst)
-    st = dst / "model.safetensors"
-    tensors = load_file(str(st))
-    g = torch.Generator().manual_seed(seed)
-    for k, t in tensors.items():
-        if t.dim() == 2:
-            tensors[k] = t + noise * t.std() * torch.randn(t.shape, generator=g)
-    save_file(tensors, str(st))
-    return dst
+    return finetune(src, dst, noise=noise, seed=seed)
 
 
 def _card(folder: Path, yaml: str) -> None:
@@ -115,23 +104,6 @@ def test_strict_upload_wrapper_refuses_before_any_network_call(registry, derivat
 
     with pytest.raises(errors.HookError, match="refused"):
         upload_folder_checked(folder=derivative, repo_id="me/finetune", registry=registry, api=NoNetwork())
-
-
-def test_git_pre_push_hook(registry, derivative, tmp_path) -> None:
-    subprocess.run(["git", "init", "-q", str(derivative)], check=True)
-    hook = install_git_hook(repo_dir=derivative, registry=str(registry.path))
-    env = {"HUBGUARD_DISABLE_PROGRESS_BARS": "1", "PATH": str(Path(sys.executable).parent) + ":/usr/bin:/bin"}
-    blocked = subprocess.run([str(hook)], cwd=derivative, env=env, capture_output=True, text=True)
-    assert blocked.returncode == 1, blocked.stdout + blocked.stderr
-    assert "undeclared_derivative" in blocked.stdout
-    _card(derivative, f"base_model: {BASE}")
-    assert subprocess.run([str(hook)], cwd=derivative, env=env, capture_output=True).returncode == 0
-    install_git_hook(repo_dir=derivative)  # re-installing over our own hook is fine
-    hook.write_text("#!/bin/sh\necho someone else's hook\n")
-    with pytest.raises(errors.HookError, match="not written by hubguard"):
-        install_git_hook(repo_dir=derivative)
-    with pytest.raises(errors.HookError, match="not a git repository"):
-        install_git_hook(repo_dir=tmp_path)
 
 
 def test_check_a_hub_repo_over_http(registry, derivative, hub_server) -> None:

@@ -15,8 +15,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from hubguard.hooks.bot import LineageBot, Target
 from hubguard.hooks.check import check_upload
-from hubguard.hooks.webhook import LineageBot, Target
 from hubguard.lineage.api import compare
 from hubguard.registry import Registry
 from tests.support.hubserver import hub_server  # noqa: F401 - pytest fixture
@@ -68,7 +68,7 @@ def test_every_caller_gives_the_same_verdict_and_layer_map(setup, hub_server, fa
     matches = {m["name"]: m for m in report.matches}
     # 4. the webhook bot, on the same commit served over hf://
     sha = hub_server.add_repo("someone/merge", merge)
-    result = LineageBot(registry=reg, act=False).process(Target("someone/merge", sha))
+    result = LineageBot(registry=reg, act=False, worker=False).process(Target("someone/merge", sha))
     rows = {r["match"]: r for r in result.verdicts}
     # 5. the Space's lineage check
     from hubguard.spaceapp.check_view import run_check

@@ -1,4 +1,4 @@
-"""`hubguard check` and `hubguard hooks install-git`: the upload guards."""
+"""`hubguard check` and `hubguard hooks install-git | pre-push | pre-commit`: the upload guards."""
 
 from __future__ import annotations
 
@@ -63,17 +63,61 @@ def _print_report(report) -> None:  # noqa: ANN001 - CheckReport
 
 @hooks_app.command("install-git")
 def install_git(
-    repo_dir: Annotated[Path, typer.Argument(help="A git clone of the Hub repo.")] = Path("."),
+    repo_dir: Annotated[Path, typer.Argument(help="A git clone of the Hub repo (a linked worktree works too).")] = Path("."),
     strict: Annotated[bool, typer.Option(help="Block the push when the check fails.")] = True,
     registry: Annotated[str | None, typer.Option(help="Registry folder the hook should use.")] = None,
 ) -> None:
-    """Install a git pre-push hook that runs `hubguard check` before every push.
+    """Install a git pre-push hook that checks every pushed commit (its card, config and weights as committed).
 
-    Example: hubguard hooks install-git ./my-model-repo
+    The hook goes where git runs it (core.hooksPath and worktrees honoured). Example: hubguard hooks install-git ./my-model-repo
     """
-    from hubguard.hooks.upload import install_git_hook
+    from hubguard.hooks.git import install_git_hook
 
     typer.echo(f"installed {install_git_hook(repo_dir=repo_dir, strict=strict, registry=registry)}")
+
+
+def _report_trees(checked, *, strict: bool, as_json: bool) -> None:  # noqa: ANN001 - list[CheckedTree]
+    from hubguard.hooks.git import exit_code
+
+    if as_json:
+        print_json([{"what": c.what, "tree": c.treeish, **c.report.to_dict()} for c in checked])
+    for c in checked if not as_json else []:
+        typer.echo(f"hubguard: checking {c.what} ({c.treeish[:12]})")
+        _print_report(c.report)
+    raise typer.Exit(code=exit_code(checked, strict=strict))
+
+
+@hooks_app.command("pre-push")
+def pre_push(
+    remote: Annotated[str, typer.Argument(help="The remote's name (git passes it).")] = "",
+    url: Annotated[str, typer.Argument(help="The remote's URL (git passes it).")] = "",
+    strict: Annotated[bool, typer.Option(help="Exit 1 when a pushed commit is an undeclared derivative.")] = True,
+    registry: Annotated[str | None, typer.Option(help="Registry folder.")] = None,
+    repo_id: Annotated[str | None, typer.Option("--repo-id", help="The Hub repo pushed to (default: from the remote URL).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the reports as JSON.")] = False,
+) -> None:
+    """Run by git as the pre-push hook: checks the tree of every pushed commit (refs read from stdin)."""
+    import sys
+
+    from hubguard.hooks.git import check_push, parse_pre_push
+
+    refs = parse_pre_push(sys.stdin.read())
+    _report_trees(check_push(repo_dir=Path.cwd(), refs=refs, remote_url=url or None, repo_id=repo_id, registry=registry),
+                  strict=strict, as_json=as_json)
+
+
+@hooks_app.command("pre-commit")
+def pre_commit(
+    strict: Annotated[bool, typer.Option(help="Exit 1 when the files are an undeclared derivative.")] = True,
+    registry: Annotated[str | None, typer.Option(help="Registry folder.")] = None,
+    repo_id: Annotated[str | None, typer.Option("--repo-id", help="The Hub repo this clone pushes to.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """The pre-commit framework's hook (id hubguard-check): checks the staged files, or at the pre-push stage the
+    commit being pushed (PRE_COMMIT_TO_REF)."""
+    from hubguard.hooks.git import check_staged
+
+    _report_trees(check_staged(repo_dir=Path.cwd(), repo_id=repo_id, registry=registry), strict=strict, as_json=as_json)
 
 
 def register(app: typer.Typer) -> None:

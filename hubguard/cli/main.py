@@ -2,8 +2,10 @@
 
     hubguard fingerprint | fingerprint-batch | compare | dog     (hubguard.cli.lineage)
     hubguard registry add | search | list | show | ...          (hubguard.cli.registry)
-    hubguard check | hooks install-git                          (hubguard.cli.hooks)
+    hubguard check | hooks install-git | pre-push | pre-commit  (hubguard.cli.hooks)
+    hubguard upload                                             (hubguard.cli.upload)
     hubguard bot serve                                          (hubguard.cli.bot)
+    hubguard scan                                               (hubguard.cli.scan)
     hubguard protect | lock | audit                             (hubguard.cli.protect)
     hubguard space build | deploy                               (hubguard.cli.space)
 
@@ -16,7 +18,7 @@ from typing import Annotated
 
 import typer
 
-from hubguard.cli import bot, hooks, lineage, protect, registry, space
+from hubguard.cli import bot, hooks, lineage, protect, registry, scan, space, upload
 from hubguard.cli.errors import group, set_debug
 
 app = group(name="hubguard", help="Lineage fingerprints, a base-model registry, upload checks and merge protection "
@@ -33,6 +35,8 @@ def _root(
 
 lineage.register(app)
 hooks.register(app)
+upload.register(app)
+scan.register(app)
 protect.register(app)
 app.add_typer(registry.app, name="registry")
 app.add_typer(bot.app, name="bot")

@@ -1,8 +1,10 @@
-"""Upload hooks: the pre-upload check (library, CLI, upload wrapper, git hook) and the webhook bot."""
+"""Upload hooks: the pre-upload check (library, CLI, `hubguard upload`, git and pre-commit hooks), the webhook bot
+(`hubguard.hooks.bot`) and the hub-wide scan (`hubguard.hooks.scan`)."""
 
 from hubguard.hooks.card import read_declared_lineage
 from hubguard.hooks.check import CheckReport, Problem, check_upload
-from hubguard.hooks.upload import install_git_hook, upload_folder_checked
+from hubguard.hooks.git import install_git_hook
+from hubguard.hooks.upload import upload_checked, upload_folder_checked
 
-__all__ = ["CheckReport", "Problem", "check_upload", "install_git_hook", "read_declared_lineage",
+__all__ = ["CheckReport", "Problem", "check_upload", "install_git_hook", "read_declared_lineage", "upload_checked",
            "upload_folder_checked"]

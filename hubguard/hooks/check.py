@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from hubguard.lineage.fingerprints import Fingerprint
     from hubguard.registry import Registry
     from hubguard.registry.search import SearchResult
+    from hubguard.weights.store import ByteStore
 
 logger = get_logger(__name__)
 
@@ -174,21 +175,24 @@ def check_upload(
     family: str | None = None,
     allow_pickle: bool = False,
     base: "str | os.PathLike[str] | None" = None,
+    store: "ByteStore | None" = None,
 ) -> CheckReport:
     """Check a model folder (or an `hf://` repo, read with `token` or HF_TOKEN) against the registry and its
     own model card. `base` is where an adapter's base is (default: what adapter_config.json names). The report
     carries the query's fingerprint (`report.fingerprint`) for callers that draw it.
     Raises only for what is not the repo's content's fault: a missing folder or repo, a failed network read, a
-    damaged registry."""
+    damaged registry. `store` checks exactly these bytes instead of opening `source` (the files a push or an
+    upload sends: `hubguard.hooks.stores`); `source` then only names the report."""
     from hubguard.lineage.candidate import open_candidate
     from hubguard.registry import Registry
     from hubguard.weights.source import Checkpoint, open_store
 
     spec = os.fspath(source)
-    if not spec.startswith("hf://") and not Path(spec).is_dir():
+    if store is None and not spec.startswith("hf://") and not Path(spec).is_dir():
         raise HookError(f"'{spec}' is not a folder. `hubguard check` takes the model folder you are about to upload.")
     reg = registry if isinstance(registry, Registry) else Registry(registry)
-    store = open_store(spec, token=token)  # a missing folder or repo is the caller's error, not a verdict
+    if store is None:
+        store = open_store(spec, token=token)  # a missing folder or repo is the caller's error, not a verdict
     declared = read_declared_lineage(store)
     try:
         checkpoint = Checkpoint(store=store, source=spec, allow_pickle=allow_pickle, base=base, token=token)

@@ -104,15 +104,16 @@ def _fingerprint_one(source: str, path: str, options: dict[str, Any]) -> dict[st
         return {"path": None, "summary": {}, "error": f"{type(err).__name__}: {err}", "seconds": time.perf_counter() - start}
 
 
-def _import_ray() -> Any:
+def import_ray(purpose: str = "Batch fingerprinting") -> Any:
+    """The `ray` module, or a MissingDependencyError that says to install the 'scale' extra."""
     try:
         import ray
     except ImportError as exc:
-        raise MissingDependencyError.for_extra(package="ray", extra="scale", purpose="Batch fingerprinting") from exc
+        raise MissingDependencyError.for_extra(package="ray", extra="scale", purpose=purpose) from exc
     return ray
 
 
-def _connect(ray: Any, *, address: str | None, num_cpus: int | None) -> bool:
+def connect_ray(ray: Any, *, address: str | None, num_cpus: int | None) -> bool:
     """Start or join Ray unless it is already up; True when this call did so (and must shut it down)."""
     if ray.is_initialized():
         logger.info("reusing the Ray runtime already initialised in this process")
@@ -175,7 +176,7 @@ def fingerprint_many(
         )
     if num_cpus is not None and num_cpus < 1:
         raise FingerprintError(f"num_cpus must be at least 1; got {num_cpus}.")
-    ray = _import_ray()
+    ray = import_ray()
     out = Path(os.path.abspath(out_dir))
     if out.exists() and not out.is_dir():
         raise FingerprintError(f"The output folder '{out}' is a file. Pass a folder (it is created if missing).")
@@ -184,7 +185,7 @@ def fingerprint_many(
     options: dict[str, Any] = {"max_layers": max_layers, "budget": budget, "allow_pickle": allow_pickle,
                                "keep_probe": keep_probe}
 
-    started = _connect(ray, address=address, num_cpus=num_cpus)
+    started = connect_ray(ray, address=address, num_cpus=num_cpus)
     try:
         task = ray.remote(num_cpus=1, max_retries=0)(_fingerprint_one)
         refs = [

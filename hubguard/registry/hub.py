@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from hubguard import constants
 from hubguard.errors import HubguardError, RegistryError
-from hubguard.registry import schema
+from hubguard.registry import schema, verdicts
 from hubguard.utils import get_logger
 from hubguard.utils.files import atomic_write_json
 from hubguard.utils.names import slug
@@ -65,6 +65,7 @@ def push(
     if not (registry.path / schema.INFO_FILE).is_file():
         raise RegistryError(f"'{registry.path}' is not a registry folder yet (no {schema.INFO_FILE}); add entries first.")
     registry.list()  # refuse to publish a corrupted table
+    verdicts.compact_verdicts(registry)  # local appends are segments; the dataset gets the log as one file
     api = HfApi(token=token)
     try:
         if not create_pr:
@@ -76,6 +77,7 @@ def push(
             revision=revision,
             create_pr=create_pr,
             ignore_patterns=LOCAL_ONLY,
+            delete_patterns=[schema.VERDICT_SEGMENTS_GLOB],  # the dataset holds the log as one file (compacted above)
             commit_message=commit_message or f"hubguard registry: {len(registry)} entries",
         )
     except HubguardError:

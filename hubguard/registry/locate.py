@@ -91,7 +91,7 @@ def card_text(*, n_entries: int, n_verdicts: int, families: list[str]) -> str:
     if n_entries:
         configs.append(f"- config_name: entries\n  data_files: {schema.ENTRIES_FILE}\n  default: true")
     if n_verdicts:
-        configs.append(f"- config_name: verdicts\n  data_files: {schema.VERDICTS_FILE}")
+        configs.append(f"- config_name: verdicts\n  data_files: \"{schema.VERDICTS_GLOB}\"")
     yaml = "\n".join(
         [
             "---",
@@ -117,7 +117,7 @@ derives from a registered base. {n_entries} entries (families: {fams}); {n_verdi
 - `{schema.ENTRIES_FILE}`: one row per base model — repo id, revision, family, licence, parameter count,
   architecture, tokenizer hash, declared base model, fingerprint method version, who added it and when,
   and a 512-value search sketch.
-- `{schema.VERDICTS_FILE}`: the verdict log of the upload hooks (which upload matched which base, score,
+- `{schema.VERDICTS_GLOB}`: the verdict log of the upload hooks (which upload matched which base, score,
   z, verdict, whether it was flagged).
 - `{schema.FINGERPRINT_DIR}/*.safetensors`: verification data (invariant terms) of each entry.
 - `{schema.MANIFEST_FILE}`: the base models `hubguard registry build --manifest` fingerprints.

@@ -6,7 +6,7 @@ registry/
   registry.json                     {"format": "hubguard.registry", "schema_version": 1, ...}
   manifest.toml                     base models to build (optional)
   data/entries.parquet              one row per registered base: metadata + search sketch
-  data/verdicts.parquet             verdict log (exists once a verdict was logged)
+  data/verdicts-*.parquet           verdict log segments (exist once a verdict was logged)
   fingerprints/<slug>.safetensors   verification data: a hubguard fingerprint file (full or compact)
   .cache/                           local only (search index, locks); never pushed
 ```
@@ -36,7 +36,9 @@ VERDICTS_FORMAT = "hubguard.registry.verdicts"
 
 INFO_FILE = "registry.json"
 ENTRIES_FILE = "data/entries.parquet"
-VERDICTS_FILE = "data/verdicts.parquet"
+VERDICTS_FILE = "data/verdicts.parquet"  # the log before segments; now its first segment when present
+VERDICTS_GLOB = "data/verdicts*.parquet"  # every segment of the verdict log (hubguard.registry.verdict_store)
+VERDICT_SEGMENTS_GLOB = "data/verdicts-*.parquet"  # the segments appended since the log was last compacted
 FINGERPRINT_DIR = "fingerprints"
 CACHE_DIR = ".cache"
 CARD_FILE = "README.md"

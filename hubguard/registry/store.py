@@ -114,7 +114,7 @@ class Registry:
 
     def write_card(self, table: "pa.Table", n_verdicts: int | None = None) -> None:
         if n_verdicts is None:
-            n_verdicts = verdicts.verdict_table(self).num_rows if self.verdicts_path.exists() else 0
+            n_verdicts = verdicts.count_verdicts(self)
         fams = sorted({f for f in table.column("family").to_pylist() if f}) if table.num_rows else []
         text = locate.card_text(n_entries=table.num_rows, n_verdicts=n_verdicts, families=fams)
         atomic_write_text(self.path / schema.CARD_FILE, text)
@@ -314,16 +314,18 @@ class Registry:
         return verdicts.log_verdict(self, **row)
 
     def verdicts(self, **filters: Any) -> list[dict[str, Any]]:
-        """Logged verdicts (oldest first), filtered by exact field values (repo_id, match, verdict, flagged)."""
+        """Logged verdicts (oldest first), filtered by field values (repo_id case-insensitively, match, verdict, flagged,
+        revision, source, since; see `hubguard.registry.verdicts.read_verdicts`)."""
         return verdicts.read_verdicts(self, **filters)
 
     def derivatives_of(self, name: str) -> list[dict[str, Any]]:
         """All known derivatives of `name` (verdict log and declared base models)."""
         return verdicts.derivatives_of(self, name)
 
-    def flagged(self) -> list[dict[str, Any]]:
-        """Uploads moderators should look at (flagged verdicts, unreadable ones included), newest first."""
-        return verdicts.flagged(self)
+    def flagged(self, *, since: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+        """Uploads moderators should look at (flagged verdicts, unreadable ones included), newest first; `since`
+        an ISO date/time."""
+        return verdicts.flagged(self, since=since, limit=limit)
 
     # -- Hub sync -------------------------------------------------------------------------------------------
 

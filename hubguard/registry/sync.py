@@ -27,10 +27,9 @@ from typing import TYPE_CHECKING, Any
 
 from hubguard import constants
 from hubguard.errors import HubguardError, RegistryError
-from hubguard.registry import hub, schema
+from hubguard.registry import hub, schema, verdicts
 from hubguard.registry.entries import concat, str_array
 from hubguard.registry.locate import HubRegistry
-from hubguard.registry.verdicts import verdict_table
 from hubguard.utils import get_logger
 from hubguard.utils.files import atomic_write_text
 
@@ -219,6 +218,7 @@ class RegistrySync:
         paths = {schema.CARD_FILE, schema.INFO_FILE}
         deleted: set[str] = set()
         if any(op["op"] == "verdict" for op in ops):
+            verdicts.compact_verdicts(self.registry)  # the dataset holds the log as one file
             paths.add(schema.VERDICTS_FILE)
         entries = [op for op in ops if op["op"] in {"add", "remove"}]
         if entries:
@@ -260,9 +260,7 @@ class RegistrySync:
         fresh = type(self.registry)(staging)
         rows = [op["row"] for op in ops if op["op"] == "verdict"]
         if rows:
-            new = schema.table_from_rows(rows, columns=schema.VERDICT_COLUMNS, fmt=schema.VERDICTS_FORMAT)
-            old = verdict_table(fresh)
-            schema.write_table_atomic(fresh.verdicts_path, concat(old, new))
+            verdicts.append_rows(fresh, rows)
         names = [op["name"] for op in ops if op["op"] in {"add", "remove"}]
         if names:
             mine = self.registry.entries_table()

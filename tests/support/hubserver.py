@@ -10,7 +10,8 @@ It serves a folder tree of repos (`root/{type}s/{org}/{name}/`) on 127.0.0.1 wit
   sizes (`blobs=true`), and `GET /api/{type}s/{org}/{name}/tree/{rev}[/{path}]` (`list_repo_tree`,
   `snapshot_download`);
 - uploads: `POST /api/repos/create`, `.../preupload/{rev}` and `.../commit/{rev}` (`HfApi.create_repo`,
-  `upload_folder`; small files inline, no LFS), in tests/hubserver_writes.py;
+  `upload_folder`; small files inline, no LFS), in tests/hubserver_writes.py; `GET /api/models?sort=createdAt`
+  (`HfApi.list_models`, newest first, one page), there too;
 - gated repos (files need `Authorization: Bearer <HubServer.TOKEN>`, metadata is public) and private repos
   (everything needs the token, like the Hub answers 401 otherwise);
 - fault injection (`HubServer.inject`): 5xx n times, connection reset, 429 with `Retry-After` or `RateLimit`
@@ -38,6 +39,7 @@ import shutil
 import socket
 import struct
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -46,7 +48,7 @@ from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 import pytest
 
-from tests.support.hubserver_writes import WriteRoutes
+from tests.support.hubserver_writes import ListRoute, WriteRoutes
 
 REPO_FILE = "repo.json"
 _REQUEST_FAULTS = {"status", "reset", "rate_limit"}  # apply to any matching request, before routing
@@ -149,10 +151,12 @@ class HubServer:
         gated: bool = False,
         private: bool = False,
         link: bool = False,
+        created_at: str | None = None,
     ) -> str:
         """Publish `folder` as a new commit of `repo_id` and point `revision` (a branch or tag) at it.
 
         Returns the commit sha. `link=True` symlinks the folder instead of copying it (large benchmark files).
+        `created_at` (ISO 8601) is the repo's creation time `GET /api/models` reports (default: its first commit's).
         """
         folder = Path(folder)
         files = sorted(p for p in folder.rglob("*") if p.is_file())
@@ -172,9 +176,13 @@ class HubServer:
         state = self._read_state(base) or _RepoState(refs={})
         state.refs[revision] = sha
         state.gated, state.private = gated, private
-        (base / REPO_FILE).write_text(
-            json.dumps({"schema_version": SCHEMA_VERSION, "refs": state.refs, "gated": gated, "private": private})
-        )
+        try:
+            first = json.loads((base / REPO_FILE).read_text()).get("created_at")
+        except FileNotFoundError:
+            first = None
+        stamp = created_at or first or time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime())
+        (base / REPO_FILE).write_text(json.dumps({"schema_version": SCHEMA_VERSION, "refs": state.refs, "gated": gated,
+                                                  "private": private, "created_at": stamp}))
         return sha
 
     def _set_ref(self, repo_type: str, repo_id: str, ref: str, sha: str) -> None:
@@ -274,7 +282,7 @@ def _file_etag(path: Path) -> str:
     return hashlib.sha1(f"{path.name}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()
 
 
-class _Handler(WriteRoutes, BaseHTTPRequestHandler):
+class _Handler(WriteRoutes, ListRoute, BaseHTTPRequestHandler):
     hub: HubServer
     protocol_version = "HTTP/1.1"
 
@@ -384,6 +392,9 @@ class _Handler(WriteRoutes, BaseHTTPRequestHandler):
         if parts == ["agent-harnesses"] and self.command == "GET":
             # huggingface_hub's agent detection fetches this registry (then caches it for a day), as from the Hub
             self._send(200, json.dumps({"standardEnvVars": [], "harnesses": {}}).encode(), rec=rec)
+            return
+        if parts == ["models"]:
+            self._list_models(query, rec)  # HfApi.list_models (tests/hubserver_writes.py: ListRoute)
             return
         if len(parts) < 3 or parts[0] not in {"models", "datasets", "spaces"}:
             self._error(404, "NotFound", "unknown API route", rec=rec)

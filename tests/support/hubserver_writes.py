@@ -179,3 +179,25 @@ class WriteRoutes:
                                         private=state.private)
         body = {"commitUrl": f"{self._url(repo_type, repo_id)}/commit/{sha}", "commitOid": sha, "pullRequestUrl": None}
         self._send(200, json.dumps(body).encode(), rec=rec)  # type: ignore[attr-defined]
+
+
+class ListRoute:
+    """`GET /api/models[?sort=createdAt&limit=N&expand=...]`: the public model repos, newest first, one page (the Hub
+    pages with a `Link` header; with few repos here there is one page). Each item: id, createdAt, sha, private."""
+
+    hub: Any
+
+    def _list_models(self, query: dict[str, list[str]], rec: RequestRecord) -> None:
+        items = []
+        for state_file in sorted((self.hub.root / "models").glob("*/*/repo.json")):
+            data = json.loads(state_file.read_text())
+            if data.get("private") and not rec.authorized:
+                continue
+            repo_id = state_file.parent.relative_to(self.hub.root / "models").as_posix()
+            items.append({"id": repo_id, "_id": repo_id, "createdAt": data.get("created_at"),
+                          "sha": data["refs"].get("main"), "private": bool(data.get("private"))})
+        items.sort(key=lambda i: i["createdAt"] or "", reverse=True)
+        limit = query.get("limit", [None])[0]
+        if limit is not None and limit.isdigit():
+            items = items[: int(limit)]
+        self._send(200, json.dumps(items).encode(), rec=rec)  # type: ignore[attr-defined]
