@@ -24,7 +24,8 @@ _EXPORTS = {
     "LockConfig": "hubguard.protect.lock",
     "plan_lock": "hubguard.protect.lock",
     "apply_lock": "hubguard.protect.lock",
-    "realign_state_dict": "hubguard.protect.lock",
+    "realign_state_dict": "hubguard.protect.realign",
+    "realign_layer": "hubguard.protect.realign",
     "lock_update": "hubguard.protect.lock_adapter",
 }
 
