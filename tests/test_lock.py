@@ -327,9 +327,9 @@ def test_audit_realign_attack_recovers_a_mergeable_update(bert_adapter, tmp_path
     report = run_audit(update=tmp_path / "locked", base=folder, others=[adapter], load_model=_load,
                        val_score=lambda m: -metrics(m)["err"], test_metrics=metrics,
                        mergekit_methods=("task_arithmetic",), peft_methods=(), coefficients=(1.0,), scales=(1.0,),
-                       work_dir=tmp_path, realign=True)
+                       work_dir=tmp_path, realign=True, verdict_key="err", higher_is_better=False)
     locked_err = report.merges["mergekit_task_arithmetic"]["test"]["err"]
-    realigned_err = report.merges["realign_task_arithmetic"]["test"]["err"]
+    realigned_err = report.attacks["realign"]["test"]["err"]
     assert realigned_err < 0.3 * locked_err, (realigned_err, locked_err)
 
 

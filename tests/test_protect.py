@@ -273,7 +273,7 @@ def test_per_example_losses_are_capped_one_by_one(tiny):
 
 
 def _loss_at(model, batches, s):
-    from hubguard.protect.audit import scaled_in_place
+    from hubguard.protect.objective import scaled_in_place
 
     with scaled_in_place(model, scale=s, mode="lora"):
         return evaluate_loss(model, batches)
@@ -663,7 +663,8 @@ def test_cli_protect_then_audit(tiny, tmp_path):
                                     "--others", str(tmp_path / "out"), "--realign"])
     assert res.exit_code == 0, res.output
     report = json.loads((tmp_path / "r.json").read_text())
-    assert report["schema_version"] == 1 and report["merges"]["realign_task_arithmetic"]["coefficient"] == 1.0
+    assert report["schema_version"] == 2 and report["attacks"]["realign"]["coefficient"] == 1.0
+    assert "attack realign: " in res.output and "base" in res.output  # one verdict line per attack
     # PEFT's svd cannot keep rank 32 on this tiny model's 16-wide k_proj: reported as that method's error, the
     # audit goes on.
     assert "shapes" in report["merges"]["peft_svd"]["error"] and "test" in report["merges"]["peft_cat"]

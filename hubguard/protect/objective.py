@@ -93,10 +93,16 @@ def snapshot_reference(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def scaled_parameters(
-    model: torch.nn.Module, *, scale: float, mode: str, reference: Mapping[str, torch.Tensor] | None = None
+    model: torch.nn.Module, *, scale: float, mode: str, reference: Mapping[str, torch.Tensor] | None = None,
+    shift: Mapping[str, torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """The parameters of W0 + s·ΔW, as differentiable tensors to pass to `functional_call`."""
+    """The parameters of W0 + s·ΔW, as differentiable tensors to pass to `functional_call`.
+
+    `shift` (a simulated re-fine-tune, `hubguard.protect.variants.refit_shift`): W0 + s·(ΔW + δ) instead; LoRA:
+    δ on the base weights under the LoRA layers, full: on the trainable parameters.
+    """
     params = dict(model.named_parameters())
+    shift = shift or {}
     if mode == "lora":
         names = lora_b_names(model)
         if not names:
@@ -104,7 +110,7 @@ def scaled_parameters(
                 "Trap² LoRA mode found no trainable 'lora_B' parameters in the model. Wrap the model with "
                 "PEFT LoRA first (hubguard.protect.trainer.attach_lora) or use mode='full'."
             )
-        return {n: params[n] * scale for n in names}
+        return {**{n: params[n] * scale for n in names}, **{n: params[n] + scale * d for n, d in shift.items()}}
     if mode == "full":
         if reference is None:
             raise ProtectionError(
@@ -117,7 +123,7 @@ def scaled_parameters(
                 f"Reference weights name {len(missing)} parameters the model lacks (e.g. {missing[0]!r}); "
                 "take the snapshot from the same model object you train."
             )
-        return {n: reference[n] + scale * (params[n] - reference[n]) for n in reference}
+        return {n: reference[n] + scale * (params[n] - reference[n] + shift.get(n, 0.0)) for n in reference}
     raise ProtectionError(f"Unknown protection mode {mode!r}; use 'lora' or 'full'.")
 
 
@@ -203,15 +209,29 @@ def trap2_loss(
     reference: Mapping[str, torch.Tensor] | None = None,
     loss_fn: LossFn | None = None,
     scale: float | None = None,
+    teacher: Mapping[str, torch.Tensor] | None = None,
+    shift: Mapping[str, torch.Tensor] | None = None,
 ) -> Trap2Output:
     """Evaluate J on one batch. Call `.loss.backward()` on the result (two graphs, one backward).
 
     `scale` fixes s (tests); otherwise `config.samples_per_step` scales are drawn from `generator`.
     With `config.lam == 0` only the standalone pass runs (plain training, used as the unprotected control).
+    hubguard's variants (`hubguard.protect.variants`): `teacher` (the starting trainable tensors) with
+    `config.distill`, `shift` (a simulated re-fine-tune) with `config.refit_steps`, and `config.interference`.
     """
     loss_fn = loss_fn or (per_example_loss if config.cap_per_example and config.protected else default_loss)
     fork = _RngFork(model)
-    standalone = mean_loss(loss_fn(_call(model, inputs, None), inputs))
+    outputs = _call(model, inputs, None)
+    standalone = mean_loss(loss_fn(outputs, inputs))
+    if config.distill > 0 and teacher is not None:
+        import torch
+
+        from hubguard.protect.variants import distill_kl
+
+        fork.restore()
+        with torch.no_grad():
+            reference_out = _call(model, inputs, teacher)
+        standalone = standalone + config.distill * distill_kl(reference_out, outputs)
     if not config.protected:
         return Trap2Output(loss=standalone, standalone_loss=float(standalone.detach()), scaled_loss=float("nan"),
                            scale=1.0, weight=0.0)
@@ -225,13 +245,21 @@ def trap2_loss(
         fork.restore()
         w = scale_weight(s, kind=config.weight)
         scaled = loss_fn(_call(model, inputs, scaled_parameters(model, scale=s, mode=config.mode,
-                                                                  reference=reference)), inputs)
+                                                                  reference=reference, shift=shift)), inputs)
         # Per-example losses are capped one by one, then averaged (see the module docstring).
         pushed = mean_loss(scaled if config.scaled_loss_cap is None else scaled.clamp(max=config.scaled_loss_cap))
         penalty = penalty + w * pushed
         scaled_values.append(float(mean_loss(scaled).detach()))
         weights.append(w)
     trap = config.lam * penalty / len(scales)
+    if config.interference > 0:
+        from hubguard.protect.variants import interference_parameters
+
+        fork.restore()
+        mixed = loss_fn(_call(model, inputs, interference_parameters(model, config=config, generator=generator,
+                                                                     reference=reference)), inputs)
+        capped = mixed if config.scaled_loss_cap is None else mixed.clamp(max=config.scaled_loss_cap)
+        trap = trap + config.lam * config.interference_weight * mean_loss(capped)
     return Trap2Output(
         loss=standalone - trap,
         standalone_loss=float(standalone.detach()),
