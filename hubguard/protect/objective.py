@@ -24,16 +24,13 @@ from typing import TYPE_CHECKING, Any
 
 from hubguard.errors import ProtectionError
 from hubguard.protect.config import ProtectConfig
+from hubguard.protect.forward import call as _call
+from hubguard.protect.forward import mean_loss
 
 if TYPE_CHECKING:
     import torch
 
 LossFn = Callable[[Any, Any], "torch.Tensor"]  # (outputs, batch) -> scalar loss, or per-example losses (batch,)
-
-
-def mean_loss(loss: torch.Tensor) -> torch.Tensor:
-    """A loss_fn's result as one number: per-example losses are averaged, a scalar is kept."""
-    return loss if loss.dim() == 0 else loss.mean()
 
 
 @dataclass(frozen=True)
@@ -49,6 +46,9 @@ class Trap2Output:
     # `backward_projected` needs. None for plain training.
     standalone_term: torch.Tensor | None = None
     trap_term: torch.Tensor | None = None
+    # With a `teacher`: the starting update's loss on the same batch, and this update's own (no distill term).
+    reference_loss: float | None = None
+    task_loss: float | None = None
 
 
 def sample_scale(*, config: ProtectConfig, generator: torch.Generator) -> float:
@@ -173,15 +173,6 @@ def per_example_loss(outputs: Any, inputs: Any) -> torch.Tensor:
     )
 
 
-def _call(model: torch.nn.Module, inputs: Any, overrides: Mapping[str, torch.Tensor] | None) -> Any:
-    from torch.func import functional_call
-
-    args, kwargs = ((), dict(inputs)) if isinstance(inputs, Mapping) else ((inputs,), {})
-    if overrides is None:
-        return model(*args, **kwargs)
-    return functional_call(model, dict(overrides), args, kwargs, strict=False)
-
-
 class _RngFork:
     """Saves the CPU (and CUDA) RNG state once; `restore()` rewinds to it, so dropout repeats its mask."""
 
@@ -211,6 +202,7 @@ def trap2_loss(
     scale: float | None = None,
     teacher: Mapping[str, torch.Tensor] | None = None,
     shift: Mapping[str, torch.Tensor] | None = None,
+    lam: float | None = None,
 ) -> Trap2Output:
     """Evaluate J on one batch. Call `.loss.backward()` on the result (two graphs, one backward).
 
@@ -218,12 +210,14 @@ def trap2_loss(
     With `config.lam == 0` only the standalone pass runs (plain training, used as the unprotected control).
     hubguard's variants (`hubguard.protect.variants`): `teacher` (the starting trainable tensors) with
     `config.distill`, `shift` (a simulated re-fine-tune) with `config.refit_steps`, and `config.interference`.
+    `lam` replaces `config.lam` for this step (the controller of `config.lam_control`).
     """
     loss_fn = loss_fn or (per_example_loss if config.cap_per_example and config.protected else default_loss)
     fork = _RngFork(model)
     outputs = _call(model, inputs, None)
     standalone = mean_loss(loss_fn(outputs, inputs))
-    if config.distill > 0 and teacher is not None:
+    task_loss = reference_loss = None
+    if teacher is not None:
         import torch
 
         from hubguard.protect.variants import distill_kl
@@ -231,10 +225,12 @@ def trap2_loss(
         fork.restore()
         with torch.no_grad():
             reference_out = _call(model, inputs, teacher)
-        standalone = standalone + config.distill * distill_kl(reference_out, outputs)
+        task_loss, reference_loss = float(standalone.detach()), float(mean_loss(loss_fn(reference_out, inputs)))
+        if config.distill > 0:
+            standalone = standalone + config.distill * distill_kl(reference_out, outputs)
     if not config.protected:
         return Trap2Output(loss=standalone, standalone_loss=float(standalone.detach()), scaled_loss=float("nan"),
-                           scale=1.0, weight=0.0)
+                           scale=1.0, weight=0.0, reference_loss=reference_loss, task_loss=task_loss)
     scales = [scale] if scale is not None else [
         sample_scale(config=config, generator=generator) for _ in range(config.samples_per_step)
     ]
@@ -251,7 +247,8 @@ def trap2_loss(
         penalty = penalty + w * pushed
         scaled_values.append(float(mean_loss(scaled).detach()))
         weights.append(w)
-    trap = config.lam * penalty / len(scales)
+    lam = config.lam if lam is None else lam
+    trap = lam * penalty / len(scales)
     if config.interference > 0:
         from hubguard.protect.variants import interference_parameters
 
@@ -259,7 +256,7 @@ def trap2_loss(
         mixed = loss_fn(_call(model, inputs, interference_parameters(model, config=config, generator=generator,
                                                                      reference=reference)), inputs)
         capped = mixed if config.scaled_loss_cap is None else mixed.clamp(max=config.scaled_loss_cap)
-        trap = trap + config.lam * config.interference_weight * mean_loss(capped)
+        trap = trap + lam * config.interference_weight * mean_loss(capped)
     return Trap2Output(
         loss=standalone - trap,
         standalone_loss=float(standalone.detach()),
@@ -268,6 +265,8 @@ def trap2_loss(
         weight=sum(weights) / len(weights),
         standalone_term=standalone,
         trap_term=trap,
+        reference_loss=reference_loss,
+        task_loss=task_loss,
     )
 
 

@@ -79,7 +79,7 @@ def evaluate_loss(model: torch.nn.Module, batches: Iterable[Any], *, loss_fn: Lo
     """Mean loss over `batches` at s = 1, in eval mode, without gradients."""
     import torch
 
-    from hubguard.protect.objective import _call
+    from hubguard.protect.forward import call as _call
 
     loss_fn = loss_fn or default_loss
     was_training = model.training
@@ -306,7 +306,7 @@ def train_protected(
     start = time.perf_counter()  # validating the starting state is part of the run's cost
     keeper.start()
     variants = _Variants(model, train_batches, config=config, loss_fn=loss_fn, reference=reference,
-                         teacher=keeper.snapshot() if config.distill > 0 else None)
+                         teacher=keeper.snapshot() if config.distill > 0 or config.lam_control > 0 else None)
     steps, epoch, history = 0, 0, []
     model.train()
     done = keeper.stopped
@@ -314,7 +314,7 @@ def train_protected(
         for batch in progress(train_batches, desc=f"trap2 epoch {epoch + 1}/{config.epochs}", total=n_batches):
             record = _step(model, batch, config=config, params=params, optimizer=optimizer, scheduler=scheduler,
                            generator=generator, reference=reference, loss_fn=loss_fn, step=steps,
-                           teacher=variants.teacher, shift=variants.shift(steps))
+                           teacher=variants.teacher, shift=variants.shift(steps), variants=variants)
             steps += 1
             if on_step is not None:
                 on_step(steps, record)
@@ -352,6 +352,18 @@ class _Variants:
         self.model, self.config, self.loss_fn, self.reference, self.teacher = model, config, loss_fn, reference, teacher
         self._source = itertools.cycle(batches) if config.refit_steps and config.protected else None
         self._shift: dict[str, torch.Tensor] | None = None
+        self.lam = config.lam
+        self._excess: float | None = None
+
+    def control(self, out: Any) -> None:
+        """Constrained Trap² (`config.lam_control`): move log λ against the standalone loss's excess over the
+        starting update's (EMA 0.9), minus the allowed slack."""
+        if not self.config.lam_control or out.reference_loss is None or out.task_loss is None:
+            return
+        excess = out.task_loss - out.reference_loss
+        self._excess = excess if self._excess is None else 0.9 * self._excess + 0.1 * excess
+        factor = math.exp(-self.config.lam_control * (self._excess - self.config.lam_slack))
+        self.lam = min(self.config.lam * 20.0, max(self.config.lam / 20.0, self.lam * factor))
 
     def shift(self, step: int) -> dict[str, torch.Tensor] | None:
         if self._source is None:
@@ -369,13 +381,16 @@ def _step(model: torch.nn.Module, batch: Any, *, config: ProtectConfig, params: 
           optimizer: torch.optim.Optimizer, scheduler: Any, generator: torch.Generator,
           reference: Mapping[str, torch.Tensor] | None, loss_fn: LossFn | None, step: int,
           teacher: Mapping[str, torch.Tensor] | None = None,
-          shift: Mapping[str, torch.Tensor] | None = None) -> dict[str, float]:
-    """One optimiser step on the Trap² objective; returns the step's record (losses, scale)."""
+          shift: Mapping[str, torch.Tensor] | None = None, variants: _Variants | None = None) -> dict[str, float]:
+    """One optimiser step on the Trap² objective; returns the step's record (losses, scale, λ)."""
     import torch
 
     optimizer.zero_grad(set_to_none=True)
+    lam = variants.lam if variants is not None else None
     out = trap2_loss(model, batch, config=config, generator=generator, reference=reference, loss_fn=loss_fn,
-                     teacher=teacher, shift=shift)
+                     teacher=teacher, shift=shift, lam=lam)
+    if variants is not None:
+        variants.control(out)
     if not torch.isfinite(out.loss):
         raise ProtectionError(
             f"The Trap² loss became {float(out.loss)} at step {step} (s={out.scale:.3f}). "
@@ -390,7 +405,7 @@ def _step(model: torch.nn.Module, batch: Any, *, config: ProtectConfig, params: 
     if scheduler is not None:
         scheduler.step()
     return {"step": step + 1, "loss": float(out.loss.detach()), "standalone": out.standalone_loss,
-            "scaled": out.scaled_loss, "scale": out.scale}
+            "scaled": out.scaled_loss, "scale": out.scale, "lam": config.lam if lam is None else lam}
 
 
 def _lr_scheduler(optimizer: torch.optim.Optimizer, *, config: ProtectConfig, n_batches: int | None) -> Any:

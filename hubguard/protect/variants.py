@@ -25,7 +25,8 @@ if TYPE_CHECKING:
     import torch
 
     from hubguard.protect.config import ProtectConfig
-    from hubguard.protect.objective import LossFn
+
+    LossFn = Any
 
 
 def lora_modules(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
@@ -67,7 +68,7 @@ def refit_shift(
     """
     import torch
 
-    from hubguard.protect.objective import _call, mean_loss
+    from hubguard.protect.forward import call, mean_loss
 
     params = dict(model.named_parameters())
     names = base_weight_names(model) if config.mode == "lora" else [n for n, p in params.items() if p.requires_grad]
@@ -77,7 +78,7 @@ def refit_shift(
     for batch in batches:
         leaves = {n: d.clone().requires_grad_(True) for n, d in delta.items()}
         overrides = {n: params[n].detach() + leaves[n] for n in names}
-        loss = mean_loss(loss_fn(_call(model, batch, overrides), batch))
+        loss = mean_loss(loss_fn(call(model, batch, overrides), batch))
         grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
         for n, g in zip(names, grads, strict=True):
             if g is not None:
