@@ -146,7 +146,7 @@ def train_task(s: LLMSetting, task: str, *, seed: int, args: argparse.Namespace,
             r=32, lora_alpha=32, lora_dropout=0.0, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
             bias="none", task_type="CAUSAL_LM"))
         cfg = ProtectConfig(mode="lora", lam=0.0, lora_r=32, learning_rate=args.lr, epochs=args.epochs, batch_size=16,
-                            early_stopping_patience=2, seed=seed)
+                            early_stopping_patience=3, eval_every=args.eval_every, seed=seed)
         kwargs: dict[str, Any] = {}
     else:
         model = copy.deepcopy(init)
@@ -240,7 +240,9 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", default="0")
     ap.add_argument("--lr", type=float, default=2e-3)
-    ap.add_argument("--epochs", type=int, default=6)
+    ap.add_argument("--epochs", type=int, default=4)
+    ap.add_argument("--eval-every", type=int, default=60, help="plain updates: steps between validations "
+                    "(early stopping after 3 without improvement)")
     ap.add_argument("--lam", type=float, default=1.0)
     ap.add_argument("--trap-lr", type=float, default=4e-3)
     ap.add_argument("--trap-budget", type=float, default=0.5)

@@ -2,9 +2,10 @@
 object of protect_train.Recipe overrides) continuing it, with the test accuracy of W0 + s·ΔW at a few scales.
 
     python benchmarks/protect_probe.py code_language 1 '{"lam": 2.0}' '{"distill": 1.0}'
+    python benchmarks/protect_probe.py code_language 0 --mode full '{"trap_lr": 1e-4}'   # full fine-tuning
 
-Each run is added to benchmarks/results/protect_probe.json under "<task>/seed<k>/<variant>" (the plain update under
-"<task>/seed<k>/plain"): steps, seconds, the validation checkpoints (step, s = 1 score, probe score), the kept one,
+Each run is added to benchmarks/results/protect_probe.json under "<task>/seed<k>[/full]/<variant>" (the plain update
+under "<task>/seed<k>[/full]/plain"): steps, seconds, the validation checkpoints (step, s = 1 score, probe score), the kept one,
 and the test sweep. The recipe choices of protect.py cite these runs.
 """
 
@@ -43,15 +44,21 @@ def record(key: str, value: dict) -> None:
 
 
 def main(argv: list[str]) -> None:
-    task, seed, variants = argv[0], int(argv[1]), [json.loads(v) for v in argv[2:]]
+    task, seed, rest = argv[0], int(argv[1]), argv[2:]
+    mode = "lora"
+    if rest[:1] == ["--mode"]:
+        mode, rest = rest[1], rest[2:]
+    variants = [json.loads(v) for v in rest]
     torch.set_num_threads(1)
     import transformers
 
     transformers.utils.logging.set_verbosity_error()
     s = Setting(names=[task], n_train=1200, n_val=600, n_test=1500)
-    base_recipe = Recipe()
+    from protect import MODE_RECIPES
+
+    base_recipe = MODE_RECIPES[mode] if mode in MODE_RECIPES else Recipe(mode=mode)
     plain = train_plain(s, task, recipe=base_recipe, seed=seed)
-    prefix = f"{task}/seed{seed}"
+    prefix = f"{task}/seed{seed}" + ("" if mode == "lora" else f"/{mode}")
     record(f"{prefix}/plain", {"steps": plain.result.steps, "seconds": plain.seconds, "val": plain.result.selected,
                                "sweep": sweep(s, plain.state, task),
                                "zero_shot": round(s.accuracy(s.base, task, "test"), 2)})

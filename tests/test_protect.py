@@ -861,3 +861,37 @@ def test_protected_fine_tune_still_fingerprints_as_derivative(tmp_path):
     tok.save_pretrained(str(tmp_path / "protected"))
     result = compare(str(folder), str(tmp_path / "protected"))
     assert result.verdict == "derivative", result.to_dict()
+
+
+def test_projection_leaves_the_distill_term_unprojected(tiny):
+    """With distill, the trap gradient is projected off the task loss's gradient only; the KL gradient is added."""
+    from hubguard.protect.objective import backward_projected
+
+    model = _with_update(_lora(tiny["model"], lora_dropout=0.0))
+    start = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.mul_(2.0)
+    params = [p for p in model.parameters() if p.requires_grad]
+    cfg = ProtectConfig(lam=0.5, distill=1.0)
+    out = trap2_loss(model, tiny["train"][0], config=cfg, generator=torch.Generator().manual_seed(0), scale=1.5,
+                     teacher=start)
+    assert out.distill_term is not None and float(out.distill_term) > 0
+    backward_projected(out, params)
+    got = [p.grad.clone() for p in params]
+    for p in params:
+        p.grad = None
+    again = trap2_loss(model, tiny["train"][0], config=cfg, generator=torch.Generator().manual_seed(0), scale=1.5,
+                       teacher=start)
+    g_kl = torch.autograd.grad(again.distill_term, params, retain_graph=True, allow_unused=True)
+    g_task = torch.autograd.grad(again.standalone_term - again.distill_term, params, retain_graph=True,
+                                 allow_unused=True)
+    g_trap = torch.autograd.grad(-again.trap_term, params, allow_unused=True)
+    z = [torch.zeros_like(p) for p in params]
+    g_kl, g_task, g_trap = ([z[i] if g is None else g for i, g in enumerate(gs)] for gs in (g_kl, g_task, g_trap))
+    dot = sum(float((a * b).sum()) for a, b in zip(g_task, g_trap, strict=True))
+    norm2 = sum(float((a * a).sum()) for a in g_task)
+    coef = dot / norm2 if dot < 0 else 0.0
+    for g, a, b, c in zip(got, g_task, g_trap, g_kl, strict=True):
+        assert torch.allclose(g, a + b - coef * a + c, atol=1e-6)

@@ -49,6 +49,8 @@ class Trap2Output:
     # With a `teacher`: the starting update's loss on the same batch, and this update's own (no distill term).
     reference_loss: float | None = None
     task_loss: float | None = None
+    # `config.distill`'s KL term (part of standalone_term); the projection of the trap gradient ignores it.
+    distill_term: torch.Tensor | None = None
 
 
 def sample_scale(*, config: ProtectConfig, generator: torch.Generator) -> float:
@@ -216,7 +218,7 @@ def trap2_loss(
     fork = _RngFork(model)
     outputs = _call(model, inputs, None)
     standalone = mean_loss(loss_fn(outputs, inputs))
-    task_loss = reference_loss = None
+    task_loss = reference_loss = distill_term = None
     if teacher is not None:
         import torch
 
@@ -227,7 +229,8 @@ def trap2_loss(
             reference_out = _call(model, inputs, teacher)
         task_loss, reference_loss = float(standalone.detach()), float(mean_loss(loss_fn(reference_out, inputs)))
         if config.distill > 0:
-            standalone = standalone + config.distill * distill_kl(reference_out, outputs)
+            distill_term = config.distill * distill_kl(reference_out, outputs)
+            standalone = standalone + distill_term
     if not config.protected:
         return Trap2Output(loss=standalone, standalone_loss=float(standalone.detach()), scaled_loss=float("nan"),
                            scale=1.0, weight=0.0, reference_loss=reference_loss, task_loss=task_loss)
@@ -267,6 +270,7 @@ def trap2_loss(
         trap_term=trap,
         reference_loss=reference_loss,
         task_loss=task_loss,
+        distill_term=distill_term,
     )
 
 
@@ -277,6 +281,8 @@ def backward_projected(out: Trap2Output, params: list[torch.nn.Parameter]) -> bo
     standalone loss at first order, so g_b loses its component along g_a (PCGrad, Yu et al. 2020):
     g = g_a + g_b − (⟨g_a, g_b⟩ / |g_a|²)·g_a. Not in the paper; `ProtectConfig.project_conflicts`.
     Returns True when a projection happened. Costs the same two backward passes as `out.loss.backward()`.
+    With `config.distill`, g_a is the task loss's gradient alone: the KL term's is added unprojected (projecting
+    the trap off "do not change the outputs" would leave it nothing to do).
     """
     import torch
 
@@ -284,17 +290,21 @@ def backward_projected(out: Trap2Output, params: list[torch.nn.Parameter]) -> bo
         out.loss.backward()
         return False
 
-    def grads(t: torch.Tensor) -> list[torch.Tensor]:
-        got = torch.autograd.grad(t, params, allow_unused=True)
+    def grads(t: torch.Tensor, retain: bool = False) -> list[torch.Tensor]:
+        got = torch.autograd.grad(t, params, allow_unused=True, retain_graph=retain)
         return [torch.zeros_like(p) if g is None else g for p, g in zip(params, got, strict=True)]
 
-    g_a = grads(out.standalone_term)
+    task = out.standalone_term if out.distill_term is None else out.standalone_term - out.distill_term
+    g_a = grads(task, retain=out.distill_term is not None)  # the KL term shares the standalone pass's graph
     g_b = grads(-out.trap_term)
+    g_c = grads(out.distill_term) if out.distill_term is not None else None
     dot = sum(float((a * b).sum()) for a, b in zip(g_a, g_b, strict=True))
     norm2 = sum(float((a * a).sum()) for a in g_a)
     projected = dot < 0 and norm2 > 0
-    for p, a, b in zip(params, g_a, g_b, strict=True):
+    for i, (p, a, b) in enumerate(zip(params, g_a, g_b, strict=True)):
         g = a + b - (dot / norm2) * a if projected else a + b
+        if g_c is not None:
+            g = g + g_c[i]
         p.grad = g if p.grad is None else p.grad + g
     return projected
 
