@@ -193,116 +193,61 @@ def dogs(d: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
-def protect(d: dict[str, Any]) -> str:
-    task = d["protected_task"]
-    base = d["base"]
-    base_mean = sum(base.values()) / len(base)
+ATTACK_LABELS = {
+    "task_arithmetic": "task arithmetic", "ties": "TIES", "dare_ties": "DARE-TIES", "slerp": "SLERP (t tuned; t = 1 drops it)",
+    "kept_at_1": "protected kept at 1, others tuned", "two_protected": "two protected updates (task arithmetic)",
+    "realign": "realign to the base, then task arithmetic", "refinetune": "short re-fine-tune, then task arithmetic",
+    "finetune_after_merge": "task arithmetic, then fine-tuned", "learned": "learned per-layer coefficients",
+    "regmean": "RegMean",
+}
+TARGET_LABELS = {
+    "standalone_within_1_point_ci": "standalone ≥ −1 (95% CI)", "standalone_within_1_point": "standalone ≥ −1 (point)",
+    "merged_at_or_below_zero_shot": "TA/TIES/DARE ≤ zero-shot", "realign_at_or_below_zero_shot": "realign ≤ zero-shot",
+    "time_ratio_at_most_2.2": "time ≤ 2.2×",
+}
 
-    def mean(m: dict[str, float]) -> float:
-        return sum(m.values()) / len(m)
 
-    rows = [f"Protected task: **{task}** ({d.get('metric', 'metric')}, test split; zero-shot base: "
-            f"{_fmt(base.get(task))} on {task}, {_fmt(base_mean)} mean over {len(base)} tasks). "
-            "The attacker picks the coefficient on validation data.", "",
-            f"| setting | {task}: unprotected | {task}: protected | mean: unprotected | mean: protected | coefficient (unprot. / prot.) |",
-            "|---|---|---|---|---|---|"]
-    sa = d["standalone"]
-    rows.append(f"| standalone | {_fmt(sa['unprotected'].get(task))} | {_fmt(sa['protected'].get(task))} | "
-                f"{_fmt(mean(sa['unprotected']))} | {_fmt(mean(sa['protected']))} | – |")
-    for method, r in d.get("merged", {}).items():
-        rows.append(f"| merged: {method} | {_fmt(r['unprotected'].get(task))} | {_fmt(r['protected'].get(task))} | "
-                    f"{_fmt(mean(r['unprotected']))} | {_fmt(mean(r['protected']))} | "
-                    f"{_fmt(r.get('coefficient_unprotected'))} / {_fmt(r.get('coefficient'))} |")
-    attacks = d.get("open_attacks", {})
-    labels = {"protected_fixed_at_1": "protected kept at 1, others tuned",
-              "two_protected": "two protected updates (task arithmetic)",
-              "refinetune_then_merge": "short re-fine-tune, then task arithmetic",
-              "realign_then_merge": "realign to the base (undoes a lock), then task arithmetic"}
-    for key, label in labels.items():
-        a = attacks.get(key)
-        if not a:
-            continue
-        unp = a["unprotected"]["test"] if "test" in a["unprotected"] else a["unprotected"]
-        prot = a["protected"]["test"]
-        rows.append(f"| attack: {label} | {_fmt(unp.get(task))} | {_fmt(prot.get(task))} | {_fmt(mean(unp))} | "
-                    f"{_fmt(mean(prot))} | {_fmt(a['unprotected'].get('coefficient', '–'))} / "
-                    f"{_fmt(a['protected'].get('coefficient'))} |")
-    lock = d.get("lock")
-    if "time_ratio" in d and d.get("time_ratio_per_step") is not None:
-        rows += ["", f"Training time, protected / plain: {_fmt(d['time_ratio'], 2)}× wall clock for the whole protected "
-                     f"update; {_fmt(d.get('time_ratio_per_step'), 2)}× CPU per optimiser step."]
-    elif "time_ratio" in d:
-        rows += ["", f"Time, protected / plain: {_fmt(d['time_ratio'], 2)}× wall clock (the plain update's training, "
-                     "then the lock)."]
-    if lock:
-        rows += ["", f"Scale lock: gain {_fmt(lock['gain'])}, {lock['directions']} direction(s) per head on "
-                     f"{'/'.join(lock['pairs'])}, {lock['locked_weights']} weights, LoRA rank +{lock['rank_added']}, "
-                     f"{'calibrated on training batches' if lock.get('calibrated') else 'data-free'}, "
-                     f"{_fmt(lock['seconds'])} s."]
-    targets = d.get("summary", {}).get("targets")
-    if targets:
-        rows += ["", "Targets: " + ", ".join(f"{k.replace('_', ' ')}: {'met' if v else '**not met**'}"
-                                               for k, v in targets.items()) + "."]
-    sel = d.get("protected_training", {}).get("selected")
-    if sel:
-        agg = "best" if d.get("settings", {}).get("probe_aggregate") == "max" else "mean"  # older runs: mean
-        kept = ("the starting update (step 0): **no Trap² checkpoint stayed within tolerance, not protected**"
-                if _kept_unprotected(sel) else f"Trap² step {sel['step']}")
-        rows += ["", f"Kept checkpoint: {kept}, validation accuracy at s = 1 {_fmt(sel['standalone'])} "
-                     f"(reference {_fmt(sel.get('reference'))}), {agg} at the probe scales {_fmt(sel.get('trap'))}."]
+def _mean_ci(x: dict[str, Any], nd: int = 1) -> str:
+    if x.get("low") is None:
+        return _fmt(x["mean"], nd)
+    return f"{_fmt(x['mean'], nd)} [{_fmt(x['low'], nd)}, {_fmt(x['high'], nd)}]"
+
+
+def protect_targets(d: dict[str, Any]) -> str:
+    """Per protection: the standalone change and the time ratio over seeds, and on how many seeds each target holds."""
+    k = len(d["seeds"])
+    names = [t for t in TARGET_LABELS if any(t in m["targets_met_seeds"] for m in d["methods"].values())]
+    rows = ["| protection | standalone Δ, mean [95% CI] (min, max) | time ratio | "
+            + " | ".join(TARGET_LABELS[t] for t in names) + " |", "|---|---|---|" + "---|" * len(names)]
+    for m, v in d["methods"].items():
+        sc = v["standalone_change"]
+        met = [f"{v['targets_met_seeds'][t]}/{k}" if t in v["targets_met_seeds"] else "–" for t in names]
+        rows.append(f"| {m} | {_mean_ci(sc)} ({_fmt(sc['min'])}, {_fmt(sc['max'])}) | {_mean_ci(v['time_ratio'], 2)} | "
+                    + " | ".join(met) + " |")
+    zs = d["zero_shot"]
+    rows += ["", f"{k} seed(s) ({', '.join(map(str, d['seeds']))}); protected task {d['protected_task']}, zero-shot "
+                 f"{_fmt(zs)}; standalone Δ: protected minus unprotected test accuracy on the same examples (paired, "
+                 "points); a target counts on a seed when it holds there (standalone: the lower end of that seed's "
+                 "paired 95% interval at or above −1)."]
     return "\n".join(rows)
 
 
-def _kept_unprotected(sel: dict[str, Any]) -> bool:
-    """The selection kept the starting update (older runs lack `protected`: step 0 means the start)."""
-    return not sel.get("protected", sel.get("step") != 0)
-
-
-def protect_runs(runs: dict[str, dict[str, Any]]) -> str:
-    """One line per committed protect*.json run: the seed / setting spread of the headline numbers."""
-    rows = ["| run | seed | method | Trap² steps (budget, lr, w(s)) | kept step | standalone Δ test / val | TA | TIES | "
-            "DARE-TIES | SLERP | kept at 1 | realign, TA | time ratio (whole / per step) |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for name, d in runs.items():
-        if "protected_task" not in d:  # another protect_* benchmark (e.g. the lock probe)
-            continue
-        task, st, sel = d["protected_task"], d.get("settings", {}), d.get("protected_training", {}).get("selected") or {}
-        merged = d.get("merged", {})
-
-        def cell(method: str, merged: dict[str, Any] = merged, task: str = task) -> str:
-            r = merged.get(method)
-            return f"{_fmt(r['protected'].get(task))} (c={_fmt(r.get('coefficient'))})" if r else "–"
-
-        def attack(key: str, attacks: dict[str, Any] = d.get("open_attacks", {}), task: str = task) -> str:
-            a = attacks.get(key)
-            return f"{_fmt(a['protected']['test'].get(task))} (c={_fmt(a['protected'].get('coefficient'))})" if a else "–"
-
-        val = _fmt(sel["standalone"] - sel["reference"]) if "reference" in sel else "–"
-        steps = st.get("steps", {}).get("protected")
-        kept = sel.get("step")
-        kept_txt = f"{_fmt(kept)} (the start: **not protected**)" if sel and _kept_unprotected(sel) else _fmt(kept)
-        method = st.get("method", "trap2")
-        if "lock" in method:
-            method += f" (g={_fmt(st.get('lock_gain'))})"
-        trap = (f"{steps} ({_fmt(st.get('trap_budget'), 2)}, {st.get('trap_lr')}, {st.get('weight', '–')})"
-                if "trap2" in method else "–")
-        rows.append(f"| {name} | {st.get('seed', '–')} | {method} | {trap} | "
-                    f"{kept_txt} | "
-                    f"{_fmt(d['summary']['standalone_change'])} / {val} | {cell('task_arithmetic')} | {cell('ties')} | "
-                    f"{cell('dare_ties')} | {cell('slerp')} | {attack('protected_fixed_at_1')} | "
-                    f"{attack('realign_then_merge')} | {_fmt(d.get('time_ratio'), 2)} / "
-                    f"{_fmt(d.get('time_ratio_per_step'), 2)} |")
-    return "\n".join(rows)
-
-
-def protect_lock_probe(d: dict[str, Any]) -> str:
-    scales = [str(x) for x in d["scales"]]
-    rows = [f"| setting | {' | '.join(f's={x}' for x in scales)} | bf16 model at 1 | bf16-merged at 1 |",
-            "|---|" + "---|" * (len(scales) + 2)]
-    for name, r in d["runs"].items():
-        rows.append(f"| {name} | {' | '.join(_fmt(r['test_by_scale'][x]) for x in scales)} | "
-                    f"{_fmt(r['bf16_model_at_1'])} | {_fmt(r['bf16_merged_weights_at_1'])} |")
-    rows += ["", f"Task {d['task']}, seed {d['seed']}; zero-shot base {_fmt(d['base_test'])}."]
+def protect_attacks(d: dict[str, Any]) -> str:
+    """Attack × protection: the protected task's merged accuracy over seeds, and on how many seeds it is at or below
+    zero-shot."""
+    k = len(d["seeds"])
+    methods = list(d["methods"])
+    attacks = list(dict.fromkeys(a for m in methods for a in d["methods"][m]["attacks"]))
+    rows = ["| attack | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
+    for a in attacks:
+        cells = []
+        for m in methods:
+            x = d["methods"][m]["attacks"].get(a)
+            cells.append("–" if x is None else f"{_mean_ci(x)} ({x['protected_seeds']}/{x['k']} ≤ zs)")
+        rows.append(f"| {ATTACK_LABELS.get(a, a)} | " + " | ".join(cells) + " |")
+    rows += ["", f"Protected task {d['protected_task']}: test accuracy (LLM: exact match) of the merge at the attacker's "
+                 f"choice, mean [95% CI] over {k} seed(s); zero-shot (the base) {_fmt(d['zero_shot'])}; (j/{k} ≤ zs): "
+                 "seeds where the merge is at or below zero-shot, i.e. the protection held."]
     return "\n".join(rows)
 
 
@@ -375,10 +320,12 @@ TABLES: dict[str, tuple[str, Callable[[Any], str]]] = {
     "fingerprint-speed": ("fingerprint_speed", fingerprint_speed),
     "registry": ("registry", registry),
     "dogs": ("dogs", dogs),
-    "protect": ("protect", protect),
-    "protect-lock": ("protect_lock", protect),
-    "protect-lock-probe": ("protect_lock_probe", protect_lock_probe),
-    "protect-runs": ("protect*", protect_runs),  # every benchmarks/results/protect*.json, by file name
+    "protect-lora-targets": ("protect_lora", protect_targets),
+    "protect-lora-attacks": ("protect_lora", protect_attacks),
+    "protect-full-targets": ("protect_full", protect_targets),
+    "protect-full-attacks": ("protect_full", protect_attacks),
+    "protect-llm-targets": ("protect_llm", protect_targets),
+    "protect-llm-attacks": ("protect_llm", protect_attacks),
     "space": ("space", space),
     "coverage": ("coverage", coverage),
     "coverage-summary": ("coverage", coverage_summary),

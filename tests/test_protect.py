@@ -110,7 +110,8 @@ def test_scale_weight_and_presets():
 
 @pytest.mark.parametrize("bad", [{"lam": -1}, {"exclude": (1.1, 1.2)}, {"scale_min": 0}, {"weight": "x"},
                                  {"mode": "bitfit"}, {"lora_r": 0}, {"scaled_loss_cap": 0.0},
-                                 {"lr_schedule": "cosine"}])
+                                 {"lr_schedule": "cosine"}, {"distill": -1.0}, {"interference": -0.1},
+                                 {"refit_steps": 2, "refit_lr": 0.0}, {"refit_steps": 2, "refit_every": 0}])
 def test_bad_config_is_a_hubguard_error(bad):
     with pytest.raises(ProtectionError):
         ProtectConfig(**bad)
@@ -269,11 +270,94 @@ def test_per_example_losses_are_capped_one_by_one(tiny):
             assert torch.allclose(a, b, atol=1e-6)
 
 
+# --- hubguard's variants of the objective (hubguard.protect.variants) -------------------------------------
+
+
+def test_distill_adds_the_divergence_from_the_starting_update(tiny):
+    from hubguard.protect.variants import distill_kl
+
+    model = _with_update(_lora(tiny["model"], lora_dropout=0.0))
+    batch = tiny["train"][0]
+    start = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    cfg = ProtectConfig(lam=0.0, distill=2.0)
+    same = trap2_loss(model, batch, config=cfg, generator=torch.Generator(), teacher=start)
+    assert float(same.loss) == pytest.approx(same.standalone_loss, abs=1e-6)  # KL(p || p) = 0
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.mul_(3.0)
+    moved = trap2_loss(model, batch, config=cfg, generator=torch.Generator(), teacher=start)
+    teacher_out = _call_with(model, batch, start)
+    kl = distill_kl(teacher_out, model(**batch))
+    assert float(kl) > 0 and float(moved.loss) == pytest.approx(float(model(**batch).loss) + 2.0 * float(kl), rel=1e-4)
+    with pytest.raises(ProtectionError, match="logits"):
+        distill_kl({"loss": 1.0}, {"loss": 2.0})
+
+
+def _call_with(model, batch, overrides):
+    from torch.func import functional_call
+
+    with torch.no_grad():
+        return functional_call(model, overrides, (), dict(batch), strict=False)
+
+
+def test_refit_shift_is_a_plain_descent_step_on_the_full_weights(tiny):
+    """The simulated re-fine-tune moves the adapted layers' full weights down the plain loss, and the trap pass then
+    sees W0 + s·(ΔW + δ)."""
+    from hubguard.protect.objective import default_loss
+    from hubguard.protect.variants import base_weight_names, refit_shift
+
+    model = _with_update(_lora(tiny["model"], lora_dropout=0.0))
+    cfg = ProtectConfig(lam=0.5, refit_steps=2, refit_lr=1e-3)
+    batches = tiny["train"][:2]
+    delta = refit_shift(model, batches, config=cfg, loss_fn=default_loss)
+    assert set(delta) == set(base_weight_names(model)) and delta
+    assert all(float(d.abs().max()) <= 2e-3 + 1e-9 for d in delta.values())  # two sign steps of 1e-3
+    before = evaluate_loss(model, batches)
+    params = dict(model.named_parameters())
+    after = float(_call_with(model, batches[0], {n: params[n].detach() + d for n, d in delta.items()}).loss)
+    assert after < float(_call_with(model, batches[0], {}).loss) and before > 0
+    scaled = scaled_parameters(model, scale=0.5, mode="lora", shift=delta)
+    name = next(iter(delta))
+    assert torch.allclose(scaled[name], params[name] + 0.5 * delta[name])
+    out = trap2_loss(model, batches[0], config=cfg, generator=torch.Generator().manual_seed(0), shift=delta)
+    assert torch.isfinite(out.loss)
+
+
+def test_interference_term_perturbs_each_adapted_weight_by_its_update_norm(tiny):
+    from hubguard.protect.variants import interference_parameters, lora_modules
+
+    model = _with_update(_lora(tiny["model"], lora_dropout=0.0))
+    cfg = ProtectConfig(lam=0.5, interference=0.5)
+    over = interference_parameters(model, config=cfg, generator=torch.Generator().manual_seed(0))
+    params = dict(model.named_parameters())
+    for name, module in lora_modules(model).items():
+        key = f"{name}.base_layer.weight"
+        e = over[key] - params[key]
+        assert float(e.norm()) == pytest.approx(0.5 * float(module.get_delta_weight("default").norm()), rel=1e-4)
+    plain = trap2_loss(model, tiny["train"][0], config=cfg.replace(interference=0.0),
+                       generator=torch.Generator().manual_seed(0), scale=1.5)
+    mixed = trap2_loss(model, tiny["train"][0], config=cfg, generator=torch.Generator().manual_seed(0), scale=1.5)
+    assert float(mixed.trap_term) > float(plain.trap_term)  # the extra maximised term
+
+
+def test_training_with_every_variant_runs_and_keeps_a_checkpoint(tiny, trained):
+    plain, _, _ = trained[0.0]
+    model = copy.deepcopy(plain)
+    for p_name, p in model.named_parameters():
+        p.requires_grad_("lora_" in p_name)
+    cfg = ProtectConfig(lam=0.05, weight="inv", learning_rate=5e-3, max_steps=6, eval_every=3, selection="trap",
+                        tolerance_reference="start", standalone_tolerance=10.0, distill=1.0, refit_steps=1,
+                        refit_every=3, interference=0.3)
+    res = train_protected(model, train_batches=tiny["train"], val_batches=tiny["val"], config=cfg)
+    assert res.steps == 6 and res.selected is not None
+
+
 # --- training ----------------------------------------------------------------------------------------
 
 
 def _loss_at(model, batches, s):
-    from hubguard.protect.audit import scaled_in_place
+    from hubguard.protect.objective import scaled_in_place
 
     with scaled_in_place(model, scale=s, mode="lora"):
         return evaluate_loss(model, batches)
@@ -663,7 +747,8 @@ def test_cli_protect_then_audit(tiny, tmp_path):
                                     "--others", str(tmp_path / "out"), "--realign"])
     assert res.exit_code == 0, res.output
     report = json.loads((tmp_path / "r.json").read_text())
-    assert report["schema_version"] == 1 and report["merges"]["realign_task_arithmetic"]["coefficient"] == 1.0
+    assert report["schema_version"] == 2 and report["attacks"]["realign"]["coefficient"] == 1.0
+    assert "attack realign: " in res.output and "base" in res.output  # one verdict line per attack
     # PEFT's svd cannot keep rank 32 on this tiny model's 16-wide k_proj: reported as that method's error, the
     # audit goes on.
     assert "shapes" in report["merges"]["peft_svd"]["error"] and "test" in report["merges"]["peft_cat"]
@@ -776,3 +861,37 @@ def test_protected_fine_tune_still_fingerprints_as_derivative(tmp_path):
     tok.save_pretrained(str(tmp_path / "protected"))
     result = compare(str(folder), str(tmp_path / "protected"))
     assert result.verdict == "derivative", result.to_dict()
+
+
+def test_projection_leaves_the_distill_term_unprojected(tiny):
+    """With distill, the trap gradient is projected off the task loss's gradient only; the KL gradient is added."""
+    from hubguard.protect.objective import backward_projected
+
+    model = _with_update(_lora(tiny["model"], lora_dropout=0.0))
+    start = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.mul_(2.0)
+    params = [p for p in model.parameters() if p.requires_grad]
+    cfg = ProtectConfig(lam=0.5, distill=1.0)
+    out = trap2_loss(model, tiny["train"][0], config=cfg, generator=torch.Generator().manual_seed(0), scale=1.5,
+                     teacher=start)
+    assert out.distill_term is not None and float(out.distill_term) > 0
+    backward_projected(out, params)
+    got = [p.grad.clone() for p in params]
+    for p in params:
+        p.grad = None
+    again = trap2_loss(model, tiny["train"][0], config=cfg, generator=torch.Generator().manual_seed(0), scale=1.5,
+                       teacher=start)
+    g_kl = torch.autograd.grad(again.distill_term, params, retain_graph=True, allow_unused=True)
+    g_task = torch.autograd.grad(again.standalone_term - again.distill_term, params, retain_graph=True,
+                                 allow_unused=True)
+    g_trap = torch.autograd.grad(-again.trap_term, params, allow_unused=True)
+    z = [torch.zeros_like(p) for p in params]
+    g_kl, g_task, g_trap = ([z[i] if g is None else g for i, g in enumerate(gs)] for gs in (g_kl, g_task, g_trap))
+    dot = sum(float((a * b).sum()) for a, b in zip(g_task, g_trap, strict=True))
+    norm2 = sum(float((a * a).sum()) for a in g_task)
+    coef = dot / norm2 if dot < 0 else 0.0
+    for g, a, b, c in zip(got, g_task, g_trap, g_kl, strict=True):
+        assert torch.allclose(g, a + b - coef * a + c, atol=1e-6)

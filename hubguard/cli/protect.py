@@ -1,266 +1,28 @@
-"""`hubguard protect` and `hubguard audit`, as Typer apps the main CLI mounts.
+"""`hubguard protect`, `hubguard lock` and `hubguard audit`: Typer commands that parse options and print.
 
     hubguard protect --base BASE --data DATA --out OUT [--mode lora|full] [--task causal-lm|classification]
-    hubguard audit UPDATE --base BASE --eval DATA [--others A --others B] [--json] [--out report.json]
+    hubguard audit UPDATE --base BASE --eval DATA [--others A --others B] [--attacks realign,refinetune] [--json]
     hubguard lock UPDATE --base BASE --out OUT [--data DATA] [--gain 100]
 
 `register(app)` mounts them in the main CLI; `protect_app` / `lock_app` / `audit_app` are the same commands as
-standalone single-command Typer apps. Also callable from Python: `protect_main(...)`, `audit_main(...)` (keyword-only; they return the result).
+standalone single-command Typer apps. The work is done by `hubguard.protect.run` (`protect_main`, `lock_main`,
+`audit_main`: keyword-only, they return the result), re-exported here.
 """
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from hubguard.errors import HubguardError, ProtectionError
-from hubguard.protect.data import TASKS, make_batches, read_text_data, split
+from hubguard.protect.data import TASKS
+from hubguard.protect.run import audit_main, lock_main, protect_main
 
 protect_app = typer.Typer(help="Fine-tune with Trap² merge protection.", add_completion=False)
 lock_app = typer.Typer(help="Scale-lock a released update (no training).", add_completion=False)
 audit_app = typer.Typer(help="Attack an update with real merges and a scale sweep.", add_completion=False)
-
-
-def _load_model(folder: str, *, task: str, num_labels: int | None = None) -> Any:
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
-
-    try:
-        if task == "causal-lm":
-            return AutoModelForCausalLM.from_pretrained(folder)
-        kwargs = {"num_labels": num_labels} if num_labels else {}
-        return AutoModelForSequenceClassification.from_pretrained(folder, **kwargs)
-    except (OSError, ValueError, KeyError) as exc:
-        raise ProtectionError(f"Cannot load {folder} as a {task} model: {exc}") from exc
-
-
-def _tokenizer(folder: str | Path) -> Any:
-    from transformers import AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(str(folder))
-    except (OSError, ValueError) as exc:
-        raise ProtectionError(f"{folder} has no usable tokenizer ({exc}); copy the base's tokenizer files there.") from exc
-
-
-def protect_main(
-    *, base: str | Path, data: str | Path, out: str | Path, mode: str = "lora", task: str = "causal-lm",
-    preset: str | None = "llm", lam: float | None = None, epochs: int = 3, learning_rate: float = 1e-4,
-    batch_size: int = 8, max_length: int = 128, val_fraction: float = 0.1, seed: int = 0, overwrite: bool = False,
-    init: str | Path | None = None, selection: str = "standalone", tolerance: float | None = None,
-    project_conflicts: bool = False, loss_cap: float | None = None, cap_per_example: bool = False,
-    stop_at_loss: float | None = None, lock: bool = False, lock_gain: float = 100.0,
-) -> dict[str, Any]:
-    """Train a protected update of `base` on `data` and save it to `out` (adapter or full model + card).
-
-    `init`: continue from an update you already trained (a PEFT adapter folder for `mode="lora"`, a full
-    fine-tuned model folder for `mode="full"`) instead of starting from the base; pair it with
-    `selection="trap"` to keep the most protected checkpoint that stays within `tolerance` of it at s = 1.
-    `stop_at_loss` (trap selection): stop at the first such checkpoint whose validation loss is at least this
-    many nats at every probe scale (e.g. the base model's loss, or log(classes) for a classifier).
-    `lock`: scale-lock the trained update before writing it (`hubguard.protect.lock`, gain `lock_gain`,
-    directions chosen on the first training batches); it changes nothing at s = 1.
-    """
-    import torch
-
-    from hubguard.protect.card import write_protection_card
-    from hubguard.protect.config import ProtectConfig
-    from hubguard.protect.trainer import attach_lora, train_protected
-    from hubguard.protect.updates import check_base
-
-    base = check_base(base)
-    out = Path(out)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise ProtectionError(f"Output folder {out} is not empty; pass --overwrite or choose another folder.")
-    if stop_at_loss is not None and selection != "trap":
-        raise ProtectionError("--stop-at-loss stops at a protected checkpoint of the trap selection: add "
-                              "--selection trap (and --init to protect an update you trained).")
-    if init is not None:
-        _check_init(init, mode=mode)  # before any model is loaded
-        if out.resolve() == Path(init).resolve():
-            raise ProtectionError(f"--out {out} is the --init update itself; write the protected update elsewhere "
-                                  "so the update you trained is kept.")
-    overrides: dict[str, Any] = {"mode": mode, "epochs": epochs, "learning_rate": learning_rate,
-                                 "batch_size": batch_size, "seed": seed}
-    if lam is not None:
-        overrides["lam"] = lam
-    overrides["selection"] = selection
-    if init is not None:  # the kept update must stay within tolerance of the update being protected
-        overrides["tolerance_reference"] = "start"
-    overrides["project_conflicts"] = project_conflicts
-    overrides["scaled_loss_cap"] = loss_cap
-    overrides["cap_per_example"] = cap_per_example
-    if tolerance is not None:
-        overrides["standalone_tolerance"] = tolerance
-    if stop_at_loss is not None:  # scores are negative losses: every probe loss >= L <=> best score <= -L
-        overrides["trap_target"] = -stop_at_loss
-    config = ProtectConfig.preset(preset, **overrides) if preset else ProtectConfig(**overrides)
-    text = read_text_data(data, task=task)
-    train_data, val_data = split(text, fraction=val_fraction, seed=seed)
-    tok = _tokenizer(base)
-    names = text.label_names
-    train_b, val_b = (make_batches(d, tokenizer=tok, task=task, batch_size=batch_size, max_length=max_length,
-                                   label_names=names) for d in (train_data, val_data))
-    torch.manual_seed(seed)
-    model = _load_model(str(base), task=task, num_labels=len(names) if names else None)
-    if task == "classification":
-        model.config.id2label = dict(enumerate(names or ()))
-        model.config.label2id = {n: i for i, n in enumerate(names or ())}
-    reference = None
-    if init is not None:
-        model, reference = _continue_from(model, init=init, mode=mode, task=task,
-                                          num_labels=len(names) if names else None)
-    elif mode == "lora":
-        model = attach_lora(model, config=config, task_type="CAUSAL_LM" if task == "causal-lm" else "SEQ_CLS")
-    lock_config = _lock_config(gain=lock_gain) if lock else None  # checked before training
-    result = train_protected(model, train_batches=train_b, val_batches=val_b, config=config, reference=reference)
-    training = {**result.to_dict(), "task": task, "data": str(data), "examples": len(text.texts),
-                "init": str(init) if init is not None else None}
-    lock_record = None
-    if lock_config is None:
-        out.mkdir(parents=True, exist_ok=True)
-        model.save_pretrained(str(out))
-    else:
-        import tempfile
-
-        from hubguard.protect.lock_adapter import lock_update
-
-        with tempfile.TemporaryDirectory(prefix="hubguard-unlocked-") as tmp:
-            model.save_pretrained(tmp)
-            lock_record = lock_update(update=tmp, base=base, out=out, config=lock_config, calibration=train_b[:8],
-                                      overwrite=True)
-    tok.save_pretrained(str(out))
-    write_protection_card(out, config=config, base_model=str(base), training=training, lock=lock_record)
-    return {"out": str(out), "mode": mode, "settings": config.to_dict(), "training": training, "lock": lock_record}
-
-
-def _lock_config(**kwargs: Any) -> Any:
-    from hubguard.protect.lock import LockConfig
-
-    return LockConfig(**kwargs)
-
-
-def lock_main(
-    *, update: str | Path, base: str | Path, out: str | Path, data: str | Path | None = None,
-    task: str = "causal-lm", gain: float = 100.0, directions: int = 1, pairs: tuple[str, ...] = ("qk", "vo"),
-    batches: int = 8, batch_size: int = 8, max_length: int = 128, overwrite: bool = False,
-) -> dict[str, Any]:
-    """Scale-lock `update` (adapter or full model of `base`) into `out`; `data` chooses the lock directions
-    (its first `batches` batches), without it they come from the weights. Returns the lock record."""
-    from hubguard.protect.lock_adapter import lock_update
-    from hubguard.protect.updates import check_base
-
-    config = _lock_config(gain=gain, directions=directions, pairs=tuple(pairs))
-    calibration = None
-    if data is not None:
-        if batches < 1:
-            raise ProtectionError(f"--batches must be at least 1 with --data (got {batches}).")
-        text = read_text_data(data, task=task)
-        tok = _tokenizer(check_base(base))
-        calibration = make_batches(text, tokenizer=tok, task=task, batch_size=batch_size, max_length=max_length,
-                                   label_names=text.label_names)[:batches]
-    return lock_update(update=update, base=base, out=out, config=config, calibration=calibration,
-                       overwrite=overwrite)
-
-
-def _check_init(init: str | Path, *, mode: str) -> None:
-    """`init` exists and is the kind of update `mode` continues (an adapter for lora, a full model for full)."""
-    from hubguard.protect.updates import update_kind
-
-    kind = update_kind(init)
-    if mode == "lora" and kind != "adapter":
-        raise ProtectionError(f"--init {init} is a full model; with --mode lora pass a PEFT adapter folder.")
-    if mode == "full" and kind != "full":
-        raise ProtectionError(f"--init {init} is an adapter; with --mode full pass a fine-tuned model folder.")
-
-
-def _continue_from(base_model: Any, *, init: str | Path, mode: str, task: str,
-                   num_labels: int | None) -> tuple[Any, dict[str, Any] | None]:
-    """The update at `init` (checked by `_check_init`), trainable, on top of `base_model`; for full mode also
-    θ0 (the base's weights)."""
-    from hubguard.protect.objective import snapshot_reference
-    from hubguard.protect.updates import load_adapter
-
-    if mode == "lora":
-        return load_adapter(base_model, init, is_trainable=True), None
-    reference = snapshot_reference(base_model)
-    model = _load_model(str(init), task=task, num_labels=num_labels)
-    names = {n for n, _ in model.named_parameters()}
-    missing = sorted(set(reference) - names)
-    if missing:
-        raise ProtectionError(f"--init {init} lacks {len(missing)} of the base's parameters (e.g. {missing[0]!r}); "
-                              "pass a fine-tune of this base.")
-    return model, reference
-
-
-def _evaluators(eval_batches: list[dict[str, Any]], *, task: str) -> tuple[Any, Any]:
-    import torch
-
-    def metrics(model: Any) -> dict[str, float]:
-        model.eval()
-        loss, correct, count = 0.0, 0, 0
-        with torch.no_grad():
-            for b in eval_batches:
-                outp = model(**b)
-                loss += float(outp.loss)
-                if task == "classification":
-                    correct += int((outp.logits.argmax(-1) == b["labels"]).sum())
-                    count += len(b["labels"])
-        res = {"loss": loss / len(eval_batches)}
-        if task == "classification":
-            res["accuracy"] = 100.0 * correct / count
-        return res
-
-    def score(model: Any) -> float:
-        m = metrics(model)
-        return m["accuracy"] if task == "classification" else -m["loss"]
-
-    return metrics, score
-
-
-def audit_main(
-    *, update: str | Path, base: str | Path, eval_data: str | Path, others: list[str] | None = None,
-    task: str = "causal-lm", coefficients: tuple[float, ...] = (0.3, 0.6, 1.0, 1.5),
-    mergekit_methods: tuple[str, ...] | None = None, peft_methods: tuple[str, ...] | None = None,
-    max_length: int = 128, batch_size: int = 8, out: str | Path | None = None, plot: str | Path | None = None,
-    seed: int = 0, realign: bool = False,
-) -> dict[str, Any]:
-    """Scale sweep + real merges of `update` with `others`; the attacker tunes on half of `eval_data` and is
-    scored on the other half. `realign`: also undo a scale lock first (the adaptive attack). Returns the report
-    dict (and writes JSON / PNG when asked)."""
-    from hubguard.protect.audit import MERGEKIT_METHODS, PEFT_METHODS, plot_sweep, run_audit
-    from hubguard.protect.updates import check_base, update_kind
-
-    base = check_base(base)
-    update_kind(update)
-    for o in others or []:
-        update_kind(o)
-    text = read_text_data(eval_data, task=task)
-    test_data, val_data = split(text, fraction=0.5, seed=seed)
-    tok = _tokenizer(base)
-    names = text.label_names
-    val_b, test_b = (make_batches(d, tokenizer=tok, task=task, batch_size=batch_size, max_length=max_length,
-                                  label_names=names) for d in (val_data, test_data))
-    metrics, _ = _evaluators(test_b, task=task)
-    _, score = _evaluators(val_b, task=task)
-    report = run_audit(
-        update=update, base=base, others=list(others or []),
-        load_model=lambda f: _load_model(f, task=task, num_labels=len(names) if names else None),
-        val_score=score, test_metrics=metrics, coefficients=coefficients,
-        mergekit_methods=mergekit_methods if mergekit_methods is not None else MERGEKIT_METHODS,
-        peft_methods=peft_methods if peft_methods is not None else PEFT_METHODS, seed=seed, realign=realign,
-    )
-    result = report.to_dict()
-    result["metric"] = "accuracy" if task == "classification" else "loss"
-    if out:
-        report.write(out)
-    if plot:
-        key = "accuracy" if task == "classification" else "loss"
-        plot_sweep({"update": [(r["scale"], r[key]) for r in report.sweep]}, out=plot, title=f"{Path(update).name}",
-                   y_label=key)
-    return result
 
 
 def _fail(exc: HubguardError) -> None:
@@ -377,32 +139,49 @@ def audit_command(
     plot: Annotated[str | None, typer.Option(help="write the scale-sweep PNG here")] = None,
     max_length: int = 128,
     realign: Annotated[bool, typer.Option(help="also the adaptive attack on a scale lock: realign the update to "
-                                               "the base, then task arithmetic")] = False,
+                                               "the base, then task arithmetic (same as --attacks realign)")] = False,
+    attacks: Annotated[str, typer.Option(help="comma-separated adaptive attacks, each with a verdict: realign, "
+                                              "refinetune, learned, regmean, kept_at_1, slerp, finetune_after_merge, "
+                                              "task_arithmetic, ties, dare_ties")] = "",
+    attacker_lr: Annotated[float, typer.Option(help="learning rate of the attacks that fine-tune")] = 1e-4,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Attack a released update with real merges (mergekit, PEFT) and a scale sweep; say whether it looks protected.
+    """Attack a released update with real merges (mergekit, PEFT), a scale sweep and adaptive attacks; say whether
+    it looks protected (one verdict per attack: protected when the merge does no better than the base).
 
-    Example: hubguard audit ./protected --base ./base --eval val.jsonl --others ./other-adapter --json
+    Example: hubguard audit ./protected --base ./base --eval val.jsonl --others ./other-adapter \\
+        --attacks realign,refinetune,learned,regmean
     """
     try:
         coefs = tuple(float(c) for c in coefficients.split(",") if c.strip())
     except ValueError:
         _fail(ProtectionError(f"--coefficients must be numbers separated by commas, got {coefficients!r}."))
         return
+    names = tuple(a.strip() for a in attacks.split(",") if a.strip())
     try:
         res = audit_main(update=update, base=base, eval_data=eval_data, others=others, task=task,
-                         coefficients=coefs, out=out, plot=plot, max_length=max_length, realign=realign)
+                         coefficients=coefs, out=out, plot=plot, max_length=max_length, realign=realign,
+                         attacks=names, attacker_lr=attacker_lr)
     except HubguardError as exc:
         _fail(exc)
         return
-    if as_json:
-        typer.echo(json.dumps(res, indent=2))
-    else:
-        for row in res["sweep"]:
-            typer.echo(f"s={row['scale']:.2f}  " + "  ".join(f"{k}={v:.4f}" for k, v in row.items() if k != "scale"))
-        for name, m in res["merges"].items():
-            typer.echo(f"{name}: failed: {m['error']}" if "error" in m else
-                       f"{name}: best coefficient {m['coefficient']:g} -> {m['test']}")
+    typer.echo(json.dumps(res, indent=2) if as_json else _audit_text(res))
+
+
+def _audit_text(res: dict[str, Any]) -> str:
+    """The audit report for a terminal: sweep rows, merges, then one verdict line per attack."""
+    lines = [f"s={row['scale']:.2f}  " + "  ".join(f"{k}={v:.4f}" for k, v in row.items() if k != "scale")
+             for row in res["sweep"]]
+    for name, m in res["merges"].items():
+        lines.append(f"{name}: failed: {m['error']}" if "error" in m else
+                     f"{name}: best coefficient {m['coefficient']:g} -> {m['test']}")
+    metric = res.get("metric", "score")
+    for name, a in res.get("attacks", {}).items():
+        word = "protected" if a["protected"] else "NOT protected"
+        relation = ("<=" if a["protected"] else ">") if metric != "loss" else (">=" if a["protected"] else "<")
+        lines.append(f"attack {name}: {word} ({metric} {a['protected_score']:.4g} {relation} base "
+                     f"{a['zero_shot']:.4g}, coefficient {a['coefficient']:g})")
+    return "\n".join(lines)
 
 
 def register(app: typer.Typer) -> None:

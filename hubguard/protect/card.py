@@ -14,6 +14,7 @@ from typing import Any
 
 from hubguard.errors import ProtectionError
 from hubguard.protect.config import PROTECTION_SCHEMA_VERSION, ProtectConfig
+from hubguard.utils.files import atomic_write_text
 
 SIDECAR_NAME = "hubguard_protection.json"
 SECTION_TITLE = "## Merge protection (Trap²)"
@@ -97,7 +98,7 @@ def write_protection_card(
     if not folder.is_dir():
         raise ProtectionError(f"Cannot write the model card: {folder} is not a folder. Save the checkpoint first.")
     record = protection_record(config=config, base_model=base_model, training=training, lock=lock)
-    (folder / SIDECAR_NAME).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    atomic_write_text(folder / SIDECAR_NAME, json.dumps(record, indent=2, sort_keys=True) + "\n")
 
     from huggingface_hub import ModelCard, ModelCardData
 
@@ -120,7 +121,7 @@ def write_protection_card(
         body = head + (rest[nxt + 1:] if nxt >= 0 else "")
     body = body.rstrip() + ("\n\n" if body.strip() else "") + render_section(record)
     new = ModelCard(f"---\n{ModelCardData(**data).to_yaml()}\n---\n{body}")
-    readme.write_text(str(new), encoding="utf-8")
+    atomic_write_text(readme, str(new))
     return readme
 
 

@@ -99,6 +99,18 @@ class ProtectConfig:
     # validation score's units (e.g. the base model's accuracy: merges at the probe scales then do no better than
     # the base; with the loss, minus the base's loss). None: train to max_steps / epochs.
     trap_target: float | None = None
+    # hubguard's designs beyond the paper (hubguard.protect.variants; all off by default):
+    distill: float = 0.0  # weight of KL(start update's outputs ‖ outputs) at s = 1 in the standalone term
+    refit_steps: int = 0  # sign-gradient steps of a simulated re-fine-tune; the trap is trained at W0 + s(ΔW + δ)
+    refit_lr: float = 1e-3  # their step size, in weight units
+    refit_every: int = 10  # optimiser steps between two simulations
+    interference: float = 0.0  # ‖E‖ / ‖ΔW‖ of the random perturbation of the interference term (0: no term)
+    interference_weight: float = 1.0  # its weight, relative to lam
+    # Constrained Trap²: λ adapts every step so that the standalone loss stays within `lam_slack` nats of the
+    # starting update's on the same batch: log λ -= lam_control · (EMA of the excess − lam_slack), within
+    # [lam / 20, lam · 20]. 0 = the paper's fixed λ.
+    lam_control: float = 0.0
+    lam_slack: float = 0.0
     seed: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -137,6 +149,11 @@ class ProtectConfig:
             problems.append(f"standalone_tolerance must be >= 0, got {self.standalone_tolerance}")
         if not self.probe_scales or any(x < 0 or abs(x - 1.0) < 1e-9 for x in self.probe_scales):
             problems.append(f"probe_scales must be non-empty, >= 0 and exclude 1, got {self.probe_scales}")
+        if (self.distill < 0 or self.refit_steps < 0 or self.interference < 0 or self.interference_weight < 0
+                or self.lam_control < 0):
+            problems.append("distill, refit_steps, interference, interference_weight and lam_control must be >= 0")
+        if self.refit_steps and (not self.refit_lr > 0 or self.refit_every < 1):
+            problems.append(f"refit_steps needs refit_lr > 0 and refit_every >= 1, got {self.refit_lr}, {self.refit_every}")
         if self.samples_per_step < 1:
             problems.append("samples_per_step must be >= 1")
         if self.lora_r < 1:

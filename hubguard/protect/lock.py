@@ -21,7 +21,7 @@ f(0.9) ≈ 9.8, f(1.5) ≈ -73). Other updates merged at s = 1 are also amplifie
 - As LoRA: the lock adds rank (directions x query heads) per module: B' = [B, coef·U], A' = [A, Uᵀ·W] for
   q/k/v and B' = [B, coef·W·U], A' = [A, Uᵀ] for o (`hubguard.protect.lock_adapter`).
 
-Known weakness (measured by benchmarks/protect.py, `realign_state_dict` below): an attacker who knows the base and
+Known weakness (measured by benchmarks/protect.py; the attack is `hubguard.protect.realign`): an attacker who knows the base and
 suspects a lock can fit G per head by least squares and undo it exactly; it is a lock against merge tools, not a
 secret. Lowering precision also erodes it: the 1/g side is a cancellation, so keep the update in float32.
 """
@@ -36,6 +36,7 @@ from typing import Any
 import torch
 
 from hubguard.errors import ProtectionError, UnsupportedArchitectureError
+from hubguard.protect.realign import attention_names, realign_state_dict
 from hubguard.utils import get_logger
 from hubguard.weights.binding import BoundArchitecture, bind_architecture
 
@@ -53,6 +54,9 @@ class LockConfig:
     directions: int = 1  # per key/value head (rotary: planes per head)
     pairs: tuple[str, ...] = PAIRS
     max_tokens: int = 4096  # calibration tokens used per module
+    # Layers to lock (indices of the architecture map); None = every layer. An update confined to some layers (e.g.
+    # LoRA with layers_to_transform) can be locked on those alone, leaving the other layers the base's, bit for bit.
+    layers: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         if not math.isfinite(self.gain) or abs(self.gain) < 2.0:
@@ -64,9 +68,13 @@ class LockConfig:
             raise ProtectionError(f"LockConfig.pairs must be a non-empty subset of {PAIRS} (got {self.pairs}).")
         if self.max_tokens < 1:
             raise ProtectionError(f"LockConfig.max_tokens must be >= 1 (got {self.max_tokens}).")
+        if self.layers is not None and (not self.layers or any(int(i) != i or i < 0 for i in self.layers)):
+            raise ProtectionError(f"LockConfig.layers must be None (every layer) or non-empty layer indices >= 0 "
+                                  f"(got {self.layers}).")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"schema_version": LOCK_SCHEMA_VERSION, **asdict(self), "pairs": list(self.pairs)}
+        layers = list(self.layers) if self.layers is not None else None
+        return {"schema_version": LOCK_SCHEMA_VERSION, **asdict(self), "pairs": list(self.pairs), "layers": layers}
 
 
 @dataclass(frozen=True)
@@ -128,12 +136,6 @@ def bind_model(model: torch.nn.Module) -> BoundArchitecture:
             "add per-projection names to its architecture map."
         )
     return bound
-
-
-def _names(bound: BoundArchitecture, layer: int, names: set[str]) -> dict[str, str]:
-    attn = bound.spec.attention
-    refs = {"q": attn.q, "k": attn.k, "v": attn.v, "o": attn.o}
-    return {r: bound.resolve(ref, layer=layer, names=names) for r, ref in refs.items() if ref is not None}
 
 
 class _Moments:
@@ -226,9 +228,13 @@ def plan_lock(
     h, kv, d = bound.num_heads, bound.num_kv_heads, bound.head_dim
     group = h // kv
     rotary = bound.spec.attention.rotary == "half"
-    layers = [_names(bound, i, names) for i in range(bound.num_layers)]
+    chosen = range(bound.num_layers) if config.layers is None else sorted(set(config.layers))
+    if chosen and max(chosen) >= bound.num_layers:
+        raise ProtectionError(f"LockConfig.layers {config.layers} names a layer the model lacks: it has "
+                              f"{bound.num_layers} layers (0-{bound.num_layers - 1}).")
+    layers = {i: attention_names(bound, i, names) for i in chosen}
     heads_of = {}
-    for lay in layers:
+    for lay in layers.values():
         heads_of.update({lay["q"]: h, lay["k"]: kv, lay["v"]: kv})
     moments: dict[str, torch.Tensor] = {}
     if calibration is not None:
@@ -253,7 +259,7 @@ def plan_lock(
     entries: list[LockEntry] = []
     skipped: list[str] = []
     g = float(config.gain)
-    for i, lay in enumerate(layers):
+    for i, lay in layers.items():
         mom = {r: moments[lay[r]] if lay[r] in moments else _weight_moments(state[lay[r]], heads_of[lay[r]])
                for r in ("q", "k", "v")}
         bias = {r: state.get(lay[r].removesuffix("weight") + "bias") for r in ("q", "k", "v")}
@@ -311,66 +317,6 @@ def lock_state_dict(weights: Mapping[str, torch.Tensor], plan: LockPlan) -> dict
         bias = e.name.removesuffix("weight") + "bias"
         if e.side == "out" and bias in weights:
             out[bias] = weights[bias] + e.bias_delta(weights[bias].float()).to(weights[bias].dtype)
-    return out
-
-
-def _fit_map(new: torch.Tensor, old: torch.Tensor, *, rotary: bool) -> torch.Tensor:
-    """G (D, D) minimising Σ_heads ||G·old_h - new_h||² over the stacked heads (heads, D, in); rotary: G must be
-    a scaled rotation on each plane (i, i + D/2), the maps that commute with RoPE."""
-    d = old.shape[1]
-    if not rotary:
-        cross = torch.einsum("hdi,hei->de", new, old)
-        gram = torch.einsum("hdi,hei->de", old, old)
-        return torch.linalg.solve(gram + 1e-8 * gram.trace() / d * torch.eye(d), cross.T).T
-    half = d // 2
-    z_old = torch.complex(old[:, :half], old[:, half:])
-    z_new = torch.complex(new[:, :half], new[:, half:])
-    c = (z_old.conj() * z_new).sum((0, 2)) / (z_old.abs() ** 2).sum((0, 2)).clamp(min=1e-12)  # (half,)
-    g = torch.zeros(d, d)
-    idx = torch.arange(half)
-    g[idx, idx], g[idx + half, idx + half] = c.real, c.real
-    g[idx + half, idx], g[idx, idx + half] = c.imag, -c.imag
-    return g
-
-
-@torch.no_grad()
-def realign_state_dict(
-    weights: Mapping[str, torch.Tensor], *, base: Mapping[str, torch.Tensor], model_config: Mapping[str, Any]
-) -> dict[str, torch.Tensor]:
-    """The attack on a lock: per key/value head, fit the map G that takes the base's projections to the released
-    ones (least squares over the group's query heads) and undo it on both sides. Exactly function-preserving for
-    any fitted G, so it costs the attacker nothing at s = 1; it removes the lock when the update is small."""
-    bound = bind_architecture(config=dict(model_config), tensor_names=list(weights), source="realign")
-    names = set(weights)
-    h, kv, d = bound.num_heads, bound.num_kv_heads, bound.head_dim
-    group = h // kv
-    rotary = bound.spec.attention.rotary == "half"
-    out = {k: v.clone() for k, v in weights.items()}
-    for i in range(bound.num_layers):
-        lay = _names(bound, i, names)
-        for side in ("q", "v"):
-            w_new = out[lay[side]].float().clone().reshape(-1, d, out[lay[side]].shape[-1])
-            w_old = base[lay[side]].float().reshape(-1, d, base[lay[side]].shape[-1])
-            for j in range(kv):
-                heads = list(range(j * group, (j + 1) * group)) if side == "q" else [j]
-                g = _fit_map(w_new[heads], w_old[heads], rotary=rotary and side == "q")
-                g_inv = torch.linalg.inv(g)
-                bias = lay[side].removesuffix("weight") + "bias"
-                for a in heads:  # side ← G⁻¹·side (weight rows and bias)
-                    rows = slice(a * d, (a + 1) * d)
-                    out[lay[side]][rows] = (g_inv @ w_new[a]).to(out[lay[side]].dtype)
-                    if bias in out:
-                        out[bias][rows] = (g_inv @ out[bias][rows].float()).to(out[bias].dtype)
-                if side == "q":  # k ← Gᵀ·k
-                    rows = slice(j * d, (j + 1) * d)
-                    out[lay["k"]][rows] = (g.T @ out[lay["k"]][rows].float()).to(out[lay["k"]].dtype)
-                    kb = lay["k"].removesuffix("weight") + "bias"
-                    if kb in out:
-                        out[kb][rows] = (g.T @ out[kb][rows].float()).to(out[kb].dtype)
-                else:  # o's columns of every query head reading this value head ← ·G
-                    for a in range(j * group, (j + 1) * group):
-                        cols = slice(a * d, (a + 1) * d)
-                        out[lay["o"]][:, cols] = (out[lay["o"]][:, cols].float() @ g).to(out[lay["o"]].dtype)
     return out
 
 

@@ -24,6 +24,7 @@ from hubguard.errors import ProtectionError
 from hubguard.protect.lock import LockConfig, LockPlan, apply_lock, plan_lock
 from hubguard.protect.updates import ADAPTER_CONFIG, ADAPTER_WEIGHTS, check_base, read_adapter, update_kind
 from hubguard.utils import get_logger
+from hubguard.utils.files import atomic_write_text
 
 logger = get_logger(__name__)
 
@@ -167,7 +168,7 @@ def lock_update(
         out_cfg, new = lock_adapter_tensors(cfg, tensors, plan, model.state_dict())
         shutil.copytree(update, stage, ignore=shutil.ignore_patterns(ADAPTER_WEIGHTS, ADAPTER_CONFIG, "*.bin"))
         save_file(new, str(stage / ADAPTER_WEIGHTS), metadata={"format": "pt"})
-        (stage / ADAPTER_CONFIG).write_text(json.dumps(out_cfg, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        atomic_write_text(stage / ADAPTER_CONFIG, json.dumps(out_cfg, indent=2, sort_keys=True) + "\n")
     else:
         mode = "full"
         model = (load_base or load_full_model)(str(update))

@@ -24,16 +24,13 @@ from typing import TYPE_CHECKING, Any
 
 from hubguard.errors import ProtectionError
 from hubguard.protect.config import ProtectConfig
+from hubguard.protect.forward import call as _call
+from hubguard.protect.forward import mean_loss
 
 if TYPE_CHECKING:
     import torch
 
 LossFn = Callable[[Any, Any], "torch.Tensor"]  # (outputs, batch) -> scalar loss, or per-example losses (batch,)
-
-
-def mean_loss(loss: torch.Tensor) -> torch.Tensor:
-    """A loss_fn's result as one number: per-example losses are averaged, a scalar is kept."""
-    return loss if loss.dim() == 0 else loss.mean()
 
 
 @dataclass(frozen=True)
@@ -49,6 +46,11 @@ class Trap2Output:
     # `backward_projected` needs. None for plain training.
     standalone_term: torch.Tensor | None = None
     trap_term: torch.Tensor | None = None
+    # With a `teacher`: the starting update's loss on the same batch, and this update's own (no distill term).
+    reference_loss: float | None = None
+    task_loss: float | None = None
+    # `config.distill`'s KL term (part of standalone_term); the projection of the trap gradient ignores it.
+    distill_term: torch.Tensor | None = None
 
 
 def sample_scale(*, config: ProtectConfig, generator: torch.Generator) -> float:
@@ -93,10 +95,16 @@ def snapshot_reference(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def scaled_parameters(
-    model: torch.nn.Module, *, scale: float, mode: str, reference: Mapping[str, torch.Tensor] | None = None
+    model: torch.nn.Module, *, scale: float, mode: str, reference: Mapping[str, torch.Tensor] | None = None,
+    shift: Mapping[str, torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """The parameters of W0 + s·ΔW, as differentiable tensors to pass to `functional_call`."""
+    """The parameters of W0 + s·ΔW, as differentiable tensors to pass to `functional_call`.
+
+    `shift` (a simulated re-fine-tune, `hubguard.protect.variants.refit_shift`): W0 + s·(ΔW + δ) instead; LoRA:
+    δ on the base weights under the LoRA layers, full: on the trainable parameters.
+    """
     params = dict(model.named_parameters())
+    shift = shift or {}
     if mode == "lora":
         names = lora_b_names(model)
         if not names:
@@ -104,7 +112,7 @@ def scaled_parameters(
                 "Trap² LoRA mode found no trainable 'lora_B' parameters in the model. Wrap the model with "
                 "PEFT LoRA first (hubguard.protect.trainer.attach_lora) or use mode='full'."
             )
-        return {n: params[n] * scale for n in names}
+        return {**{n: params[n] * scale for n in names}, **{n: params[n] + scale * d for n, d in shift.items()}}
     if mode == "full":
         if reference is None:
             raise ProtectionError(
@@ -117,7 +125,7 @@ def scaled_parameters(
                 f"Reference weights name {len(missing)} parameters the model lacks (e.g. {missing[0]!r}); "
                 "take the snapshot from the same model object you train."
             )
-        return {n: reference[n] + scale * (params[n] - reference[n]) for n in reference}
+        return {n: reference[n] + scale * (params[n] - reference[n] + shift.get(n, 0.0)) for n in reference}
     raise ProtectionError(f"Unknown protection mode {mode!r}; use 'lora' or 'full'.")
 
 
@@ -167,15 +175,6 @@ def per_example_loss(outputs: Any, inputs: Any) -> torch.Tensor:
     )
 
 
-def _call(model: torch.nn.Module, inputs: Any, overrides: Mapping[str, torch.Tensor] | None) -> Any:
-    from torch.func import functional_call
-
-    args, kwargs = ((), dict(inputs)) if isinstance(inputs, Mapping) else ((inputs,), {})
-    if overrides is None:
-        return model(*args, **kwargs)
-    return functional_call(model, dict(overrides), args, kwargs, strict=False)
-
-
 class _RngFork:
     """Saves the CPU (and CUDA) RNG state once; `restore()` rewinds to it, so dropout repeats its mask."""
 
@@ -203,18 +202,38 @@ def trap2_loss(
     reference: Mapping[str, torch.Tensor] | None = None,
     loss_fn: LossFn | None = None,
     scale: float | None = None,
+    teacher: Mapping[str, torch.Tensor] | None = None,
+    shift: Mapping[str, torch.Tensor] | None = None,
+    lam: float | None = None,
 ) -> Trap2Output:
     """Evaluate J on one batch. Call `.loss.backward()` on the result (two graphs, one backward).
 
     `scale` fixes s (tests); otherwise `config.samples_per_step` scales are drawn from `generator`.
     With `config.lam == 0` only the standalone pass runs (plain training, used as the unprotected control).
+    hubguard's variants (`hubguard.protect.variants`): `teacher` (the starting trainable tensors) with
+    `config.distill`, `shift` (a simulated re-fine-tune) with `config.refit_steps`, and `config.interference`.
+    `lam` replaces `config.lam` for this step (the controller of `config.lam_control`).
     """
     loss_fn = loss_fn or (per_example_loss if config.cap_per_example and config.protected else default_loss)
     fork = _RngFork(model)
-    standalone = mean_loss(loss_fn(_call(model, inputs, None), inputs))
+    outputs = _call(model, inputs, None)
+    standalone = mean_loss(loss_fn(outputs, inputs))
+    task_loss = reference_loss = distill_term = None
+    if teacher is not None:
+        import torch
+
+        from hubguard.protect.variants import distill_kl
+
+        fork.restore()
+        with torch.no_grad():
+            reference_out = _call(model, inputs, teacher)
+        task_loss, reference_loss = float(standalone.detach()), float(mean_loss(loss_fn(reference_out, inputs)))
+        if config.distill > 0:
+            distill_term = config.distill * distill_kl(reference_out, outputs)
+            standalone = standalone + distill_term
     if not config.protected:
         return Trap2Output(loss=standalone, standalone_loss=float(standalone.detach()), scaled_loss=float("nan"),
-                           scale=1.0, weight=0.0)
+                           scale=1.0, weight=0.0, reference_loss=reference_loss, task_loss=task_loss)
     scales = [scale] if scale is not None else [
         sample_scale(config=config, generator=generator) for _ in range(config.samples_per_step)
     ]
@@ -225,13 +244,22 @@ def trap2_loss(
         fork.restore()
         w = scale_weight(s, kind=config.weight)
         scaled = loss_fn(_call(model, inputs, scaled_parameters(model, scale=s, mode=config.mode,
-                                                                  reference=reference)), inputs)
+                                                                  reference=reference, shift=shift)), inputs)
         # Per-example losses are capped one by one, then averaged (see the module docstring).
         pushed = mean_loss(scaled if config.scaled_loss_cap is None else scaled.clamp(max=config.scaled_loss_cap))
         penalty = penalty + w * pushed
         scaled_values.append(float(mean_loss(scaled).detach()))
         weights.append(w)
-    trap = config.lam * penalty / len(scales)
+    lam = config.lam if lam is None else lam
+    trap = lam * penalty / len(scales)
+    if config.interference > 0:
+        from hubguard.protect.variants import interference_parameters
+
+        fork.restore()
+        mixed = loss_fn(_call(model, inputs, interference_parameters(model, config=config, generator=generator,
+                                                                     reference=reference)), inputs)
+        capped = mixed if config.scaled_loss_cap is None else mixed.clamp(max=config.scaled_loss_cap)
+        trap = trap + lam * config.interference_weight * mean_loss(capped)
     return Trap2Output(
         loss=standalone - trap,
         standalone_loss=float(standalone.detach()),
@@ -240,6 +268,9 @@ def trap2_loss(
         weight=sum(weights) / len(weights),
         standalone_term=standalone,
         trap_term=trap,
+        reference_loss=reference_loss,
+        task_loss=task_loss,
+        distill_term=distill_term,
     )
 
 
@@ -250,6 +281,8 @@ def backward_projected(out: Trap2Output, params: list[torch.nn.Parameter]) -> bo
     standalone loss at first order, so g_b loses its component along g_a (PCGrad, Yu et al. 2020):
     g = g_a + g_b − (⟨g_a, g_b⟩ / |g_a|²)·g_a. Not in the paper; `ProtectConfig.project_conflicts`.
     Returns True when a projection happened. Costs the same two backward passes as `out.loss.backward()`.
+    With `config.distill`, g_a is the task loss's gradient alone: the KL term's is added unprojected (projecting
+    the trap off "do not change the outputs" would leave it nothing to do).
     """
     import torch
 
@@ -257,17 +290,21 @@ def backward_projected(out: Trap2Output, params: list[torch.nn.Parameter]) -> bo
         out.loss.backward()
         return False
 
-    def grads(t: torch.Tensor) -> list[torch.Tensor]:
-        got = torch.autograd.grad(t, params, allow_unused=True)
+    def grads(t: torch.Tensor, retain: bool = False) -> list[torch.Tensor]:
+        got = torch.autograd.grad(t, params, allow_unused=True, retain_graph=retain)
         return [torch.zeros_like(p) if g is None else g for p, g in zip(params, got, strict=True)]
 
-    g_a = grads(out.standalone_term)
+    task = out.standalone_term if out.distill_term is None else out.standalone_term - out.distill_term
+    g_a = grads(task, retain=out.distill_term is not None)  # the KL term shares the standalone pass's graph
     g_b = grads(-out.trap_term)
+    g_c = grads(out.distill_term) if out.distill_term is not None else None
     dot = sum(float((a * b).sum()) for a, b in zip(g_a, g_b, strict=True))
     norm2 = sum(float((a * a).sum()) for a in g_a)
     projected = dot < 0 and norm2 > 0
-    for p, a, b in zip(params, g_a, g_b, strict=True):
+    for i, (p, a, b) in enumerate(zip(params, g_a, g_b, strict=True)):
         g = a + b - (dot / norm2) * a if projected else a + b
+        if g_c is not None:
+            g = g + g_c[i]
         p.grad = g if p.grad is None else p.grad + g
     return projected
 

@@ -1,10 +1,9 @@
-"""Training with the Trap² objective: a plain loop for custom code, and a transformers `Trainer` subclass.
+"""Training with the Trap² objective in a plain loop: `train_protected(model, train_batches=..., config=...)`.
 
-- `attach_lora(model, config=...)` wraps a model with PEFT LoRA on its attention projections (r, alpha=r).
-- `train_protected(model, train_batches=..., config=...)` is the custom-loop entry point: AdamW, grad-norm
-  clip, validation at s = 1 with early stopping (the best state is restored), `lam = 0` trains plainly.
-- `Trap2Trainer` / `make_trap2_trainer(...)` plug the same objective into `transformers.Trainer`, with
-  evaluation at s = 1, `EarlyStoppingCallback` and `load_best_model_at_end`.
+AdamW, grad-norm clip, validation at s = 1 with early stopping (the best state is restored) or the trap selection
+(`hubguard.protect.selection`), `lam = 0` trains plainly. Also here, re-exported: `attach_lora` (PEFT LoRA on the
+attention projections, `hubguard.protect.lora`) and the `transformers.Trainer` integration
+(`Trap2Trainer` / `make_trap2_trainer`, `hubguard.protect.hf_trainer`).
 """
 
 from __future__ import annotations
@@ -15,8 +14,10 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from hubguard.errors import MissingDependencyError, ProtectionError
-from hubguard.protect.config import DEFAULT_TARGET_MODULE_FAMILIES, ProtectConfig
+from hubguard.errors import ProtectionError
+from hubguard.protect.config import ProtectConfig
+from hubguard.protect.hf_trainer import make_trap2_trainer, trap2_trainer_class
+from hubguard.protect.lora import attach_lora, resolve_target_modules
 from hubguard.protect.objective import (
     LossFn,
     backward_projected,
@@ -25,12 +26,15 @@ from hubguard.protect.objective import (
     snapshot_reference,
     trap2_loss,
 )
+from hubguard.protect.selection import Candidate, TrapSelector
 from hubguard.utils import get_logger, progress
 
 if TYPE_CHECKING:
     import torch
 
 logger = get_logger(__name__)
+
+Score = Callable[["torch.nn.Module"], float]
 
 
 @dataclass(frozen=True)
@@ -64,77 +68,6 @@ class ProtectResult:
         }
 
 
-@dataclass
-class _Candidate:
-    step: int
-    standalone: float  # validation score at s = 1 (higher is better)
-    trap: float  # mean validation score at the probe scales (lower is more protected)
-    state: dict[str, Any]
-
-
-class _TrapSelector:
-    """Keeps the Pareto front of (standalone high, trap low) checkpoints; picks the most protected one whose
-    standalone score is within `tolerance` of the reference: the best standalone score seen, or with
-    `from_start` the first candidate's (the starting state)."""
-
-    def __init__(self, tolerance: float, *, from_start: bool = False) -> None:
-        self.tolerance = tolerance
-        self.from_start = from_start
-        self.reference = -math.inf
-        self.front: list[_Candidate] = []
-
-    def add(self, cand: _Candidate) -> bool:
-        """Record `cand`; True when it is within tolerance of the reference (the update still works)."""
-        if not self.from_start or self.reference == -math.inf:  # "start": the first candidate fixes it
-            self.reference = max(self.reference, cand.standalone)
-        if not any(c.standalone >= cand.standalone and c.trap <= cand.trap for c in self.front):
-            self.front = [c for c in self.front if not (cand.standalone >= c.standalone and cand.trap <= c.trap)]
-            self.front.append(cand)
-        return cand.standalone >= self.reference - self.tolerance
-
-    def best(self) -> _Candidate | None:
-        ok = [c for c in self.front if c.standalone >= self.reference - self.tolerance]
-        return min(ok, key=lambda c: (c.trap, -c.standalone)) if ok else None
-
-
-def resolve_target_modules(model: torch.nn.Module, *, config: ProtectConfig) -> list[str]:
-    """The modules LoRA wraps: `config.target_modules`, else the first q/k/v/o family found in the model."""
-    names = [n for n, _ in model.named_modules()]
-    if config.target_modules is not None:
-        wanted = list(config.target_modules)
-        absent = [t for t in wanted if not any(n == t or n.endswith("." + t) for n in names)]
-        if absent:
-            raise ProtectionError(
-                f"LoRA target modules {absent} do not occur in the model. Pass names that match its modules "
-                f"(e.g. {sorted({n.rsplit('.', 1)[-1] for n in names if n})[:12]})."
-            )
-        return wanted
-    for family in DEFAULT_TARGET_MODULE_FAMILIES:
-        if all(any(n == t or n.endswith("." + t) for n in names) for t in family):
-            return list(family)
-    raise ProtectionError(
-        "Could not find the attention projections (q/k/v/o) of this model to attach LoRA. "
-        "Pass target_modules=(...) in ProtectConfig."
-    )
-
-
-def attach_lora(model: torch.nn.Module, *, config: ProtectConfig, task_type: str | None = None) -> Any:
-    """Wrap `model` with a fresh PEFT LoRA adapter configured as in the paper (alpha = r, no bias)."""
-    try:
-        from peft import LoraConfig, get_peft_model
-    except ImportError as exc:  # pragma: no cover - peft is installed with the protect extra
-        raise MissingDependencyError.for_extra(package="peft", extra="protect", purpose="LoRA protection") from exc
-    lora = LoraConfig(
-        r=config.lora_r,
-        lora_alpha=config.effective_lora_alpha,
-        lora_dropout=config.lora_dropout,
-        target_modules=resolve_target_modules(model, config=config),
-        bias="none",
-        task_type=task_type,
-    )
-    return get_peft_model(model, lora)
-
-
 def _trainable(model: torch.nn.Module) -> list[torch.nn.Parameter]:
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
@@ -146,7 +79,7 @@ def evaluate_loss(model: torch.nn.Module, batches: Iterable[Any], *, loss_fn: Lo
     """Mean loss over `batches` at s = 1, in eval mode, without gradients."""
     import torch
 
-    from hubguard.protect.objective import _call
+    from hubguard.protect.forward import call as _call
 
     loss_fn = loss_fn or default_loss
     was_training = model.training
@@ -162,6 +95,163 @@ def evaluate_loss(model: torch.nn.Module, batches: Iterable[Any], *, loss_fn: Lo
     return total / count
 
 
+class _Validation:
+    """Scores of the model as it stands, in eval mode without gradients: at s = 1 (`val_score_fn`, else minus the
+    validation loss) and at the probe scales (`probe_score_fn`, else the same score), aggregated."""
+
+    def __init__(self, model: torch.nn.Module, *, config: ProtectConfig, val_batches: Iterable[Any] | None,
+                 loss_fn: LossFn | None, val_score_fn: Score | None, probe_score_fn: Score | None,
+                 reference: Mapping[str, torch.Tensor] | None) -> None:
+        self.model, self.config, self.reference = model, config, reference
+        self.val_batches, self.loss_fn = val_batches, loss_fn
+        self.val_score_fn, self.probe_score_fn = val_score_fn, probe_score_fn
+
+    @property
+    def available(self) -> bool:
+        return self.val_score_fn is not None or self.val_batches is not None
+
+    def _score(self) -> float:
+        if self.val_score_fn is not None:
+            return float(self.val_score_fn(self.model))
+        return -evaluate_loss(self.model, self.val_batches, loss_fn=self.loss_fn)  # type: ignore[arg-type]
+
+    def _in_eval(self, fn: Callable[[], Any]) -> Any:
+        import torch
+
+        was = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                return fn()
+        finally:
+            self.model.train(was)
+
+    def at_one(self) -> float:
+        """Validation score at s = 1 (higher is better)."""
+        return self._in_eval(self._score)
+
+    def with_probes(self) -> tuple[float, float]:
+        """(score at s = 1, the probe scales' scores aggregated by `config.probe_aggregate`)."""
+        from hubguard.protect.objective import scaled_in_place
+
+        def run() -> tuple[float, float]:
+            at_one = self._score()
+            probes = []
+            for s in self.config.probe_scales:
+                with scaled_in_place(self.model, scale=s, mode=self.config.mode, reference=self.reference):
+                    probes.append(float(self.probe_score_fn(self.model)) if self.probe_score_fn else self._score())
+            agg = max(probes) if self.config.probe_aggregate == "max" else sum(probes) / len(probes)
+            return at_one, agg
+
+        return self._in_eval(run)
+
+
+def _check_run(*, config: ProtectConfig, n_batches: int | None, validation: _Validation) -> None:
+    if n_batches == 0:
+        raise ProtectionError("The training data is empty: there is nothing to fine-tune on. Pass at least one batch.")
+    if config.lr_schedule != "constant" and not (config.max_steps or n_batches):
+        raise ProtectionError(
+            f"lr_schedule={config.lr_schedule!r} needs the run's length: set max_steps, or pass training batches "
+            "with a len() (a list or a DataLoader)."
+        )
+    trap_selection = config.selection == "trap"
+    if validation.probe_score_fn is not None and not trap_selection:
+        raise ProtectionError("probe_score_fn scores the probe scales of selection='trap'; set selection='trap' "
+                              "or drop probe_score_fn.")
+    if trap_selection and not validation.available:
+        raise ProtectionError(
+            "selection='trap' picks the checkpoint on validation data: pass val_batches or val_score_fn "
+            "(or use selection='standalone')."
+        )
+
+
+class _Keeper:
+    """What the run keeps: the trap selection's Pareto front, or the best s = 1 state (the paper), and when to stop."""
+
+    def __init__(self, model: torch.nn.Module, *, config: ProtectConfig, validation: _Validation) -> None:
+        self.model, self.config, self.validation = model, config, validation
+        self.names = {n for n, p in model.named_parameters() if p.requires_grad}
+        self.selector = (TrapSelector(config.standalone_tolerance, from_start=config.tolerance_reference == "start")
+                         if config.selection == "trap" else None)
+        self.best = math.inf
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.bad_evals = 0
+        self.reached = False  # a checkpoint within tolerance met config.trap_target
+        self.stopped = False  # early stopping fired (or trap_target reached)
+
+    def snapshot(self) -> dict[str, torch.Tensor]:
+        return {n: p.detach().clone() for n, p in self.model.named_parameters() if n in self.names}
+
+    def _meets_target(self, trap: float) -> bool:
+        return self.config.trap_target is not None and trap <= self.config.trap_target
+
+    def start(self) -> None:
+        """The starting point is a candidate too (it matters when continuing an update)."""
+        if self.selector is not None:
+            at_one, trap = self.validation.with_probes()
+            self.selector.add(Candidate(0, at_one, trap, self.snapshot()))
+            self.reached = self.stopped = self._meets_target(trap)  # already protected enough
+
+    def validate(self, step: int, record: dict[str, float]) -> None:
+        """A validation pass at `step`: record it, update the kept state and the stopping state."""
+        if self.selector is not None:
+            at_one, trap = self.validation.with_probes()
+            record["val_standalone"], record["val_trap"] = at_one, trap
+            works = self.selector.add(Candidate(step, at_one, trap, self.snapshot()))
+            self.bad_evals = 0 if works else self.bad_evals + 1
+            self.reached = self.reached or (works and self._meets_target(trap))
+            self.stopped = self.bad_evals >= self.config.early_stopping_patience or self.reached
+        elif self.validation.available:
+            val = -self.validation.at_one()
+            record["val"] = val
+            if val < self.best - 1e-6:
+                self.best, self.bad_evals = val, 0
+                self.best_state = self.snapshot()
+            else:
+                self.bad_evals += 1
+                self.stopped = self.bad_evals >= self.config.early_stopping_patience
+
+    def finish(self, history: list[dict[str, float]], steps: int) -> dict[str, float] | None:
+        """Restore the kept state into the model; describe it (ProtectResult.selected)."""
+        import torch
+
+        selected: dict[str, float] | None = None
+        state = self.best_state
+        if self.selector is not None:
+            chosen = self.selector.best()
+            if chosen is not None:
+                state = chosen.state
+                selected = self._describe(chosen)
+        elif state is not None:
+            selected = {"step": min((r["step"] for r in history if r.get("val") == self.best), default=steps),
+                        "standalone": -self.best}
+        if state is not None:
+            with torch.no_grad():
+                for n, p in self.model.named_parameters():
+                    if n in state:
+                        p.copy_(state[n])
+        return selected
+
+    def _describe(self, chosen: Candidate) -> dict[str, float]:
+        assert self.selector is not None
+        # With "start", step 0 is the update you gave: no Trap² checkpoint stayed within tolerance of it.
+        # (Unless the start already met trap_target: then it was protected before training.)
+        trap_kept = not (self.config.tolerance_reference == "start" and chosen.step == 0) or self.reached
+        selected = {"step": chosen.step, "standalone": chosen.standalone, "trap": chosen.trap,
+                    "reference": self.selector.reference, "tolerance": self.config.standalone_tolerance,
+                    "protected": trap_kept}
+        if self.config.trap_target is not None:
+            selected["target_reached"] = self.reached
+        if not trap_kept:
+            logger.warning(
+                "No Trap² checkpoint stayed within %s of the starting update at s = 1: the kept update is the "
+                "starting one, NOT protected. Raise standalone_tolerance, lower lam or the learning rate, or "
+                "validate on more data (fewer examples make the s = 1 score noisier).",
+                self.config.standalone_tolerance,
+            )
+        return selected
+
+
 def train_protected(
     model: torch.nn.Module,
     *,
@@ -169,8 +259,8 @@ def train_protected(
     config: ProtectConfig,
     val_batches: Iterable[Any] | None = None,
     loss_fn: LossFn | None = None,
-    val_score_fn: Callable[[torch.nn.Module], float] | None = None,
-    probe_score_fn: Callable[[torch.nn.Module], float] | None = None,
+    val_score_fn: Score | None = None,
+    probe_score_fn: Score | None = None,
     reference: Mapping[str, torch.Tensor] | None = None,
     optimizer: torch.optim.Optimizer | None = None,
     on_step: Callable[[int, dict[str, float]], None] | None = None,
@@ -199,185 +289,123 @@ def train_protected(
     """
     import torch
 
-    from hubguard.protect.objective import scaled_in_place
-
-    batches = train_batches
     try:
-        n_batches = len(batches)  # type: ignore[arg-type]
+        n_batches = len(train_batches)  # type: ignore[arg-type]
     except TypeError:
         n_batches = None
-    if n_batches == 0:
-        raise ProtectionError("The training data is empty: there is nothing to fine-tune on. Pass at least one batch.")
-    if config.lr_schedule != "constant" and not (config.max_steps or n_batches):
-        raise ProtectionError(
-            f"lr_schedule={config.lr_schedule!r} needs the run's length: set max_steps, or pass training batches "
-            "with a len() (a list or a DataLoader)."
-        )
-    trap_selection = config.selection == "trap"
-    if probe_score_fn is not None and not trap_selection:
-        raise ProtectionError("probe_score_fn scores the probe scales of selection='trap'; set selection='trap' "
-                              "or drop probe_score_fn.")
-    if trap_selection and val_batches is None and val_score_fn is None:
-        raise ProtectionError(
-            "selection='trap' picks the checkpoint on validation data: pass val_batches or val_score_fn "
-            "(or use selection='standalone')."
-        )
     if config.mode == "full" and reference is None:
         reference = snapshot_reference(model)
+    validation = _Validation(model, config=config, val_batches=val_batches, loss_fn=loss_fn,
+                             val_score_fn=val_score_fn, probe_score_fn=probe_score_fn, reference=reference)
+    _check_run(config=config, n_batches=n_batches, validation=validation)
     params = _trainable(model)
     optimizer = optimizer or torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
     scheduler = _lr_scheduler(optimizer, config=config, n_batches=n_batches)
     generator = torch.Generator().manual_seed(config.seed)
-    trainable_names = {n for n, p in model.named_parameters() if p.requires_grad}
-
-    def score() -> float:
-        """Validation score of the model as it stands (higher is better)."""
-        if val_score_fn is not None:
-            return float(val_score_fn(model))
-        return -evaluate_loss(model, val_batches, loss_fn=loss_fn)  # type: ignore[arg-type]
-
-    def probe_score() -> float:
-        return float(probe_score_fn(model)) if probe_score_fn is not None else score()
-
-    def meets_target(trap: float) -> bool:
-        return config.trap_target is not None and trap <= config.trap_target
-
-    def scores() -> tuple[float, float]:
-        """(score at s = 1, mean score at the probe scales), in eval mode, without gradients."""
-        was = model.training
-        model.eval()
-        with torch.no_grad():
-            at_one = score()
-            probes = []
-            for s in config.probe_scales:
-                with scaled_in_place(model, scale=s, mode=config.mode, reference=reference):
-                    probes.append(probe_score())
-        model.train(was)
-        return at_one, max(probes) if config.probe_aggregate == "max" else sum(probes) / len(probes)
-
-    def snapshot() -> dict[str, torch.Tensor]:
-        return {n: p.detach().clone() for n, p in model.named_parameters() if n in trainable_names}
-
-    def validate() -> float | None:
-        """Validation at s = 1 for the paper's selection, as a loss-like number (lower is better)."""
-        if val_score_fn is None and val_batches is None:
-            return None
-        was = model.training
-        model.eval()
-        with torch.no_grad():
-            value = -score()
-        model.train(was)
-        return value
-
-    selector = (_TrapSelector(config.standalone_tolerance, from_start=config.tolerance_reference == "start")
-                if trap_selection else None)
+    keeper = _Keeper(model, config=config, validation=validation)
     start = time.perf_counter()  # validating the starting state is part of the run's cost
-    reached = False  # a checkpoint within tolerance met config.trap_target
-    if selector is not None:  # the starting point is a candidate too (it matters when continuing an update)
-        at_one, trap = scores()
-        selector.add(_Candidate(0, at_one, trap, snapshot()))
-        reached = meets_target(trap)  # already protected enough
-    best = math.inf
-    best_state: dict[str, torch.Tensor] | None = None
-    bad_evals = 0
-    steps = 0
-    stopped = reached  # early stopping fired (or trap_target reached)
-    done = reached  # early stopping, trap_target or max_steps
-    history: list[dict[str, float]] = []
+    keeper.start()
+    variants = _Variants(model, train_batches, config=config, loss_fn=loss_fn, reference=reference,
+                         teacher=keeper.snapshot() if config.distill > 0 or config.lam_control > 0 else None)
+    steps, epoch, history = 0, 0, []
     model.train()
-    for epoch in range(config.epochs):
-        if done:
-            break
-        for batch in progress(batches, desc=f"trap2 epoch {epoch + 1}/{config.epochs}", total=n_batches):
-            optimizer.zero_grad(set_to_none=True)
-            out = trap2_loss(model, batch, config=config, generator=generator, reference=reference, loss_fn=loss_fn)
-            if not torch.isfinite(out.loss):
-                raise ProtectionError(
-                    f"The Trap² loss became {float(out.loss)} at step {steps} (s={out.scale:.3f}). "
-                    "Lower lam or the learning rate."
-                )
-            if config.project_conflicts:
-                backward_projected(out, params)
-            else:
-                out.loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
-            optimizer.step()
-            if scheduler is not None:
-                scheduler.step()
+    done = keeper.stopped
+    while not done and epoch < config.epochs:
+        for batch in progress(train_batches, desc=f"trap2 epoch {epoch + 1}/{config.epochs}", total=n_batches):
+            record = _step(model, batch, config=config, params=params, optimizer=optimizer, scheduler=scheduler,
+                           generator=generator, reference=reference, loss_fn=loss_fn, step=steps,
+                           teacher=variants.teacher, shift=variants.shift(steps), variants=variants)
             steps += 1
-            record = {"step": steps, "loss": float(out.loss.detach()), "standalone": out.standalone_loss,
-                      "scaled": out.scaled_loss, "scale": out.scale}
             if on_step is not None:
                 on_step(steps, record)
-            end_of_epoch = n_batches is not None and steps % n_batches == 0
             last = (config.max_steps is not None and steps >= config.max_steps) or (
                 n_batches is not None and steps == config.epochs * n_batches)
             # The last state is always validated (with eval_every, it need not fall on a multiple).
+            end_of_epoch = n_batches is not None and steps % n_batches == 0
             due = last or (steps % config.eval_every == 0 if config.eval_every else end_of_epoch)
             if due and steps >= config.eval_start:
-                if selector is not None:
-                    at_one, trap = scores()
-                    record["val_standalone"], record["val_trap"] = at_one, trap
-                    works = selector.add(_Candidate(steps, at_one, trap, snapshot()))
-                    bad_evals = 0 if works else bad_evals + 1
-                    reached = reached or (works and meets_target(trap))
-                    stopped = bad_evals >= config.early_stopping_patience or reached
-                else:
-                    val = validate()
-                    if val is not None:
-                        record["val"] = val
-                        if val < best - 1e-6:
-                            best, bad_evals = val, 0
-                            best_state = snapshot()
-                        else:
-                            bad_evals += 1
-                            stopped = bad_evals >= config.early_stopping_patience
+                keeper.validate(steps, record)
             history.append(record)
-            done = stopped or (config.max_steps is not None and steps >= config.max_steps)
+            done = keeper.stopped or (config.max_steps is not None and steps >= config.max_steps)
             if done:
                 break
-        if done:
-            break
-    selected: dict[str, float] | None = None
-    if selector is not None:
-        chosen = selector.best()
-        if chosen is not None:
-            best_state = chosen.state
-            # With "start", step 0 is the update you gave: no Trap² checkpoint stayed within tolerance of it.
-            # (Unless the start already met trap_target: then it was protected before training.)
-            trap_kept = not (config.tolerance_reference == "start" and chosen.step == 0) or reached
-            selected = {"step": chosen.step, "standalone": chosen.standalone, "trap": chosen.trap,
-                        "reference": selector.reference, "tolerance": config.standalone_tolerance,
-                        "protected": trap_kept}
-            if config.trap_target is not None:
-                selected["target_reached"] = reached
-            if not trap_kept:
-                logger.warning(
-                    "No Trap² checkpoint stayed within %s of the starting update at s = 1: the kept update is the "
-                    "starting one, NOT protected. Raise standalone_tolerance, lower lam or the learning rate, or "
-                    "validate on more data (fewer examples make the s = 1 score noisier).",
-                    config.standalone_tolerance,
-                )
-    elif best_state is not None:
-        selected = {"step": min((r["step"] for r in history if r.get("val") == best), default=steps),
-                    "standalone": -best}
-    if best_state is not None:
-        with torch.no_grad():
-            for n, p in model.named_parameters():
-                if n in best_state:
-                    p.copy_(best_state[n])
+        epoch += 1
+    selected = keeper.finish(history, steps)
     model.eval()
     seconds = time.perf_counter() - start
     logger.info("trap2 training: %d steps in %.1fs (lam=%s, selected %s)", steps, seconds, config.lam, selected)
-    return ProtectResult(
-        steps=steps,
-        epochs_run=steps / n_batches if n_batches else float(epoch + 1),
-        best_val_loss=None if best == math.inf else best,
-        stopped_early=stopped,
-        seconds=seconds,
-        history=tuple(history),
-        selected=selected,
-    )
+    return ProtectResult(steps=steps, epochs_run=steps / n_batches if n_batches else float(epoch),
+                         best_val_loss=None if keeper.best == math.inf else keeper.best, stopped_early=keeper.stopped,
+                         seconds=seconds, history=tuple(history), selected=selected)
+
+
+class _Variants:
+    """The state hubguard's variants of the objective need during a run (`hubguard.protect.variants`): the starting
+    update for `distill`, and the simulated re-fine-tune δ of `refit_steps`, refreshed every `refit_every` steps on
+    the next training batches (cycled)."""
+
+    def __init__(self, model: torch.nn.Module, batches: Iterable[Any], *, config: ProtectConfig,
+                 loss_fn: LossFn | None, reference: Mapping[str, torch.Tensor] | None,
+                 teacher: dict[str, torch.Tensor] | None) -> None:
+        import itertools
+
+        self.model, self.config, self.loss_fn, self.reference, self.teacher = model, config, loss_fn, reference, teacher
+        self._source = itertools.cycle(batches) if config.refit_steps and config.protected else None
+        self._shift: dict[str, torch.Tensor] | None = None
+        self.lam = config.lam
+        self._excess: float | None = None
+
+    def control(self, out: Any) -> None:
+        """Constrained Trap² (`config.lam_control`): move log λ against the standalone loss's excess over the
+        starting update's (EMA 0.9), minus the allowed slack."""
+        if not self.config.lam_control or out.reference_loss is None or out.task_loss is None:
+            return
+        excess = out.task_loss - out.reference_loss
+        self._excess = excess if self._excess is None else 0.9 * self._excess + 0.1 * excess
+        factor = math.exp(-self.config.lam_control * (self._excess - self.config.lam_slack))
+        self.lam = min(self.config.lam * 20.0, max(self.config.lam / 20.0, self.lam * factor))
+
+    def shift(self, step: int) -> dict[str, torch.Tensor] | None:
+        if self._source is None:
+            return None
+        if self._shift is None or step % self.config.refit_every == 0:
+            from hubguard.protect.variants import refit_shift
+
+            batches = [next(self._source) for _ in range(self.config.refit_steps)]
+            self._shift = refit_shift(self.model, batches, config=self.config, loss_fn=self.loss_fn or default_loss,
+                                      reference=self.reference)
+        return self._shift
+
+
+def _step(model: torch.nn.Module, batch: Any, *, config: ProtectConfig, params: list[torch.nn.Parameter],
+          optimizer: torch.optim.Optimizer, scheduler: Any, generator: torch.Generator,
+          reference: Mapping[str, torch.Tensor] | None, loss_fn: LossFn | None, step: int,
+          teacher: Mapping[str, torch.Tensor] | None = None,
+          shift: Mapping[str, torch.Tensor] | None = None, variants: _Variants | None = None) -> dict[str, float]:
+    """One optimiser step on the Trap² objective; returns the step's record (losses, scale, λ)."""
+    import torch
+
+    optimizer.zero_grad(set_to_none=True)
+    lam = variants.lam if variants is not None else None
+    out = trap2_loss(model, batch, config=config, generator=generator, reference=reference, loss_fn=loss_fn,
+                     teacher=teacher, shift=shift, lam=lam)
+    if variants is not None:
+        variants.control(out)
+    if not torch.isfinite(out.loss):
+        raise ProtectionError(
+            f"The Trap² loss became {float(out.loss)} at step {step} (s={out.scale:.3f}). "
+            "Lower lam or the learning rate."
+        )
+    if config.project_conflicts:
+        backward_projected(out, params)
+    else:
+        out.loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+    optimizer.step()
+    if scheduler is not None:
+        scheduler.step()
+    return {"step": step + 1, "loss": float(out.loss.detach()), "standalone": out.standalone_loss,
+            "scaled": out.scaled_loss, "scale": out.scale, "lam": config.lam if lam is None else lam}
 
 
 def _lr_scheduler(optimizer: torch.optim.Optimizer, *, config: ProtectConfig, n_batches: int | None) -> Any:
@@ -390,114 +418,5 @@ def _lr_scheduler(optimizer: torch.optim.Optimizer, *, config: ProtectConfig, n_
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: max(0.0, 1.0 - step / total))
 
 
-def _trainer_base() -> type:
-    try:
-        from transformers import Trainer
-    except ImportError as exc:  # pragma: no cover
-        raise MissingDependencyError.for_extra(package="transformers", extra="protect", purpose="Trap2Trainer") from exc
-    return Trainer
-
-
-def _make_trainer_class() -> type:
-    import torch
-
-    base = _trainer_base()
-
-    class Trap2Trainer(base):  # type: ignore[misc, valid-type]
-        """`transformers.Trainer` whose training loss is the Trap² objective; evaluation stays at s = 1."""
-
-        def __init__(self, *args: Any, protect_config: ProtectConfig, loss_fn: LossFn | None = None,
-                     **kwargs: Any) -> None:
-            if protect_config.project_conflicts:
-                raise ProtectionError(
-                    "project_conflicts needs the two gradients separately, and Trainer backpropagates one loss: "
-                    "train with hubguard.protect.train_protected, or set project_conflicts=False."
-                )
-            super().__init__(*args, **kwargs)
-            self.protect_config = protect_config
-            self.trap2_loss_fn = loss_fn
-            self._trap2_generator = torch.Generator().manual_seed(protect_config.seed)
-            self._trap2_reference: dict[str, torch.Tensor] | None = None
-            if self.args.max_grad_norm != protect_config.max_grad_norm:
-                self.args.max_grad_norm = protect_config.max_grad_norm
-
-        def compute_loss(self, model: Any, inputs: Any, return_outputs: bool = False,
-                         num_items_in_batch: Any = None) -> Any:
-            if return_outputs or not model.training:
-                return super().compute_loss(model, inputs, return_outputs=return_outputs,
-                                            num_items_in_batch=num_items_in_batch)
-            if self.protect_config.mode == "full" and self._trap2_reference is None:
-                self._trap2_reference = snapshot_reference(model)  # before the first optimiser step
-            out = trap2_loss(model, inputs, config=self.protect_config, generator=self._trap2_generator,
-                             reference=self._trap2_reference, loss_fn=self.trap2_loss_fn)
-            if self.state.global_step % max(1, self.args.logging_steps) == 0:
-                self.log({"trap2_standalone_loss": out.standalone_loss, "trap2_scaled_loss": out.scaled_loss,
-                          "trap2_scale": out.scale})
-            return out.loss
-
-    return Trap2Trainer
-
-
-_TRAINER_CLASS: type | None = None
-
-
-def trap2_trainer_class() -> type:
-    """The `Trap2Trainer` class (built on first use so importing hubguard does not import transformers)."""
-    global _TRAINER_CLASS
-    if _TRAINER_CLASS is None:
-        _TRAINER_CLASS = _make_trainer_class()
-    return _TRAINER_CLASS
-
-
-def make_trap2_trainer(
-    model: Any,
-    *,
-    config: ProtectConfig,
-    train_dataset: Any,
-    eval_dataset: Any,
-    output_dir: str,
-    data_collator: Any = None,
-    loss_fn: LossFn | None = None,
-    **training_args: Any,
-) -> Any:
-    """A ready `Trap2Trainer`: AdamW, clip 1.0, eval + save each epoch, early stopping on eval loss at s = 1."""
-    if eval_dataset is None or len(eval_dataset) == 0:
-        raise ProtectionError("Early stopping at s = 1 needs validation data: pass a non-empty eval_dataset.")
-    from transformers import EarlyStoppingCallback, TrainingArguments
-
-    args = TrainingArguments(
-        output_dir=output_dir,
-        learning_rate=config.learning_rate,
-        weight_decay=config.weight_decay,
-        num_train_epochs=config.epochs,
-        per_device_train_batch_size=config.batch_size,
-        per_device_eval_batch_size=config.batch_size,
-        max_grad_norm=config.max_grad_norm,
-        eval_strategy="epoch",
-        save_strategy="epoch",
-        save_total_limit=1,
-        load_best_model_at_end=True,
-        metric_for_best_model="eval_loss",
-        greater_is_better=False,
-        seed=config.seed,
-        report_to=[],
-        use_cpu=training_args.pop("use_cpu", None) or not _cuda_available(),
-        **training_args,
-    )
-    cls = trap2_trainer_class()
-    return cls(
-        model=model,
-        args=args,
-        train_dataset=train_dataset,
-        eval_dataset=eval_dataset,
-        data_collator=data_collator,
-        protect_config=config,
-        loss_fn=loss_fn,
-        callbacks=[EarlyStoppingCallback(early_stopping_patience=config.early_stopping_patience)],
-    )
-
-
-def _cuda_available() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
+__all__ = ["ProtectResult", "attach_lora", "evaluate_loss", "make_trap2_trainer", "resolve_target_modules",
+           "train_protected", "trap2_trainer_class"]

@@ -1,0 +1,284 @@
+"""Trap² in the paper's LLM setting, at tiny scale: a causal-LM LoRA (r = 32, alpha = r, q/k/v/o) on a trained
+zoo Llama base, w(s) = 1/√s, tasks scored by exact match, merged with the real tools.
+
+- Base: the lineage zoo's `llama-s0` (benchmarks/zoo.py: RMSNorm, gated SiLU, GQA, RoPE; hidden 128, 4 layers,
+  vocabulary 4096, trained from scratch on the Python documentation). Built with
+  `python benchmarks/zoo.py --out benchmarks/out/zoo --only llama-s0` if absent.
+- Tasks (exact match of the next word of real text): the windows of three tasks of the frozen snapshot
+  benchmarks/data/protect_tasks_v2.jsonl.gz (protect_tasks.py), each a text domain: man_section (English man
+  pages), doc_kind (Debian changelogs, copyright files, READMEs), python_package (Python standard-library source).
+  An example is CONTEXT words of a window and the word after them; exact match = every token of that word is the
+  model's argmax given the context (what greedy decoding of it produces: one teacher-forced forward). Training
+  uses the positions TRAIN_POSITIONS of each training window; validation and test one position per window (600 /
+  1500 examples), windows from other source files than training's (the snapshot's splits).
+- One LoRA per task, trained plainly with early stopping on validation exact match; the protected task's
+  (man_section) is then protected (trap2: Trap² continuing it, w(s) = 1/√s; lock; trap2+lock) and merged with the
+  other two (hubguard.protect.attacks: task_arithmetic, ties, dare_ties, realign), the coefficient chosen on the
+  attacker's validation examples (mean exact match over the three tasks).
+
+    python benchmarks/protect_llm.py --seeds 0,1,2,3,4     # results/protect_llm_seed<k>.json, then protect_llm.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HUBGUARD_DISABLE_PROGRESS_BARS", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import torch  # noqa: E402
+from protect_stats import accuracy_ci, across_seeds, paired_difference  # noqa: E402
+
+from hubguard.protect.attacks import AttackSetting, run_attacks  # noqa: E402
+from hubguard.protect.config import ProtectConfig  # noqa: E402
+from hubguard.protect.lock import LockConfig, lock_state_dict, plan_lock  # noqa: E402
+from hubguard.protect.trainer import train_protected  # noqa: E402
+from hubguard.utils.files import atomic_write_json  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+ZOO = HERE / "out" / "zoo" / "llama-s0"
+RESULTS = HERE / "results"
+TASKS = ("man_section", "doc_kind", "python_package")
+CONTEXT = 16  # words of context
+TRAIN_POSITIONS = (16, 24, 32)  # the word predicted, per training window (40-word windows)
+TEST_POSITION = 18  # every window has at least 20 words
+MAX_PROMPT = 48  # tokens of context kept (the last ones)
+SIZES = {"train": 1200, "val": 600, "test": 1500}  # windows
+ATTACKS = ("task_arithmetic", "ties", "dare_ties", "realign")
+
+
+def examples(task: str) -> dict[str, list[tuple[str, str]]]:
+    """(context, " next-word") pairs of each split, from the snapshot's windows of `task`."""
+    from protect_tasks import build_tasks
+
+    t = build_tasks(n_train=SIZES["train"], n_val=SIZES["val"], n_test=SIZES["test"], names=[task])[0]
+    out: dict[str, list[tuple[str, str]]] = {}
+    for split in SIZES:
+        positions = TRAIN_POSITIONS if split == "train" else (TEST_POSITION,)
+        rows = []
+        for text, _ in getattr(t, split):
+            words = text.split()
+            rows += [(" ".join(words[p - CONTEXT : p]), " " + words[p]) for p in positions if p < len(words)]
+        out[split] = rows
+    return out
+
+
+class LLMSetting:
+    """The zoo Llama, its tokenizer, the tasks as padded (input_ids, labels) tensors, exact match of states."""
+
+    def __init__(self, folder: Path = ZOO) -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if not (folder / "config.json").is_file():
+            raise SystemExit(f"{folder}: no zoo Llama; build it with "
+                             "`python benchmarks/zoo.py --out benchmarks/out/zoo --only llama-s0`")
+        self.tok = AutoTokenizer.from_pretrained(str(folder))
+        self.base = AutoModelForCausalLM.from_pretrained(str(folder)).eval()
+        self.base_state = {k: v.detach() for k, v in self.base.state_dict().items()}
+        self.work = copy.deepcopy(self.base).eval()
+        self.data = {t: {s: self._encode(rows) for s, rows in examples(t).items()} for t in TASKS}
+
+    def _encode(self, rows: list[tuple[str, str]]) -> dict[str, torch.Tensor]:
+        ids, labels = [], []
+        for prompt, ans in rows:
+            p = self.tok(prompt, add_special_tokens=False)["input_ids"][-MAX_PROMPT:]
+            a = self.tok(ans, add_special_tokens=False)["input_ids"]
+            ids.append(p + a)
+            labels.append([-100] * len(p) + a)
+        width = max(map(len, ids))
+        pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else 0
+        return {"input_ids": torch.tensor([x + [pad] * (width - len(x)) for x in ids]),
+                "attention_mask": torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in ids]),
+                "labels": torch.tensor([y + [-100] * (width - len(y)) for y in labels])}
+
+    def batches(self, task: str, split: str, size: int, limit: int | None = None) -> list[dict[str, torch.Tensor]]:
+        d = self.data[task][split]
+        n = len(d["labels"]) if limit is None else min(limit, len(d["labels"]))
+        return [{k: v[i : i + size] for k, v in d.items()} for i in range(0, n, size)]
+
+    @torch.no_grad()
+    def correct(self, model: torch.nn.Module, task: str, split: str, limit: int | None = None) -> torch.Tensor:
+        """Exact match per example: every answer token is the argmax given the gold prefix."""
+        model.eval()
+        out = []
+        for b in self.batches(task, split, 250, limit):
+            pred = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits[:, :-1].argmax(-1)
+            gold = b["labels"][:, 1:]
+            out.append(((pred == gold) | (gold == -100)).all(-1))
+        return torch.cat(out)
+
+    def em(self, model: torch.nn.Module, task: str, split: str, limit: int | None = None) -> float:
+        return 100.0 * float(self.correct(model, task, split, limit).float().mean())
+
+    def load(self, state: dict[str, torch.Tensor]) -> torch.nn.Module:
+        self.work.load_state_dict(state)
+        return self.work
+
+
+def lora_state(s: LLMSetting, peft_model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    out = dict(s.base_state)
+    with torch.no_grad():
+        for name, module in peft_model.named_modules():
+            if hasattr(module, "get_delta_weight") and "default" in getattr(module, "lora_A", {}):
+                key = name.removeprefix("base_model.model.") + ".weight"
+                out[key] = (s.base_state[key] + module.get_delta_weight("default")).detach().clone()
+    return out
+
+
+def train_task(s: LLMSetting, task: str, *, seed: int, args: argparse.Namespace, init: Any = None) -> tuple:
+    """Plain LoRA (init None) or Trap² continuing `init` (its PEFT model); returns (peft model, state, result, s)."""
+    from peft import LoraConfig, get_peft_model
+
+    order = torch.randperm(len(s.data[task]["train"]["labels"]), generator=torch.Generator().manual_seed(seed))
+    train = [{k: v[i] for k, v in s.data[task]["train"].items()} for i in order.split(16)]
+    if init is None:
+        torch.manual_seed(seed)
+        model = get_peft_model(copy.deepcopy(s.base), LoraConfig(
+            r=32, lora_alpha=32, lora_dropout=0.0, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+            bias="none", task_type="CAUSAL_LM"))
+        cfg = ProtectConfig(mode="lora", lam=0.0, lora_r=32, learning_rate=args.lr, epochs=args.epochs, batch_size=16,
+                            early_stopping_patience=3, eval_every=args.eval_every, seed=seed)
+        kwargs: dict[str, Any] = {}
+    else:
+        model = copy.deepcopy(init)
+        steps = max(6, round(args.trap_budget * args.plain_steps[task]))
+        every = max(1, round(steps * 0.5 / 5))
+        cfg = ProtectConfig(mode="lora", lam=args.lam, weight="inv_sqrt", lora_r=32, learning_rate=args.trap_lr,
+                            epochs=10**6, max_steps=steps, batch_size=16, early_stopping_patience=10**6, seed=seed,
+                            selection="trap", tolerance_reference="start", standalone_tolerance=args.tolerance,
+                            lr_schedule="linear", eval_every=every, eval_start=max(1, steps - 4 * every),
+                            scaled_loss_cap=math.log(len(s.tok)), cap_per_example=True, project_conflicts=True,
+                            probe_scales=(0.3, 0.6, 1.5))
+        kwargs = {"probe_score_fn": lambda m: s.em(m, task, "val", limit=300)}
+    t0 = time.process_time()  # CPU seconds of this process (one thread): other jobs share the cores
+    res = train_protected(model, train_batches=train, config=cfg, val_score_fn=lambda m: s.em(m, task, "val"),
+                          **kwargs)
+    return model, lora_state(s, model), res, time.process_time() - t0
+
+
+def run_seed(s: LLMSetting, args: argparse.Namespace, seed: int, log: Any) -> dict[str, Any]:
+    p = TASKS[0]
+    plain = {}
+    args.plain_steps = {}
+    for t in TASKS:
+        plain[t] = train_task(s, t, seed=seed, args=args)
+        args.plain_steps[t] = plain[t][2].steps
+        log(f"seed {seed}: plain {t}: {plain[t][2].steps} steps {plain[t][3]:.0f}s, val {plain[t][2].selected}")
+    trap = train_task(s, p, seed=seed, args=args, init=plain[p][0])
+    log(f"seed {seed}: trap2 {p}: {trap[2].steps} steps {trap[3]:.0f}s, kept {trap[2].selected}")
+    split = s.data[p]["train"]
+    calib = [{"input_ids": split["input_ids"][i : i + 16], "attention_mask": split["attention_mask"][i : i + 16]}
+             for i in range(0, 128, 16)]
+
+    def locked(state: dict) -> dict:
+        model = copy.deepcopy(s.base)
+        model.load_state_dict(state)
+        return lock_state_dict(state, plan_lock(model, config=LockConfig(), calibration=calib, for_lora=True))
+
+    released = {"none": (plain[p][1], 0.0), "trap2": (trap[1], trap[3])}
+    released["lock"] = (locked(plain[p][1]), 0.0)
+    released["trap2+lock"] = (locked(trap[1]), trap[3])
+    zero = s.correct(s.base, p, "test")
+    plain_correct = s.correct(s.load(plain[p][1]), p, "test")
+    out: dict[str, Any] = {"zero_shot": {t: s.em(s.base, t, "test") for t in TASKS}, "zero_shot_ci": accuracy_ci(zero),
+                           "plain": {t: {"steps": plain[t][2].steps, "seconds": plain[t][3],
+                                         "val": plain[t][2].selected} for t in TASKS},
+                           "trap2": {"steps": trap[2].steps, "selected": trap[2].selected}, "methods": {}}
+    for method, (state, extra) in released.items():
+        correct = s.correct(s.load(state), p, "test")
+        setting = AttackSetting(
+            base=s.base_state, protected=state, others=tuple(plain[t][1] for t in TASKS[1:]),
+            val_score=lambda st: sum(s.em(s.load(st), t, "val", limit=args.attacker_val) for t in TASKS) / len(TASKS),
+            test_metrics=lambda st: {t: s.em(s.load(st), t, "test") for t in TASKS}, verdict_key=p,
+            coefficients=tuple(args.coefficient_list), model_config=s.base.config.to_dict())
+        attacks = run_attacks(setting, names=ATTACKS)
+        ratio = (plain[p][3] + extra) / plain[p][3]
+        change = paired_difference(correct, plain_correct)
+        out["methods"][method] = {
+            "standalone": accuracy_ci(correct), "standalone_change": change, "time_ratio": ratio,
+            "sweep": [{"scale": sc, "em": s.em(s.load({k: s.base_state[k] + sc * (v - s.base_state[k])
+                                                        for k, v in state.items()}), p, "test", limit=500)}
+                      for sc in (0.0, 0.3, 0.5, 0.7, 1.0, 1.5)],
+            "attacks": attacks,
+            "targets": {"standalone_within_1_point_ci": change["low"] >= -1.0,
+                        "standalone_within_1_point": change["value"] >= -1.0,
+                        "merged_at_or_below_zero_shot": all(attacks[a]["protected"] for a in ATTACKS[:3]),
+                        "realign_at_or_below_zero_shot": attacks["realign"]["protected"],
+                        "time_ratio_at_most_2.2": ratio <= 2.2}}
+        log(f"seed {seed}: {method}: standalone {change['value']:+.1f}, "
+            + ", ".join(f"{k} {v['protected_score']:.1f}" for k, v in attacks.items()))
+    return out
+
+
+def aggregate(seeds: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    keys = sorted(seeds)
+    methods = {}
+    for m in seeds[keys[0]]["methods"]:
+        per = [seeds[k]["methods"][m] for k in keys]
+        methods[m] = {
+            "standalone_change": across_seeds([r["standalone_change"]["value"] for r in per]),
+            "time_ratio": across_seeds([r["time_ratio"] for r in per]),
+            "attacks": {a: across_seeds([r["attacks"][a]["protected_score"] for r in per])
+                        | {"protected_seeds": sum(r["attacks"][a]["protected"] for r in per)} for a in ATTACKS},
+            "targets_met_seeds": {t: sum(r["targets"][t] for r in per) for t in per[0]["targets"]}}
+    first = seeds[keys[0]]
+    return {"kind": "hubguard-protect-llm-aggregate", "schema_version": 1, "seeds": keys, "protected_task": TASKS[0],
+            "zero_shot": first["zero_shot"][TASKS[0]], "zero_shot_all": first["zero_shot"],
+            "settings": first["settings"], "methods": methods}
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", default="0")
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--epochs", type=int, default=4)
+    ap.add_argument("--eval-every", type=int, default=60, help="plain updates: steps between validations "
+                    "(early stopping after 3 without improvement)")
+    ap.add_argument("--lam", type=float, default=1.0)
+    ap.add_argument("--trap-lr", type=float, default=4e-3)
+    ap.add_argument("--trap-budget", type=float, default=0.5)
+    ap.add_argument("--tolerance", type=float, default=1.0)
+    ap.add_argument("--coefficients", default="0.3,0.5,0.7,1.0")
+    ap.add_argument("--attacker-val", type=int, default=200)
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args(argv)
+    args.coefficient_list = [float(c) for c in args.coefficients.split(",")]
+    torch.set_num_threads(args.threads)
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    t_start = time.perf_counter()
+
+    def log(msg: str) -> None:
+        print(f"[{time.perf_counter() - t_start:6.0f}s] {msg}", file=sys.stderr, flush=True)
+
+    s = LLMSetting()
+    for seed in [int(x) for x in args.seeds.split(",")]:
+        path = RESULTS / f"protect_llm_seed{seed}.json"
+        if path.exists():
+            log(f"seed {seed}: {path.name} exists, skipped")
+            continue
+        t0 = time.perf_counter()
+        out = run_seed(s, args, seed, log)
+        out.update(kind="hubguard-protect-llm-seed", schema_version=1, seed=seed, seconds=time.perf_counter() - t0,
+                   settings={k: v for k, v in vars(args).items() if k not in ("plain_steps", "coefficient_list")}
+                   | {"tasks": list(TASKS), "sizes": SIZES, "base_model": "zoo llama-s0", "lora_r": 32,
+                      "weight": "inv_sqrt"})
+        atomic_write_json(path, out)
+        log(f"seed {seed}: wrote {path.name}")
+    seeds = {json.loads(p.read_text())["seed"]: json.loads(p.read_text()) for p in RESULTS.glob("protect_llm_seed*.json")}
+    if seeds:
+        atomic_write_json(RESULTS / "protect_llm.json", aggregate(seeds))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,85 @@
+"""Attacks on a released update, by name: what a merger does with the real tools, and the adaptive attacks of an
+attacker who knows the protection and holds the public base.
+
+    from hubguard.protect.attacks import AttackSetting, run_attacks
+    results = run_attacks(setting, names=("task_arithmetic", "realign", "regmean"))
+
+Each attack returns a JSON-ready dict (method, coefficient, val_score, test, ...); `verdict` adds whether the
+protection held (the protected task's merged score at or below the base's). Names, in ATTACKS:
+
+- merges (mergekit kernels): task_arithmetic, ties, dare_ties, slerp (t = 1 drops the protected update);
+- kept_at_1 (protected at 1, others tuned), two_protected (a second task's update protected too);
+- realign (undo per-head locks against the base, then task arithmetic: the Anchor-Guided Attack);
+- refinetune (a short re-fine-tune of the protected update, then task arithmetic), finetune_after_merge;
+- learned (per-layer coefficients trained on the attacker's data, AdaMerging-style), regmean (RegMean).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from hubguard.errors import ProtectionError
+from hubguard.protect.attacks.base import (
+    DEFAULT_COEFFICIENTS,
+    AttackerModel,
+    AttackResult,
+    AttackSetting,
+    best_coefficient,
+)
+from hubguard.protect.attacks.learned import learned
+from hubguard.protect.attacks.merging import kept_at_1, merge_attack, realign, slerp, two_protected
+from hubguard.protect.attacks.refit import finetune_after_merge, refinetune
+from hubguard.protect.attacks.regmean import regmean
+from hubguard.utils import get_logger, progress
+
+logger = get_logger(__name__)
+
+Attack = Callable[[AttackSetting], dict[str, Any]]
+ATTACKS: dict[str, Attack] = {
+    "task_arithmetic": merge_attack("task_arithmetic"),
+    "ties": merge_attack("ties"),
+    "dare_ties": merge_attack("dare_ties"),
+    "slerp": slerp,
+    "kept_at_1": kept_at_1,
+    "two_protected": two_protected,
+    "realign": realign,
+    "refinetune": refinetune,
+    "finetune_after_merge": finetune_after_merge,
+    "learned": learned,
+    "regmean": regmean,
+}
+ADAPTIVE_ATTACKS = ("realign", "refinetune", "learned", "regmean")
+
+
+def check_attack_names(names: Sequence[str]) -> tuple[str, ...]:
+    unknown = [n for n in names if n not in ATTACKS]
+    if unknown or not names:
+        raise ProtectionError(f"Unknown attack(s) {unknown or list(names)}; choose from {sorted(ATTACKS)} "
+                              "(comma-separated on the command line).")
+    return tuple(dict.fromkeys(names))
+
+
+def verdict(result: Mapping[str, Any], *, key: str, zero_shot: float, higher_is_better: bool = True) -> dict[str, Any]:
+    """`result` plus the verdict: `protected` when the protected task's merged score is no better than the base's
+    (zero-shot): at or below it for a score, at or above it for a loss."""
+    score = float(result["test"][key])
+    held = score <= zero_shot if higher_is_better else score >= zero_shot
+    return {**result, "protected_score": score, "zero_shot": zero_shot, "protected": held}
+
+
+def run_attacks(setting: AttackSetting, *, names: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Run the named attacks; each result carries its verdict against the base's score (`setting.verdict_key`)."""
+    names = check_attack_names(names)
+    zero_shot = float(setting.test_metrics(setting.base)[setting.verdict_key])
+    out = {}
+    for name in progress(list(names), desc="attacks"):
+        out[name] = verdict(ATTACKS[name](setting), key=setting.verdict_key, zero_shot=zero_shot,
+                            higher_is_better=setting.higher_is_better)
+        logger.info("attack %s: %s %.4g (zero-shot %.4g)", name, setting.verdict_key, out[name]["protected_score"],
+                    zero_shot)
+    return out
+
+
+__all__ = ["ADAPTIVE_ATTACKS", "ATTACKS", "DEFAULT_COEFFICIENTS", "AttackResult", "AttackSetting", "AttackerModel",
+           "best_coefficient", "check_attack_names", "run_attacks", "verdict"]

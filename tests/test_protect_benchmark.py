@@ -1,0 +1,60 @@
+"""The merge-protection benchmark: its statistics (fast), and its quick mode run as users run it (slow: the
+`benchmarks/protect.py --quick` run that the committed full runs scale up)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from protect_stats import accuracy_ci, across_seeds, paired_difference  # noqa: E402
+
+
+def test_intervals_of_one_seed_and_across_seeds():
+    a = torch.tensor([True] * 80 + [False] * 20)
+    ci = accuracy_ci(a)
+    assert ci["value"] == pytest.approx(80.0) and ci["low"] == pytest.approx(80 - 1.96 * 4.0, abs=0.01)
+    same = paired_difference(a, a)
+    assert same["value"] == 0 and same["low"] == same["high"] == 0 and same["disagree"] == 0
+    b = a.clone()
+    b[:2] = False  # two examples lost
+    d = paired_difference(b, a)
+    assert d["value"] == pytest.approx(-2.0) and d["low"] < -2.0 < d["high"] and d["disagree"] == pytest.approx(0.02)
+    with pytest.raises(ValueError):
+        paired_difference(a[:10], a)
+    s = across_seeds([1.0, 2.0, 3.0, 4.0, 5.0])
+    assert s["mean"] == 3.0 and s["high"] - s["mean"] == pytest.approx(2.776 * (2.5 ** 0.5) / 5 ** 0.5, rel=1e-3)
+    assert across_seeds([2.0])["low"] is None
+
+
+@pytest.mark.slow
+def test_quick_benchmark_runs_and_its_invariants_hold(tmp_path):
+    env = os.environ | {"HUBGUARD_DISABLE_PROGRESS_BARS": "1"}
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "protect.py"), "--quick", "--results",
+                           str(tmp_path)], capture_output=True, text=True, timeout=1800, env=env, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    seed = json.loads((tmp_path / "protect_lora_quick_seed0.json").read_text())
+    agg = json.loads((tmp_path / "protect_lora_quick.json").read_text())
+    methods = seed["methods"]
+    assert set(methods) == {"none", "trap2", "lock", "trap2+lock"} and agg["seeds"] == [0]
+    # The lock is exact at s = 1: the locked update answers every test example as the plain one does.
+    assert methods["lock"]["standalone_change"]["value"] == 0.0 and methods["lock"]["standalone_change"]["disagree"] == 0
+    # ... and realign undoes it: the realigned lock merges like the plain update (same best coefficient's result
+    # within a few examples).
+    assert abs(methods["lock"]["attacks"]["realign"]["protected_score"]
+               - methods["none"]["attacks"]["task_arithmetic"]["protected_score"]) < 3.0
+    zero = seed["zero_shot"][seed["settings"]["protected_task"]]
+    for m in methods.values():
+        assert set(m["attacks"]) >= {"task_arithmetic", "ties", "dare_ties", "realign", "refinetune", "regmean"}
+        for a in m["attacks"].values():
+            assert a["zero_shot"] == pytest.approx(zero) and a["protected"] == (a["protected_score"] <= zero)
+    # The plain update helps its task: merging it is not protected.
+    assert not methods["none"]["attacks"]["task_arithmetic"]["protected"]
