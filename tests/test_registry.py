@@ -87,6 +87,29 @@ def test_search_from_a_model_folder(reg: Registry, fps: dict[str, Path]) -> None
     assert reg.search(fps["llama-0-ft-dir"], top_k=1)[0].name == "org/llama-base"
 
 
+def test_sketch_matrix_reads_chunked_sliced_and_foreign_columns() -> None:
+    import numpy as np
+    import pyarrow as pa
+
+    want = np.arange(5 * 4, dtype=np.float16).reshape(5, 4)
+    col = rs.sketch_array(list(want), dim=4)
+    assert np.array_equal(rs.sketch_matrix(col), want)
+    assert np.array_equal(rs.sketch_matrix(col.slice(2, 2)), want[2:4])  # a slice's offset is honoured
+    assert np.array_equal(rs.sketch_matrix(pa.chunked_array([col.slice(0, 2), col.slice(3, 2)])), want[[0, 1, 3, 4]])
+    f32 = pa.FixedSizeListArray.from_arrays(pa.array(want.reshape(-1).astype(np.float32)), 4)  # another tool's writer
+    assert np.array_equal(rs.sketch_matrix(f32), want)
+
+
+def test_registry_lookups_do_not_import_pandas(reg: Registry) -> None:
+    """pyarrow imports pandas (about a second) on any Python-to-Arrow conversion; `hubguard check` reads the
+    registry without one."""
+    code = ("import sys; from hubguard.registry import Registry; r = Registry(sys.argv[1]); "
+            "r.show('org/gpt2-base'); r.fingerprint('org/gpt2-base'); r.nearest(r.sketches()[0], k=2); "
+            "print('pandas' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code, str(reg.path)], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False", out.stderr
+
+
 def test_filters_and_remove(reg: Registry) -> None:
     assert [e.name for e in reg.list(family="LLAMA")] == ["org/llama-base"]
     assert [e.name for e in reg.list(license="mit")] == ["org/gpt2-base"]

@@ -204,4 +204,9 @@ def sketch_matrix(column: "pa.ChunkedArray | pa.Array") -> "np.ndarray":
     if arr.null_count:
         raise RegistryCorruptError("An entry of the registry has no search sketch; the entries table is corrupted.")
     dim = arr.type.list_size
-    return arr.values.to_numpy(zero_copy_only=False).astype(np.float16, copy=False).reshape(-1, dim)
+    values = arr.flatten()  # respects a sliced array's offset (`.values` does not)
+    if values.type != pa.float16() or values.null_count:  # written by another tool: convert (slow path)
+        return values.to_numpy(zero_copy_only=False).astype(np.float16, copy=False).reshape(-1, dim)
+    # the float16 buffer as is: pyarrow's to_numpy() imports pandas (about a second of a `hubguard check`)
+    return np.frombuffer(values.buffers()[1], dtype=np.float16, count=len(values),
+                         offset=values.offset * 2).reshape(-1, dim)

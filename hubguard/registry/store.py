@@ -256,15 +256,13 @@ class Registry:
         return out
 
     def show(self, name: str) -> Entry:
-        import pyarrow.compute as pc
-
         table = self.entries_table()
-        hit = table.filter(pc.equal(table.column("name"), name))
-        if hit.num_rows == 0:
-            close = [n for n in table.column("name").to_pylist() if name.lower() in n.lower()][:5]
+        names = table.column("name").to_pylist()  # no pyarrow.compute on a Python str: that imports pandas (~1 s)
+        if name not in names:
+            close = [n for n in names if name.lower() in n.lower()][:5]
             hint = f" Did you mean: {', '.join(close)}?" if close else " See `hubguard registry list`."
             raise RegistryError(f"{name!r} is not in the registry at {self.path}.{hint}")
-        return Entry.from_row(hit.select(_META_COLUMNS).to_pylist()[0])
+        return Entry.from_row(table.slice(names.index(name), 1).select(_META_COLUMNS).to_pylist()[0])
 
     def fingerprint(self, name: str) -> "Fingerprint":
         """The verification data of an entry, as a Fingerprint."""
