@@ -372,3 +372,39 @@ def test_fingerprint_over_http_equals_local(hub_server: HubServer, bpe_tokenizer
     assert hub_server.log == [] and again.stats["requests"] == 0
     for name, t in local.terms.items():
         assert torch.equal(again.terms[name], t), name
+
+
+def test_budgeted_reads_spend_what_the_layers_leave_on_fewer_row_requests(hub_server: HubServer, minilm: Path) -> None:
+    """Under a budget, the token rows are read in windows as wide as the bytes the layer plan leaves allow: the
+    same layers, heads and rows as the coarse plan, fewer requests, bytes still within the budget."""
+    from hubguard.lineage import compute_fingerprint
+    from hubguard.lineage.tokens import DEFAULT_TOKEN_SET, load_vocabulary, token_rows
+    from hubguard.weights.model import open_model
+    from hubguard.weights.plan import LAYER_SHARE, embedding_gap, plan_reads
+    from hubguard.weights.remote import REMOTE_MAX_GAP
+    from hubguard.weights.store import coalesce_ranges
+
+    budget = 0.3
+    weights = open_model(minilm)
+    tensors, emb = weights.checkpoint.tensors, weights.arch.embedding_name
+    total, row_bytes = tensors.total_bytes(), tensors.info(emb).row_bytes
+    _, rows = token_rows(load_vocabulary(weights.store), token_set=DEFAULT_TOKEN_SET, vocab_rows=weights.vocab_rows, source=str(minilm))
+    coarse_gap = embedding_gap(tensors=tensors, name=emb, rows=rows, budget=budget, total_bytes=total)
+    coarse = plan_reads(reader=weights.reader, n_layers=weights.arch.num_layers, budget=budget, total_bytes=total,
+                        embedding_bytes=tensors.rows_bytes(emb, rows, max_gap=coarse_gap), embedding_gap=coarse_gap)
+    plan = weights.plan(rows=rows, budget=budget)
+    assert (plan.layers, plan.mode, plan.kv_heads) == (coarse.layers, coarse.mode, coarse.kv_heads)
+    assert coarse.estimated_bytes < plan.estimated_bytes <= LAYER_SHARE * budget * total
+
+    def requests(gap: int) -> int:  # what HubStore sends for the rows: the plan's windows, merged at its own gap
+        return len(coalesce_ranges([(r * row_bytes, (r + 1) * row_bytes) for r in rows], max_gap=max(gap, REMOTE_MAX_GAP)))
+
+    assert requests(plan.embedding_gap) < 0.75 * requests(coarse_gap)
+
+    hub_server.add_repo("org/minilm", minilm)
+    local = compute_fingerprint(minilm, budget=budget)
+    remote = compute_fingerprint("hf://org/minilm", budget=budget)
+    assert remote.stats["plan"] == local.stats["plan"] == plan.to_dict()
+    for name, t in local.terms.items():
+        assert torch.equal(remote.terms[name], t), name
+    assert remote.stats["bytes_read"] <= budget * total

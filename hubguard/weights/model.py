@@ -18,7 +18,15 @@ from hubguard.errors import CorruptCheckpointError
 from hubguard.utils import progress
 from hubguard.weights.binding import BoundArchitecture, bind_architecture
 from hubguard.weights.canonical import CanonicalLayer, LayerReader
-from hubguard.weights.plan import ReadPlan, embedding_gap, plan_reads, resolve_budget
+from hubguard.weights.plan import (
+    LAYER_SHARE,
+    ReadPlan,
+    embedding_gap,
+    plan_reads,
+    resolve_budget,
+    row_gaps,
+    widen_embedding_gap,
+)
 from hubguard.weights.source import Checkpoint, open_source
 
 if TYPE_CHECKING:
@@ -70,11 +78,18 @@ class ModelWeights:
         """What to read under `budget` (see `hubguard.weights.plan`) when the token rows are `rows`."""
         tensors, emb = self.checkpoint.tensors, self.arch.embedding_name
         total = tensors.total_bytes()
-        gap = embedding_gap(tensors=tensors, name=emb, rows=rows, budget=resolve_budget(budget, total_bytes=total),
-                            total_bytes=total)
-        return plan_reads(reader=self.reader, n_layers=self.arch.num_layers, layers=layers, max_layers=max_layers,
-                          budget=budget, total_bytes=total, embedding_bytes=tensors.rows_bytes(emb, rows, max_gap=gap),
-                          embedding_gap=gap)
+        fraction = resolve_budget(budget, total_bytes=total)
+
+        def replan(gap: int) -> ReadPlan:
+            return plan_reads(reader=self.reader, n_layers=self.arch.num_layers, layers=layers, max_layers=max_layers,
+                              budget=budget, total_bytes=total, embedding_bytes=tensors.rows_bytes(emb, rows, max_gap=gap),
+                              embedding_gap=gap)
+
+        plan = replan(embedding_gap(tensors=tensors, name=emb, rows=rows, budget=fraction, total_bytes=total))
+        if fraction is None:
+            return plan
+        return widen_embedding_gap(plan=plan, gaps=row_gaps(rows, row_bytes=tensors.info(emb).row_bytes), replan=replan,
+                                   limit=LAYER_SHARE * fraction * total)
 
     def embedding_rows(self, rows: list[int], *, plan: ReadPlan) -> "torch.Tensor":
         """[len(rows), hidden] float32 input-embedding rows (projected into the hidden size where the map has an

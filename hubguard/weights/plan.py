@@ -14,6 +14,7 @@ remote read of the same files give the same fingerprint. Modes, from richest to 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -89,6 +90,30 @@ def embedding_gap(*, tensors: Any, name: str, rows: list[int], budget: float | N
     for gap in EMBEDDING_GAPS:
         if tensors.rows_bytes(name, rows, max_gap=gap) <= limit:
             best = gap
+    return best
+
+
+def row_gaps(rows: list[int], *, row_bytes: int) -> list[int]:
+    """The distinct byte gaps between consecutive distinct token rows, smallest first: the merge gaps at which
+    one more pair of neighbouring rows shares a request."""
+    ids = sorted(set(rows))
+    return sorted({(b - a - 1) * row_bytes for a, b in zip(ids, ids[1:]) if b - a > 1})
+
+
+def widen_embedding_gap(*, plan: ReadPlan, gaps: list[int], replan: Callable[[int], ReadPlan], limit: float) -> ReadPlan:
+    """The plan with the widest token-row merge gap that keeps its layers, mode and heads and stays within
+    `limit` bytes. Merging the smallest gaps first takes the fewest extra bytes per request saved, so the
+    budget the layers leave over goes into fewer requests, never into a poorer fingerprint: what is read of the
+    layers, and every token row, is the same as in `plan`."""
+    best = plan
+    for gap in (g for g in gaps if g > plan.embedding_gap):
+        try:
+            wider = replan(gap)
+        except FingerprintError:  # the rows would leave no room for even the smallest layer plan
+            break
+        if wider.estimated_bytes > limit or (wider.layers, wider.mode, wider.kv_heads) != (plan.layers, plan.mode, plan.kv_heads):
+            break  # bytes only grow with the gap, and the layer plan only shrinks: no wider gap fits either
+        best = wider
     return best
 
 
