@@ -16,7 +16,8 @@ fingerprinting in its own subprocess (so peak RSS is per method):
 Prints one JSON object: per model and method `bytes_read`, `bytes_total`, `fraction`, `requests`, `wall_s`,
 `peak_rss_mb`, and the ratios full_load/http. `requests` is what the server served while the method ran, counted the
 way the Hub's rate limiter counts (every API call, HEAD, redirect and GET; `HubServer.served()`, split out in
-`served`); `client_requests` is what hubguard's own store counted.
+`served`); `client_requests` is what hubguard's own store counted; `load_avg_1m` is the machine's 1-minute load
+average before and after the method ran (on a shared machine wall time grows with it; CPU time much less).
 
     python benchmarks/remote.py                       # 1B only
     python benchmarks/remote.py --models 1b 7b        # also 7B (13.5 GB on disk; checks free space first)
@@ -285,10 +286,13 @@ def request_pattern(folder: Path) -> dict:
 def _measure(method: str, source: str, folder: Path, kwargs: dict, env: dict[str, str]) -> dict:
     cmd = [sys.executable, __file__, "--_run", method, "--_source", source, "--_folder", str(folder),
            "--_kwargs", json.dumps(kwargs)]
+    load_before = os.getloadavg()[0]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}"}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    # the 1-minute load average before and after: on a shared machine wall_s grows with it, cpu_s much less
+    return {**json.loads(proc.stdout.strip().splitlines()[-1]),
+            "load_avg_1m": [round(load_before, 1), round(os.getloadavg()[0], 1)]}
 
 
 def main() -> None:
@@ -316,7 +320,7 @@ def main() -> None:
     kwargs: dict[str, object] = {"max_layers": args.max_layers} if args.max_layers else {}
     if args.budget is not None:
         kwargs["budget"] = None if args.budget.lower() == "none" else args.budget if args.budget == "auto" else float(args.budget)
-    results: dict[str, object] = {"kwargs": kwargs, "models": {}}
+    results: dict[str, object] = {"kwargs": kwargs, "cpu_cores": os.cpu_count(), "models": {}}
     with tempfile.TemporaryDirectory(prefix="hubguard-bench-") as tmp, HubServer(Path(tmp) / "repos") as server:
         for name in args.models:
             need = {"1b": 2.5, "7b": 13.6}[name] * 1024**3

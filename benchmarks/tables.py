@@ -141,6 +141,10 @@ def remote(d: dict[str, Any]) -> str:
             if ratio:
                 notes.append(f"{name}: the {label} takes {ratio['wall_s']}× the time, {ratio['peak_rss_mb']}× the peak memory "
                              f"and {ratio['bytes_read']}× the bytes of hubguard over HTTP.")
+    loads = [x for m in d["models"].values() for r in m.values() if isinstance(r, dict) for x in r.get("load_avg_1m", [])]
+    if loads:
+        notes.append(f"Machine load during the runs (1-minute load average on {d.get('cpu_cores', '?')} cores): "
+                     f"{min(loads):.1f} to {max(loads):.1f}; wall times grow with it, CPU times much less.")
     return "\n".join(rows + [""] + notes)
 
 
