@@ -4,7 +4,8 @@ Builds (once, into --out) tiny models of the zoo's families with real tokenizers
 gpt2, a BERT with MiniLM's WordPiece vocabulary; tests/support/factory.py) and uses the real all-MiniLM-L6-v2.
 Then, for the baseline (`git archive REF`, extracted to a temporary folder) and for this tree, a subprocess with
 one thread fingerprints each model `--repeats` times; the best CPU time and wall time per model are kept, and the
-fingerprints' terms of the two trees are compared. Prints one JSON object (benchmarks/results/fingerprint_speed.json):
+fingerprints' terms of the two trees are compared (the tensors both hold; names only one holds are listed).
+Prints one JSON object (benchmarks/results/fingerprint_speed.json):
 
     python benchmarks/fingerprint_speed.py --baseline 8f8e49b
 """
@@ -82,13 +83,19 @@ def time_tree(tree: Path, models: dict[str, str], *, repeats: int, out: Path) ->
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def terms_difference(a: Path, b: Path) -> float:
+def terms_difference(a: Path, b: Path) -> dict[str, object]:
+    """The largest difference of the tensors both saved fingerprints hold (same name and shape), and the names
+    only one of them holds (a newer fingerprint version adds terms)."""
     from safetensors.torch import load_file
 
     ta, tb = load_file(str(a)), load_file(str(b))
-    if set(ta) != set(tb):
-        return float("inf")
-    return max(float((ta[k].float() - tb[k].float()).abs().max()) for k in ta)
+    common = [k for k in ta if k in tb and ta[k].shape == tb[k].shape]
+    return {
+        "max_term_difference": max((float((ta[k].float() - tb[k].float()).abs().max()) for k in common), default=float("inf")),
+        "common_tensors": len(common),
+        "only_baseline": sorted(k for k in ta if k not in common),
+        "only_current": sorted(k for k in tb if k not in common),
+    }
 
 
 def main() -> None:
@@ -113,8 +120,8 @@ def main() -> None:
             rows[name] = {"baseline_cpu_s": b["cpu_s"], "current_cpu_s": c["cpu_s"], "baseline_wall_s": b["wall_s"],
                           "current_wall_s": c["wall_s"], "cpu_ratio": round(c["cpu_s"] / max(b["cpu_s"], 1e-9), 3),
                           "layers": c["layers"], "tokens": c["tokens"],
-                          "max_term_difference": terms_difference(Path(tmp) / "fp-baseline" / f"{name}.safetensors",
-                                                                  Path(tmp) / "fp-current" / f"{name}.safetensors")}
+                          **terms_difference(Path(tmp) / "fp-baseline" / f"{name}.safetensors",
+                                             Path(tmp) / "fp-current" / f"{name}.safetensors")}
     print(json.dumps({"baseline": _commit(args.baseline), "current": _commit("HEAD"), "repeats": args.repeats,
                       "threads": 1, "models": rows}, indent=2))
 

@@ -149,13 +149,14 @@ def remote(d: dict[str, Any]) -> str:
 
 
 def fingerprint_speed(d: dict[str, Any]) -> str:
-    rows = ["| model | layers | tokens | CPU s (baseline) | CPU s (this tree) | ratio | largest term difference |",
-            "|---|---|---|---|---|---|---|"]
+    rows = ["| model | layers | tokens | CPU s (baseline) | CPU s (this tree) | ratio | largest term difference | "
+            "tensors only in baseline / this tree |", "|---|---|---|---|---|---|---|---|"]
     for name, r in d["models"].items():
+        only = f"{len(r.get('only_baseline', []))} / {len(r.get('only_current', []))}"
         rows.append(f"| {name} | {r['layers']} | {r['tokens']} | {r['baseline_cpu_s']:.2f} | {r['current_cpu_s']:.2f} | "
-                    f"{r['cpu_ratio']:.2f} | {r['max_term_difference']:.3g} |")
+                    f"{r['cpu_ratio']:.2f} | {r['max_term_difference']:.3g} | {only} |")
     rows += ["", f"Best of {d['repeats']} runs, {d['threads']} thread; baseline `{d['baseline'][:10]}`, this tree "
-             f"`{d['current'][:10]}` (terms compared as saved, in float16)."]
+             f"`{d['current'][:10]}` (terms compared as saved, in float16, over the tensors both fingerprints hold)."]
     return "\n".join(rows)
 
 
