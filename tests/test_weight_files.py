@@ -147,12 +147,12 @@ def test_decoy_layouts_over_http(tiny_registry, tiny_decoys, layout, hub_server:
 
 @pytest.mark.network
 def test_the_bot_posts_and_logs_the_shadow_files(tiny_registry, tiny_decoys, hub_server: HubServer, tmp_path) -> None:
-    from hubguard.hooks.webhook import LineageBot, Target
+    from hubguard.hooks.bot import LineageBot, Target
 
     sha = hub_server.add_repo("someone/decoy", tiny_decoys["variant"])
     registry = Registry(shutil.copytree(tiny_registry.path, tmp_path / "registry", ignore=shutil.ignore_patterns(".cache")))
     result = LineageBot(registry=registry, token=HubServer.TOKEN).process(Target("someone/decoy", sha))
-    assert result.status == "flagged", result
+    assert result.outcome == "flagged", result
     posted = "\n".join(hub_server.comments("someone/decoy"))
     assert "`shadow_weights`" in posted and "model.zz.safetensors" in posted
     assert all("shadow_weights" in json.loads(v["details"])["problems"] for v in result.verdicts)
