@@ -306,6 +306,44 @@ def coverage_summary(d: dict[str, Any]) -> str:
             f"score at most {seeds:.1f} (transformers {d['transformers']}, `{d['command']}`).")
 
 
+def headline(runs: dict[str, Any]) -> str:
+    """The README's short results summary: one line per area, from each area's committed JSON."""
+    lines = []
+    if "lineage" in runs:
+        d = runs["lineage"]
+        m = d["methods"]["hubguard"]
+        lines.append(f"- **Lineage** (zoo of {d['zoo']['models']} trained models, {d['pairs']} pairs, "
+                     f"fingerprint v{d.get('fingerprint_version', 1)}): AUC {m['auc']:.3f}, TPR "
+                     f"{100 * m['tpr_at_fpr0']:.0f}% at 0 false positives, lowest derivative score "
+                     f"{m['min_positive_score']:.1f} vs highest independent {m['max_negative_score']:.1f}.")
+    if "coverage" in runs:
+        lines.append(f"- **Coverage**: {coverage_summary(runs['coverage']).split(' (transformers')[0]}.")
+    if "remote" in runs and "7b" in runs["remote"]["models"]:
+        h = runs["remote"]["models"]["7b"]["http"]
+        served = h.get("served", {}).get("requests", h["requests"])
+        lines.append(f"- **Remote reading**: a 7B llama-layout checkpoint over HTTP Range in {served} requests as the "
+                     f"server counts them, {100 * h['fraction']:.2f}% of its bytes, {h['wall_s']:.1f} s.")
+    if "scan" in runs:
+        sc = runs["scan"]
+        parts = []
+        if "bot" in sc:
+            parts.append(f"bot p99 {sc['bot']['burst']['p99_ms']:.0f} ms under a {sc['bot']['burst']['events']}-event "
+                         "burst, 0 events lost across SIGTERM and SIGKILL" if all(
+                             c["lost"] == 0 for c in sc["bot"]["crashes"].values()) else "events lost: see the bot table")
+        if "verdicts" in sc:
+            worst = max(q["p50_ms"] for q in sc["verdicts"]["queries"] if q["indexed"])
+            parts.append(f"verdict-log queries at {sc['verdicts']['rows']:.0e} rows ≤ {worst:.0f} ms (p50)")
+        lines.append("- **Bot and scan**: " + "; ".join(parts) + ".")
+    if "space" in runs:
+        sp = runs["space"]
+        lines.append("- **Space**: " + ", ".join(f"{k.replace('_s', '').replace('_', ' ')} {v:.2f} s"
+                                                 for k, v in sp.get("summary", {}).items()) + ".")
+    for name in ("protect_lora", "protect_full", "protect_llm"):
+        if name in runs:
+            lines.append(f"- **Merge protection ({name.split('_')[1]})**: see benchmarks/README.md.")
+    return "\n".join(lines) if lines else "_(no results yet)_"
+
+
 def generic(d: Any) -> str:
     """Fallback: a fenced JSON block (for benchmarks whose table is not specialised yet)."""
     return "```json\n" + json.dumps(d, indent=1)[:4000] + "\n```"
@@ -335,6 +373,7 @@ TABLES: dict[str, tuple[str, Callable[[Any], str]]] = {
     "coverage": ("coverage", coverage),
     "coverage-summary": ("coverage", coverage_summary),
     **SCAN_TABLES,
+    "headline": ("*", headline),  # the README's summary, over every result file
 }
 
 

@@ -48,3 +48,29 @@ def test_import_hubguard_is_fast_and_light() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT).stdout.split()
     assert out[1] == "False", "import hubguard loaded a heavy dependency"
     assert float(out[0]) < 0.5
+
+
+MAX_MODULE_LINES = 450
+MAX_FUNCTION_LINES = 80
+
+
+def _product_modules() -> list[Path]:
+    root = Path(__file__).resolve().parents[1] / "hubguard"
+    return sorted(root.rglob("*.py"))
+
+
+def test_modules_and_functions_stay_small() -> None:
+    """No product module over ~450 lines and no function over ~80 (docstrings included): one idea per file."""
+    import ast
+
+    too_long = []
+    for path in _product_modules():
+        text = path.read_text(encoding="utf-8")
+        if text.count("\n") > MAX_MODULE_LINES:
+            too_long.append(f"{path.name}: {text.count(chr(10))} lines")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = (node.end_lineno or node.lineno) - node.lineno + 1
+                if lines > MAX_FUNCTION_LINES:
+                    too_long.append(f"{path.name}:{node.lineno} {node.name}(): {lines} lines")
+    assert not too_long, "split these: " + "; ".join(too_long)

@@ -23,7 +23,7 @@ from hubguard.protect.attacks import (  # noqa: E402
     run_attacks,
     verdict,
 )
-from hubguard.protect.merges import changed_names, mergekit_config, mergekit_merge, merge_states  # noqa: E402
+from hubguard.protect.merges import changed_names, merge_states, mergekit_config, mergekit_merge  # noqa: E402
 
 
 def _load(folder):

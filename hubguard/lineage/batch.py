@@ -167,19 +167,8 @@ def fingerprint_many(
         items = fingerprint_many(sources=["./a", "./b", "hf://org/model"], out_dir="fps")
     """
     sources = list(sources)
-    if not sources:
-        raise FingerprintError("No sources to fingerprint. Pass at least one model folder, .safetensors file or hf://ORG/NAME.")
-    if address is not None and num_cpus is not None:
-        raise FingerprintError(
-            "num_cpus sizes a local Ray runtime, but address points to an existing cluster that has its own CPUs. "
-            "Pass one of them, not both."
-        )
-    if num_cpus is not None and num_cpus < 1:
-        raise FingerprintError(f"num_cpus must be at least 1; got {num_cpus}.")
+    out = _checked_batch_args(sources=sources, out_dir=out_dir, address=address, num_cpus=num_cpus)
     ray = import_ray()
-    out = Path(os.path.abspath(out_dir))
-    if out.exists() and not out.is_dir():
-        raise FingerprintError(f"The output folder '{out}' is a file. Pass a folder (it is created if missing).")
     out.mkdir(parents=True, exist_ok=True)
     paths = output_paths(sources, out)
     options: dict[str, Any] = {"max_layers": max_layers, "budget": budget, "allow_pickle": allow_pickle,
@@ -192,27 +181,13 @@ def fingerprint_many(
             task.remote(_source_key(src), str(path), {**options, "name": os.fspath(src)})
             for src, path in zip(sources, paths)
         ]
-        index = {ref: i for i, ref in enumerate(refs)}
-        results: list[dict[str, Any] | None] = [None] * len(refs)
-        try:
-            for ref in progress(_completed(ray, refs), desc="fingerprint batch", total=len(refs)):
-                try:
-                    results[index[ref]] = ray.get(ref)
-                except ray.exceptions.RayError as err:  # the worker died (out of memory, killed, ...)
-                    results[index[ref]] = {"path": None, "summary": {}, "error": f"{type(err).__name__}: {err}",
-                                           "seconds": 0.0}
-        except BaseException:
-            for ref, res in zip(refs, results):
-                if res is None:
-                    ray.cancel(ref, force=True)
-            raise
+        results = _collect(ray, refs)
     finally:
         if started:
             ray.shutdown()
 
     items: list[BatchItem] = []
     for src, res in zip(sources, results):
-        assert res is not None
         items.append(BatchItem(source=os.fspath(src), path=None if res["path"] is None else Path(res["path"]),
                                ok=res["error"] is None, error=res["error"], seconds=round(float(res["seconds"]), 3),
                                summary=res["summary"]))
@@ -220,3 +195,42 @@ def fingerprint_many(
             logger.info("batch: %s failed: %s", src, res["error"])
     logger.info("batch: %d of %d sources fingerprinted into %s", sum(i.ok for i in items), len(items), out)
     return items
+
+
+def _checked_batch_args(*, sources: list[Any], out_dir: str | os.PathLike[str], address: str | None,
+                        num_cpus: int | None) -> Path:
+    """Refuse a batch that cannot run, before Ray starts; returns the absolute output folder."""
+    if not sources:
+        raise FingerprintError("No sources to fingerprint. Pass at least one model folder, .safetensors file or hf://ORG/NAME.")
+    if address is not None and num_cpus is not None:
+        raise FingerprintError(
+            "num_cpus sizes a local Ray runtime, but address points to an existing cluster that has its own CPUs. "
+            "Pass one of them, not both."
+        )
+    if num_cpus is not None and num_cpus < 1:
+        raise FingerprintError(f"num_cpus must be at least 1; got {num_cpus}.")
+    out = Path(os.path.abspath(out_dir))
+    if out.exists() and not out.is_dir():
+        raise FingerprintError(f"The output folder '{out}' is a file. Pass a folder (it is created if missing).")
+    return out
+
+
+def _collect(ray: Any, refs: list[Any]) -> list[dict[str, Any]]:
+    """Each task's result in the order of `refs`, with a progress bar; a dead worker is that source's error.
+    On interruption the unfinished tasks are cancelled."""
+    index = {ref: i for i, ref in enumerate(refs)}
+    results: list[dict[str, Any] | None] = [None] * len(refs)
+    try:
+        for ref in progress(_completed(ray, refs), desc="fingerprint batch", total=len(refs)):
+            try:
+                results[index[ref]] = ray.get(ref)
+            except ray.exceptions.RayError as err:  # the worker died (out of memory, killed, ...)
+                results[index[ref]] = {"path": None, "summary": {}, "error": f"{type(err).__name__}: {err}",
+                                       "seconds": 0.0}
+    except BaseException:
+        for ref, res in zip(refs, results):
+            if res is None:
+                ray.cancel(ref, force=True)
+        raise
+    assert all(r is not None for r in results)
+    return results  # type: ignore[return-value]

@@ -24,6 +24,7 @@ from hubguard.protect.merges import (
     PEFT_METHODS,
     SAME_RANK_METHODS,
     ModelLoader,
+    base_like,
     materialize_full,
     mergekit_config,
     mergekit_merge,
@@ -229,7 +230,8 @@ def run_audit(
         if others:
             fulls = [materialize_full(u, base=base, out_dir=tmp / f"full{i}", load_base=load_model)
                      for i, u in enumerate([update, *others])]
-            merges.update(mergekit_attacks(fulls=fulls, base=base, tmp=tmp, methods=mergekit_methods,
+            merge_base = base_like(fulls, base=base, out_dir=tmp / "base", load_base=load_model)
+            merges.update(mergekit_attacks(fulls=fulls, base=merge_base, tmp=tmp, methods=mergekit_methods,
                                            load_model=load_model, coefficients=coefficients, val_score=val_score,
                                            test_metrics=test_metrics, keep_best=keep_best, seed=seed))
             if kind == "adapter" and all(k == "adapter" for k in kinds):

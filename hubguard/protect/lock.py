@@ -236,26 +236,7 @@ def plan_lock(
     heads_of = {}
     for lay in layers.values():
         heads_of.update({lay["q"]: h, lay["k"]: kv, lay["v"]: kv})
-    moments: dict[str, torch.Tensor] = {}
-    if calibration is not None:
-        hooks = _Moments(model, heads_of, config.max_tokens)
-        was_training = model.training
-        model.eval()
-        try:
-            for batch in calibration:
-                inputs = {k: v for k, v in batch.items() if k != "labels"}
-                mask = inputs.get("attention_mask")
-                hooks.mask = mask.bool() if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None
-                model(**inputs)
-                if min(hooks.tokens.values(), default=0) >= config.max_tokens:
-                    break
-        finally:
-            hooks.close()
-            model.train(was_training)
-        moments = hooks.sums
-        if len(moments) < len(heads_of):
-            raise ProtectionError("The calibration batches reached no attention projection; pass input batches "
-                                  "the model accepts (e.g. input_ids and attention_mask), or none for a data-free lock.")
+    moments = {} if calibration is None else _calibration_moments(model, heads_of, calibration, config.max_tokens)
     entries: list[LockEntry] = []
     skipped: list[str] = []
     g = float(config.gain)
@@ -298,6 +279,30 @@ def plan_lock(
                               "(biases can change there) or lock only pairs=('vo',).")
     return LockPlan(config=config, family=bound.family, entries=tuple(entries), calibrated=calibration is not None,
                     skipped=tuple(skipped))
+
+
+def _calibration_moments(model: torch.nn.Module, heads_of: dict[str, int], calibration: Iterable[Mapping[str, Any]],
+                         max_tokens: int) -> dict[str, torch.Tensor]:
+    """Per attention projection (name -> its head count), the input second moments over the calibration
+    batches (up to `max_tokens` tokens each), from forward hooks; the model's train/eval mode is restored."""
+    hooks = _Moments(model, heads_of, max_tokens)
+    was_training = model.training
+    model.eval()
+    try:
+        for batch in calibration:
+            inputs = {k: v for k, v in batch.items() if k != "labels"}
+            mask = inputs.get("attention_mask")
+            hooks.mask = mask.bool() if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None
+            model(**inputs)
+            if min(hooks.tokens.values(), default=0) >= max_tokens:
+                break
+    finally:
+        hooks.close()
+        model.train(was_training)
+    if len(hooks.sums) < len(heads_of):
+        raise ProtectionError("The calibration batches reached no attention projection; pass input batches "
+                              "the model accepts (e.g. input_ids and attention_mask), or none for a data-free lock.")
+    return hooks.sums
 
 
 @torch.no_grad()

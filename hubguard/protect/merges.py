@@ -45,6 +45,24 @@ def materialize_full(update: str | Path, *, base: str | Path, out_dir: str | Pat
     return out
 
 
+def base_like(fulls: Sequence[Path], *, base: Path, out_dir: str | Path, load_base: ModelLoader) -> Path:
+    """The base as mergekit needs it: of the same architecture as the updates' full models. Those were saved
+    from `load_base(base)`, which may load another class than the base folder declares (a headless `BertModel`
+    from a `BertForMaskedLM` checkpoint), and mergekit refuses to mix architectures; then the base is saved the
+    same way."""
+    def architectures(folder: Path) -> Any:
+        try:
+            return json.loads((Path(folder) / "config.json").read_text(encoding="utf-8")).get("architectures")
+        except (OSError, ValueError, AttributeError):
+            return None
+
+    if all(architectures(f) == architectures(base) for f in fulls):
+        return base
+    out = Path(out_dir)
+    load_base(str(base)).save_pretrained(str(out))
+    return out
+
+
 # --- real merges -------------------------------------------------------------------------------------
 
 

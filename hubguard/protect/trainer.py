@@ -289,10 +289,7 @@ def train_protected(
     """
     import torch
 
-    try:
-        n_batches = len(train_batches)  # type: ignore[arg-type]
-    except TypeError:
-        n_batches = None
+    n_batches = _length(train_batches)
     if config.mode == "full" and reference is None:
         reference = snapshot_reference(model)
     validation = _Validation(model, config=config, val_batches=val_batches, loss_fn=loss_fn,
@@ -318,12 +315,7 @@ def train_protected(
             steps += 1
             if on_step is not None:
                 on_step(steps, record)
-            last = (config.max_steps is not None and steps >= config.max_steps) or (
-                n_batches is not None and steps == config.epochs * n_batches)
-            # The last state is always validated (with eval_every, it need not fall on a multiple).
-            end_of_epoch = n_batches is not None and steps % n_batches == 0
-            due = last or (steps % config.eval_every == 0 if config.eval_every else end_of_epoch)
-            if due and steps >= config.eval_start:
+            if _validation_due(config=config, steps=steps, n_batches=n_batches):
                 keeper.validate(steps, record)
             history.append(record)
             done = keeper.stopped or (config.max_steps is not None and steps >= config.max_steps)
@@ -337,6 +329,24 @@ def train_protected(
     return ProtectResult(steps=steps, epochs_run=steps / n_batches if n_batches else float(epoch),
                          best_val_loss=None if keeper.best == math.inf else keeper.best, stopped_early=keeper.stopped,
                          seconds=seconds, history=tuple(history), selected=selected)
+
+
+def _length(batches: Iterable[Any]) -> int | None:
+    """How many batches an epoch has (None for an iterable without a length)."""
+    try:
+        return len(batches)  # type: ignore[arg-type]
+    except TypeError:
+        return None
+
+
+def _validation_due(*, config: ProtectConfig, steps: int, n_batches: int | None) -> bool:
+    """Whether to validate after `steps` steps: every `config.eval_every` steps (default: each epoch) from
+    `config.eval_start` on, and always at the last step (with eval_every, it need not fall on a multiple)."""
+    last = (config.max_steps is not None and steps >= config.max_steps) or (
+        n_batches is not None and steps == config.epochs * n_batches)
+    end_of_epoch = n_batches is not None and steps % n_batches == 0
+    due = last or (steps % config.eval_every == 0 if config.eval_every else end_of_epoch)
+    return due and steps >= config.eval_start
 
 
 class _Variants:

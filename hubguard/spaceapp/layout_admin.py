@@ -20,6 +20,25 @@ def _status(state: SpaceState, profile: Any, token: str | None) -> str:
     return html.moderator_status(who=who, how=how if who else state.moderators.describe())
 
 
+def _registry_controls() -> tuple[Any, ...]:
+    """The moderators' registry controls: add / remove an entry, mark a known derivative."""
+    with gr.Accordion("Registry entries and known derivatives", open=False):
+        with gr.Row(equal_height=True):
+            src = gr.Textbox(label="Base model to add (hf://ORG/NAME)", scale=3, elem_id="hg-add-source")
+            name = gr.Textbox(label="Entry name (default: the repo id)", scale=2, elem_id="hg-add-name")
+            fam = gr.Textbox(label="Family", scale=1)
+            lic = gr.Textbox(label="Licence", scale=1)
+        notes = gr.Textbox(label="Notes")
+        with gr.Row():
+            add_b = gr.Button("Add entry", elem_id="hg-add")
+            remove_b = gr.Button("Remove entry named above", variant="stop", elem_id="hg-remove")
+        with gr.Row(equal_height=True):
+            deriv = gr.Textbox(label="Derivative repo (ORG/NAME)", elem_id="hg-mark-repo")
+            base = gr.Textbox(label="…derives from registry entry", elem_id="hg-mark-base")
+            mark_b = gr.Button("Mark known derivative", elem_id="hg-mark")
+    return src, name, fam, lic, notes, add_b, remove_b, deriv, base, mark_b
+
+
 def moderation_tab(state: SpaceState, demo: gr.Blocks) -> None:
     mods = state.moderators
     gr.Markdown(f"Registry: **{html.esc(state.where())}**. {html.esc(mods.describe())}")
@@ -36,20 +55,7 @@ def moderation_tab(state: SpaceState, demo: gr.Blocks) -> None:
         note = gr.Textbox(label="Note", elem_id="hg-review-note", scale=3)
         confirm = gr.Button("Confirm flag", variant="stop", elem_id="hg-confirm", scale=1)
         dismiss = gr.Button("Dismiss", elem_id="hg-dismiss", scale=1)
-    with gr.Accordion("Registry entries and known derivatives", open=False):
-        with gr.Row(equal_height=True):
-            src = gr.Textbox(label="Base model to add (hf://ORG/NAME)", scale=3, elem_id="hg-add-source")
-            name = gr.Textbox(label="Entry name (default: the repo id)", scale=2, elem_id="hg-add-name")
-            fam = gr.Textbox(label="Family", scale=1)
-            lic = gr.Textbox(label="Licence", scale=1)
-        notes = gr.Textbox(label="Notes")
-        with gr.Row():
-            add_b = gr.Button("Add entry", elem_id="hg-add")
-            remove_b = gr.Button("Remove entry named above", variant="stop", elem_id="hg-remove")
-        with gr.Row(equal_height=True):
-            deriv = gr.Textbox(label="Derivative repo (ORG/NAME)", elem_id="hg-mark-repo")
-            base = gr.Textbox(label="…derives from registry entry", elem_id="hg-mark-base")
-            mark_b = gr.Button("Mark known derivative", elem_id="hg-mark")
+    src, name, fam, lic, notes, add_b, remove_b, deriv, base, mark_b = _registry_controls()
     outcome = gr.HTML(label="Outcome (HTML)", elem_id="hg-mod-outcome")
     outcome_json = gr.JSON(label="Outcome (JSON)", visible=False)
 
