@@ -104,7 +104,8 @@ def test_realign_attack_undoes_the_lock_exactly(family_models, family):
     realigned = realign_state_dict(locked.state_dict(), base=w0, model_config=base.config.to_dict())
     out = copy.deepcopy(base)
     out.load_state_dict(realigned)
-    assert torch.allclose(_out(out, x), _out(tuned, x), atol=1e-4)
+    # exact up to float32 rounding through the inverse of the lock's gains (a wrong realign is off by O(1))
+    assert torch.allclose(_out(out, x), _out(tuned, x), atol=5e-4, rtol=1e-4)
 
     def norm(sd):
         return sum(float((sd[k] - w0[k]).float().norm() ** 2) for k in w0 if w0[k].is_floating_point()) ** 0.5
