@@ -16,7 +16,8 @@ where each method has auc, tpr_at_fpr0, min_positive_score, max_negative_score, 
 A method that cannot score a pair (shapes differ, vocabularies differ) gets score 0 for it — HuRef's code
 silently skips such parameters; we count the miss. A student distilled from a base into a fresh initialisation
 is a negative of its teacher (kind `distilled_student`: it shares the teacher's function, not its weights).
-`units` lists, for the derivatives that change heads or experts (width pruning, MoE upcycling) and for the
+`zoo` records exactly which models were scored (`model_names`) and, for a partial zoo (`partial`: some planned
+models not built, or a derivative whose base is absent), which are `missing`. `units` lists, for the derivatives that change heads or experts (width pruning, MoE upcycling) and for the
 students, the head and expert pairs hubguard found per layer and what whole-matrix attention terms alone
 would score. With --write-calibration, the null of hubguard's z is re-estimated from this run's negatives
 and written (default: hubguard/lineage/calibration_v<FINGERPRINT_VERSION>.json).
@@ -92,7 +93,12 @@ def load_zoo(zoo: Path) -> dict[str, Any]:
     """The zoo manifest; while a zoo is still being built (no zoo.json yet), the models finished so far
     (each complete model folder holds its zoo_entry.json), marked partial."""
     if (zoo / "zoo.json").is_file():
-        return json.loads((zoo / "zoo.json").read_text())
+        manifest = json.loads((zoo / "zoo.json").read_text())
+        names = {e["name"] for e in manifest["models"]}
+        kept = [e for e in manifest["models"] if bases_of(e) <= names]
+        dropped = sorted(names - {e["name"] for e in kept})
+        return manifest | {"models": kept, "partial": bool(manifest.get("partial") or manifest.get("missing") or dropped),
+                           "missing": list(manifest.get("missing") or []) + dropped}
     entries = []
     for f in sorted(zoo.glob("*/zoo_entry.json")):
         entry = json.loads(f.read_text())
@@ -102,7 +108,25 @@ def load_zoo(zoo: Path) -> dict[str, Any]:
         raise SystemExit(f"{zoo} holds no zoo: run benchmarks/zoo.py --out {zoo} first")
     names = {e["name"] for e in entries}
     entries = [e for e in entries if bases_of(e) <= names]  # a derivative needs its bases
-    return {"models": entries, "root": str(zoo), "quick": False, "partial": True}
+    return {"models": entries, "root": str(zoo), "quick": False, "partial": True, "missing": None}
+
+
+def zoo_extent(manifest: dict[str, Any], *, n_models: int) -> str:
+    """'N models', or for a partial zoo 'partial: N of the M planned models'."""
+    if not manifest.get("partial"):
+        return f"{n_models} models"
+    planned = manifest.get("planned")
+    return f"partial: {n_models} of the {planned} planned models" if planned else f"partial: {n_models} models"
+
+
+def zoo_record(manifest: dict[str, Any], *, models: dict[str, Any], bases: list[str]) -> dict[str, Any]:
+    """Which models the scores come from: every scored model by name, and for a partial zoo what is missing."""
+    return {
+        "quick": manifest.get("quick"), "partial": bool(manifest.get("partial")), "models": len(models),
+        "planned": manifest.get("planned"), "bases": bases, "model_names": list(models),
+        "missing": manifest.get("missing"),
+        "kinds": {k: sum(m["kind"] == k for m in models.values()) for k in sorted({m["kind"] for m in models.values()})},
+    }
 
 
 def whole_attention_score(a: Any, b: Any) -> float:
@@ -204,7 +228,8 @@ def main(argv: list[str] | None = None) -> int:
         calibration = Calibration(
             overall=overall, layer=layer, derivative_z=round(derivative_z, 3), independent_z=INDEPENDENT_Z,
             source=f"benchmarks/lineage.py --write-calibration on {manifest.get('root', args.zoo)} "
-            f"({'quick' if manifest.get('quick') else 'full'}-zoo configuration, {len(models)} models, {len(neg)} negative pairs)",
+            f"({'quick' if manifest.get('quick') else 'full'}-zoo configuration, "
+            f"{zoo_extent(manifest, n_models=len(models))}, {len(neg)} negative pairs)",
             method_version=constants.FINGERPRINT_VERSION,
         )
         args.write_calibration.write_text(json.dumps(calibration.to_dict(), indent=2) + "\n")
@@ -244,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
         "pairs": len(rows),
         "positives": sum(r["positive"] for r in rows),
         "negatives": sum(not r["positive"] for r in rows),
-        "zoo": {"quick": manifest.get("quick"), "partial": manifest.get("partial", False), "models": len(models), "bases": bases},
+        "zoo": zoo_record(manifest, models=models, bases=bases),
         "methods": methods,
         "multi_base": multi,
         "units": units,

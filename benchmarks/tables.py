@@ -44,8 +44,15 @@ def lineage_summary(d: dict[str, Any]) -> str:
         )
     v = d["methods"]["hubguard"].get("verdicts", {})
     rows.append("")
+    z = d["zoo"]
+    extent = f"{z['models']} models"
+    if z.get("partial"):
+        missing = z.get("missing") or []
+        extent = (f"{z['models']} models — a partial zoo ({z['models']} of the {z['planned']} planned; "
+                  f"{len(missing)} not built, listed in the JSON with the scored ones)") if z.get("planned") else \
+            f"{z['models']} models — a partial zoo"
     rows.append(
-        f"{d['pairs']} pairs ({d['positives']} positive, {d['negatives']} negative) over {d['zoo']['models']} models; "
+        f"{d['pairs']} pairs ({d['positives']} positive, {d['negatives']} negative) over {extent}; "
         f"hubguard verdicts on positives: {v.get('positives')}, on negatives: {v.get('negatives')}."
     )
     return "\n".join(rows)

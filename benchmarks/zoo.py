@@ -18,7 +18,8 @@ same shape distilled from the base — a negative for weight lineage (`base` is 
 
 Bases of a family share config, data and tokenizer and differ only in seed (init and data order).
 
-Each manifest entry: name, path (absolute), family, base (name; a list for merges and frankenmerges), kind,
+The manifest also records `planned` (how many models the plan has), `missing` (the planned models not built
+yet) and `partial` (whether any is missing). Each manifest entry: name, path (absolute), family, base (name; a list for merges and frankenmerges), kind,
 parents (the models it was made from), layer_sources (pruning/duplication/frankenmerge: for each layer, the base and
 base layer it was copied from), seed, train_tokens, notes (losses, recipe, timings). `zoo_lib.manifest` reads it
 and labels (base, candidate) pairs. Quick mode: 2 bases per family, derivatives of the first base only.
@@ -305,8 +306,11 @@ def write_manifest(*, out: Path, ctx: Any, specs: list[ModelSpec], quick: bool) 
             families[family] = {"tokenizer": str(ctx.tokenizer_dir(family)), "vocab_size": len(ctx.tokenizer(family)),
                                 "unigram_entropy_pretrain": ctx.unigram_entropy(family), "base_final_losses": final}
     attacks_ready = importlib.util.find_spec("hubguard.redteam.attacks") is not None
+    names = {m["name"] for m in models}
+    missing = [spec.name for spec in specs if spec.name not in names]
     manifest = {
         "schema_version": SCHEMA_VERSION, "quick": quick, "root": str(out), "models": models,
+        "planned": len(specs), "missing": missing, "partial": bool(missing),
         "corpora": corpora, "families": families,
         "attacks": "applied to each SFT derivative" if attacks_ready else
         "hubguard.redteam.attacks not present when this zoo was built: no attack_<name> entries (hook in zoo.py)",

@@ -312,3 +312,30 @@ def test_build_locks_are_shared_and_stale_ones_taken_over(tmp_path: Path) -> Non
     assert zoo._claim(tmp_path, "b")
     assert (tmp_path / f"{zoo.LOCK_PREFIX}b").read_text() == str(os.getpid())
     assert zoo._claim(tmp_path, "c") and not zoo._claim(tmp_path, "c")
+
+
+def test_lineage_benchmark_says_which_models_a_partial_zoo_holds(tmp_path: Path) -> None:
+    """A zoo still being built is scored as it is: the benchmark keeps the models whose bases are present, drops
+    (and lists) the others, and records every scored model by name and the zoo as partial."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import lineage as bench  # benchmarks/lineage.py
+
+    def entry(name: str, kind: str, base: Any) -> dict[str, Any]:
+        return {"name": name, "path": name, "family": "llama", "base": base, "kind": kind, "seed": 0}
+
+    (tmp_path / "zoo.json").write_text(json.dumps({
+        "schema_version": 1, "quick": False, "root": str(tmp_path), "planned": 5, "partial": True,
+        "missing": ["llama-s1"], "models": [
+            entry("llama-s0", "base", "llama-s0"), entry("llama-s0-int8", "int8_roundtrip", "llama-s0"),
+            entry("llama-franken-s0-s1", "frankenmerge", ["llama-s0", "llama-s1"]),
+            entry("llama-s0-student", "distilled_student", [])]}))
+    manifest = bench.load_zoo(tmp_path)
+    models = {m["name"]: m for m in manifest["models"]}
+    assert list(models) == ["llama-s0", "llama-s0-int8", "llama-s0-student"]  # the frankenmerge lacks a base
+    assert manifest["partial"] and manifest["missing"] == ["llama-s1", "llama-franken-s0-s1"]
+    record = bench.zoo_record(manifest, models=models, bases=["llama-s0"])
+    assert record["partial"] and record["model_names"] == list(models) and record["planned"] == 5
+    assert record["kinds"] == {"base": 1, "distilled_student": 1, "int8_roundtrip": 1}
+    assert bench.zoo_extent(manifest, n_models=3) == "partial: 3 of the 5 planned models"
+    complete = manifest | {"partial": False, "missing": []}
+    assert bench.zoo_extent(complete, n_models=3) == "3 models"
