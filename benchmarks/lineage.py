@@ -227,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         derivative_z = max(NORMAL_Z_1E4, overall.z(max(neg)) + 1.0)
         calibration = Calibration(
             overall=overall, layer=layer, derivative_z=round(derivative_z, 3), independent_z=INDEPENDENT_Z,
-            source=f"benchmarks/lineage.py --write-calibration on {manifest.get('root', args.zoo)} "
+            source=f"benchmarks/lineage.py --write-calibration on the zoo of benchmarks/zoo.py "
             f"({'quick' if manifest.get('quick') else 'full'}-zoo configuration, "
             f"{zoo_extent(manifest, n_models=len(models))}, {len(neg)} negative pairs)",
             method_version=constants.FINGERPRINT_VERSION,
