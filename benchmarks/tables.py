@@ -319,8 +319,10 @@ def headline(runs: dict[str, Any]) -> str:
     if "lineage" in runs:
         d = runs["lineage"]
         m = d["methods"]["hubguard"]
-        lines.append(f"- **Lineage** (zoo of {d['zoo']['models']} trained models, {d['pairs']} pairs, "
-                     f"fingerprint v{d.get('fingerprint_version', 1)}): AUC {m['auc']:.3f}, TPR "
+        zoo = d["zoo"]
+        extent = f"{zoo['models']} of the {zoo['planned']} planned" if zoo.get("partial") else str(zoo["models"])
+        lines.append(f"- **Lineage** (zoo of {extent} trained models, {d['pairs']} pairs, fingerprint "
+                     f"v{d['calibration']['method_version']}): AUC {m['auc']:.3f}, TPR "
                      f"{100 * m['tpr_at_fpr0']:.0f}% at 0 false positives, lowest derivative score "
                      f"{m['min_positive_score']:.1f} vs highest independent {m['max_negative_score']:.1f}.")
     if "coverage" in runs:
