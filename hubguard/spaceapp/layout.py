@@ -112,7 +112,8 @@ def _compare_tab() -> None:
     go.click(compare_models, [a, b], [comparison, card, dogs, layers], api_name="compare_models")
 
 
-def _registry_tab(state: SpaceState, demo: gr.Blocks) -> None:
+def _registry_tab(state: SpaceState, *, opened: gr.Tab) -> None:
+    """`opened`: the tab; its first page is read when the tab is opened (not on every page load)."""
     with gr.Row(equal_height=True):
         query = gr.Textbox(label="Search names, repos and notes", scale=3, elem_id="hg-query")
         family = gr.Dropdown(["all"], value="all", label="Family", scale=1, elem_id="hg-family")
@@ -164,7 +165,7 @@ def _registry_tab(state: SpaceState, demo: gr.Blocks) -> None:
 
     prev_b.click(registry_previous_page, ins, outs, api_name="registry_previous_page", api_visibility="undocumented")
     next_b.click(registry_next_page, ins, outs, api_name="registry_next_page", api_visibility="undocumented")
-    demo.load(registry_search, ins, outs, api_name="registry_search_on_load", api_visibility="undocumented")
+    opened.select(registry_search, ins, outs, api_name="registry_search_on_open", api_visibility="undocumented")
     entries.select(select_row, None, [detail_json, detail], api_name="registry_row_selected", api_visibility="undocumented")
 
     def registry_entry_json(name: str) -> dict[str, Any]:

@@ -20,7 +20,8 @@ def _status(state: SpaceState, profile: Any, token: str | None) -> str:
     return html.moderator_status(who=who, how=how if who else state.moderators.describe())
 
 
-def moderation_tab(state: SpaceState, demo: gr.Blocks) -> None:
+def moderation_tab(state: SpaceState, *, opened: gr.Tab) -> None:
+    """`opened`: the tab; the flagged queue is read when it is opened (or a token is given), not on every page load."""
     mods = state.moderators
     gr.Markdown(f"Registry: **{html.esc(state.where())}**. {html.esc(mods.describe())}")
     with gr.Row(equal_height=True):
@@ -99,7 +100,7 @@ def moderation_tab(state: SpaceState, demo: gr.Blocks) -> None:
         return _act(f"remove {name} from the registry", moderation.remove_entry, moderator_token, profile, name=name)
 
     acted = [outcome_json, outcome, queue]
-    gr.on([token.submit, demo.load], flagged_queue, token, [outcome_json, queue, who], api_name="flagged_queue")
+    gr.on([token.submit, opened.select], flagged_queue, token, [outcome_json, queue, who], api_name="flagged_queue")
     confirm.click(confirm_flag, [repo, note, token], acted, api_name="confirm_flag")
     dismiss.click(dismiss_flag, [repo, note, token], acted, api_name="dismiss_flag")
     mark_b.click(mark_derivative, [deriv, base, note, token], acted, api_name="mark_derivative")
