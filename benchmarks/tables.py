@@ -271,10 +271,20 @@ def space(d: dict[str, Any]) -> str:
         r = d.get(key)
         if r:
             rows.append(f"| {label} | {r['median']:.2f} | {r['max']:.2f} | < {r['target']:g} | {'yes' if r['met'] else 'no'} |")
+    for key, label in (("page_main_thread_s", "browser main-thread tasks, fresh page"),
+                       ("page_script_s", "of which script"),
+                       ("check_tab_only_interactive_s", "baseline: a page with only the lineage-check tab, interactive"),
+                       ("check_tab_only_main_thread_s", "baseline: its main-thread tasks")):
+        r = d.get(key)
+        if r:
+            rows.append(f"| {label} | {r['median']:.2f} | {r['max']:.2f} | – | – |")
     m = d.get("machine", {})
+    load = f"{m.get('load_average_1m', 0):.1f}"
+    if "load_average_1m_before" in m:
+        load = f"{m['load_average_1m_before']:.1f} before, {load} after"
     rows += ["", f"Cold start of the process until the page answers: {d.get('cold_start_s', 0):.1f} s; "
-             f"{d.get('repeats')} repeats; {m.get('cpus')} CPUs, 1-minute load average {m.get('load_average_1m', 0):.1f} "
-             "while measuring (the machine is shared)."]
+             f"{d.get('repeats')} repeats; {m.get('cpus')} CPUs, 1-minute load average {load} "
+             "measuring (the machine is shared with other jobs: wall times grow with the load)."]
     return "\n".join(rows)
 
 

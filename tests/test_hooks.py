@@ -113,3 +113,23 @@ def test_check_a_hub_repo_over_http(registry, derivative, hub_server) -> None:
     assert res.exit_code == 0, res.output
     data = json.loads(res.output)
     assert data["found_bases"] == [BASE] and data["problems"][0]["code"] == "undeclared_derivative"
+
+
+
+def test_a_memo_skips_refingerprinting_an_unchanged_model_only(registry, derivative, family_models, tmp_path) -> None:
+    """A long-running checker (the Space) keeps candidates by the identity of their bytes: the same files give
+    the same verdict without a second fingerprint; changed weights are read afresh."""
+    from hubguard.lineage.candidate_memo import CandidateMemo
+
+    memo = CandidateMemo()
+    first = check_upload(derivative, registry=registry, memo=memo)
+    again = check_upload(derivative, registry=registry, memo=memo)
+    assert memo.hits == 1 and again.fingerprint is first.fingerprint and first.found_bases == [BASE]
+    assert [(m["name"], m["score"], m["verdict"]) for m in again.matches] == \
+        [(m["name"], m["score"], m["verdict"]) for m in first.matches]
+    other = _finetune_like(family_models["llama"][0], tmp_path / "other", noise=0.6, seed=3)
+    for weights in other.glob("*.safetensors"):
+        shutil.copy(weights, derivative / weights.name)
+    changed = check_upload(derivative, registry=registry, memo=memo)
+    assert memo.hits == 1 and changed.fingerprint is not first.fingerprint
+    assert changed.matches[0]["score"] != first.matches[0]["score"]

@@ -248,6 +248,19 @@ def test_damaged_verification_data_is_named(reg: Registry, fps: dict[str, Path],
         Registry(reg.path).search(fps["llama-0-ft"], top_k=3)
 
 
+def test_verification_data_is_remembered_until_its_file_changes(reg: Registry, fps: dict[str, Path]) -> None:
+    """A long-running reader gets the same object while the file is unchanged, and the new data once it is
+    replaced (the Space and the bot re-read nothing per check, yet never serve stale verification data)."""
+    import shutil
+
+    first = reg.fingerprint("org/llama-base")
+    assert reg.fingerprint("org/llama-base") is first
+    path = reg.path / reg.show("org/llama-base").fingerprint_file
+    shutil.copy(reg.path / reg.show("org/gpt2-base").fingerprint_file, path)
+    replaced = reg.fingerprint("org/llama-base")
+    assert replaced is not first and replaced.model == reg.fingerprint("org/gpt2-base").model != first.model
+
+
 # --- default location, shipped registry --------------------------------------------------------------------------
 
 

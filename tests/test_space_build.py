@@ -38,7 +38,9 @@ def _check_folder(folder: Path) -> Path:
     assert not any(r.startswith("hubguard") for r in reqs)
     assert any(r.startswith("torch==") for r in reqs) and any(r.startswith("gradio[oauth]==") for r in reqs)
     names = zipfile.ZipFile(folder / wheels[0]).namelist()
-    for needed in ("hubguard/spaceapp/app.py", "hubguard/registry/data/registry.json", "hubguard/lineage/calibration_v1.json"):
+    from hubguard.lineage.calibration import CALIBRATION_FILE
+
+    for needed in ("hubguard/spaceapp/app.py", "hubguard/registry/data/registry.json", f"hubguard/lineage/{CALIBRATION_FILE}"):
         assert needed in names
     assert "from hubguard.spaceapp import launch" in (folder / "app.py").read_text()
     return folder / wheels[0]
@@ -143,7 +145,8 @@ def test_deployed_space_installs_in_a_fresh_venv_and_serves_moderators(hub_serve
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = clean | {"HF_ENDPOINT": hub_server.endpoint, "HF_TOKEN": HubServer.TOKEN, "GRADIO_SERVER_NAME": "127.0.0.1",
+    env = clean | {"HF_ENDPOINT": hub_server.endpoint, "HF_TOKEN": HubServer.TOKEN, "HF_HUB_OFFLINE": "0",  # the local Hub
+                   "GRADIO_SERVER_NAME": "127.0.0.1",
                    "GRADIO_SERVER_PORT": str(port), "HUBGUARD_REGISTRY": "hf://datasets/org/registry",
                    "HUBGUARD_MODERATOR_TOKEN": "venv-secret", "HUBGUARD_SYNC_BATCH": "1", "HUBGUARD_SYNC_INTERVAL": "1",
                    "HUBGUARD_HOME": str(tmp_path / "home"), "HUBGUARD_CACHE": str(tmp_path / "cache"),

@@ -34,6 +34,7 @@ from hubguard.utils import get_logger
 
 if TYPE_CHECKING:
     from hubguard.lineage.candidate import Candidate
+    from hubguard.lineage.candidate_memo import CandidateMemo
     from hubguard.lineage.comparison import Comparison
     from hubguard.lineage.fingerprints import Fingerprint
     from hubguard.registry import Registry
@@ -148,6 +149,22 @@ def _verify(candidate: "Candidate", reg: "Registry", *, repo_id: str | None, top
     return hits, checked, [asdict(s) for s in layers]
 
 
+def _candidate(checkpoint: Any, *, store: "ByteStore", name: str, family: str | None, memo: "CandidateMemo | None",
+               options: dict[str, Any]) -> "Candidate":
+    from hubguard.lineage.candidate import open_candidate
+    from hubguard.lineage.candidate_memo import content_key
+
+    # An adapter's verdict also depends on its base's bytes, which the key does not cover: never remembered.
+    key = content_key(store, name=name, family=family, **options) if memo is not None and checkpoint.base is None else None
+    hit = memo.get(key) if memo is not None else None
+    if hit is not None:
+        return hit
+    candidate = open_candidate(checkpoint, name=name, family=family)
+    if memo is not None:
+        memo.put(key, candidate)
+    return candidate
+
+
 def _with_adapter_base(declared: dict[str, Any], adapter_base: str | None) -> dict[str, Any]:
     """An adapter declares its base in adapter_config.json: it counts as declared lineage."""
     if adapter_base is None or any(same_repo(adapter_base, b) for b in declared["base_model"]):
@@ -176,14 +193,15 @@ def check_upload(
     allow_pickle: bool = False,
     base: "str | os.PathLike[str] | None" = None,
     store: "ByteStore | None" = None,
+    memo: "CandidateMemo | None" = None,
 ) -> CheckReport:
     """Check a model folder (or an `hf://` repo, read with `token` or HF_TOKEN) against the registry and its
     own model card. `base` is where an adapter's base is (default: what adapter_config.json names). The report
     carries the query's fingerprint (`report.fingerprint`) for callers that draw it.
     Raises only for what is not the repo's content's fault: a missing folder or repo, a failed network read, a
     damaged registry. `store` checks exactly these bytes instead of opening `source` (the files a push or an
-    upload sends: `hubguard.hooks.stores`); `source` then only names the report."""
-    from hubguard.lineage.candidate import open_candidate
+    upload sends: `hubguard.hooks.stores`); `source` then only names the report. `memo`: a long-running caller's
+    `CandidateMemo`; an unchanged model (same commit, or same files) is then not fingerprinted again."""
     from hubguard.registry import Registry
     from hubguard.weights.source import Checkpoint, open_store
 
@@ -197,7 +215,8 @@ def check_upload(
     try:
         checkpoint = Checkpoint(store=store, source=spec, allow_pickle=allow_pickle, base=base, token=token)
         declared = _with_adapter_base(declared, checkpoint.adapter_base)
-        candidate = open_candidate(checkpoint, name=repo_id or spec, family=family)
+        candidate = _candidate(checkpoint, store=store, name=repo_id or spec, family=family, memo=memo,
+                               options={"allow_pickle": allow_pickle, "base": base})
         hits, checked, layers = _verify(candidate, reg, repo_id=repo_id, top_k=top_k, declared=declared)
     except (RegistryError, RemoteError):
         raise  # a damaged registry or a failed network read says nothing about the repo: retry, don't judge

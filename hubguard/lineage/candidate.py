@@ -51,7 +51,7 @@ class Candidate:
         from hubguard.lineage.cross import CrossTerms
         from hubguard.weights.plan import ReadPlan
 
-        todo = [r for r in references if id(r) not in self._cross and r.probe is not None]
+        todo = list({id(r): r for r in references if id(r) not in self._cross and r.probe is not None}.values())
         if todo and self.reads_cross and self.weights is not None:
             accs = [CrossTerms(reference=r) for r in todo]
             plan = ReadPlan.from_dict(self.fingerprint.stats["plan"])

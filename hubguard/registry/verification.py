@@ -13,12 +13,21 @@ the registry stores, in order of preference:
 
 Every form is an ordinary hubguard fingerprint file (`load_fingerprint` and `hubguard compare` read it),
 with a `storage` field in its metadata saying what was kept.
+
+A long-running reader (the Space, the webhook bot) verifies many uploads against the same few entries:
+`load_verification` keeps the most recently read files (up to `MEMO_BYTES` of file bytes) and hands back the
+same Fingerprint while the file's size, mtime and inode are unchanged. Sharing one object also lets a
+candidate's cross readings, which are remembered per reference object, serve every later use of that entry in
+the same check (search, then per-layer provenance) instead of reading the candidate's layers again. The
+Fingerprints it returns are shared: callers must not modify them.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import threading
+from collections import OrderedDict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +39,9 @@ if TYPE_CHECKING:
     from hubguard.lineage.fingerprints import Fingerprint
 
 DEFAULT_BUDGET_BYTES = 16 * 1024 * 1024
+MEMO_BYTES = 128 * 1024 * 1024  # file bytes of verification data kept in memory (float32 in memory: about twice)
+_memo: "OrderedDict[str, tuple[tuple[int, int, int], int, Fingerprint]]" = OrderedDict()
+_memo_lock = threading.Lock()
 STORAGES = ("auto", "float16", "float8")
 _HEADER_SLACK = 64 * 1024  # JSON header (token strings, model facts)
 
@@ -79,15 +91,36 @@ def save_verification(
 
 
 def load_verification(path: "str | os.PathLike[str]") -> "Fingerprint":
-    """Read verification data; any defect becomes a `RegistryCorruptError` naming the file."""
-    from hubguard.lineage.fingerprint_files import load_fingerprint
-
+    """Read verification data (remembered while the file is unchanged, see above); any defect becomes a
+    `RegistryCorruptError` naming the file."""
     p = Path(path)
-    if not p.is_file():
+    try:
+        st = p.stat()
+    except OSError:
+        st = None
+    if st is None or not p.is_file():
         raise RegistryCorruptError(
             f"Verification data '{p}' is missing. The registry folder is incomplete; run `hubguard registry pull` "
             "or re-add the entry."
         )
+    key, sig = str(p.resolve()), (st.st_mtime_ns, st.st_size, st.st_ino)
+    with _memo_lock:
+        hit = _memo.get(key)
+        if hit is not None and hit[0] == sig:
+            _memo.move_to_end(key)
+            return hit[2]
+    fp = _load(p)
+    with _memo_lock:
+        _memo[key] = (sig, st.st_size, fp)
+        _memo.move_to_end(key)
+        while len(_memo) > 1 and sum(size for _, size, _ in _memo.values()) > MEMO_BYTES:
+            _memo.popitem(last=False)
+    return fp
+
+
+def _load(p: Path) -> "Fingerprint":
+    from hubguard.lineage.fingerprint_files import load_fingerprint
+
     try:
         return load_fingerprint(p)
     except HubguardError as err:

@@ -30,10 +30,10 @@ def build_demo(registry: "str | os.PathLike[str] | None" = None, *, state: Space
             _check_tab(state)
         with gr.Tab("Compare two models", id="compare"):
             _compare_tab()
-        with gr.Tab("Registry", id="registry"):
-            _registry_tab(state, demo)
-        with gr.Tab("Moderation", id="moderation"):
-            moderation_tab(state, demo)
+        with gr.Tab("Registry", id="registry") as registry_tab:
+            _registry_tab(state, opened=registry_tab)
+        with gr.Tab("Moderation", id="moderation") as moderation:
+            moderation_tab(state, opened=moderation)
         with gr.Tab("Protection audit", id="audit"):
             audit_tab()
     demo.hubguard_state = state  # type: ignore[attr-defined]  # for callers that close it (tests, benchmarks)

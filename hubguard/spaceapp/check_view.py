@@ -170,7 +170,7 @@ def run_check(state: "SpaceState", *, source: str, top_k: int, progress: Progres
     progress = progress or (lambda _f, _d: None)
     spec = resolve_source(source)
     progress(0.1, "Fingerprinting (invariant terms, layer by layer) and searching the registry")
-    report = check_upload(spec, registry=state.registry, top_k=max(1, min(int(top_k), 10)))
+    report = check_upload(spec, registry=state.registry, top_k=max(1, min(int(top_k), 10)), memo=state.candidates)
     if report.status == "unreadable":
         _log(state, report, spec=spec, verdict="unreadable", self_match=None)
         card = html.error_card(title="unreadable", message=f"hubguard cannot fingerprint these weights: {report.reason}",

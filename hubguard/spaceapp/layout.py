@@ -73,9 +73,16 @@ def _check_tab(state: SpaceState) -> None:
     outs = [report, card, dogs, layers]
     go.click(check_lineage, [source, top_k], outs, api_name="check_lineage")
     source.submit(check_lineage, [source, top_k], outs, api_name="check_lineage_on_enter", api_visibility="undocumented")
+
+    def try_example(name: str):
+        def handler(top_k: float, progress: gr.Progress = gr.Progress()):  # noqa: B008
+            """Check the example (it also fills the Model box): one event, a single round trip to the server."""
+            return (name, *check_lineage(name, top_k, progress))
+
+        return handler
+
     for button, name, api in ((ex_base, EXAMPLE_BASE, "try_example_base"), (ex_deriv, EXAMPLE_DERIVATIVE, "try_example_derivative")):
-        button.click(lambda n=name: n, None, source, api_name=f"{api}_fill", api_visibility="undocumented").then(
-            check_lineage, [source, top_k], outs, api_name=api)
+        button.click(try_example(name), [top_k], [source, *outs], api_name=api)
 
 
 def _compare_tab() -> None:
@@ -105,7 +112,8 @@ def _compare_tab() -> None:
     go.click(compare_models, [a, b], [comparison, card, dogs, layers], api_name="compare_models")
 
 
-def _registry_tab(state: SpaceState, demo: gr.Blocks) -> None:
+def _registry_tab(state: SpaceState, *, opened: gr.Tab) -> None:
+    """`opened`: the tab; its first page is read when the tab is opened (not on every page load)."""
     with gr.Row(equal_height=True):
         query = gr.Textbox(label="Search names, repos and notes", scale=3, elem_id="hg-query")
         family = gr.Dropdown(["all"], value="all", label="Family", scale=1, elem_id="hg-family")
@@ -146,13 +154,18 @@ def _registry_tab(state: SpaceState, demo: gr.Blocks) -> None:
 
     ins, outs = [query, family, licence, page], [listing, status, entries, family, licence, page]
     gr.on([query.submit, family.change, licence.change, page.submit], registry_search, ins, outs, api_name="registry_search")
-    prev_b.click(lambda p: max(1, int(p or 1) - 1), page, page, api_name="registry_previous_page",
-                 api_visibility="undocumented").then(registry_search, ins, outs, api_name="registry_search_page_back",
-                                                     api_visibility="undocumented")
-    next_b.click(lambda p: int(p or 1) + 1, page, page, api_name="registry_next_page",
-                 api_visibility="undocumented").then(registry_search, ins, outs, api_name="registry_search_page_on",
-                                                     api_visibility="undocumented")
-    demo.load(registry_search, ins, outs, api_name="registry_search_on_load", api_visibility="undocumented")
+
+    def registry_previous_page(query: str, family: str, licence: str, page: float):
+        """The page before PAGE (one event: a single round trip to the server)."""
+        return registry_search(query, family, licence, max(1, int(page or 1) - 1))
+
+    def registry_next_page(query: str, family: str, licence: str, page: float):
+        """The page after PAGE (clamped to the last page)."""
+        return registry_search(query, family, licence, int(page or 1) + 1)
+
+    prev_b.click(registry_previous_page, ins, outs, api_name="registry_previous_page", api_visibility="undocumented")
+    next_b.click(registry_next_page, ins, outs, api_name="registry_next_page", api_visibility="undocumented")
+    opened.select(registry_search, ins, outs, api_name="registry_search_on_open", api_visibility="undocumented")
     entries.select(select_row, None, [detail_json, detail], api_name="registry_row_selected", api_visibility="undocumented")
 
     def registry_entry_json(name: str) -> dict[str, Any]:

@@ -39,7 +39,8 @@ def _registry_controls() -> tuple[Any, ...]:
     return src, name, fam, lic, notes, add_b, remove_b, deriv, base, mark_b
 
 
-def moderation_tab(state: SpaceState, demo: gr.Blocks) -> None:
+def moderation_tab(state: SpaceState, *, opened: gr.Tab) -> None:
+    """`opened`: the tab; the flagged queue is read when it is opened (or a token is given), not on every page load."""
     mods = state.moderators
     gr.Markdown(f"Registry: **{html.esc(state.where())}**. {html.esc(mods.describe())}")
     with gr.Row(equal_height=True):
@@ -105,7 +106,7 @@ def moderation_tab(state: SpaceState, demo: gr.Blocks) -> None:
         return _act(f"remove {name} from the registry", moderation.remove_entry, moderator_token, profile, name=name)
 
     acted = [outcome_json, outcome, queue]
-    gr.on([token.submit, demo.load], flagged_queue, token, [outcome_json, queue, who], api_name="flagged_queue")
+    gr.on([token.submit, opened.select], flagged_queue, token, [outcome_json, queue, who], api_name="flagged_queue")
     confirm.click(confirm_flag, [repo, note, token], acted, api_name="confirm_flag")
     dismiss.click(dismiss_flag, [repo, note, token], acted, api_name="dismiss_flag")
     mark_b.click(mark_derivative, [deriv, base, note, token], acted, api_name="mark_derivative")

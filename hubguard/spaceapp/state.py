@@ -93,6 +93,9 @@ class SpaceState:
 
             self.sync = RegistrySync(self.registry, hub_registry=self.hub, token=constants.hf_token()).start()
         self.moderators = Moderators.from_env()
+        from hubguard.lineage.candidate_memo import CandidateMemo
+
+        self.candidates = CandidateMemo()  # a re-check of an unchanged model is not fingerprinted again
 
     def where(self) -> str:
         if self.hub is not None:
