@@ -355,8 +355,11 @@ def headline(runs: dict[str, Any]) -> str:
         lines.append("- **Bot and scan**: " + "; ".join(parts) + ".")
     if "space" in runs:
         sp = runs["space"]
-        lines.append("- **Space**: " + ", ".join(f"{k.replace('_s', '').replace('_', ' ')} {v:.2f} s"
-                                                 for k, v in sp.get("summary", {}).items()) + ".")
+        parts = [f"{label} {sp[key]['median']:.2f} s (target < {sp[key]['target']:g} s{'' if sp[key]['met'] else ': missed'})"
+                 for key, label in (("interactive_s", "page interactive"), ("warm_verdict_s", "warm MiniLM verdict"),
+                                    ("registry_page_s", f"registry page at {sp['entries']:,} entries"))]
+        lines.append(f"- **Space** (medians, load {sp['machine']['load_average_1m']:.0f} on {sp['machine']['cpus']} "
+                     f"cores): " + ", ".join(parts) + ".")
     for name in ("protect_lora", "protect_full", "protect_llm"):
         if name in runs:
             lines.append(f"- **Merge protection ({name.split('_')[1]})**: see benchmarks/README.md.")
