@@ -59,6 +59,11 @@ PARTIAL = Path(__file__).resolve().parent / "out" / "protect_partial"  # per-met
 TASKS = ("man_section", "man_language", "code_language", "python_package")
 CORE = ("task_arithmetic", "ties", "dare_ties")
 DESIGN_ATTACKS = (*CORE, "realign", "kept_at_1", "refinetune")
+# --quick's attacks unless --attacks is given: the targets' merges, realign and the re-fine-tune. A quick seed with
+# them took 718-812 CPU seconds on one thread (protect_lora_quick_seed0/1.json, cpu_seconds); each attack costs
+# ~20 CPU s per protection (cpu_seconds per attack), so all eleven (and two_protected's second Trap² run) would not
+# fit in 15 minutes.
+QUICK_ATTACKS = (*CORE, "realign", "refinetune")
 SCHEMA_VERSION = 2
 MODE_RECIPES = {"lora": Recipe(mode="lora"), "full": Recipe(mode="full", lr=1e-4, trap_lr=1e-4)}
 
@@ -66,12 +71,14 @@ MODE_RECIPES = {"lora": Recipe(mode="lora"), "full": Recipe(mode="full", lr=1e-4
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="600/300/500 examples per task, coefficients 0.3/0.6/1.0, "
-                    "100 attacker / 200 other-task test examples per task: < 15 minutes a seed; files *_quick*")
+                    "100 attacker / 200 other-task test examples per task, five attacks: < 15 CPU minutes a seed; "
+                    "files *_quick*")
     ap.add_argument("--mode", default="lora", choices=sorted(MODE_RECIPES))
     ap.add_argument("--seeds", default="0", help="comma-separated seeds")
     ap.add_argument("--methods", default="none,trap2,lock,trap2+lock", help="comma-separated protections "
                     f"(known: {', '.join([*METHODS, *DESIGNS])}); 'none' is always run")
-    ap.add_argument("--attacks", default=",".join(ATTACKS), help="attacks on none/trap2/lock/trap2+lock")
+    ap.add_argument("--attacks", default=None, help="attacks on none/trap2/lock/trap2+lock (default: all; "
+                    f"--quick: {','.join(QUICK_ATTACKS)})")
     ap.add_argument("--design-attacks", default=",".join(DESIGN_ATTACKS), help="attacks on the designs")
     ap.add_argument("--protected-task", default="code_language")
     ap.add_argument("--second-task", default="man_section", help="the other protected task of two_protected")
@@ -92,6 +99,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         ap.error(f"unknown --methods {unknown}")
     args.coefficient_list = tuple(float(c) for c in args.coefficients.split(","))
     args.recipe_obj = MODE_RECIPES[args.mode].with_(**json.loads(args.recipe))
+    if args.attacks is None:
+        args.attacks = ",".join(QUICK_ATTACKS if args.quick else ATTACKS)
     if args.quick:  # smaller splits, a coarser coefficient grid, fewer attacker examples (--seeds still applies)
         args.coefficient_list, args.attacker_val, args.others_test = (0.3, 0.6, 1.0), 100, 200
     return args
