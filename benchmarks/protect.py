@@ -60,7 +60,7 @@ TASKS = ("man_section", "man_language", "code_language", "python_package")
 CORE = ("task_arithmetic", "ties", "dare_ties")
 DESIGN_ATTACKS = (*CORE, "realign", "kept_at_1", "refinetune")
 # --quick's attacks unless --attacks is given: the targets' merges, realign and the re-fine-tune. A quick seed with
-# them took 718-812 CPU seconds on one thread (protect_lora_quick_seed0/1.json, cpu_seconds); each attack costs
+# them took 701-812 CPU seconds on one thread (protect_lora_quick_seed0-3.json, cpu_seconds); each attack costs
 # ~20 CPU s per protection (cpu_seconds per attack), so all eleven (and two_protected's second Trap² run) would not
 # fit in 15 minutes.
 QUICK_ATTACKS = (*CORE, "realign", "refinetune")
