@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
               "cold_start_s": cold, **summary, **browser,
               "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                           "load_average_1m": round(os.getloadavg()[0], 2), "load_average_1m_before": round(load_before, 2),
-                          "when": time.strftime("%Y-%m-%d %H:%M"), "shared": "other jobs ran on the same cores"}}
+                          "when": time.strftime("%Y-%m-%d %H:%M")}}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: (v["median"] if isinstance(v, dict) else v) for k, v in result.items() if k != "machine"}, indent=1))

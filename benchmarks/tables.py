@@ -358,11 +358,15 @@ def headline(runs: dict[str, Any]) -> str:
         parts = [f"{label} {sp[key]['median']:.2f} s (target < {sp[key]['target']:g} s{'' if sp[key]['met'] else ': missed'})"
                  for key, label in (("interactive_s", "page interactive"), ("warm_verdict_s", "warm MiniLM verdict"),
                                     ("registry_page_s", f"registry page at {sp['entries']:,} entries"))]
-        lines.append(f"- **Space** (medians, load {sp['machine']['load_average_1m']:.0f} on {sp['machine']['cpus']} "
-                     f"cores): " + ", ".join(parts) + ".")
-    for name in ("protect_lora", "protect_full", "protect_llm"):
+        lines.append(f"- **Space** (medians of {sp['repeats']} fresh pages, 1-minute load "
+                     f"{sp['machine']['load_average_1m_before']:.1f} on {sp['machine']['cpus']} cores before): " + ", ".join(parts) + ".")
+    for name in ("protect_lora", "protect_lora_quick", "protect_full", "protect_llm"):
         if name in runs:
-            lines.append(f"- **Merge protection ({name.split('_')[1]})**: see benchmarks/README.md.")
+            d = runs[name]
+            lines.append(f"- **Merge protection** ({d['mode']}{', quick mode' if d.get('quick') else ''}, "
+                         f"{len(d['seeds'])} seeds, zero-shot {d['zero_shot']:.1f}): protections "
+                         f"{', '.join(m for m in d['methods'] if m != 'none')} against "
+                         f"{d['settings']['attacks'].replace(',', ', ')}; per-target tables in benchmarks/README.md.")
     return "\n".join(lines) if lines else "_(no results yet)_"
 
 
