@@ -124,7 +124,7 @@ def fingerprint_weights(
     vocab = load_vocabulary(weights.store)
     keys, rows = token_rows(vocab, token_set=token_set, vocab_rows=weights.vocab_rows, source=weights.source)
     plan = weights.plan(rows=rows, layers=layers, max_layers=max_layers, budget=budget)
-    token_rows_read = weights.embedding_rows(rows, plan=plan)
+    token_rows_read = weights.embedding_rows(rows, plan=plan)  # read errors keep their own type
     try:
         x = probe_rows(token_rows_read, layer_norm=weights.layer_norm)
     except FingerprintError as err:

@@ -56,7 +56,8 @@ def base_like(fulls: Sequence[Path], *, base: Path, out_dir: str | Path, load_ba
         except (OSError, ValueError, AttributeError):
             return None
 
-    if all(architectures(f) == architectures(base) for f in fulls):
+    wanted = architectures(base)
+    if all(architectures(f) == wanted for f in fulls):
         return base
     out = Path(out_dir)
     load_base(str(base)).save_pretrained(str(out))
