@@ -16,6 +16,7 @@ from typing import Annotated, Any
 
 import typer
 
+from hubguard.cli.errors import EXIT_BAD_INPUT, fail
 from hubguard.errors import HubguardError, ProtectionError
 from hubguard.protect.data import TASKS
 from hubguard.protect.run import audit_main, lock_main, protect_main
@@ -26,8 +27,8 @@ audit_app = typer.Typer(help="Attack an update with real merges and a scale swee
 
 
 def _fail(exc: HubguardError) -> None:
-    typer.echo(f"error: {exc}", err=True)
-    raise typer.Exit(code=2)
+    """The standalone apps are not `GuardedGroup`s: the same line and exit code as every other command."""
+    fail(f"error: {exc}", code=EXIT_BAD_INPUT)
 
 
 @protect_app.command()

@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 
 logger = get_logger(__name__)
 MAX_LISTED = 1_000_000
+SINCE_FIX = "Write it as YYYY-MM-DD or an ISO 8601 time."
+NOTHING_FIX = "Pass repo ids, or --since DATE to scan the models created since then."
 
 
 @dataclass(frozen=True)
@@ -47,7 +49,7 @@ def parse_since(value: str) -> datetime:
     try:
         when = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
-        raise HookError(f"--since {value!r} is not a date.", fix="Write it as YYYY-MM-DD or an ISO 8601 time.") from None
+        raise HookError(f"--since {value!r} is not a date. {SINCE_FIX}", fix=SINCE_FIX) from None
     return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
@@ -100,11 +102,11 @@ def scan(
     from hubguard.registry import Registry
 
     if engine not in ENGINES:
-        raise HookError(f"Unknown engine {engine!r}.", fix=f"Use one of: {', '.join(ENGINES)}.")
+        raise HookError(f"Unknown engine {engine!r}. Use one of: {', '.join(ENGINES)}.", fix=f"Use one of: {', '.join(ENGINES)}.")
     token = token or constants.hf_token()
     plan = plan or ("free" if token else "anonymous")
     if plan not in PLANS:
-        raise HookError(f"Unknown plan {plan!r}.", fix=f"Use one of: {', '.join(PLANS)}.")
+        raise HookError(f"Unknown plan {plan!r}. Use one of: {', '.join(PLANS)}.", fix=f"Use one of: {', '.join(PLANS)}.")
     endpoint = (endpoint or constants.hf_endpoint()).rstrip("/")
     reg = registry if isinstance(registry, Registry) else Registry(registry)
     reg.make_writable()
@@ -117,7 +119,7 @@ def scan(
     todo = j.todo()
     logger.info("scan: %d repos added, %d to check (journal %s)", added, len(todo), j.path)
     if not todo and not j.counts():
-        raise HookError("Nothing to scan.", fix="Pass repo ids, or --since DATE to scan the models created since then.")
+        raise HookError(f"Nothing to scan. {NOTHING_FIX}", fix=NOTHING_FIX)
     options = ScanOptions(registry=str(reg.path), endpoint=endpoint, token=token, top_k=top_k, retries=retries,
                           backoff_s=backoff_s, plan=plan, share=share)
     results = run_local(todo, options, limiter=limiter) if engine == "local" else \
