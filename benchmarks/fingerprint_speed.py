@@ -1,13 +1,24 @@
-"""Fingerprinting speed of this tree against a baseline git ref, on the zoo's model kinds, and whether terms agree.
+"""Fingerprinting speed of this tree against a baseline git ref, on the zoo's model kinds and on large local
+checkpoints, and whether terms agree.
 
 Builds (once, into --out) tiny models of the zoo's families with real tokenizers (llama with a byte-level BPE,
 gpt2, a BERT with MiniLM's WordPiece vocabulary; tests/support/factory.py) and uses the real all-MiniLM-L6-v2.
-Then, for the baseline (`git archive REF`, extracted to a temporary folder) and for this tree, a subprocess with
-one thread fingerprints each model `--repeats` times; the best CPU time and wall time per model are kept, and the
-fingerprints' terms of the two trees are compared (the tensors both hold; names only one holds are listed).
+`--checkpoint NAME=PATH` adds large checkpoints (e.g. the 1B / 7B Llama-layout folders benchmarks/remote.py builds
+into benchmarks/out/remote-checkpoints). Then, for the baseline (`git archive REF`, extracted to a temporary folder)
+and for this tree, alternately (--rounds of each, so drift in machine load hits both alike), a subprocess with one
+thread fingerprints each model; the best CPU time and wall time per model are kept, and the fingerprints' terms of
+the two trees are compared (the tensors both hold; names only one holds are listed). Two readings per model:
+
+- default: `hubguard.fingerprint(path)` as a user calls it (the reading budget picks layers and what of them to
+  read; for large checkpoints that is query/key head slices), CPU per layer = total / layers (fixed costs such as
+  the tokenizer and token rows included);
+- full layers (checkpoints only): every tensor of --full-layers layers (budget None), CPU per layer as the
+  difference to reading one layer, so fixed costs cancel: the marginal cost of a whole dense layer.
+
 Prints one JSON object (benchmarks/results/fingerprint_speed.json):
 
-    python benchmarks/fingerprint_speed.py --baseline 8f8e49b
+    python benchmarks/fingerprint_speed.py --baseline 0c1ae25 \
+        --checkpoint 1b=benchmarks/out/remote-checkpoints/llama-1b --checkpoint 7b=benchmarks/out/remote-checkpoints/llama-7b
 """
 
 from __future__ import annotations
@@ -29,19 +40,21 @@ import torch
 torch.set_num_threads(1)
 import hubguard
 from hubguard.lineage.fingerprint_files import save_fingerprint
-models, repeats, out = json.loads(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+jobs, repeats, out = json.loads(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 result = {}
-for name, path in models.items():
+for job in jobs:
+    hubguard.fingerprint(job["path"], **job["kwargs"])  # warm: file cache, lazy imports
     cpu, wall = [], []
     for _ in range(repeats):
         r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
-        fp = hubguard.fingerprint(path)
+        fp = hubguard.fingerprint(job["path"], **job["kwargs"])
         r1 = resource.getrusage(resource.RUSAGE_SELF)
         wall.append(time.perf_counter() - t0)
         cpu.append(r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime)
-    save_fingerprint(fp, f"{out}/{name}.safetensors")
-    result[name] = {"cpu_s": round(min(cpu), 3), "wall_s": round(min(wall), 3), "layers": len(fp.layers),
-                    "tokens": len(fp.tokens)}
+    if job["save"]:
+        save_fingerprint(fp, f"{out}/{job['name']}.safetensors")
+    result[job["name"]] = {"cpu_s": min(cpu), "wall_s": min(wall), "layers": len(fp.layers), "tokens": len(fp.tokens),
+                           "mode": fp.stats["plan"].get("mode")}
 print(json.dumps(result))
 """
 
@@ -72,11 +85,11 @@ def _commit(ref: str) -> str:
     return subprocess.run(["git", "rev-parse", ref], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
 
 
-def time_tree(tree: Path, models: dict[str, str], *, repeats: int, out: Path) -> dict:
+def time_tree(tree: Path, jobs: list[dict], *, repeats: int, out: Path) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PYTHONPATH": str(tree), "PYTHONDONTWRITEBYTECODE": "1", "OMP_NUM_THREADS": "1",
            "HUBGUARD_DISABLE_PROGRESS_BARS": "1"}
-    proc = subprocess.run([sys.executable, "-c", _TIMER, json.dumps(models), str(repeats), str(out)], env=env,
+    proc = subprocess.run([sys.executable, "-c", _TIMER, json.dumps(jobs), str(repeats), str(out)], env=env,
                           cwd=tree, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise SystemExit(f"timing {tree} failed:\n{proc.stderr[-3000:]}")
@@ -98,32 +111,72 @@ def terms_difference(a: Path, b: Path) -> dict[str, object]:
     }
 
 
+def plan_jobs(models: dict[str, str], checkpoints: dict[str, str], *, full_layers: int) -> list[dict]:
+    """Per model the default call; per checkpoint also `full_layers` whole layers and one whole layer."""
+    jobs = [{"name": n, "path": p, "kwargs": {}, "save": True} for n, p in {**models, **checkpoints}.items()]
+    for name, path in checkpoints.items():
+        jobs += [{"name": f"{name}@full1", "path": path, "kwargs": {"layers": [0], "budget": None}, "save": False},
+                 {"name": f"{name}@full{full_layers}", "path": path,
+                  "kwargs": {"layers": list(range(full_layers)), "budget": None}, "save": False}]
+    return jobs
+
+
+def best_of(rounds: list[dict]) -> dict:
+    """Per job, the fastest round's CPU and wall time (the facts of the last round otherwise)."""
+    out = {}
+    for name in rounds[0]:
+        out[name] = {**rounds[-1][name], "cpu_s": min(r[name]["cpu_s"] for r in rounds),
+                     "wall_s": min(r[name]["wall_s"] for r in rounds)}
+    return out
+
+
+def rows_for(name: str, b: dict, c: dict, *, full_layers: int, tmp: Path) -> dict:
+    row = {"baseline_cpu_s": round(b[name]["cpu_s"], 3), "current_cpu_s": round(c[name]["cpu_s"], 3),
+           "baseline_wall_s": round(b[name]["wall_s"], 3), "current_wall_s": round(c[name]["wall_s"], 3),
+           "cpu_ratio": round(c[name]["cpu_s"] / max(b[name]["cpu_s"], 1e-9), 3), "layers": c[name]["layers"],
+           "tokens": c[name]["tokens"], "mode": c[name]["mode"],
+           "baseline_cpu_per_layer_s": round(b[name]["cpu_s"] / b[name]["layers"], 4),
+           "current_cpu_per_layer_s": round(c[name]["cpu_s"] / c[name]["layers"], 4),
+           **terms_difference(tmp / "fp-baseline" / f"{name}.safetensors", tmp / "fp-current" / f"{name}.safetensors")}
+    many, one = f"{name}@full{full_layers}", f"{name}@full1"
+    if many in c:
+        marginal = {tree: (r[many]["cpu_s"] - r[one]["cpu_s"]) / (full_layers - 1) for tree, r in (("baseline", b), ("current", c))}
+        row["full_layer"] = {"layers": full_layers, "baseline_cpu_per_layer_s": round(marginal["baseline"], 4),
+                             "current_cpu_per_layer_s": round(marginal["current"], 4),
+                             "ratio": round(marginal["current"] / max(marginal["baseline"], 1e-9), 3)}
+    return row
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--baseline", required=True, help="git ref of the baseline tree (e.g. main or a commit)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "out" / "speed-models"))
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=3, help="timed runs per model in each round")
+    ap.add_argument("--rounds", type=int, default=2, help="alternating baseline / this-tree rounds")
+    ap.add_argument("--checkpoint", action="append", default=[], metavar="NAME=PATH", help="a large local checkpoint")
+    ap.add_argument("--full-layers", type=int, default=3, help="whole layers read for the full-layer cost (>= 2)")
     args = ap.parse_args()
+    if args.full_layers < 2 or any("=" not in c for c in args.checkpoint):
+        raise SystemExit("--full-layers must be at least 2 and each --checkpoint NAME=PATH")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     models = build_models(out)
+    checkpoints = dict(c.split("=", 1) for c in args.checkpoint)
+    jobs = plan_jobs(models, checkpoints, full_layers=args.full_layers)
     with tempfile.TemporaryDirectory(prefix="hubguard-baseline-") as tmp:
         base_tree = Path(tmp) / "tree"
         base_tree.mkdir()
         archive = subprocess.run(["git", "archive", args.baseline, "hubguard"], cwd=ROOT, capture_output=True, check=True)
         subprocess.run(["tar", "-x", "-C", str(base_tree)], input=archive.stdout, check=True)
-        baseline = time_tree(base_tree, models, repeats=args.repeats, out=Path(tmp) / "fp-baseline")
-        current = time_tree(ROOT, models, repeats=args.repeats, out=Path(tmp) / "fp-current")
-        rows = {}
-        for name in models:
-            b, c = baseline[name], current[name]
-            rows[name] = {"baseline_cpu_s": b["cpu_s"], "current_cpu_s": c["cpu_s"], "baseline_wall_s": b["wall_s"],
-                          "current_wall_s": c["wall_s"], "cpu_ratio": round(c["cpu_s"] / max(b["cpu_s"], 1e-9), 3),
-                          "layers": c["layers"], "tokens": c["tokens"],
-                          **terms_difference(Path(tmp) / "fp-baseline" / f"{name}.safetensors",
-                                             Path(tmp) / "fp-current" / f"{name}.safetensors")}
+        rounds: dict[str, list[dict]] = {"baseline": [], "current": []}
+        for _ in range(args.rounds):
+            rounds["baseline"].append(time_tree(base_tree, jobs, repeats=args.repeats, out=Path(tmp) / "fp-baseline"))
+            rounds["current"].append(time_tree(ROOT, jobs, repeats=args.repeats, out=Path(tmp) / "fp-current"))
+        b, c = best_of(rounds["baseline"]), best_of(rounds["current"])
+        rows = {name: rows_for(name, b, c, full_layers=args.full_layers, tmp=Path(tmp)) for name in {**models, **checkpoints}}
     print(json.dumps({"baseline": _commit(args.baseline), "current": _commit("HEAD"), "repeats": args.repeats,
-                      "threads": 1, "models": rows}, indent=2))
+                      "rounds": args.rounds, "threads": 1, "load_avg_1m": round(os.getloadavg()[0], 2),
+                      "cpu_cores": os.cpu_count(), "models": rows}, indent=2))
 
 
 if __name__ == "__main__":

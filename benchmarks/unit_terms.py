@@ -134,10 +134,11 @@ def exact_head_terms(fp_layer: Any, x: Any, *, shared_rank: int) -> dict[str, An
     """[H, n, n] standardised head terms, formed in full (what the sketches stand for)."""
     import torch
 
-    from hubguard.lineage.terms import head_factors
+    from hubguard.lineage.terms import expand_heads, head_factors
 
     out = {}
-    for t, (a, b) in head_factors(fp_layer, x).items():
+    for t, factors in head_factors(fp_layer, x).items():
+        a, b = expand_heads(*factors)
         m = torch.einsum("hnc,hmc->hnm", a.double(), b.double())
         u, s, vh = torch.linalg.svd(m)
         s[:, :shared_rank] = 0

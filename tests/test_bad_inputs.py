@@ -272,3 +272,26 @@ def test_cross_family_compare_uses_shared_terms(family_models) -> None:
     result = hubguard.compare(family_models["llama"][0], family_models["gpt2"][0])
     assert set(result.terms) == {"heads"}  # a gated and a plain FFN share no FFN term: attention heads only
     assert result.verdict == "independent"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+def test_every_non_finite_value_is_found_wherever_it_sits(dtype) -> None:
+    """The finiteness check is a min/max reduction (NaN propagates through it): a single NaN, Inf or -Inf
+    anywhere — in a vector lane, in the tail after the last full lane, in a 2-D tensor — is found; finite and
+    empty tensors pass."""
+    from hubguard.weights.tensors import check_finite
+
+    g = torch.Generator().manual_seed(0)
+    for n in (1, 7, 8, 9, 31, 32, 33, 257, 4099):
+        clean = torch.randn(n, generator=g).to(dtype)
+        assert check_finite("t", clean) is clean
+        for bad in (float("nan"), float("inf"), float("-inf")):
+            for pos in {0, n // 2, n - 1}:
+                t = clean.clone()
+                t[pos] = bad
+                with pytest.raises(errors.DegenerateWeightsError, match="'t'"):
+                    check_finite("t", t)
+                with pytest.raises(errors.DegenerateWeightsError):
+                    check_finite("t", t.repeat(3, 1))  # 2-D
+    check_finite("empty", torch.zeros(0, 4, dtype=dtype))
+    check_finite("ints", torch.tensor([1, 2, 3]))

@@ -277,3 +277,41 @@ def test_absurd_head_counts_are_refused() -> None:
                            o=torch.zeros(H, d, 1), ffn_type="gated")
     with pytest.raises(FingerprintError, match="1025 attention heads"):
         read_layer(layer, x=torch.randn(40, d), grid=token_grid(token_set="v1", positions=torch.arange(40)))
+
+
+# --- grouped-query attention: a KV group's rows computed once ------------------------------------------
+
+
+def _gqa_layer(*, heads: int, kv_heads: int, distinct: bool, seed: int):
+    from hubguard.weights.canonical_layer import CanonicalLayer
+
+    g = torch.Generator().manual_seed(seed)
+    hd, d = 6, 20
+    rep = heads // kv_heads
+    k, v = torch.randn(kv_heads, hd, d, generator=g), torch.randn(kv_heads, hd, d, generator=g)
+    k, v = k.repeat_interleave(rep, dim=0), v.repeat_interleave(rep, dim=0)
+    if not distinct:  # heads claimed to be shared that are not: nothing may be merged
+        k, v = k + 1e-3 * torch.randn(k.shape, generator=g), v + 1e-3 * torch.randn(v.shape, generator=g)
+    return CanonicalLayer(index=0, q=torch.randn(heads, hd, d, generator=g), k=k, v=v,
+                          o=torch.randn(heads, d, hd, generator=g), ffn_type="gated", kv_heads=kv_heads)
+
+
+@pytest.mark.parametrize("distinct", [True, False])
+def test_kv_groups_computed_once_give_the_per_head_terms(distinct) -> None:
+    """With K / V shared by groups of query heads, their rows are computed once per group (exactly equal runs
+    only): the whole-layer terms and every head's sketch equal those of the fully expanded factors."""
+    from hubguard.lineage.terms import attention_terms, expand_heads, head_factors
+
+    layer = _gqa_layer(heads=6, kv_heads=2, distinct=distinct, seed=3)
+    x = torch.randn(30, 20, generator=torch.Generator().manual_seed(4))
+    grouped = head_factors(layer, x)
+    assert grouped["attn_qk"][1].shape[0] == (2 if distinct else 6)  # K rows: one per group when shared
+    assert grouped["attn_vo"][0].shape[0] == (2 if distinct else 6)  # V rows likewise
+    expanded = {t: expand_heads(*f) for t, f in grouped.items()}
+    for t, (a, b) in expanded.items():
+        assert a.shape[0] == b.shape[0] == 6
+        per_head = sum(a[h] @ b[h].t() for h in range(6))
+        torch.testing.assert_close(attention_terms(grouped)[t], per_head, rtol=1e-4, atol=1e-4)
+        grid = _grid(30)
+        torch.testing.assert_close(factor_sketches(*grouped[t], grid=grid), factor_sketches(a, b, grid=grid),
+                                   rtol=1e-4, atol=1e-4)

@@ -97,23 +97,48 @@ def ffn_terms(*, expert: "CanonicalExpert", x: "torch.Tensor", ffn_type: str) ->
     return {"ffn": (x @ expert.up.t()) @ out_rows.t()}
 
 
-def head_factors(layer: "CanonicalLayer", x: "torch.Tensor") -> dict[str, tuple["torch.Tensor", "torch.Tensor"]]:
-    """Per query head, the factors (A, B) of its attention terms over x [n, d]: X Wq_hᵀ Wk_h Xᵀ = A Bᵀ with
-    A = X Wq_hᵀ, B = X Wk_hᵀ, and X Wv_hᵀ Wo_hᵀ Xᵀ with A = X Wv_hᵀ, B = X Wo_h. Each [H, n, hd]."""
+def distinct_heads(w: "torch.Tensor", *, kv_heads: int) -> "torch.Tensor":
+    """w [H, ...] expanded from `kv_heads` heads (GQA's K and V, each repeated for its group's query heads): the
+    distinct heads [kv_heads, ...] when the runs of H / kv_heads copies are exactly equal, else w itself."""
     import torch
 
-    out = {"attn_qk": (torch.einsum("nd,hcd->hnc", x, layer.q), torch.einsum("nd,hcd->hnc", x, layer.k))}
+    H = w.shape[0]
+    if kv_heads <= 0 or kv_heads >= H or H % kv_heads:
+        return w
+    groups = w.reshape(kv_heads, H // kv_heads, *w.shape[1:])
+    first = groups[:, :1]
+    return first[:, 0] if torch.equal(groups, first.expand_as(groups)) else w
+
+
+def expand_heads(a: "torch.Tensor", b: "torch.Tensor") -> "tuple[torch.Tensor, torch.Tensor]":
+    """Factors (A, B) of `head_factors` with one per query head each: the side held per KV group is repeated."""
+    heads = max(a.shape[0], b.shape[0])
+    return a.repeat_interleave(heads // a.shape[0], dim=0), b.repeat_interleave(heads // b.shape[0], dim=0)
+
+
+def head_factors(layer: "CanonicalLayer", x: "torch.Tensor") -> dict[str, tuple["torch.Tensor", "torch.Tensor"]]:
+    """Per query head, the factors (A, B) of its attention terms over x [n, d]: X Wq_hᵀ Wk_h Xᵀ = A Bᵀ with
+    A = X Wq_hᵀ, B = X Wk_hᵀ, and X Wv_hᵀ Wo_hᵀ Xᵀ with A = X Wv_hᵀ, B = X Wo_h. Each [H, n, hd], except that
+    the K / V side is [G, n, hd], one per KV group, when the layer's K / V heads are shared by groups of query
+    heads (GQA): query head h pairs with group h // (H / G), and the group's rows are computed once."""
+    import torch
+
+    k = distinct_heads(layer.k, kv_heads=layer.kv_heads)  # [H or G, hd, d]
+    out = {"attn_qk": (torch.matmul(x, layer.q.transpose(1, 2)), torch.matmul(x, k.transpose(1, 2)))}
     if layer.v.shape[0]:  # query/key head slices only (tight reading budget): no VO term
-        out["attn_vo"] = (torch.einsum("nd,hcd->hnc", x, layer.v), torch.einsum("nd,hdc->hnc", x, layer.o))
+        v = distinct_heads(layer.v, kv_heads=layer.kv_heads)
+        out["attn_vo"] = (torch.matmul(x, v.transpose(1, 2)), torch.matmul(x, layer.o))
     return out
 
 
 def attention_terms(factors: dict[str, tuple["torch.Tensor", "torch.Tensor"]]) -> dict[str, "torch.Tensor"]:
-    """The whole-layer attention terms: each head's term summed over heads, Σ_h A_h B_hᵀ [n, n]."""
+    """The whole-layer attention terms: each head's term summed over heads, Σ_h A_h B_hᵀ [n, n]. A side held
+    per KV group is paired with the sum of its group's other side: Σ_g (Σ_{h∈g} A_h) B_gᵀ."""
     out = {}
     for t, (a, b) in factors.items():
-        H, n, c = a.shape
-        out[t] = a.permute(1, 0, 2).reshape(n, H * c) @ b.permute(1, 0, 2).reshape(n, H * c).t()
+        groups, n, c = min(a.shape[0], b.shape[0]), a.shape[1], a.shape[2]
+        a, b = (x.reshape(groups, -1, n, x.shape[2]).sum(dim=1) for x in (a, b))  # [G, n, c] each
+        out[t] = a.permute(1, 0, 2).reshape(n, groups * c) @ b.permute(1, 0, 2).reshape(n, groups * b.shape[2]).t()
     return out
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
+from hubguard.errors import FingerprintError
 from hubguard.lineage.tokens import load_token_set
 
 if TYPE_CHECKING:
@@ -55,21 +56,41 @@ def _unit_rms(s: "torch.Tensor") -> "torch.Tensor":
     return (s / rms).float()
 
 
-def factor_sketches(a: "torch.Tensor", b: "torch.Tensor", *, grid: "torch.Tensor",
-                    shared_rank: int = HEAD_SHARED_RANK) -> "torch.Tensor":
-    """Sketches of M_h = a_h b_hᵀ, standardised. a, b: [H, n, c]; grid: [C, 2, n, r] (the projections at this
-    model's token positions). Returns [H, C, r, r] float32."""
+def _per_head(t: "torch.Tensor", heads: int) -> "torch.Tensor":
+    """t [G, ...] held per KV group, repeated for each of the group's query heads: [heads, ...]."""
+    return t if t.shape[0] == heads else t.repeat_interleave(heads // t.shape[0], dim=0)
+
+
+def _right_singular_vectors(core: "torch.Tensor") -> "torch.Tensor":
+    """The right singular vectors of each [c, c] core, by ascending singular value (the eigenvectors of coreᵀ
+    core: the leading ones are all that is used, and they are as accurate as an SVD's at half its cost)."""
     import torch
 
-    a, b = a.float(), b.float()
-    qa, ra = torch.linalg.qr(a)  # [H, n, c'], [H, c', c']
-    qb, rb = torch.linalg.qr(b)
-    p, s, rh = torch.linalg.svd(ra @ rb.transpose(-1, -2))  # core of M_h
-    s = s.clone()
-    s[:, :shared_rank] = 0  # the shared function: leading singular components
-    u = (qa @ p) * s[:, None, :]  # M'_h = u vᵀ, [H, n, c']
-    v = qb @ rh.transpose(-1, -2)
-    n = a.shape[1]
+    gram = core.transpose(-1, -2) @ core
+    if not bool(torch.isfinite(gram).all()):
+        raise FingerprintError("a head term came out Inf or NaN in float32: the weights hold values too large to compute with")
+    try:
+        return torch.linalg.eigh(gram)[1]
+    except torch.linalg.LinAlgError as err:
+        raise FingerprintError(f"the decomposition of a head term failed ({str(err)[:120]}): the weights are degenerate") from None
+
+
+def factor_sketches(a: "torch.Tensor", b: "torch.Tensor", *, grid: "torch.Tensor",
+                    shared_rank: int = HEAD_SHARED_RANK) -> "torch.Tensor":
+    """Sketches of M_h = a_h b_hᵀ, standardised. a, b: [H, n, c], or one of them [G, n, c], one per KV group
+    (`hubguard.lineage.terms.head_factors`); grid: [C, 2, n, r] (the projections at this model's token
+    positions). Returns [H, C, r, r] float32."""
+    import torch
+
+    heads = max(a.shape[0], b.shape[0])
+    qa, ra = (_per_head(t, heads) for t in torch.linalg.qr(a.float()))  # [H, n, c'], [H, c', c']
+    qb, rb = (_per_head(t, heads) for t in torch.linalg.qr(b.float()))  # a KV group's factor decomposed once
+    core = ra @ rb.transpose(-1, -2)  # M_h = qa core qbᵀ, core [H, c', c']
+    vecs = _right_singular_vectors(core)  # [H, c', c'], ascending singular values
+    lead = vecs[..., max(vecs.shape[-1] - shared_rank, 0) :]  # [H, c', k]: the leading ones
+    u = qa @ (core - (core @ lead) @ lead.transpose(-1, -2))  # the shared function removed: M'_h = u vᵀ, [H, n, c']
+    v = qb
+    n = qa.shape[1]
     diag = (u * v).sum(dim=-1)  # [H, n]: M'_h[i, i]
     mean = ((u.sum(dim=1) * v.sum(dim=1)).sum(dim=-1) - diag.sum(dim=-1)) / max(n * n - n, 1)  # off-diagonal mean
     out = []

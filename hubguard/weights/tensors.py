@@ -80,7 +80,7 @@ def check_finite(name: str, t: "torch.Tensor") -> "torch.Tensor":
     """`t`, after checking it holds no NaN or Inf (else DegenerateWeightsError naming the tensor)."""
     import torch
 
-    if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+    if t.is_floating_point() and t.numel() and not all(bool(torch.isfinite(e)) for e in torch.aminmax(t)):  # NaN propagates
         raise DegenerateWeightsError(
             f"Tensor '{name}' holds NaN or Inf values (in float32), so no fingerprint can be computed from it. The "
             "checkpoint is broken (a failed training run, a bad conversion, or values beyond float32's range)."
