@@ -10,10 +10,12 @@ thread fingerprints each model; the best CPU time and wall time per model are ke
 the two trees are compared (the tensors both hold; names only one holds are listed). Two readings per model:
 
 - default: `hubguard.fingerprint(path)` as a user calls it (the reading budget picks layers and what of them to
-  read; for large checkpoints that is query/key head slices), CPU per layer = total / layers (fixed costs such as
-  the tokenizer and token rows included);
-- full layers (checkpoints only): every tensor of --full-layers layers (budget None), CPU per layer as the
-  difference to reading one layer, so fixed costs cancel: the marginal cost of a whole dense layer.
+  read; for large checkpoints that is query/key head slices);
+- full layers (checkpoints only): every tensor of --full-layers layers (budget None).
+
+Per reading: total CPU, and CPU per layer = the CPU of the layer loop (reading, canonicalising and computing the
+terms of every layer: the time `ModelWeights.layers`, which both trees have, is running or suspended in the
+fingerprint's loop body) over the layers; fixed costs (tokenizer, token rows, their decorrelation) are outside it.
 
 Prints one JSON object (benchmarks/results/fingerprint_speed.json):
 
@@ -40,21 +42,30 @@ import torch
 torch.set_num_threads(1)
 import hubguard
 from hubguard.lineage.fingerprint_files import save_fingerprint
+from hubguard.weights.model import ModelWeights
 jobs, repeats, out = json.loads(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+loop_cpu = []
+layers_of = ModelWeights.layers
+def timed_layers(self, plan, **kwargs):  # both trees: the fingerprint's per-layer work runs while this is suspended
+    t0 = time.process_time()
+    yield from layers_of(self, plan, **kwargs)
+    loop_cpu.append(time.process_time() - t0)
+ModelWeights.layers = timed_layers
 result = {}
 for job in jobs:
     hubguard.fingerprint(job["path"], **job["kwargs"])  # warm: file cache, lazy imports
-    cpu, wall = [], []
+    cpu, wall, loop = [], [], []
     for _ in range(repeats):
         r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
         fp = hubguard.fingerprint(job["path"], **job["kwargs"])
         r1 = resource.getrusage(resource.RUSAGE_SELF)
         wall.append(time.perf_counter() - t0)
         cpu.append(r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime)
+        loop.append(loop_cpu[-1])
     if job["save"]:
         save_fingerprint(fp, f"{out}/{job['name']}.safetensors")
-    result[job["name"]] = {"cpu_s": min(cpu), "wall_s": min(wall), "layers": len(fp.layers), "tokens": len(fp.tokens),
-                           "mode": fp.stats["plan"].get("mode")}
+    result[job["name"]] = {"cpu_s": min(cpu), "wall_s": min(wall), "layer_loop_cpu_s": min(loop), "layers": len(fp.layers),
+                           "tokens": len(fp.tokens), "mode": fp.stats["plan"].get("mode")}
 print(json.dumps(result))
 """
 
@@ -112,38 +123,33 @@ def terms_difference(a: Path, b: Path) -> dict[str, object]:
 
 
 def plan_jobs(models: dict[str, str], checkpoints: dict[str, str], *, full_layers: int) -> list[dict]:
-    """Per model the default call; per checkpoint also `full_layers` whole layers and one whole layer."""
+    """Per model the default call; per checkpoint also `full_layers` whole layers."""
     jobs = [{"name": n, "path": p, "kwargs": {}, "save": True} for n, p in {**models, **checkpoints}.items()]
-    for name, path in checkpoints.items():
-        jobs += [{"name": f"{name}@full1", "path": path, "kwargs": {"layers": [0], "budget": None}, "save": False},
-                 {"name": f"{name}@full{full_layers}", "path": path,
-                  "kwargs": {"layers": list(range(full_layers)), "budget": None}, "save": False}]
+    jobs += [{"name": f"{name}@full", "path": path, "kwargs": {"layers": list(range(full_layers)), "budget": None},
+              "save": False} for name, path in checkpoints.items()]
     return jobs
 
 
 def best_of(rounds: list[dict]) -> dict:
-    """Per job, the fastest round's CPU and wall time (the facts of the last round otherwise)."""
-    out = {}
-    for name in rounds[0]:
-        out[name] = {**rounds[-1][name], "cpu_s": min(r[name]["cpu_s"] for r in rounds),
-                     "wall_s": min(r[name]["wall_s"] for r in rounds)}
-    return out
+    """Per job, the fastest round's CPU, layer-loop CPU and wall time (the facts of the last round otherwise)."""
+    return {name: {**rounds[-1][name], **{k: min(r[name][k] for r in rounds) for k in ("cpu_s", "wall_s", "layer_loop_cpu_s")}}
+            for name in rounds[0]}
 
 
-def rows_for(name: str, b: dict, c: dict, *, full_layers: int, tmp: Path) -> dict:
+def _per_layer(b: dict, c: dict) -> dict:
+    base, cur = b["layer_loop_cpu_s"] / b["layers"], c["layer_loop_cpu_s"] / c["layers"]
+    return {"baseline_cpu_per_layer_s": round(base, 4), "current_cpu_per_layer_s": round(cur, 4),
+            "per_layer_ratio": round(cur / max(base, 1e-9), 3)}
+
+
+def rows_for(name: str, b: dict, c: dict, *, tmp: Path) -> dict:
     row = {"baseline_cpu_s": round(b[name]["cpu_s"], 3), "current_cpu_s": round(c[name]["cpu_s"], 3),
            "baseline_wall_s": round(b[name]["wall_s"], 3), "current_wall_s": round(c[name]["wall_s"], 3),
            "cpu_ratio": round(c[name]["cpu_s"] / max(b[name]["cpu_s"], 1e-9), 3), "layers": c[name]["layers"],
-           "tokens": c[name]["tokens"], "mode": c[name]["mode"],
-           "baseline_cpu_per_layer_s": round(b[name]["cpu_s"] / b[name]["layers"], 4),
-           "current_cpu_per_layer_s": round(c[name]["cpu_s"] / c[name]["layers"], 4),
+           "tokens": c[name]["tokens"], "mode": c[name]["mode"], **_per_layer(b[name], c[name]),
            **terms_difference(tmp / "fp-baseline" / f"{name}.safetensors", tmp / "fp-current" / f"{name}.safetensors")}
-    many, one = f"{name}@full{full_layers}", f"{name}@full1"
-    if many in c:
-        marginal = {tree: (r[many]["cpu_s"] - r[one]["cpu_s"]) / (full_layers - 1) for tree, r in (("baseline", b), ("current", c))}
-        row["full_layer"] = {"layers": full_layers, "baseline_cpu_per_layer_s": round(marginal["baseline"], 4),
-                             "current_cpu_per_layer_s": round(marginal["current"], 4),
-                             "ratio": round(marginal["current"] / max(marginal["baseline"], 1e-9), 3)}
+    if f"{name}@full" in c:
+        row["full_layer"] = {"layers": c[f"{name}@full"]["layers"], **_per_layer(b[f"{name}@full"], c[f"{name}@full"])}
     return row
 
 
@@ -154,14 +160,14 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="timed runs per model in each round")
     ap.add_argument("--rounds", type=int, default=2, help="alternating baseline / this-tree rounds")
     ap.add_argument("--checkpoint", action="append", default=[], metavar="NAME=PATH", help="a large local checkpoint")
-    ap.add_argument("--full-layers", type=int, default=3, help="whole layers read for the full-layer cost (>= 2)")
+    ap.add_argument("--full-layers", type=int, default=3, help="whole layers read for the full-layer cost")
     args = ap.parse_args()
-    if args.full_layers < 2 or any("=" not in c for c in args.checkpoint):
-        raise SystemExit("--full-layers must be at least 2 and each --checkpoint NAME=PATH")
+    if args.full_layers < 1 or any("=" not in c for c in args.checkpoint):
+        raise SystemExit("--full-layers must be at least 1 and each --checkpoint NAME=PATH")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     models = build_models(out)
-    checkpoints = dict(c.split("=", 1) for c in args.checkpoint)
+    checkpoints = {name: str(Path(p).resolve()) for name, p in (c.split("=", 1) for c in args.checkpoint)}
     jobs = plan_jobs(models, checkpoints, full_layers=args.full_layers)
     with tempfile.TemporaryDirectory(prefix="hubguard-baseline-") as tmp:
         base_tree = Path(tmp) / "tree"
@@ -173,7 +179,7 @@ def main() -> None:
             rounds["baseline"].append(time_tree(base_tree, jobs, repeats=args.repeats, out=Path(tmp) / "fp-baseline"))
             rounds["current"].append(time_tree(ROOT, jobs, repeats=args.repeats, out=Path(tmp) / "fp-current"))
         b, c = best_of(rounds["baseline"]), best_of(rounds["current"])
-        rows = {name: rows_for(name, b, c, full_layers=args.full_layers, tmp=Path(tmp)) for name in {**models, **checkpoints}}
+        rows = {name: rows_for(name, b, c, tmp=Path(tmp)) for name in {**models, **checkpoints}}
     print(json.dumps({"baseline": _commit(args.baseline), "current": _commit("HEAD"), "repeats": args.repeats,
                       "rounds": args.rounds, "threads": 1, "load_avg_1m": round(os.getloadavg()[0], 2),
                       "cpu_cores": os.cpu_count(), "models": rows}, indent=2))

@@ -157,25 +157,27 @@ def remote(d: dict[str, Any]) -> str:
 
 def fingerprint_speed(d: dict[str, Any]) -> str:
     rows = ["| model | read | layers | tokens | CPU s (baseline) | CPU s (this tree) | ratio | CPU ms / layer (baseline → this tree) | "
-            "largest term difference | tensors only in baseline / this tree |", "|---|---|---|---|---|---|---|---|---|---|"]
+            "per-layer ratio | largest term difference | tensors only in baseline / this tree |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     full = []
     for name, r in d["models"].items():
         only = f"{len(r.get('only_baseline', []))} / {len(r.get('only_current', []))}"
         per_layer = (f"{1000 * r['baseline_cpu_per_layer_s']:.0f} → {1000 * r['current_cpu_per_layer_s']:.0f}"
                      if "current_cpu_per_layer_s" in r else "–")
         rows.append(f"| {name} | {r.get('mode') or 'default'} | {r['layers']} | {r['tokens']} | {r['baseline_cpu_s']:.2f} | "
-                    f"{r['current_cpu_s']:.2f} | {r['cpu_ratio']:.2f} | {per_layer} | {r['max_term_difference']:.3g} | {only} |")
+                    f"{r['current_cpu_s']:.2f} | {r['cpu_ratio']:.2f} | {per_layer} | {r.get('per_layer_ratio', '–')} | "
+                    f"{r['max_term_difference']:.3g} | {only} |")
         if "full_layer" in r:
             f = r["full_layer"]
             full.append(f"| {name} | {f['layers']} | {1000 * f['baseline_cpu_per_layer_s']:.0f} | "
-                        f"{1000 * f['current_cpu_per_layer_s']:.0f} | {f['ratio']:.2f} |")
+                        f"{1000 * f['current_cpu_per_layer_s']:.0f} | {f['per_layer_ratio']:.2f} |")
     rounds = f", {d['rounds']} alternating rounds" if "rounds" in d else ""
     load = f", 1-minute load {d['load_avg_1m']} on {d.get('cpu_cores', '?')} cores at the end" if "load_avg_1m" in d else ""
     rows += ["", f"Best of {d['repeats']} runs{rounds}, {d['threads']} thread{load}; baseline `{d['baseline'][:10]}`, this tree "
              f"`{d['current'][:10]}` (terms compared as saved, in float16, over the tensors both fingerprints hold). "
-             "CPU per layer of the default call is its total over its layers (fixed costs included)."]
+             "CPU per layer: the layer loop's CPU (read, canonicalise, terms) over the layers; fixed costs (tokenizer, "
+             "token rows) are outside it."]
     if full:
-        rows += ["", "Whole dense layers (every tensor, budget None), the marginal CPU of one more layer:", "",
+        rows += ["", "Whole dense layers (every tensor, budget None):", "",
                  "| checkpoint | layers read | CPU ms / layer (baseline) | CPU ms / layer (this tree) | ratio |",
                  "|---|---|---|---|---|", *full]
     return "\n".join(rows)

@@ -295,3 +295,42 @@ def test_every_non_finite_value_is_found_wherever_it_sits(dtype) -> None:
                     check_finite("t", t.repeat(3, 1))  # 2-D
     check_finite("empty", torch.zeros(0, 4, dtype=dtype))
     check_finite("ints", torch.tensor([1, 2, 3]))
+
+
+def test_bfloat16_widening_is_bit_exact_for_every_pattern() -> None:
+    """The fast bfloat16 -> float32 widening of every tensor read equals torch's conversion bit for bit on all
+    65,536 bfloat16 patterns (NaNs and infinities included), contiguous or not."""
+    from hubguard.weights.tensors import bfloat16_to_float32
+
+    every = torch.arange(-32768, 32768, dtype=torch.int32).to(torch.int16).view(torch.bfloat16)
+    for t in (every, every.reshape(256, 256)[3:200:7, 5:9], every.reshape(16, 4096).t()):
+        got, want = bfloat16_to_float32(t), t.to(torch.float32)
+        assert got.shape == want.shape and got.dtype == torch.float32
+        assert torch.equal(got.view(torch.int32), want.contiguous().view(torch.int32))
+
+
+@pytest.mark.parametrize(("text", "why"), [
+    ('{"a": 1, "a": 2}', "appears twice"),
+    ('{"v": {"x": [1, {"x": 1, "y": 2, "x": 3}]}}', "'x' appears twice"),  # nested objects too
+    ('{"n": ' + "9" * 41 + "}", "a number of 41 characters"),
+    ('{"n": [1, -' + "1" * 5000 + "]}", "a number of 5001 characters"),
+    ('{"n": 0.' + "5" * 45 + "}", "a number of 47 characters"),
+    ('{"n": 1e999}', "overflows"),
+    ('{"n": NaN}', "non-JSON constant"),
+    ("[" * 65 + "]" * 65, "nests deeper than 64"),
+    ('{"a": 1', "not valid JSON"),
+])
+def test_untrusted_json_is_refused_with_the_reason(text, why) -> None:
+    from hubguard.utils.jsonsafe import loads_untrusted
+
+    with pytest.raises(errors.CorruptCheckpointError, match=why):
+        loads_untrusted(text, what="the file", error=errors.CorruptCheckpointError, max_bytes=1 << 20)
+
+
+def test_untrusted_json_keeps_what_strings_hold() -> None:
+    """Digits, brackets and keys inside strings are text: a 60-digit token, '[[[[' and a key that equals
+    another object's key all parse."""
+    from hubguard.utils.jsonsafe import loads_untrusted
+
+    text = json.dumps({"vocab": {"1" * 60: 0, "[[[[" * 40: 1, 'a"b': 2}, "other": {"vocab": 3}, "ints": [12345678901234567890]})
+    assert loads_untrusted(text, what="t", error=errors.CorruptCheckpointError, max_bytes=1 << 20) == json.loads(text)

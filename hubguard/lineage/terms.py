@@ -166,9 +166,24 @@ def remove_shared_function(m: "torch.Tensor", *, rank: int = SHARED_RANK) -> "to
     """
     if rank <= 0:
         return m
-    u, s, vh = _svd(m, what="a term", double=False)  # float32: the leading components are well resolved
-    lead = (u[..., :rank] * s[..., None, :rank]) @ vh[..., :rank, :]
-    return (m.double() - lead.double()).to(m.dtype)
+    vecs = right_singular_vectors(m.float(), what="a term")  # float32: the leading components are well resolved
+    lead = vecs[..., max(vecs.shape[-1] - rank, 0) :]  # [.., n, k]
+    return (m.double() - ((m.float() @ lead) @ lead.transpose(-1, -2)).double()).to(m.dtype)  # M − M V_k V_kᵀ
+
+
+def right_singular_vectors(m: "torch.Tensor", *, what: str) -> "torch.Tensor":
+    """The right singular vectors of each matrix m [.., r, c], by ascending singular value: the eigenvectors of
+    mᵀm (the leading ones — all the callers use — as accurate as an SVD's, at about half its CPU). Non-finite
+    input or a failed decomposition is a FingerprintError (the weights are degenerate)."""
+    import torch
+
+    gram = m.transpose(-1, -2) @ m
+    if not bool(torch.isfinite(gram).all()):
+        raise FingerprintError(f"{what} came out Inf or NaN in float32: the weights hold values too large to compute with")
+    try:
+        return torch.linalg.eigh(gram)[1]
+    except torch.linalg.LinAlgError as err:
+        raise FingerprintError(f"the decomposition of {what} failed ({str(err)[:120]}): the weights are degenerate") from None
 
 
 def standardise(m: "torch.Tensor") -> "torch.Tensor":

@@ -26,7 +26,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
-from hubguard.errors import FingerprintError
+from hubguard.lineage.terms import right_singular_vectors
 from hubguard.lineage.tokens import load_token_set
 
 if TYPE_CHECKING:
@@ -61,20 +61,6 @@ def _per_head(t: "torch.Tensor", heads: int) -> "torch.Tensor":
     return t if t.shape[0] == heads else t.repeat_interleave(heads // t.shape[0], dim=0)
 
 
-def _right_singular_vectors(core: "torch.Tensor") -> "torch.Tensor":
-    """The right singular vectors of each [c, c] core, by ascending singular value (the eigenvectors of coreᵀ
-    core: the leading ones are all that is used, and they are as accurate as an SVD's at half its cost)."""
-    import torch
-
-    gram = core.transpose(-1, -2) @ core
-    if not bool(torch.isfinite(gram).all()):
-        raise FingerprintError("a head term came out Inf or NaN in float32: the weights hold values too large to compute with")
-    try:
-        return torch.linalg.eigh(gram)[1]
-    except torch.linalg.LinAlgError as err:
-        raise FingerprintError(f"the decomposition of a head term failed ({str(err)[:120]}): the weights are degenerate") from None
-
-
 def factor_sketches(a: "torch.Tensor", b: "torch.Tensor", *, grid: "torch.Tensor",
                     shared_rank: int = HEAD_SHARED_RANK) -> "torch.Tensor":
     """Sketches of M_h = a_h b_hᵀ, standardised. a, b: [H, n, c], or one of them [G, n, c], one per KV group
@@ -86,7 +72,7 @@ def factor_sketches(a: "torch.Tensor", b: "torch.Tensor", *, grid: "torch.Tensor
     qa, ra = (_per_head(t, heads) for t in torch.linalg.qr(a.float()))  # [H, n, c'], [H, c', c']
     qb, rb = (_per_head(t, heads) for t in torch.linalg.qr(b.float()))  # a KV group's factor decomposed once
     core = ra @ rb.transpose(-1, -2)  # M_h = qa core qbᵀ, core [H, c', c']
-    vecs = _right_singular_vectors(core)  # [H, c', c'], ascending singular values
+    vecs = right_singular_vectors(core, what="a head term")  # [H, c', c'], ascending singular values
     lead = vecs[..., max(vecs.shape[-1] - shared_rank, 0) :]  # [H, c', k]: the leading ones
     u = qa @ (core - (core @ lead) @ lead.transpose(-1, -2))  # the shared function removed: M'_h = u vᵀ, [H, n, c']
     v = qb

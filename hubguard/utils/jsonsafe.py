@@ -23,18 +23,14 @@ class _Reject(Exception):
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise _Reject(f"the key {key[:80]!r} appears twice in one object")
-        out[key] = value
+    out = dict(pairs)
+    if len(out) != len(pairs):  # some key came twice: name it
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _Reject(f"the key {key[:80]!r} appears twice in one object")
+            seen.add(key)
     return out
-
-
-def _int(text: str) -> int:
-    if len(text) > MAX_NUMBER_CHARS:
-        raise _Reject(f"an integer of {len(text)} digits")
-    return int(text)
 
 
 def _float(text: str) -> float:
@@ -52,13 +48,22 @@ def _constant(text: str) -> Any:
 
 _STRINGS = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
 _BRACKETS = re.compile(r"[\[\]{}]")
+_LONG_NUMBER = re.compile(rf"[-+0-9.eE]{{{MAX_NUMBER_CHARS + 1},}}")  # outside strings only numbers have these runs
 
 
-def _depth(text: str, limit: int) -> int:
-    """Nesting depth of JSON text (strings skipped; exact for valid JSON), scanned before parsing, so a bomb is
-    refused before the parser recurses into it. Stops once `limit` is passed."""
+def _long_number(bare: str) -> None:
+    """Refuse a number longer than MAX_NUMBER_CHARS in JSON text with its strings removed (so the C parser reads
+    every integer, and no 5,000-digit one reaches int())."""
+    found = _LONG_NUMBER.search(bare)
+    if found:
+        raise _Reject(f"a number of {len(found.group())} characters")
+
+
+def _depth(bare: str, limit: int) -> int:
+    """Nesting depth of JSON text with its strings removed (exact for valid JSON), scanned before parsing, so a
+    bomb is refused before the parser recurses into it. Stops once `limit` is passed."""
     depth = deepest = 0
-    for b in _BRACKETS.findall(_STRINGS.sub("", text)):
+    for b in _BRACKETS.findall(bare):
         if b in "[{":
             depth += 1
             if depth > deepest:
@@ -81,10 +86,11 @@ def loads_untrusted(
         raise error(f"{what} is {size:,} bytes, above the {max_bytes:,}-byte limit.{tail}")
     try:
         text = data.decode("utf-8") if isinstance(data, bytes) else data
-        if _depth(text, max_depth) > max_depth:
+        bare = _STRINGS.sub("", text)
+        if _depth(bare, max_depth) > max_depth:
             raise error(f"{what} nests deeper than {max_depth} levels.{tail}")
-        value = json.loads(text, object_pairs_hook=_no_duplicates, parse_int=_int, parse_float=_float,
-                           parse_constant=_constant)
+        _long_number(bare)
+        value = json.loads(text, object_pairs_hook=_no_duplicates, parse_float=_float, parse_constant=_constant)
     except _Reject as err:
         raise error(f"{what} is not acceptable JSON: {err}.{tail}") from None
     except RecursionError:
