@@ -180,7 +180,9 @@ def main() -> None:
             rounds["current"].append(time_tree(ROOT, jobs, repeats=args.repeats, out=Path(tmp) / "fp-current"))
         b, c = best_of(rounds["baseline"]), best_of(rounds["current"])
         rows = {name: rows_for(name, b, c, tmp=Path(tmp)) for name in {**models, **checkpoints}}
-    print(json.dumps({"baseline": _commit(args.baseline), "current": _commit("HEAD"), "repeats": args.repeats,
+    dirty = subprocess.run(["git", "status", "--porcelain", "hubguard"], cwd=ROOT, capture_output=True, text=True).stdout
+    print(json.dumps({"baseline": _commit(args.baseline), "current": _commit("HEAD"), "current_dirty": bool(dirty.strip()),
+                      "repeats": args.repeats,
                       "rounds": args.rounds, "threads": 1, "load_avg_1m": round(os.getloadavg()[0], 2),
                       "cpu_cores": os.cpu_count(), "models": rows}, indent=2))
 

@@ -69,14 +69,13 @@ def factor_sketches(a: "torch.Tensor", b: "torch.Tensor", *, grid: "torch.Tensor
     import torch
 
     heads = max(a.shape[0], b.shape[0])
-    qa, ra = (_per_head(t, heads) for t in torch.linalg.qr(a.float()))  # [H, n, c'], [H, c', c']
-    qb, rb = (_per_head(t, heads) for t in torch.linalg.qr(b.float()))  # a KV group's factor decomposed once
-    core = ra @ rb.transpose(-1, -2)  # M_h = qa core qbᵀ, core [H, c', c']
-    vecs = right_singular_vectors(core, what="a head term")  # [H, c', c'], ascending singular values
+    qb, rb = (_per_head(t, heads) for t in torch.linalg.qr(b.float()))  # [H, n, c'], [H, c', c']; a group's once
+    d = _per_head(a.float(), heads) @ rb.transpose(-1, -2)  # M_h = d qbᵀ, d [H, n, c']
+    vecs = right_singular_vectors(d, what="a head term")  # [H, c', c'], ascending singular values
     lead = vecs[..., max(vecs.shape[-1] - shared_rank, 0) :]  # [H, c', k]: the leading ones
-    u = qa @ (core - (core @ lead) @ lead.transpose(-1, -2))  # the shared function removed: M'_h = u vᵀ, [H, n, c']
+    u = d - (d @ lead) @ lead.transpose(-1, -2)  # the shared function removed: M'_h = u vᵀ, [H, n, c']
     v = qb
-    n = qa.shape[1]
+    n = qb.shape[1]
     diag = (u * v).sum(dim=-1)  # [H, n]: M'_h[i, i]
     mean = ((u.sum(dim=1) * v.sum(dim=1)).sum(dim=-1) - diag.sum(dim=-1)) / max(n * n - n, 1)  # off-diagonal mean
     out = []
