@@ -276,3 +276,24 @@ def test_a_single_file_is_what_was_named(tmp_path) -> None:
     folder = _touch(tmp_path / "m", "model.safetensors", "model.zz.safetensors")
     layout = weight_files(store=LocalStore(folder / "model.zz.safetensors"))
     assert layout.files == ("model.zz.safetensors",) and not layout.shadow
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_row_reads_equal_the_full_tensor_rows(tmp_path, dtype) -> None:
+    """get_rows returns exactly the requested rows of the tensor, in the requested order: a contiguous run (handed
+    back as one view of its read buffer), runs split by a gap, repeats, reversed order, a single row."""
+    from safetensors.torch import save_file
+
+    from hubguard.weights.safetensors import SafetensorsCheckpoint
+    from hubguard.weights.store import LocalStore
+
+    full = torch.randn(300, 24, generator=torch.Generator().manual_seed(0)).to(dtype)
+    save_file({"w": full}, str(tmp_path / "model.safetensors"))
+    ckpt = SafetensorsCheckpoint(store=LocalStore(tmp_path), files=["model.safetensors"])
+    for rows in (list(range(40, 140)), [0, 1, 2, 250, 251], [5, 5, 6], list(range(99, 9, -1)), [299], list(range(300))):
+        got = ckpt.get_rows("w", rows)
+        assert got.dtype == torch.float32 and got.shape == (len(rows), 24)
+        assert torch.equal(got, full.to(torch.float32)[rows]), rows
+    run = ckpt.get_rows("w", list(range(40, 140)))
+    run.mul_(0)  # the caller owns what it gets: a later read is unaffected
+    assert torch.equal(ckpt.get_rows("w", list(range(40, 140))), full.to(torch.float32)[40:140])

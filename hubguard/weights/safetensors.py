@@ -115,6 +115,8 @@ class SafetensorsCheckpoint(TensorSource):
             as transformers loads shards). Default: what `hubguard.weights.files.weight_files` decides.
     """
 
+    rows_are_fresh = True  # every row block is decoded from bytes read for that call
+
     def __init__(self, *, store: ByteStore, files: Sequence[str] | None = None) -> None:
         self.store = store
         self.name = store.name

@@ -102,11 +102,27 @@ def check_finite(name: str, t: "torch.Tensor") -> "torch.Tensor":
     return t
 
 
+def consecutive_rows(picked: "list[torch.Tensor]") -> "torch.Tensor | None":
+    """The row tensors as one [k, ...] view when they are consecutive rows of one buffer (one read span, rows in
+    order: a head slice, a contiguous window), else None (the caller stacks a copy)."""
+    first = picked[0]
+    if not first.is_contiguous():
+        return None
+    step, storage = first.numel() * first.element_size(), first.untyped_storage().data_ptr()
+    for i, p in enumerate(picked):
+        if p.data_ptr() != first.data_ptr() + i * step or p.untyped_storage().data_ptr() != storage or not p.is_contiguous():
+            return None
+    return first.as_strided((len(picked), *first.shape), (first.numel(), *first.stride()), first.storage_offset())
+
+
 class TensorSource:
     """The interface lineage reads weights through. Subclasses fill `_infos` (or override `names`/`info`) and
     implement `_read_many`/`_read_rows`; `get`, `get_many`, `get_rows` and the byte counts are shared."""
 
     name: str  # where the tensors are, for messages
+    # True when `_read_rows` returns views of buffers made for that call alone (no cache or loaded state holds
+    # them), so `get_rows` may hand consecutive rows back as one view of that buffer instead of a stacked copy.
+    rows_are_fresh: bool = False
     metadata: dict[str, str]
     _infos: dict[str, TensorInfo]
 
@@ -174,4 +190,6 @@ class TensorSource:
         if not rows:
             return torch.zeros((0, *info.shape[1:]))
         by_row = self._read_rows(name, sorted(set(rows)), max_gap=max_gap)
-        return check_finite(name, torch.stack([by_row[r] for r in rows]))
+        picked = [by_row[r] for r in rows]
+        block = consecutive_rows(picked) if self.rows_are_fresh else None
+        return check_finite(name, block if block is not None else torch.stack(picked))
