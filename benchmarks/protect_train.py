@@ -33,6 +33,9 @@ class Recipe:
     trap_budget: float = 0.5  # Trap² steps as a fraction of the plain run's steps
     weight: str = "inv"
     tolerance: float = 1.0  # validation accuracy points at s = 1 the kept checkpoint may lose
+    # validation accuracy points the kept checkpoint's trap score must gain over the plain update's, or the plain
+    # update is kept (ProtectConfig.min_trap_gain; benchmarks/README.md says how this value was chosen)
+    min_trap_gain: float = 5.0
     evals: int = 5
     eval_from: float = 0.5
     probe_val: int = 200  # validation examples scoring the probe scales
@@ -41,6 +44,7 @@ class Recipe:
     probe_scales: tuple[float, ...] = (0.3, 0.6, 1.5)
     exclude: tuple[float, float] = (0.95, 1.05)
     scale_min: float = 0.05
+    scale_max: float = 2.0
     # hubguard's variants (ProtectConfig, hubguard.protect.variants): off in the Trap² recipe
     distill: float = 0.0
     refit_steps: int = 0
@@ -121,7 +125,7 @@ def protect_config(recipe: Recipe, *, steps: int, n_classes: int, seed: int) -> 
         max_steps=steps, selection="trap", lr_schedule="linear", standalone_tolerance=recipe.tolerance,
         tolerance_reference="start", probe_scales=recipe.probe_scales, eval_every=every, eval_start=start,
         project_conflicts=recipe.project_conflicts, cap_per_example=True, exclude=recipe.exclude,
-        scale_min=recipe.scale_min,
+        scale_min=recipe.scale_min, scale_max=recipe.scale_max, min_trap_gain=recipe.min_trap_gain,
         distill=recipe.distill, refit_steps=recipe.refit_steps, refit_lr=recipe.refit_lr,
         refit_every=recipe.refit_every, interference=recipe.interference,
         interference_weight=recipe.interference_weight, lam_control=recipe.lam_control,
