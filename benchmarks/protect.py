@@ -27,8 +27,9 @@ change is resolved to about ±1 point per seed (paired); the other tasks use --o
     python benchmarks/protect.py --mode lora --seeds 0,1,2,3,4    # the committed runs (resumable)
     python benchmarks/protect.py --mode lora --aggregate          # re-aggregate the seed files only
 
-TUNING (seed 0, code_language, the probe runs quoted in protect_probe.py's docstring) and the numbers of every
-committed run are in benchmarks/README.md, generated from the JSON.
+TUNING (the Trap² recipe, protect_train.Recipe: "recipe 2", chosen on quick seed 0 by protect_probe.py --quick runs
+recorded in results/protect_probe.json) and the numbers of every committed run are in benchmarks/README.md, generated
+from the JSON; recipe 1's quick seeds are kept as results/protect_lora_r1_quick*.json.
 """
 
 from __future__ import annotations
@@ -60,7 +61,8 @@ TASKS = ("man_section", "man_language", "code_language", "python_package")
 CORE = ("task_arithmetic", "ties", "dare_ties")
 DESIGN_ATTACKS = (*CORE, "realign", "kept_at_1", "refinetune")
 # --quick's attacks unless --attacks is given: the targets' merges, realign and the re-fine-tune. A quick seed with
-# them took 701-812 CPU seconds on one thread (protect_lora_quick_seed0-3.json, cpu_seconds); each attack costs
+# them took 384-506 CPU seconds on one thread with recipe 2 (protect_lora_quick_seed0-4.json, cpu_seconds; recipe 1:
+# 693-812, protect_lora_r1_quick_seed0-4.json); each attack costs
 # ~20 CPU s per protection (cpu_seconds per attack), so all eleven (and two_protected's second Trap² run) would not
 # fit in 15 minutes.
 QUICK_ATTACKS = (*CORE, "realign", "refinetune")

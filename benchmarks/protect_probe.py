@@ -3,9 +3,10 @@ object of protect_train.Recipe overrides) continuing it, with the test accuracy 
 
     python benchmarks/protect_probe.py code_language 1 '{"lam": 2.0}' '{"distill": 1.0}'
     python benchmarks/protect_probe.py code_language 0 --mode full '{"trap_lr": 1e-4}'   # full fine-tuning
+    python benchmarks/protect_probe.py code_language 0 --quick '{"trap_lr": 6e-3}'      # protect.py --quick's sizes
 
-Each run is added to benchmarks/results/protect_probe.json under "<task>/seed<k>[/full]/<variant>" (the plain update
-under "<task>/seed<k>[/full]/plain"): steps, seconds, the validation checkpoints (step, s = 1 score, probe score), the kept one,
+Each run is added to benchmarks/results/protect_probe.json under "<task>/seed<k>[/full][/quick]/<variant>" (the plain update
+under "<task>/seed<k>[/full][/quick]/plain"): steps, seconds, the validation checkpoints (step, s = 1 score, probe score), the kept one,
 and the test sweep. The recipe choices of protect.py cite these runs.
 """
 
@@ -45,20 +46,24 @@ def record(key: str, value: dict) -> None:
 
 def main(argv: list[str]) -> None:
     task, seed, rest = argv[0], int(argv[1]), argv[2:]
-    mode = "lora"
-    if rest[:1] == ["--mode"]:
-        mode, rest = rest[1], rest[2:]
+    mode, quick = "lora", False
+    while rest[:1] in (["--mode"], ["--quick"]):
+        if rest[0] == "--quick":
+            quick, rest = True, rest[1:]
+        else:
+            mode, rest = rest[1], rest[2:]
     variants = [json.loads(v) for v in rest]
     torch.set_num_threads(1)
     import transformers
 
     transformers.utils.logging.set_verbosity_error()
-    s = Setting(names=[task], n_train=1200, n_val=600, n_test=1500)
+    n_train, n_val, n_test = (600, 300, 500) if quick else (1200, 600, 1500)  # protect.py's sizes
+    s = Setting(names=[task], n_train=n_train, n_val=n_val, n_test=n_test)
     from protect import MODE_RECIPES
 
     base_recipe = MODE_RECIPES[mode] if mode in MODE_RECIPES else Recipe(mode=mode)
     plain = train_plain(s, task, recipe=base_recipe, seed=seed)
-    prefix = f"{task}/seed{seed}" + ("" if mode == "lora" else f"/{mode}")
+    prefix = f"{task}/seed{seed}" + ("" if mode == "lora" else f"/{mode}") + ("/quick" if quick else "")
     record(f"{prefix}/plain", {"steps": plain.result.steps, "seconds": plain.seconds, "val": plain.result.selected,
                                "sweep": sweep(s, plain.state, task),
                                "zero_shot": round(s.accuracy(s.base, task, "test"), 2)})
@@ -69,6 +74,7 @@ def main(argv: list[str]) -> None:
         hist = [[r["step"], round(r["val_standalone"], 2), round(r["val_trap"], 2)] for r in prot.result.history
                 if "val_trap" in r]
         out = {"variant": v, "steps": prot.result.steps, "seconds": time.perf_counter() - t0,
+               "cpu_seconds": prot.seconds, "time_ratio": (plain.seconds + prot.seconds) / plain.seconds,
                "kept": prot.result.selected, "validation": hist, "sweep": sweep(s, prot.state, task)}
         record(f"{prefix}/{json.dumps(v, sort_keys=True)}", out)
         print(prefix, json.dumps(v), out["kept"]["step"], hist, out["sweep"], flush=True)

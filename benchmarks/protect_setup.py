@@ -71,9 +71,9 @@ class Split:
         return len(self.labels)
 
     def batches(self, size: int, *, task: str, limit: int | None = None) -> list[dict[str, Any]]:
-        n = len(self) if limit is None else min(limit, len(self))
-        return [{"hidden": self.hidden[i : i + size], "attention_mask": self.mask[i : i + size],
-                 "labels": self.labels[i : i + size], "task": task} for i in range(0, n, size)]
+        n = len(self) if limit is None else min(limit, len(self))  # the last batch stops at n, not at i + size
+        return [{"hidden": self.hidden[i : min(i + size, n)], "attention_mask": self.mask[i : min(i + size, n)],
+                 "labels": self.labels[i : min(i + size, n)], "task": task} for i in range(0, n, size)]
 
 
 class Setting:

@@ -21,7 +21,8 @@ from hubguard.protect.trainer import ProtectResult, train_protected
 
 @dataclass(frozen=True)
 class Recipe:
-    """Hyperparameters of the plain updates and of the protection phase (see benchmarks/protect.py, TUNING)."""
+    """Hyperparameters of the plain updates and of the protection phase: "recipe 2" of benchmarks/README.md, tuned on
+    LoRA quick seed 0 (protect_probe.json, "code_language/seed0/quick/..."); full fine-tuning inherits it untuned."""
 
     mode: str = "lora"
     lr: float = 3e-3  # plain updates (full fine-tuning: its own rate, see protect.py)
@@ -29,20 +30,25 @@ class Recipe:
     batch_size: int = 16
     lora_r: int = 16
     lam: float = 1.0
-    trap_lr: float = 4e-3
+    trap_lr: float = 6e-3
     trap_budget: float = 0.5  # Trap² steps as a fraction of the plain run's steps
     weight: str = "inv"
     tolerance: float = 1.0  # validation accuracy points at s = 1 the kept checkpoint may lose
-    evals: int = 5
+    # validation accuracy points the kept checkpoint's trap score must gain over the plain update's, or the plain
+    # update is kept (ProtectConfig.min_trap_gain; benchmarks/README.md says how this value was chosen)
+    min_trap_gain: float = 5.0
+    evals: int = 3
     eval_from: float = 0.5
-    probe_val: int = 200  # validation examples scoring the probe scales
+    probe_val: int = 128  # validation examples scoring the probe scales
     cap_factor: float = 1.0  # x log(classes), on each example's maximised loss
     project_conflicts: bool = True
-    probe_scales: tuple[float, ...] = (0.3, 0.6, 1.5)
+    probe_scales: tuple[float, ...] = (0.3, 0.6)  # the attacker's coefficients below 1 (README, recipe 2)
     exclude: tuple[float, float] = (0.95, 1.05)
-    scale_min: float = 0.05
-    # hubguard's variants (ProtectConfig, hubguard.protect.variants): off in the Trap² recipe
-    distill: float = 0.0
+    scale_min: float = 0.2  # s ~ U[0.2, 1.3]: the attacker's range, not [0.05, 2] (README, recipe 2)
+    scale_max: float = 1.3
+    # hubguard's variants (ProtectConfig, hubguard.protect.variants): distill on in the Trap² recipe (recipe 2:
+    # it kept the standalone accuracy the focused scale range cost; README), the others off
+    distill: float = 1.0
     refit_steps: int = 0
     refit_lr: float = 1e-3
     refit_every: int = 10
@@ -121,7 +127,7 @@ def protect_config(recipe: Recipe, *, steps: int, n_classes: int, seed: int) -> 
         max_steps=steps, selection="trap", lr_schedule="linear", standalone_tolerance=recipe.tolerance,
         tolerance_reference="start", probe_scales=recipe.probe_scales, eval_every=every, eval_start=start,
         project_conflicts=recipe.project_conflicts, cap_per_example=True, exclude=recipe.exclude,
-        scale_min=recipe.scale_min,
+        scale_min=recipe.scale_min, scale_max=recipe.scale_max, min_trap_gain=recipe.min_trap_gain,
         distill=recipe.distill, refit_steps=recipe.refit_steps, refit_lr=recipe.refit_lr,
         refit_every=recipe.refit_every, interference=recipe.interference,
         interference_weight=recipe.interference_weight, lam_control=recipe.lam_control,

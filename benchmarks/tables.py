@@ -410,6 +410,8 @@ TABLES: dict[str, tuple[str, Callable[[Any], str]]] = {
     "protect-lora-attacks": ("protect_lora", protect_attacks),
     "protect-lora-quick-targets": ("protect_lora_quick", protect_targets),
     "protect-lora-quick-attacks": ("protect_lora_quick", protect_attacks),
+    "protect-lora-r1-quick-targets": ("protect_lora_r1_quick", protect_targets),
+    "protect-lora-r1-quick-attacks": ("protect_lora_r1_quick", protect_attacks),
     "protect-full-targets": ("protect_full", protect_targets),
     "protect-full-attacks": ("protect_full", protect_attacks),
     "protect-llm-targets": ("protect_llm", protect_targets),

@@ -895,3 +895,70 @@ def test_projection_leaves_the_distill_term_unprojected(tiny):
     coef = dot / norm2 if dot < 0 else 0.0
     for g, a, b, c in zip(got, g_task, g_trap, g_kl, strict=True):
         assert torch.allclose(g, a + b - coef * a + c, atol=1e-6)
+
+
+def test_selector_leaves_the_start_only_for_a_checkpoint_that_gains_min_trap_gain():
+    from hubguard.protect.selection import Candidate, TrapSelector
+
+    def run(min_gain: float, cands: list[tuple[int, float, float]]) -> tuple[TrapSelector, Candidate | None]:
+        sel = TrapSelector(1.0, from_start=True, min_gain=min_gain)
+        for step, one, trap in cands:
+            sel.add(Candidate(step, one, trap, {"step": step}))
+        return sel, sel.best()
+
+    # The start (step 0), a checkpoint that dominates it by noise (better at s = 1, trap 1 point lower), one that
+    # gains 4 points and one that gains 20 but is outside the tolerance.
+    cands = [(0, 80.0, 80.0), (10, 80.5, 79.0), (20, 79.2, 76.0), (30, 78.0, 60.0)]
+    sel, best = run(0.0, cands)
+    assert best.step == 20 and sel.describe(best)["trap_gain"] == pytest.approx(4.0)
+    sel, best = run(5.0, cands)  # nothing within tolerance gains 5: the start is kept, though it left the front
+    assert best.step == 0 and all(c.step != 0 for c in sel.front)
+    assert sel.describe(best) | {"min_trap_gain": 5.0} == sel.describe(best)
+    assert "2 checkpoint(s) stayed within 1.0" in sel.why_start() and "min_trap_gain = 5.0" in sel.why_start()
+    sel, best = run(5.0, [*cands, (40, 79.5, 74.9)])  # gains 5.1 and works: kept
+    assert best.step == 40
+    sel, best = run(5.0, [(0, 80.0, 80.0), (10, 70.0, 50.0)])
+    assert best.step == 0 and sel.why_start().startswith("no Trap² checkpoint stayed within 1.0")
+
+
+def test_min_trap_gain_keeps_the_start_unless_a_checkpoint_is_that_much_more_protected(tiny, trained, caplog):
+    import logging
+
+    plain = copy.deepcopy(trained[0.0][0])
+    before = {n: p.detach().clone() for n, p in plain.named_parameters() if p.requires_grad}
+    cfg = ProtectConfig(lam=0.3, weight="inv", learning_rate=1e-2, max_steps=8, epochs=100, selection="trap",
+                        eval_every=2, standalone_tolerance=0.1, tolerance_reference="start", probe_scales=(0.3, 1.5),
+                        probe_aggregate="mean", early_stopping_patience=30)
+
+    def run(config: ProtectConfig):
+        model = copy.deepcopy(plain)
+        torch.manual_seed(0)
+        res = train_protected(model, train_batches=tiny["train"], val_batches=tiny["val"], config=config)
+        return model, res
+
+    _, free = run(cfg)  # min_trap_gain = 0: the most protected checkpoint within tolerance
+    assert free.selected["step"] > 0 and free.selected["protected"] is True
+    gain = free.selected["trap_gain"]
+    assert gain > 0.1  # nats of validation loss at the probe scales (measured: 0.23)
+    # Asking for a little less than that keeps the same checkpoint; asking for more keeps the start, and says why.
+    _, under = run(cfg.replace(min_trap_gain=gain - 0.01))
+    assert under.selected["step"] == free.selected["step"] and under.selected["trap_gain"] >= gain - 0.01
+    with caplog.at_level(logging.WARNING, logger="hubguard"):
+        model, over = run(cfg.replace(min_trap_gain=gain + 0.01))
+    assert over.selected["step"] == 0 and over.selected["protected"] is False
+    assert over.selected["trap_gain"] == 0.0 and over.selected["min_trap_gain"] == pytest.approx(gain + 0.01)
+    assert "NOT protected" in caplog.text and "min_trap_gain" in caplog.text
+    assert over.steps == free.steps  # the rule only changes what is kept, not the training
+    for n, p in model.named_parameters():
+        if n in before:
+            assert torch.equal(p, before[n])
+
+
+@pytest.mark.parametrize(("bad", "message"), [
+    ({"min_trap_gain": -1.0, "selection": "trap"}, "min_trap_gain must be a finite number >= 0"),
+    ({"min_trap_gain": float("nan"), "selection": "trap"}, "min_trap_gain must be a finite number >= 0"),
+    ({"min_trap_gain": 2.0}, "min_trap_gain is a rule of selection='trap'"),
+])
+def test_bad_min_trap_gain_says_what_to_set(bad, message):
+    with pytest.raises(ProtectionError, match=message):
+        ProtectConfig(**bad)

@@ -8,6 +8,7 @@ setting for vision LoRA, vision full fine-tuning and LLM LoRA. `to_dict()` is wh
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -99,6 +100,12 @@ class ProtectConfig:
     # validation score's units (e.g. the base model's accuracy: merges at the probe scales then do no better than
     # the base; with the loss, minus the base's loss). None: train to max_steps / epochs.
     trap_target: float | None = None
+    # selection="trap": a checkpoint replaces the starting state only if its trap score is at least this much lower
+    # than the start's (validation score units, like standalone_tolerance: accuracy points with a score function,
+    # nats with the loss), as well as within tolerance; otherwise the start is kept and the result says so
+    # (`selected["protected"]` False, `selected["trap_gain"]`). A small validation set's scores move by a few
+    # points from step to step with no trap at all; 0 (the default) takes any lower trap score.
+    min_trap_gain: float = 0.0
     # hubguard's designs beyond the paper (hubguard.protect.variants; all off by default):
     distill: float = 0.0  # weight of KL(start update's outputs ‖ outputs) at s = 1 in the standalone term
     refit_steps: int = 0  # sign-gradient steps of a simulated re-fine-tune; the trap is trained at W0 + s(ΔW + δ)
@@ -145,6 +152,11 @@ class ProtectConfig:
             problems.append(f"probe_aggregate must be 'max' or 'mean', got {self.probe_aggregate!r}")
         if self.trap_target is not None and self.selection != "trap":
             problems.append("trap_target stops at a protected checkpoint of selection='trap'; set selection='trap'")
+        if not (math.isfinite(self.min_trap_gain) and self.min_trap_gain >= 0):
+            problems.append(f"min_trap_gain must be a finite number >= 0 (0: any gain), got {self.min_trap_gain}")
+        elif self.min_trap_gain > 0 and self.selection != "trap":
+            problems.append("min_trap_gain is a rule of selection='trap' (the kept checkpoint's gain over the start); "
+                            "set selection='trap' or min_trap_gain=0")
         if self.standalone_tolerance < 0:
             problems.append(f"standalone_tolerance must be >= 0, got {self.standalone_tolerance}")
         if not self.probe_scales or any(x < 0 or abs(x - 1.0) < 1e-9 for x in self.probe_scales):

@@ -1,5 +1,6 @@
 """Which validation checkpoint a Trap² run keeps (`ProtectConfig.selection="trap"`): the Pareto front of
-(standalone score high, trap score low), and the most protected checkpoint within tolerance of the reference."""
+(standalone score high, trap score low), and the most protected checkpoint within tolerance of the reference that
+is also at least `min_gain` more protected than the starting state; otherwise the starting state itself."""
 
 from __future__ import annotations
 
@@ -12,30 +13,65 @@ from typing import Any
 class Candidate:
     step: int
     standalone: float  # validation score at s = 1 (higher is better)
-    trap: float  # mean validation score at the probe scales (lower is more protected)
+    trap: float  # validation score at the probe scales, aggregated (lower is more protected)
     state: dict[str, Any]
 
 
 class TrapSelector:
-    """Keeps the Pareto front of (standalone high, trap low) checkpoints; picks the most protected one whose
-    standalone score is within `tolerance` of the reference: the best standalone score seen, or with
-    `from_start` the first candidate's (the starting state)."""
+    """Keeps the Pareto front of (standalone high, trap low) checkpoints and the first candidate (the starting
+    state); picks the most protected one whose standalone score is within `tolerance` of the reference (the best
+    standalone score seen, or with `from_start` the starting state's) and whose trap score is at least `min_gain`
+    below the starting state's. The starting state needs no gain: it is what is kept when nothing qualifies."""
 
-    def __init__(self, tolerance: float, *, from_start: bool = False) -> None:
+    def __init__(self, tolerance: float, *, from_start: bool = False, min_gain: float = 0.0) -> None:
         self.tolerance = tolerance
         self.from_start = from_start
+        self.min_gain = min_gain
         self.reference = -math.inf
+        self.start: Candidate | None = None
         self.front: list[Candidate] = []
+        self.within_seen = 0  # candidates after the start that were within tolerance when they were added
 
     def add(self, cand: Candidate) -> bool:
         """Record `cand`; True when it is within tolerance of the reference (the update still works)."""
+        if self.start is None:
+            self.start = cand
         if not self.from_start or self.reference == -math.inf:  # "start": the first candidate fixes it
             self.reference = max(self.reference, cand.standalone)
         if not any(c.standalone >= cand.standalone and c.trap <= cand.trap for c in self.front):
             self.front = [c for c in self.front if not (cand.standalone >= c.standalone and cand.trap <= c.trap)]
             self.front.append(cand)
+        works = self.within(cand)
+        self.within_seen += works and cand is not self.start
+        return works
+
+    def within(self, cand: Candidate) -> bool:
         return cand.standalone >= self.reference - self.tolerance
 
+    def gain(self, cand: Candidate) -> float:
+        """How much lower `cand`'s trap score is than the starting state's (0 for the start itself)."""
+        return 0.0 if self.start is None else self.start.trap - cand.trap
+
+    def gains_enough(self, cand: Candidate) -> bool:
+        return cand is self.start or self.gain(cand) >= self.min_gain - 1e-9
+
     def best(self) -> Candidate | None:
-        ok = [c for c in self.front if c.standalone >= self.reference - self.tolerance]
+        # A dominated candidate gains no more than the one dominating it, so the front suffices, plus the start
+        # (it qualifies without a gain, so a checkpoint that dominates it but gains too little must not hide it).
+        pool = self.front if self.start is None or self.start in self.front else [*self.front, self.start]
+        ok = [c for c in pool if self.within(c) and self.gains_enough(c)]
         return min(ok, key=lambda c: (c.trap, -c.standalone)) if ok else None
+
+    def describe(self, chosen: Candidate) -> dict[str, Any]:
+        """What `ProtectResult.selected` records of the kept candidate."""
+        return {"step": chosen.step, "standalone": chosen.standalone, "trap": chosen.trap,
+                "reference": self.reference, "tolerance": self.tolerance, "trap_gain": self.gain(chosen),
+                "min_trap_gain": self.min_gain, "start_trap": None if self.start is None else self.start.trap}
+
+    def why_start(self) -> str:
+        """Why the starting state was kept (for the warning)."""
+        if self.within_seen:
+            return (f"{self.within_seen} checkpoint(s) stayed within {self.tolerance} of the reference at s = 1, but "
+                    f"none was at least min_trap_gain = {self.min_gain} more protected at the probe scales than the "
+                    "start")
+        return f"no Trap² checkpoint stayed within {self.tolerance} of the reference at s = 1"

@@ -43,9 +43,10 @@ class ProtectResult:
 
     `selected` describes the kept checkpoint: its step, its validation score at s = 1 (`standalone`) and,
     with `selection="trap"`, its score at the probe scales (`trap`, aggregated by `config.probe_aggregate`),
-    the s = 1 reference it had to stay within tolerance of, `protected` (False when the starting update itself
-    was kept: no Trap² checkpoint stayed within tolerance of it; a warning is logged) and, with
-    `config.trap_target`, `target_reached`. Scores are "higher is better" (the negative loss when no score
+    the s = 1 reference it had to stay within tolerance of, `trap_gain` (how much lower its trap score is than the
+    starting state's) and `min_trap_gain`, `protected` (False when the starting update itself was kept: no Trap²
+    checkpoint stayed within tolerance of it with a trap gain of at least `config.min_trap_gain`; a warning
+    says which) and, with `config.trap_target`, `target_reached`. Scores are "higher is better" (the negative loss when no score
     function).
     """
 
@@ -55,7 +56,7 @@ class ProtectResult:
     stopped_early: bool
     seconds: float
     history: tuple[dict[str, float], ...]
-    selected: dict[str, float] | None = None
+    selected: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -171,8 +172,8 @@ class _Keeper:
     def __init__(self, model: torch.nn.Module, *, config: ProtectConfig, validation: _Validation) -> None:
         self.model, self.config, self.validation = model, config, validation
         self.names = {n for n, p in model.named_parameters() if p.requires_grad}
-        self.selector = (TrapSelector(config.standalone_tolerance, from_start=config.tolerance_reference == "start")
-                         if config.selection == "trap" else None)
+        self.selector = (TrapSelector(config.standalone_tolerance, from_start=config.tolerance_reference == "start",
+                                      min_gain=config.min_trap_gain) if config.selection == "trap" else None)
         self.best = math.inf
         self.best_state: dict[str, torch.Tensor] | None = None
         self.bad_evals = 0
@@ -197,9 +198,10 @@ class _Keeper:
         if self.selector is not None:
             at_one, trap = self.validation.with_probes()
             record["val_standalone"], record["val_trap"] = at_one, trap
-            works = self.selector.add(Candidate(step, at_one, trap, self.snapshot()))
+            cand = Candidate(step, at_one, trap, self.snapshot())
+            works = self.selector.add(cand)
             self.bad_evals = 0 if works else self.bad_evals + 1
-            self.reached = self.reached or (works and self._meets_target(trap))
+            self.reached = self.reached or (works and self.selector.gains_enough(cand) and self._meets_target(trap))
             self.stopped = self.bad_evals >= self.config.early_stopping_patience or self.reached
         elif self.validation.available:
             val = -self.validation.at_one()
@@ -211,11 +213,11 @@ class _Keeper:
                 self.bad_evals += 1
                 self.stopped = self.bad_evals >= self.config.early_stopping_patience
 
-    def finish(self, history: list[dict[str, float]], steps: int) -> dict[str, float] | None:
+    def finish(self, history: list[dict[str, float]], steps: int) -> dict[str, Any] | None:
         """Restore the kept state into the model; describe it (ProtectResult.selected)."""
         import torch
 
-        selected: dict[str, float] | None = None
+        selected: dict[str, Any] | None = None
         state = self.best_state
         if self.selector is not None:
             chosen = self.selector.best()
@@ -232,22 +234,19 @@ class _Keeper:
                         p.copy_(state[n])
         return selected
 
-    def _describe(self, chosen: Candidate) -> dict[str, float]:
+    def _describe(self, chosen: Candidate) -> dict[str, Any]:
         assert self.selector is not None
-        # With "start", step 0 is the update you gave: no Trap² checkpoint stayed within tolerance of it.
-        # (Unless the start already met trap_target: then it was protected before training.)
-        trap_kept = not (self.config.tolerance_reference == "start" and chosen.step == 0) or self.reached
-        selected = {"step": chosen.step, "standalone": chosen.standalone, "trap": chosen.trap,
-                    "reference": self.selector.reference, "tolerance": self.config.standalone_tolerance,
-                    "protected": trap_kept}
+        # Step 0 is the state the run started from: no Trap² checkpoint qualified (within tolerance and, with
+        # min_trap_gain, enough more protected). Unless the start already met trap_target: then it was protected.
+        trap_kept = chosen.step != 0 or self.reached
+        selected = {**self.selector.describe(chosen), "protected": trap_kept}
         if self.config.trap_target is not None:
             selected["target_reached"] = self.reached
         if not trap_kept:
             logger.warning(
-                "No Trap² checkpoint stayed within %s of the starting update at s = 1: the kept update is the "
-                "starting one, NOT protected. Raise standalone_tolerance, lower lam or the learning rate, or "
-                "validate on more data (fewer examples make the s = 1 score noisier).",
-                self.config.standalone_tolerance,
+                "%s: the kept update is the starting one, NOT protected. Raise standalone_tolerance, lower "
+                "min_trap_gain, lam or the learning rate, or validate on more data (fewer examples make the "
+                "scores noisier).", self.selector.why_start(),
             )
         return selected
 
