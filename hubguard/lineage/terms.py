@@ -22,7 +22,7 @@ element-wise and is not rotation invariant; it lives in `baselines.py`, not here
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from hubguard.errors import FingerprintError
 
@@ -73,16 +73,23 @@ def decorrelate_tokens(x: "torch.Tensor", *, shrink: float = WHITEN_SHRINK) -> "
     return ((u * (s * (ev + lam).rsqrt())) @ vh).to(x.dtype)
 
 
-def _svd(m: "torch.Tensor", *, what: str, double: bool = True) -> "tuple[torch.Tensor, torch.Tensor, torch.Tensor]":
-    """SVD in float64 (float32 with double=False); non-finite input or a failed decomposition is a FingerprintError (the weights are degenerate)."""
+def _svd(m: "torch.Tensor", *, what: str) -> "tuple[torch.Tensor, torch.Tensor, torch.Tensor]":
+    """SVD in float64 (see `_decompose` for what a degenerate input raises)."""
+    import torch
+
+    return _decompose(lambda t: torch.linalg.svd(t.double(), full_matrices=False), m, what=what, name="SVD")
+
+
+def _decompose(op: Any, m: "torch.Tensor", *, what: str, name: str) -> Any:
+    """op(m); non-finite m or a failed decomposition is a FingerprintError naming `what` (the weights are degenerate)."""
     import torch
 
     if not bool(torch.isfinite(m).all()):
         raise FingerprintError(f"{what} came out Inf or NaN in float32: the weights hold values too large to compute with")
     try:
-        return torch.linalg.svd(m.double() if double else m.float(), full_matrices=False)
+        return op(m)
     except torch.linalg.LinAlgError as err:
-        raise FingerprintError(f"the SVD of {what} failed ({str(err)[:120]}): the weights are degenerate") from None
+        raise FingerprintError(f"the {name} of {what} failed ({str(err)[:120]}): the weights are degenerate") from None
 
 
 def ffn_terms(*, expert: "CanonicalExpert", x: "torch.Tensor", ffn_type: str) -> dict[str, "torch.Tensor"]:
@@ -110,10 +117,16 @@ def distinct_heads(w: "torch.Tensor", *, kv_heads: int) -> "torch.Tensor":
     return first[:, 0] if torch.equal(groups, first.expand_as(groups)) else w
 
 
+def per_head(t: "torch.Tensor", heads: int) -> "torch.Tensor":
+    """t [G, ...] held per KV group, repeated for each of the group's query heads: [heads, ...] (t itself when
+    it already has one entry per head)."""
+    return t if t.shape[0] == heads else t.repeat_interleave(heads // t.shape[0], dim=0)
+
+
 def expand_heads(a: "torch.Tensor", b: "torch.Tensor") -> "tuple[torch.Tensor, torch.Tensor]":
     """Factors (A, B) of `head_factors` with one per query head each: the side held per KV group is repeated."""
     heads = max(a.shape[0], b.shape[0])
-    return a.repeat_interleave(heads // a.shape[0], dim=0), b.repeat_interleave(heads // b.shape[0], dim=0)
+    return per_head(a, heads), per_head(b, heads)
 
 
 def head_factors(layer: "CanonicalLayer", x: "torch.Tensor") -> dict[str, tuple["torch.Tensor", "torch.Tensor"]]:
@@ -166,9 +179,10 @@ def remove_shared_function(m: "torch.Tensor", *, rank: int = SHARED_RANK) -> "to
     """
     if rank <= 0:
         return m
-    vecs = right_singular_vectors(m.float(), what="a term")  # float32: the leading components are well resolved
+    single = m.float()  # float32: the leading components are well resolved
+    vecs = right_singular_vectors(single, what="a term")
     lead = vecs[..., max(vecs.shape[-1] - rank, 0) :]  # [.., n, k]
-    return (m.double() - ((m.float() @ lead) @ lead.transpose(-1, -2)).double()).to(m.dtype)  # M − M V_k V_kᵀ
+    return (m.double() - ((single @ lead) @ lead.transpose(-1, -2)).double()).to(m.dtype)  # M − M V_k V_kᵀ
 
 
 def right_singular_vectors(m: "torch.Tensor", *, what: str) -> "torch.Tensor":
@@ -177,13 +191,7 @@ def right_singular_vectors(m: "torch.Tensor", *, what: str) -> "torch.Tensor":
     input or a failed decomposition is a FingerprintError (the weights are degenerate)."""
     import torch
 
-    gram = m.transpose(-1, -2) @ m
-    if not bool(torch.isfinite(gram).all()):
-        raise FingerprintError(f"{what} came out Inf or NaN in float32: the weights hold values too large to compute with")
-    try:
-        return torch.linalg.eigh(gram)[1]
-    except torch.linalg.LinAlgError as err:
-        raise FingerprintError(f"the decomposition of {what} failed ({str(err)[:120]}): the weights are degenerate") from None
+    return _decompose(lambda g: torch.linalg.eigh(g)[1], m.transpose(-1, -2) @ m, what=what, name="decomposition")
 
 
 def standardise(m: "torch.Tensor") -> "torch.Tensor":

@@ -26,7 +26,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
-from hubguard.lineage.terms import right_singular_vectors
+from hubguard.lineage.terms import per_head, right_singular_vectors
 from hubguard.lineage.tokens import load_token_set
 
 if TYPE_CHECKING:
@@ -56,11 +56,6 @@ def _unit_rms(s: "torch.Tensor") -> "torch.Tensor":
     return (s / rms).float()
 
 
-def _per_head(t: "torch.Tensor", heads: int) -> "torch.Tensor":
-    """t [G, ...] held per KV group, repeated for each of the group's query heads: [heads, ...]."""
-    return t if t.shape[0] == heads else t.repeat_interleave(heads // t.shape[0], dim=0)
-
-
 def factor_sketches(a: "torch.Tensor", b: "torch.Tensor", *, grid: "torch.Tensor",
                     shared_rank: int = HEAD_SHARED_RANK) -> "torch.Tensor":
     """Sketches of M_h = a_h b_hᵀ, standardised. a, b: [H, n, c], or one of them [G, n, c], one per KV group
@@ -69,8 +64,8 @@ def factor_sketches(a: "torch.Tensor", b: "torch.Tensor", *, grid: "torch.Tensor
     import torch
 
     heads = max(a.shape[0], b.shape[0])
-    qb, rb = (_per_head(t, heads) for t in torch.linalg.qr(b.float()))  # [H, n, c'], [H, c', c']; a group's once
-    d = _per_head(a.float(), heads) @ rb.transpose(-1, -2)  # M_h = d qbᵀ, d [H, n, c']
+    qb, rb = (per_head(t, heads) for t in torch.linalg.qr(b.float()))  # [H, n, c'], [H, c', c']; a group's once
+    d = per_head(a.float(), heads) @ rb.transpose(-1, -2)  # M_h = d qbᵀ, d [H, n, c']
     vecs = right_singular_vectors(d, what="a head term")  # [H, c', c'], ascending singular values
     lead = vecs[..., max(vecs.shape[-1] - shared_rank, 0) :]  # [H, c', k]: the leading ones
     u = d - (d @ lead) @ lead.transpose(-1, -2)  # the shared function removed: M'_h = u vᵀ, [H, n, c']

@@ -224,7 +224,7 @@ class LoraOverlay(TensorSource):
             out[n] = w
         return out
 
-    def _read_rows(self, name: str, rows: list[int], *, max_gap: int) -> "dict[int, torch.Tensor]":
+    def _read_rows(self, name: str, rows: list[int], *, max_gap: int) -> "list[tuple[list[int], torch.Tensor]]":
         if name in self._replaced:
             block = self._adapter_tensor(self._replaced[name])[rows]
         else:
@@ -234,4 +234,4 @@ class LoraOverlay(TensorSource):
             a, b = self._adapter_tensor(d.a), self._adapter_tensor(d.b)
             # rows of B·A are B[rows]·A; rows of (B·A)ᵀ are (A[:, rows])ᵀ·Bᵀ
             block = block + d.scale * ((a[:, rows].t() @ b.t()) if d.transpose else (b[rows] @ a))
-        return dict(zip(rows, block))
+        return [(rows, block)]

@@ -98,6 +98,6 @@ class PickleCheckpoint(TensorSource):
     def _read_many(self, names: list[str]) -> "dict[str, torch.Tensor]":
         return {n: self._tensors[n].float() for n in names}
 
-    def _read_rows(self, name: str, rows: list[int], *, max_gap: int) -> "dict[int, torch.Tensor]":
+    def _read_rows(self, name: str, rows: list[int], *, max_gap: int) -> "list[tuple[list[int], torch.Tensor]]":
         block = self._tensors[name][rows].float()
-        return dict(zip(rows, block))
+        return [(rows, block)]

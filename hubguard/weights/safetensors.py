@@ -115,8 +115,6 @@ class SafetensorsCheckpoint(TensorSource):
             as transformers loads shards). Default: what `hubguard.weights.files.weight_files` decides.
     """
 
-    rows_are_fresh = True  # every row block is decoded from bytes read for that call
-
     def __init__(self, *, store: ByteStore, files: Sequence[str] | None = None) -> None:
         self.store = store
         self.name = store.name
@@ -148,17 +146,16 @@ class SafetensorsCheckpoint(TensorSource):
                 out[n] = bytes_to_tensor(buf, dtype=i.dtype, shape=i.shape, name=n)
         return out
 
-    def _read_rows(self, name: str, rows: list[int], *, max_gap: int) -> dict[int, "torch.Tensor"]:
+    def _read_rows(self, name: str, rows: list[int], *, max_gap: int) -> "list[tuple[list[int], torch.Tensor]]":
         info = self._infos[name]
         rb = info.row_bytes
         spans = coalesce_ranges([(info.start + r * rb, info.start + (r + 1) * rb) for r in rows], max_gap=max_gap)
         bufs = self.store.read_ranges(info.file, spans)
-        by_row: dict[int, torch.Tensor] = {}
+        blocks = []
         for (s, e), buf in zip(spans, bufs):
             first, count = (s - info.start) // rb, (e - s) // rb
             inside = [r for r in rows if first <= r < first + count]
-            block = bytes_to_tensor(buf, dtype=info.dtype, shape=(count, *info.shape[1:]), name=name,
-                                    rows=[r - first for r in inside])
-            by_row.update(zip(inside, block))
-        return by_row
+            blocks.append((inside, bytes_to_tensor(buf, dtype=info.dtype, shape=(count, *info.shape[1:]), name=name,
+                                                   rows=[r - first for r in inside])))
+        return blocks
 

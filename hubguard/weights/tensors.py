@@ -102,27 +102,11 @@ def check_finite(name: str, t: "torch.Tensor") -> "torch.Tensor":
     return t
 
 
-def consecutive_rows(picked: "list[torch.Tensor]") -> "torch.Tensor | None":
-    """The row tensors as one [k, ...] view when they are consecutive rows of one buffer (one read span, rows in
-    order: a head slice, a contiguous window), else None (the caller stacks a copy)."""
-    first = picked[0]
-    if not first.is_contiguous():
-        return None
-    step, storage = first.numel() * first.element_size(), first.untyped_storage().data_ptr()
-    for i, p in enumerate(picked):
-        if p.data_ptr() != first.data_ptr() + i * step or p.untyped_storage().data_ptr() != storage or not p.is_contiguous():
-            return None
-    return first.as_strided((len(picked), *first.shape), (first.numel(), *first.stride()), first.storage_offset())
-
-
 class TensorSource:
     """The interface lineage reads weights through. Subclasses fill `_infos` (or override `names`/`info`) and
     implement `_read_many`/`_read_rows`; `get`, `get_many`, `get_rows` and the byte counts are shared."""
 
     name: str  # where the tensors are, for messages
-    # True when `_read_rows` returns views of buffers made for that call alone (no cache or loaded state holds
-    # them), so `get_rows` may hand consecutive rows back as one view of that buffer instead of a stacked copy.
-    rows_are_fresh: bool = False
     metadata: dict[str, str]
     _infos: dict[str, TensorInfo]
 
@@ -142,8 +126,9 @@ class TensorSource:
         """Whole tensors (float32, unchecked)."""
         raise NotImplementedError
 
-    def _read_rows(self, name: str, rows: list[int], *, max_gap: int) -> dict[int, "torch.Tensor"]:
-        """The distinct, sorted `rows` of a tensor (float32, unchecked), by row index."""
+    def _read_rows(self, name: str, rows: list[int], *, max_gap: int) -> "list[tuple[list[int], torch.Tensor]]":
+        """The distinct, sorted `rows` of a tensor (float32, unchecked) as blocks made for this call (no cache or
+        loaded state holds them): each the row indices it covers, in order, and their [k, ...] tensor."""
         raise NotImplementedError
 
     # -- shared --------------------------------------------------------------------------------------
@@ -189,7 +174,9 @@ class TensorSource:
             raise MissingTensorError(f"'{name}' has {n_rows} rows; rows {bad[:5]} do not exist.")
         if not rows:
             return torch.zeros((0, *info.shape[1:]))
-        by_row = self._read_rows(name, sorted(set(rows)), max_gap=max_gap)
-        picked = [by_row[r] for r in rows]
-        block = consecutive_rows(picked) if self.rows_are_fresh else None
-        return check_finite(name, block if block is not None else torch.stack(picked))
+        ordered = sorted(set(rows))
+        blocks = self._read_rows(name, ordered, max_gap=max_gap)
+        if len(blocks) == 1 and list(rows) == ordered:  # one read, rows in order: the block as it is, no copy
+            return check_finite(name, blocks[0][1])
+        by_row = {r: row for ids, block in blocks for r, row in zip(ids, block)}
+        return check_finite(name, torch.stack([by_row[r] for r in rows]))
