@@ -23,6 +23,7 @@ from hubguard.protect.objective import (
     backward_projected,
     default_loss,
     mean_loss,
+    per_example_loss,
     snapshot_reference,
     trap2_loss,
 )
@@ -31,6 +32,8 @@ from hubguard.utils import get_logger, progress
 
 if TYPE_CHECKING:
     import torch
+
+    from hubguard.protect.variants import TeacherOutputs
 
 logger = get_logger(__name__)
 
@@ -358,7 +361,12 @@ class _Variants:
                  teacher: dict[str, torch.Tensor] | None) -> None:
         import itertools
 
-        self.model, self.config, self.loss_fn, self.reference, self.teacher = model, config, loss_fn, reference, teacher
+        from hubguard.protect.variants import TeacherOutputs
+
+        self.model, self.config, self.loss_fn, self.reference = model, config, loss_fn, reference
+        # the starting update's outputs, once per distinct batch (trap2_loss's loss_fn when none is given)
+        teacher_loss = loss_fn or (per_example_loss if config.cap_per_example and config.protected else default_loss)
+        self.teacher = None if teacher is None else TeacherOutputs(model, teacher, loss_fn=teacher_loss)
         self._source = itertools.cycle(batches) if config.refit_steps and config.protected else None
         self._shift: dict[str, torch.Tensor] | None = None
         self.lam = config.lam
@@ -389,7 +397,7 @@ class _Variants:
 def _step(model: torch.nn.Module, batch: Any, *, config: ProtectConfig, params: list[torch.nn.Parameter],
           optimizer: torch.optim.Optimizer, scheduler: Any, generator: torch.Generator,
           reference: Mapping[str, torch.Tensor] | None, loss_fn: LossFn | None, step: int,
-          teacher: Mapping[str, torch.Tensor] | None = None,
+          teacher: TeacherOutputs | None = None,
           shift: Mapping[str, torch.Tensor] | None = None, variants: _Variants | None = None) -> dict[str, float]:
     """One optimiser step on the Trap² objective; returns the step's record (losses, scale, λ)."""
     import torch
