@@ -20,20 +20,13 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from tables_format import fmt as _fmt  # noqa: E402
 from tables_protect import PROTECT_TABLES  # noqa: E402 - sibling modules (benchmarks/ is not a package)
 from tables_scan import SCAN_TABLES  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 DOCUMENTS = (ROOT / "README.md", ROOT / "benchmarks" / "README.md")
-
-
-def _fmt(x: Any, nd: int = 1) -> str:
-    if x is None:
-        return "–"
-    if isinstance(x, float):
-        return f"{x:.{nd}f}"
-    return str(x)
 
 
 def lineage_summary(d: dict[str, Any]) -> str:

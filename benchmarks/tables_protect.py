@@ -5,14 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-
-def _fmt(x: Any, nd: int = 1) -> str:
-    if x is None:
-        return "–"
-    if isinstance(x, float):
-        return f"{x:.{nd}f}"
-    return str(x)
-
+from tables_format import fmt as _fmt
 
 PROTECT_ATTACK_LABELS = {
     "task_arithmetic": "task arithmetic", "ties": "TIES", "dare_ties": "DARE-TIES", "slerp": "SLERP (t tuned; t = 1 drops it)",
