@@ -983,6 +983,14 @@ def test_min_trap_gain_keeps_the_start_unless_a_checkpoint_is_that_much_more_pro
     assert over.selected["trap_gain"] == 0.0 and over.selected["min_trap_gain"] == pytest.approx(gain + 0.01)
     assert "NOT protected" in caplog.text and "min_trap_gain" in caplog.text
     assert over.steps == free.steps  # the rule only changes what is kept, not the training
+    # A checkpoint that gains too little cannot be kept whatever it scores at s = 1 (the tolerance is the start's), so
+    # its s = 1 validation pass is skipped; those that gain enough are scored (and here lose too much at s = 1).
+    checked = [r for r in over.history if "val_trap" in r]
+    skipped = [r["val_standalone"] is None for r in checked]
+    assert any(skipped) and skipped == [over.selected["start_trap"] - r["val_trap"] < gain + 0.01 for r in checked]
+    assert "s = 1 score was not needed" in caplog.text
+    assert all(r["val_standalone"] is not None for r in free.history if "val_trap" in r)  # no rule: all scored
+    assert [r["val_trap"] for r in checked] == [r["val_trap"] for r in free.history if "val_trap" in r]
     for n, p in model.named_parameters():
         if n in before:
             assert torch.equal(p, before[n])
