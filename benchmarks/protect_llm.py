@@ -258,6 +258,7 @@ def aggregate(seeds: dict[int, dict[str, Any]], *, quick: bool) -> dict[str, Any
                       "trap_gain": across_seeds([t.get("trap_gain", 0.0) for t in trap])},
             "per_seed": {k: {"plain_val": seeds[k]["plain"][TASKS[0]]["val"], "trap2": seeds[k]["trap2"],
                              "time_ratio": seeds[k]["methods"]["trap2"]["time_ratio"],
+                             "trap2_sweep": seeds[k]["methods"]["trap2"]["sweep"],
                              "cpu_seconds": seeds[k].get("cpu_seconds")} for k in keys},
             "methods": methods}
 

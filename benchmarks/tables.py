@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from tables_scan import SCAN_TABLES  # noqa: E402 - a sibling module (benchmarks/ is not a package)
+from tables_protect_llm import PROTECT_LLM_TABLES  # noqa: E402 - a sibling module (benchmarks/ is not a package)
+from tables_scan import SCAN_TABLES  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -416,6 +417,9 @@ TABLES: dict[str, tuple[str, Callable[[Any], str]]] = {
     "protect-full-attacks": ("protect_full", protect_attacks),
     "protect-llm-targets": ("protect_llm", protect_targets),
     "protect-llm-attacks": ("protect_llm", protect_attacks),
+    "protect-llm-quick-targets": ("protect_llm_quick", protect_targets),
+    "protect-llm-quick-attacks": ("protect_llm_quick", protect_attacks),
+    **PROTECT_LLM_TABLES,
     "space": ("space", space),
     "coverage": ("coverage", coverage),
     "coverage-summary": ("coverage", coverage_summary),
