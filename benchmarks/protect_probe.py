@@ -71,8 +71,8 @@ def main(argv: list[str]) -> None:
     for v in variants:
         t0 = time.perf_counter()
         prot = train_trap2(s, task, plain, recipe=base_recipe.with_(**v), seed=seed)
-        hist = [[r["step"], round(r["val_standalone"], 2), round(r["val_trap"], 2)] for r in prot.result.history
-                if "val_trap" in r]
+        hist = [[r["step"], None if r["val_standalone"] is None else round(r["val_standalone"], 2),  # None: not scored
+                 round(r["val_trap"], 2)] for r in prot.result.history if "val_trap" in r]
         out = {"variant": v, "steps": prot.result.steps, "seconds": time.perf_counter() - t0,
                "cpu_seconds": prot.seconds, "time_ratio": (plain.seconds + prot.seconds) / plain.seconds,
                "kept": prot.result.selected, "validation": hist, "sweep": sweep(s, prot.state, task)}

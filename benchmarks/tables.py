@@ -20,20 +20,14 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from tables_protect_llm import PROTECT_LLM_TABLES  # noqa: E402 - a sibling module (benchmarks/ is not a package)
+from tables_format import fmt as _fmt  # noqa: E402
+from tables_protect import PROTECT_TABLES  # noqa: E402 - sibling modules (benchmarks/ is not a package)
+from tables_protect_llm import PROTECT_LLM_TABLES  # noqa: E402
 from tables_scan import SCAN_TABLES  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 DOCUMENTS = (ROOT / "README.md", ROOT / "benchmarks" / "README.md")
-
-
-def _fmt(x: Any, nd: int = 1) -> str:
-    if x is None:
-        return "–"
-    if isinstance(x, float):
-        return f"{x:.{nd}f}"
-    return str(x)
 
 
 def lineage_summary(d: dict[str, Any]) -> str:
@@ -222,64 +216,6 @@ def dogs(d: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
-PROTECT_ATTACK_LABELS = {
-    "task_arithmetic": "task arithmetic", "ties": "TIES", "dare_ties": "DARE-TIES", "slerp": "SLERP (t tuned; t = 1 drops it)",
-    "kept_at_1": "protected kept at 1, others tuned", "two_protected": "two protected updates (task arithmetic)",
-    "realign": "realign to the base, then task arithmetic", "refinetune": "short re-fine-tune, then task arithmetic",
-    "finetune_after_merge": "task arithmetic, then fine-tuned", "learned": "learned per-layer coefficients",
-    "regmean": "RegMean",
-}
-TARGET_LABELS = {
-    "standalone_within_1_point_ci": "standalone ≥ −1 (95% CI)", "standalone_within_1_point": "standalone ≥ −1 (point)",
-    "merged_at_or_below_zero_shot": "TA/TIES/DARE ≤ zero-shot", "realign_at_or_below_zero_shot": "realign ≤ zero-shot",
-    "time_ratio_at_most_2.2": "time ≤ 2.2×",
-}
-
-
-def _mean_ci(x: dict[str, Any], nd: int = 1) -> str:
-    if x.get("low") is None:
-        return _fmt(x["mean"], nd)
-    return f"{_fmt(x['mean'], nd)} [{_fmt(x['low'], nd)}, {_fmt(x['high'], nd)}]"
-
-
-def protect_targets(d: dict[str, Any]) -> str:
-    """Per protection: the standalone change and the time ratio over seeds, and on how many seeds each target holds."""
-    k = len(d["seeds"])
-    names = [t for t in TARGET_LABELS if any(t in m["targets_met_seeds"] for m in d["methods"].values())]
-    rows = ["| protection | standalone Δ, mean [95% CI] (min, max) | time ratio | "
-            + " | ".join(TARGET_LABELS[t] for t in names) + " |", "|---|---|---|" + "---|" * len(names)]
-    for m, v in d["methods"].items():
-        sc = v["standalone_change"]
-        met = [f"{v['targets_met_seeds'][t]}/{k}" if t in v["targets_met_seeds"] else "–" for t in names]
-        rows.append(f"| {m} | {_mean_ci(sc)} ({_fmt(sc['min'])}, {_fmt(sc['max'])}) | {_mean_ci(v['time_ratio'], 2)} | "
-                    + " | ".join(met) + " |")
-    zs = d["zero_shot"]
-    rows += ["", f"{k} seed(s) ({', '.join(map(str, d['seeds']))}); protected task {d['protected_task']}, zero-shot "
-                 f"{_fmt(zs)}; standalone Δ: protected minus unprotected test accuracy on the same examples (paired, "
-                 "points); a target counts on a seed when it holds there (standalone: the lower end of that seed's "
-                 "paired 95% interval at or above −1)."]
-    return "\n".join(rows)
-
-
-def protect_attacks(d: dict[str, Any]) -> str:
-    """Attack × protection: the protected task's merged accuracy over seeds, and on how many seeds it is at or below
-    zero-shot."""
-    k = len(d["seeds"])
-    methods = list(d["methods"])
-    attacks = list(dict.fromkeys(a for m in methods for a in d["methods"][m]["attacks"]))
-    rows = ["| attack | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
-    for a in attacks:
-        cells = []
-        for m in methods:
-            x = d["methods"][m]["attacks"].get(a)
-            cells.append("–" if x is None else f"{_mean_ci(x)} ({x['protected_seeds']}/{x['k']} ≤ zs)")
-        rows.append(f"| {PROTECT_ATTACK_LABELS.get(a, a)} | " + " | ".join(cells) + " |")
-    rows += ["", f"Protected task {d['protected_task']}: test accuracy (LLM: exact match) of the merge at the attacker's "
-                 f"choice, mean [95% CI] over {k} seed(s); zero-shot (the base) {_fmt(d['zero_shot'])}; (j/{k} ≤ zs): "
-                 "seeds where the merge is at or below zero-shot, i.e. the protection held."]
-    return "\n".join(rows)
-
-
 def space(d: dict[str, Any]) -> str:
     names = {"interactive_s": "page interactive (fresh page)", "warm_verdict_s": "warm verdict, shipped MiniLM",
              "registry_page_s": f"registry tab, next page ({d.get('entries', 0):,} entries)"}
@@ -407,18 +343,7 @@ TABLES: dict[str, tuple[str, Callable[[Any], str]]] = {
     "fingerprint-speed": ("fingerprint_speed", fingerprint_speed),
     "registry": ("registry", registry),
     "dogs": ("dogs", dogs),
-    "protect-lora-targets": ("protect_lora", protect_targets),
-    "protect-lora-attacks": ("protect_lora", protect_attacks),
-    "protect-lora-quick-targets": ("protect_lora_quick", protect_targets),
-    "protect-lora-quick-attacks": ("protect_lora_quick", protect_attacks),
-    "protect-lora-r1-quick-targets": ("protect_lora_r1_quick", protect_targets),
-    "protect-lora-r1-quick-attacks": ("protect_lora_r1_quick", protect_attacks),
-    "protect-full-targets": ("protect_full", protect_targets),
-    "protect-full-attacks": ("protect_full", protect_attacks),
-    "protect-llm-targets": ("protect_llm", protect_targets),
-    "protect-llm-attacks": ("protect_llm", protect_attacks),
-    "protect-llm-quick-targets": ("protect_llm_quick", protect_targets),
-    "protect-llm-quick-attacks": ("protect_llm_quick", protect_attacks),
+    **PROTECT_TABLES,
     **PROTECT_LLM_TABLES,
     "space": ("space", space),
     "coverage": ("coverage", coverage),

@@ -863,8 +863,9 @@ def test_protected_fine_tune_still_fingerprints_as_derivative(tmp_path):
     assert result.verdict == "derivative", result.to_dict()
 
 
-def test_projection_leaves_the_distill_term_unprojected(tiny):
-    """With distill, the trap gradient is projected off the task loss's gradient only; the KL gradient is added."""
+def test_projection_with_distill_is_off_the_whole_standalone_gradient(tiny):
+    """With distill, the trap gradient is projected off the gradient of the standalone term (task loss + KL), in two
+    backward passes."""
     from hubguard.protect.objective import backward_projected
 
     model = _with_update(_lora(tiny["model"], lora_dropout=0.0))
@@ -878,23 +879,56 @@ def test_projection_leaves_the_distill_term_unprojected(tiny):
     out = trap2_loss(model, tiny["train"][0], config=cfg, generator=torch.Generator().manual_seed(0), scale=1.5,
                      teacher=start)
     assert out.distill_term is not None and float(out.distill_term) > 0
-    backward_projected(out, params)
+    projected = backward_projected(out, params)
     got = [p.grad.clone() for p in params]
     for p in params:
         p.grad = None
     again = trap2_loss(model, tiny["train"][0], config=cfg, generator=torch.Generator().manual_seed(0), scale=1.5,
                        teacher=start)
-    g_kl = torch.autograd.grad(again.distill_term, params, retain_graph=True, allow_unused=True)
-    g_task = torch.autograd.grad(again.standalone_term - again.distill_term, params, retain_graph=True,
-                                 allow_unused=True)
+    g_task = torch.autograd.grad(again.standalone_term, params, allow_unused=True)
     g_trap = torch.autograd.grad(-again.trap_term, params, allow_unused=True)
     z = [torch.zeros_like(p) for p in params]
-    g_kl, g_task, g_trap = ([z[i] if g is None else g for i, g in enumerate(gs)] for gs in (g_kl, g_task, g_trap))
+    g_task, g_trap = ([z[i] if g is None else g for i, g in enumerate(gs)] for gs in (g_task, g_trap))
     dot = sum(float((a * b).sum()) for a, b in zip(g_task, g_trap, strict=True))
     norm2 = sum(float((a * a).sum()) for a in g_task)
+    assert projected == (dot < 0)
     coef = dot / norm2 if dot < 0 else 0.0
-    for g, a, b, c in zip(got, g_task, g_trap, g_kl, strict=True):
-        assert torch.allclose(g, a + b - coef * a + c, atol=1e-6)
+    for g, a, b in zip(got, g_task, g_trap, strict=True):
+        assert torch.allclose(g, a + b - coef * a, atol=1e-6)
+    if projected:  # what is left of the trap step does not raise the standalone term at first order
+        left = sum(float((a * (g - a)).sum()) for g, a in zip(got, g_task, strict=True))
+        assert left == pytest.approx(0.0, abs=1e-5 * norm2)
+
+
+def test_teacher_outputs_are_computed_once_per_batch_without_dropout(tiny):
+    """The starting update's outputs: eval mode (no dropout), the same for equal batches, kept by content."""
+    from hubguard.protect.objective import default_loss
+    from hubguard.protect.variants import TeacherOutputs, batch_digest
+
+    model = _with_update(_lora(tiny["model"], lora_dropout=0.5))
+    start = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    batch = tiny["train"][0]
+    teacher = TeacherOutputs(model, start, loss_fn=default_loss)
+    model.train()
+    logits, loss = teacher(batch)
+    assert model.training  # its mode is restored
+    model.eval()
+    with torch.no_grad():
+        expected = model(**batch)
+    assert torch.allclose(logits, expected.logits.float()) and loss == pytest.approx(float(expected.loss), rel=1e-6)
+    model.train()
+    copy_of_batch = {k: v.clone() for k, v in batch.items()}
+    again, _ = teacher(copy_of_batch)
+    assert again is logits and (teacher.hits, teacher.misses) == (1, 1)
+    other = {**copy_of_batch, "labels": copy_of_batch["labels"].flip(-1)}
+    assert batch_digest(other) != batch_digest(batch) and batch_digest(copy_of_batch) == batch_digest(batch)
+    assert batch_digest({**batch, "task": "a"}) != batch_digest({**batch, "task": "b"})
+    teacher(other)
+    assert teacher.misses == 2
+    # the budget: nothing is kept when one batch's logits do not fit, every call computes them
+    small = TeacherOutputs(model, start, loss_fn=default_loss, budget_bytes=8)
+    small(batch), small(batch)
+    assert (small.hits, small.misses) == (0, 2)
 
 
 def test_selector_leaves_the_start_only_for_a_checkpoint_that_gains_min_trap_gain():
@@ -949,6 +983,14 @@ def test_min_trap_gain_keeps_the_start_unless_a_checkpoint_is_that_much_more_pro
     assert over.selected["trap_gain"] == 0.0 and over.selected["min_trap_gain"] == pytest.approx(gain + 0.01)
     assert "NOT protected" in caplog.text and "min_trap_gain" in caplog.text
     assert over.steps == free.steps  # the rule only changes what is kept, not the training
+    # A checkpoint that gains too little cannot be kept whatever it scores at s = 1 (the tolerance is the start's), so
+    # its s = 1 validation pass is skipped; those that gain enough are scored (and here lose too much at s = 1).
+    checked = [r for r in over.history if "val_trap" in r]
+    skipped = [r["val_standalone"] is None for r in checked]
+    assert any(skipped) and skipped == [over.selected["start_trap"] - r["val_trap"] < gain + 0.01 for r in checked]
+    assert "s = 1 score was not needed" in caplog.text
+    assert all(r["val_standalone"] is not None for r in free.history if "val_trap" in r)  # no rule: all scored
+    assert [r["val_trap"] for r in checked] == [r["val_trap"] for r in free.history if "val_trap" in r]
     for n, p in model.named_parameters():
         if n in before:
             assert torch.equal(p, before[n])

@@ -167,6 +167,29 @@ def test_realign_attack_undoes_a_lock_the_merges_fall_for(task):
     assert got["realign"]["standalone_after"]["score"] == pytest.approx(task["metrics"](locked)["score"], abs=1e-4)
 
 
+def test_realign_leaves_nothing_of_a_lock_whatever_the_update_under_it(task):
+    """realign(lock(W)) = realign(W) for a large update W too: the fitted map is linear in the released weights, so
+    it carries the lock's G along (G_fit(G·X) = G·G_fit(X)) and its inverse removes it exactly. What realign leaves of
+    trap2+lock is what it leaves of trap2 (the benchmark's realign rows agree to the last digit)."""
+    from hubguard.protect.lock import LockConfig, lock_state_dict, plan_lock
+    from hubguard.protect.realign import realign_state_dict
+
+    model = copy.deepcopy(task["base"])
+    model.load_state_dict(task["a"])
+    locked = lock_state_dict(task["a"], plan_lock(model, config=LockConfig(layers=(1,)), calibration=[task["x"]]))
+    config = task["base"].config.to_dict()
+    changed = [n for n in locked if not torch.equal(locked[n], task["a"][n])]
+    plain = realign_state_dict(task["a"], base=task["w0"], model_config=config)
+    unlocked = realign_state_dict(locked, base=task["w0"], model_config=config)
+    for n in changed:
+        scale = float(plain[n].abs().max())
+        assert float((locked[n] - task["a"][n]).abs().max()) > 0.1 * scale, n  # the lock moved it a lot (up to 70x)
+        assert float((unlocked[n] - plain[n]).abs().max()) < 1e-3 * scale, n  # realign ends where it does unlocked
+    assert len(changed) == 4  # q, k, v, o of the locked layer
+    moved = max(float((plain[n] - task["a"][n]).abs().max()) for n in changed)
+    assert moved > 1e-3  # realign also re-balances the large update itself (not the identity on it)
+
+
 def test_attacks_say_what_they_need(task):
     s = task["setting"]
     bare = AttackSetting(base=s.base, protected=s.protected, others=s.others, val_score=s.val_score,

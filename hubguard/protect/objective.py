@@ -30,6 +30,8 @@ from hubguard.protect.forward import mean_loss
 if TYPE_CHECKING:
     import torch
 
+    from hubguard.protect.variants import TeacherOutputs
+
 LossFn = Callable[[Any, Any], "torch.Tensor"]  # (outputs, batch) -> scalar loss, or per-example losses (batch,)
 
 
@@ -49,7 +51,7 @@ class Trap2Output:
     # With a `teacher`: the starting update's loss on the same batch, and this update's own (no distill term).
     reference_loss: float | None = None
     task_loss: float | None = None
-    # `config.distill`'s KL term (part of standalone_term); the projection of the trap gradient ignores it.
+    # `config.distill`'s KL term (part of standalone_term).
     distill_term: torch.Tensor | None = None
 
 
@@ -202,7 +204,7 @@ def trap2_loss(
     reference: Mapping[str, torch.Tensor] | None = None,
     loss_fn: LossFn | None = None,
     scale: float | None = None,
-    teacher: Mapping[str, torch.Tensor] | None = None,
+    teacher: TeacherOutputs | Mapping[str, torch.Tensor] | None = None,
     shift: Mapping[str, torch.Tensor] | None = None,
     lam: float | None = None,
 ) -> Trap2Output:
@@ -210,8 +212,8 @@ def trap2_loss(
 
     `scale` fixes s (tests); otherwise `config.samples_per_step` scales are drawn from `generator`.
     With `config.lam == 0` only the standalone pass runs (plain training, used as the unprotected control).
-    hubguard's variants (`hubguard.protect.variants`): `teacher` (the starting trainable tensors) with
-    `config.distill`, `shift` (a simulated re-fine-tune) with `config.refit_steps`, and `config.interference`.
+    hubguard's variants (`hubguard.protect.variants`): `teacher` (the starting update's `TeacherOutputs`, or its
+    trainable tensors) with `config.distill`, `shift` (a simulated re-fine-tune) with `config.refit_steps`, and `config.interference`.
     `lam` replaces `config.lam` for this step (the controller of `config.lam_control`).
     """
     loss_fn = loss_fn or (per_example_loss if config.cap_per_example and config.protected else default_loss)
@@ -220,16 +222,14 @@ def trap2_loss(
     standalone = mean_loss(loss_fn(outputs, inputs))
     task_loss = reference_loss = distill_term = None
     if teacher is not None:
-        import torch
+        from hubguard.protect.variants import TeacherOutputs, distill_kl
 
-        from hubguard.protect.variants import distill_kl
-
-        fork.restore()
-        with torch.no_grad():
-            reference_out = _call(model, inputs, teacher)
-        task_loss, reference_loss = float(standalone.detach()), float(mean_loss(loss_fn(reference_out, inputs)))
+        if not isinstance(teacher, TeacherOutputs):
+            teacher = TeacherOutputs(model, teacher, loss_fn=loss_fn)
+        reference_logits, reference_loss = teacher(inputs)
+        task_loss = float(standalone.detach())
         if config.distill > 0:
-            distill_term = config.distill * distill_kl(reference_out, outputs)
+            distill_term = config.distill * distill_kl(reference_logits, outputs)
             standalone = standalone + distill_term
     if not config.protected:
         return Trap2Output(loss=standalone, standalone_loss=float(standalone.detach()), scaled_loss=float("nan"),
@@ -277,12 +277,12 @@ def trap2_loss(
 def backward_projected(out: Trap2Output, params: list[torch.nn.Parameter]) -> bool:
     """Set `p.grad` to ∇J, with the trap part projected off the standalone gradient when the two conflict.
 
-    g_a = ∇L(W0 + ΔW), g_b = −∇(λ·w(s)·L(W0 + s·ΔW)). When ⟨g_a, g_b⟩ < 0 the trap step would raise the
-    standalone loss at first order, so g_b loses its component along g_a (PCGrad, Yu et al. 2020):
+    g_a = ∇(standalone term), g_b = −∇(λ·w(s)·L(W0 + s·ΔW)). When ⟨g_a, g_b⟩ < 0 the trap step would raise the
+    standalone term at first order, so g_b loses its component along g_a (PCGrad, Yu et al. 2020):
     g = g_a + g_b − (⟨g_a, g_b⟩ / |g_a|²)·g_a. Not in the paper; `ProtectConfig.project_conflicts`.
     Returns True when a projection happened. Costs the same two backward passes as `out.loss.backward()`.
-    With `config.distill`, g_a is the task loss's gradient alone: the KL term's is added unprojected (projecting
-    the trap off "do not change the outputs" would leave it nothing to do).
+    With `config.distill` the standalone term is the task loss plus the KL to the starting update, so the trap
+    step is kept from raising their sum (one direction is removed, not the KL's whole subspace).
     """
     import torch
 
@@ -290,21 +290,17 @@ def backward_projected(out: Trap2Output, params: list[torch.nn.Parameter]) -> bo
         out.loss.backward()
         return False
 
-    def grads(t: torch.Tensor, retain: bool = False) -> list[torch.Tensor]:
-        got = torch.autograd.grad(t, params, allow_unused=True, retain_graph=retain)
+    def grads(t: torch.Tensor) -> list[torch.Tensor]:
+        got = torch.autograd.grad(t, params, allow_unused=True)
         return [torch.zeros_like(p) if g is None else g for p, g in zip(params, got, strict=True)]
 
-    task = out.standalone_term if out.distill_term is None else out.standalone_term - out.distill_term
-    g_a = grads(task, retain=out.distill_term is not None)  # the KL term shares the standalone pass's graph
+    g_a = grads(out.standalone_term)
     g_b = grads(-out.trap_term)
-    g_c = grads(out.distill_term) if out.distill_term is not None else None
     dot = sum(float((a * b).sum()) for a, b in zip(g_a, g_b, strict=True))
     norm2 = sum(float((a * a).sum()) for a in g_a)
     projected = dot < 0 and norm2 > 0
-    for i, (p, a, b) in enumerate(zip(params, g_a, g_b, strict=True)):
+    for p, a, b in zip(params, g_a, g_b, strict=True):
         g = a + b - (dot / norm2) * a if projected else a + b
-        if g_c is not None:
-            g = g + g_c[i]
         p.grad = g if p.grad is None else p.grad + g
     return projected
 

@@ -8,10 +8,12 @@ RoPE plane, the maps that commute with the position rotations), and applies its 
     Wq ← G⁻¹·Wq,  bq ← G⁻¹·bq,  Wk ← Gᵀ·Wk,  bk ← Gᵀ·bk      (G fitted on q)
     Wv ← G⁻¹·Wv,  bv ← G⁻¹·bv,  Wo[:, heads] ← Wo[:, heads]·G  (G fitted on v)
 
-Function-preserving for any fitted G, so it costs the attacker nothing at s = 1, and it removes a scale lock
-(`hubguard.protect.lock`) exactly when the update under it is small. `realign_layer` is written with plain torch
-operations so that a trainer can differentiate through it (Trap² against the realigned update,
-`ProtectConfig.against="realign"`); `realign_state_dict` applies it to a whole checkpoint.
+Function-preserving for any fitted G, so it costs the attacker nothing at s = 1. It removes a scale lock
+(`hubguard.protect.lock`) exactly, whatever the update under it: the fit is linear in the released weights, so a
+lock's map L comes out as a factor (G_fit(L·X) = L·G_fit(X)) and realign(lock(X)) = realign(X). A lock therefore
+adds nothing against this attacker; what is left is whatever the update X itself does under a merge (its own
+trap). `realign_layer` is written with plain torch operations (differentiable in the weights);
+`realign_state_dict` applies it to a whole checkpoint.
 """
 
 from __future__ import annotations

@@ -31,6 +31,8 @@ class TrapSelector:
         self.start: Candidate | None = None
         self.front: list[Candidate] = []
         self.within_seen = 0  # candidates after the start that were within tolerance when they were added
+        self.outside_seen = 0  # candidates after the start that were outside tolerance
+        self.too_little_gain = 0  # checkpoints left out before their s = 1 score (gain below min_gain)
 
     def add(self, cand: Candidate) -> bool:
         """Record `cand`; True when it is within tolerance of the reference (the update still works)."""
@@ -43,6 +45,7 @@ class TrapSelector:
             self.front.append(cand)
         works = self.within(cand)
         self.within_seen += works and cand is not self.start
+        self.outside_seen += not works and cand is not self.start
         return works
 
     def within(self, cand: Candidate) -> bool:
@@ -51,6 +54,14 @@ class TrapSelector:
     def gain(self, cand: Candidate) -> float:
         """How much lower `cand`'s trap score is than the starting state's (0 for the start itself)."""
         return 0.0 if self.start is None else self.start.trap - cand.trap
+
+    def gain_of(self, trap: float) -> float:
+        """The gain a checkpoint with trap score `trap` would have (0 before the start is added)."""
+        return 0.0 if self.start is None else self.start.trap - trap
+
+    def note_too_little_gain(self) -> None:
+        """A checkpoint was left out unscored at s = 1 because its gain is below `min_gain` (for `why_start`)."""
+        self.too_little_gain += 1
 
     def gains_enough(self, cand: Candidate) -> bool:
         return cand is self.start or self.gain(cand) >= self.min_gain - 1e-9
@@ -70,6 +81,10 @@ class TrapSelector:
 
     def why_start(self) -> str:
         """Why the starting state was kept (for the warning)."""
+        if self.too_little_gain:
+            return (f"{self.too_little_gain} checkpoint(s) were less than min_trap_gain = {self.min_gain} more protected "
+                    "at the probe scales than the start (their s = 1 score was not needed) and "
+                    f"{self.outside_seen} more protected one(s) lost more than {self.tolerance} at s = 1")
         if self.within_seen:
             return (f"{self.within_seen} checkpoint(s) stayed within {self.tolerance} of the reference at s = 1, but "
                     f"none was at least min_trap_gain = {self.min_gain} more protected at the probe scales than the "

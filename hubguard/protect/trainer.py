@@ -23,6 +23,7 @@ from hubguard.protect.objective import (
     backward_projected,
     default_loss,
     mean_loss,
+    per_example_loss,
     snapshot_reference,
     trap2_loss,
 )
@@ -31,6 +32,8 @@ from hubguard.utils import get_logger, progress
 
 if TYPE_CHECKING:
     import torch
+
+    from hubguard.protect.variants import TeacherOutputs
 
 logger = get_logger(__name__)
 
@@ -131,20 +134,22 @@ class _Validation:
         """Validation score at s = 1 (higher is better)."""
         return self._in_eval(self._score)
 
-    def with_probes(self) -> tuple[float, float]:
-        """(score at s = 1, the probe scales' scores aggregated by `config.probe_aggregate`)."""
+    def probes(self) -> float:
+        """The probe scales' scores, aggregated by `config.probe_aggregate` (lower is more protected)."""
         from hubguard.protect.objective import scaled_in_place
 
-        def run() -> tuple[float, float]:
-            at_one = self._score()
-            probes = []
+        def run() -> float:
+            got = []
             for s in self.config.probe_scales:
                 with scaled_in_place(self.model, scale=s, mode=self.config.mode, reference=self.reference):
-                    probes.append(float(self.probe_score_fn(self.model)) if self.probe_score_fn else self._score())
-            agg = max(probes) if self.config.probe_aggregate == "max" else sum(probes) / len(probes)
-            return at_one, agg
+                    got.append(float(self.probe_score_fn(self.model)) if self.probe_score_fn else self._score())
+            return max(got) if self.config.probe_aggregate == "max" else sum(got) / len(got)
 
         return self._in_eval(run)
+
+    def with_probes(self) -> tuple[float, float]:
+        """(score at s = 1, the probe scales' scores aggregated by `config.probe_aggregate`)."""
+        return self.at_one(), self.probes()
 
 
 def _check_run(*, config: ProtectConfig, n_batches: int | None, validation: _Validation) -> None:
@@ -193,11 +198,25 @@ class _Keeper:
             self.selector.add(Candidate(0, at_one, trap, self.snapshot()))
             self.reached = self.stopped = self._meets_target(trap)  # already protected enough
 
-    def validate(self, step: int, record: dict[str, float]) -> None:
+    def _cannot_be_kept(self, trap: float) -> bool:
+        """True when a checkpoint with this trap score is out of the running before its s = 1 score is known: it gains
+        less than `min_trap_gain` over the start, and the tolerance is measured from the start (so its s = 1 score
+        moves no reference). Its s = 1 validation pass is then skipped (it is most of a validation's cost)."""
+        assert self.selector is not None
+        from_start = self.config.tolerance_reference == "start"
+        return from_start and self.config.min_trap_gain > 0 and self.selector.gain_of(trap) < self.config.min_trap_gain - 1e-9
+
+    def validate(self, step: int, record: dict[str, float | None]) -> None:
         """A validation pass at `step`: record it, update the kept state and the stopping state."""
         if self.selector is not None:
-            at_one, trap = self.validation.with_probes()
-            record["val_standalone"], record["val_trap"] = at_one, trap
+            trap = self.validation.probes()
+            record["val_trap"] = trap
+            if self._cannot_be_kept(trap):
+                record["val_standalone"] = None  # not scored: it gains too little to be kept, whatever it scores
+                self.selector.note_too_little_gain()
+                return
+            at_one = self.validation.at_one()
+            record["val_standalone"] = at_one
             cand = Candidate(step, at_one, trap, self.snapshot())
             works = self.selector.add(cand)
             self.bad_evals = 0 if works else self.bad_evals + 1
@@ -358,7 +377,12 @@ class _Variants:
                  teacher: dict[str, torch.Tensor] | None) -> None:
         import itertools
 
-        self.model, self.config, self.loss_fn, self.reference, self.teacher = model, config, loss_fn, reference, teacher
+        from hubguard.protect.variants import TeacherOutputs
+
+        self.model, self.config, self.loss_fn, self.reference = model, config, loss_fn, reference
+        # the starting update's outputs, once per distinct batch (trap2_loss's loss_fn when none is given)
+        teacher_loss = loss_fn or (per_example_loss if config.cap_per_example and config.protected else default_loss)
+        self.teacher = None if teacher is None else TeacherOutputs(model, teacher, loss_fn=teacher_loss)
         self._source = itertools.cycle(batches) if config.refit_steps and config.protected else None
         self._shift: dict[str, torch.Tensor] | None = None
         self.lam = config.lam
@@ -389,7 +413,7 @@ class _Variants:
 def _step(model: torch.nn.Module, batch: Any, *, config: ProtectConfig, params: list[torch.nn.Parameter],
           optimizer: torch.optim.Optimizer, scheduler: Any, generator: torch.Generator,
           reference: Mapping[str, torch.Tensor] | None, loss_fn: LossFn | None, step: int,
-          teacher: Mapping[str, torch.Tensor] | None = None,
+          teacher: TeacherOutputs | None = None,
           shift: Mapping[str, torch.Tensor] | None = None, variants: _Variants | None = None) -> dict[str, float]:
     """One optimiser step on the Trap² objective; returns the step's record (losses, scale, λ)."""
     import torch

@@ -2,7 +2,9 @@
 
 - `distill` (keep the released behaviour): the standalone term also pays distill · KL(p_start ‖ p) at s = 1, the
   divergence from the outputs of the update the run started from (its trainable tensors, snapshotted), so the
-  protected update keeps the predictions of the unprotected one, not only its accuracy.
+  protected update keeps the predictions of the unprotected one, not only its accuracy. The starting update is
+  fixed, so its outputs are a function of the batch alone: `TeacherOutputs` computes them once per distinct batch
+  (eval mode: no dropout, the usual distillation teacher) and serves the epochs after the first from memory.
 - `refit_steps` (a trap that survives a re-fine-tune): an attacker who fine-tunes the released update before
   merging moves it by δ along the plain loss's gradient. Every `refit_every` steps the trainer simulates that
   attacker: `refit_steps` sign-gradient steps of size `refit_lr` on the plain loss, from the current update, on
@@ -40,21 +42,101 @@ def base_weight_names(model: torch.nn.Module) -> list[str]:
     return [f"{n}.base_layer.weight" for n in lora_modules(model)]
 
 
-def distill_kl(teacher: Any, student: Any) -> torch.Tensor:
-    """Mean KL(p_teacher ‖ p_student) over the examples (or tokens) of two model outputs with logits."""
+def _logits(out: Any) -> torch.Tensor:
+    """The logits of a model output (an object or a mapping with `logits`; a bare tensor is taken as them)."""
     import torch
 
-    def logits(out: Any) -> torch.Tensor:
-        got = getattr(out, "logits", None)
-        if got is None and isinstance(out, Mapping):
-            got = out.get("logits")
-        if got is None:
-            raise ProtectionError("ProtectConfig.distill needs model outputs with logits; set distill=0 for this model.")
-        return got.float()
+    got = out if isinstance(out, torch.Tensor) else getattr(out, "logits", None)
+    if got is None and isinstance(out, Mapping):
+        got = out.get("logits")
+    if got is None:
+        raise ProtectionError("ProtectConfig.distill needs model outputs with logits; set distill=0 for this model.")
+    return got.float()
 
-    t, s = logits(teacher), logits(student)
+
+def distill_kl(teacher: Any, student: Any) -> torch.Tensor:
+    """Mean KL(p_teacher ‖ p_student) over the examples (or tokens) of two model outputs with logits (or the
+    logits themselves)."""
+    import torch
+
+    t, s = _logits(teacher), _logits(student)
     log_p, log_q = torch.log_softmax(t, -1), torch.log_softmax(s, -1)
     return (log_p.exp() * (log_p - log_q)).sum(-1).mean()
+
+
+# What `TeacherOutputs` keeps in memory at most (the cached logits; beyond it, outputs are recomputed every step).
+TEACHER_CACHE_BYTES = 512 * 2**20
+
+
+def batch_digest(inputs: Any) -> bytes:
+    """A digest of a batch's contents (tensors by dtype, shape and bytes; other values by repr), as a cache key."""
+    import hashlib
+
+    import torch
+
+    h = hashlib.blake2b(digest_size=20)
+
+    def feed(value: Any) -> None:
+        if isinstance(value, torch.Tensor):
+            flat = value.detach().cpu().contiguous().reshape(-1)
+            h.update(f"T{value.dtype}{tuple(value.shape)}".encode())
+            h.update(memoryview(flat.view(torch.uint8).numpy()))
+        elif isinstance(value, Mapping):
+            h.update(b"M%d" % len(value))
+            for key in sorted(value, key=repr):
+                h.update(repr(key).encode())
+                feed(value[key])
+        elif isinstance(value, (list, tuple)):
+            h.update(b"L%d" % len(value))
+            for item in value:
+                feed(item)
+        else:
+            h.update(b"V" + repr(value).encode())
+
+    feed(inputs)
+    return h.digest()
+
+
+class TeacherOutputs:
+    """The starting update's outputs on a batch, for `distill` and `lam_control`: its logits and its loss.
+
+    `teacher` holds the starting update's trainable tensors (they replace the model's in a functional call). The
+    pass runs in eval mode (no dropout), so the outputs depend on the batch only and are kept by `batch_digest`
+    until `budget_bytes` of logits are held; a training set seen for several epochs pays one teacher forward per
+    batch instead of one per step.
+    """
+
+    def __init__(self, model: torch.nn.Module, teacher: Mapping[str, torch.Tensor], *, loss_fn: LossFn,
+                 budget_bytes: int = TEACHER_CACHE_BYTES) -> None:
+        self.model, self.teacher, self.loss_fn, self.budget = model, dict(teacher), loss_fn, budget_bytes
+        self._kept: dict[bytes, tuple[torch.Tensor, float]] = {}
+        self._bytes = 0
+        self.hits = self.misses = 0
+
+    def __call__(self, inputs: Any) -> tuple[torch.Tensor, float]:
+        """(logits, mean loss) of the starting update on `inputs`."""
+        import torch
+
+        from hubguard.protect.forward import call, mean_loss
+
+        key = batch_digest(inputs)
+        if key in self._kept:
+            self.hits += 1
+            return self._kept[key]
+        self.misses += 1
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                out = call(self.model, inputs, self.teacher)
+                got = (_logits(out).detach(), float(mean_loss(self.loss_fn(out, inputs))))
+        finally:
+            self.model.train(was_training)
+        size = got[0].numel() * got[0].element_size()
+        if self._bytes + size <= self.budget:
+            self._kept[key] = got
+            self._bytes += size
+        return got
 
 
 def refit_shift(

@@ -1,0 +1,78 @@
+"""The merge-protection tables (benchmarks/protect.py, benchmarks/protect_llm.py), rendered by benchmarks/tables.py."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from tables_format import fmt as _fmt
+
+PROTECT_ATTACK_LABELS = {
+    "task_arithmetic": "task arithmetic", "ties": "TIES", "dare_ties": "DARE-TIES", "slerp": "SLERP (t tuned; t = 1 drops it)",
+    "kept_at_1": "protected kept at 1, others tuned", "two_protected": "two protected updates (task arithmetic)",
+    "realign": "realign to the base, then task arithmetic", "refinetune": "short re-fine-tune, then task arithmetic",
+    "finetune_after_merge": "task arithmetic, then fine-tuned", "learned": "learned per-layer coefficients",
+    "regmean": "RegMean",
+}
+TARGET_LABELS = {
+    "standalone_within_1_point_ci": "standalone ≥ −1 (95% CI)", "standalone_within_1_point": "standalone ≥ −1 (point)",
+    "merged_at_or_below_zero_shot": "TA/TIES/DARE ≤ zero-shot", "realign_at_or_below_zero_shot": "realign ≤ zero-shot",
+    "time_ratio_at_most_2.2": "time ≤ 2.2×",
+}
+
+
+def _mean_ci(x: dict[str, Any], nd: int = 1) -> str:
+    if x.get("low") is None:
+        return _fmt(x["mean"], nd)
+    return f"{_fmt(x['mean'], nd)} [{_fmt(x['low'], nd)}, {_fmt(x['high'], nd)}]"
+
+
+def protect_targets(d: dict[str, Any]) -> str:
+    """Per protection: the standalone change and the time ratio over seeds, and on how many seeds each target holds."""
+    k = len(d["seeds"])
+    names = [t for t in TARGET_LABELS if any(t in m["targets_met_seeds"] for m in d["methods"].values())]
+    rows = ["| protection | standalone Δ, mean [95% CI] (min, max) | time ratio | "
+            + " | ".join(TARGET_LABELS[t] for t in names) + " |", "|---|---|---|" + "---|" * len(names)]
+    for m, v in d["methods"].items():
+        sc = v["standalone_change"]
+        met = [f"{v['targets_met_seeds'][t]}/{k}" if t in v["targets_met_seeds"] else "–" for t in names]
+        rows.append(f"| {m} | {_mean_ci(sc)} ({_fmt(sc['min'])}, {_fmt(sc['max'])}) | {_mean_ci(v['time_ratio'], 2)} | "
+                    + " | ".join(met) + " |")
+    zs = d["zero_shot"]
+    rows += ["", f"{k} seed(s) ({', '.join(map(str, d['seeds']))}); protected task {d['protected_task']}, zero-shot "
+                 f"{_fmt(zs)}; standalone Δ: protected minus unprotected test accuracy on the same examples (paired, "
+                 "points); a target counts on a seed when it holds there (standalone: the lower end of that seed's "
+                 "paired 95% interval at or above −1)."]
+    return "\n".join(rows)
+
+
+def protect_attacks(d: dict[str, Any]) -> str:
+    """Attack × protection: the protected task's merged accuracy over seeds, and on how many seeds it is at or below
+    zero-shot."""
+    k = len(d["seeds"])
+    methods = list(d["methods"])
+    attacks = list(dict.fromkeys(a for m in methods for a in d["methods"][m]["attacks"]))
+    rows = ["| attack | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
+    for a in attacks:
+        cells = []
+        for m in methods:
+            x = d["methods"][m]["attacks"].get(a)
+            cells.append("–" if x is None else f"{_mean_ci(x)} ({x['protected_seeds']}/{x['k']} ≤ zs)")
+        rows.append(f"| {PROTECT_ATTACK_LABELS.get(a, a)} | " + " | ".join(cells) + " |")
+    rows += ["", f"Protected task {d['protected_task']}: test accuracy (LLM: exact match) of the merge at the attacker's "
+                 f"choice, mean [95% CI] over {k} seed(s); zero-shot (the base) {_fmt(d['zero_shot'])}; (j/{k} ≤ zs): "
+                 "seeds where the merge is at or below zero-shot, i.e. the protection held."]
+    return "\n".join(rows)
+
+
+
+# table name -> (result file stem, renderer); the README's markers are `<!-- table:NAME -->`
+PROTECT_TABLES: dict[str, tuple[str, Callable[[Any], str]]] = {
+    f"{key}-{kind}": (stem, fn)
+    for key, stem in (("protect-lora", "protect_lora"), ("protect-lora-quick", "protect_lora_quick"),
+                      ("protect-lora-r1-quick", "protect_lora_r1_quick"),
+                      ("protect-lora-designs-quick", "protect_lora_designs_quick"),
+                      ("protect-full", "protect_full"), ("protect-full-quick", "protect_full_quick"),
+                      ("protect-llm", "protect_llm"), ("protect-llm-quick", "protect_llm_quick"))
+    for kind, fn in (("targets", protect_targets), ("attacks", protect_attacks))
+}
