@@ -17,6 +17,14 @@ zoo Llama base, w(s) = 1/√s, tasks scored by exact match, merged with the real
   attacker's validation examples (mean exact match over the three tasks).
 
     python benchmarks/protect_llm.py --seeds 0,1,2,3,4     # results/protect_llm_seed<k>.json, then protect_llm.json
+    python benchmarks/protect_llm.py --quick --seeds 0,1,2,3,4   # results/protect_llm_quick_seed<k>.json, ..._quick.json
+
+QUICK (`--quick`): the full setting took 27 minutes for seed 0 on one thread (protect_llm_seed0.json, `seconds`
+1635; it predates the `cpu_seconds` field), about a third of it in the attacks' evaluations: too long for five
+seeds on a shared machine. --quick keeps the model, the LoRA, the tasks, the protected
+task's 1500 test windows (the standalone change's paired interval needs them) and every attack, and shrinks what
+costs: QUICK below (half the training and validation windows, so about half the plain and Trap² steps; a coarser
+coefficient grid; fewer attacker validation examples; 500 test windows of the two other tasks per merge). Its numbers are the quick setting's, not the full one's.
 """
 
 from __future__ import annotations
@@ -53,16 +61,18 @@ TRAIN_POSITIONS = (16, 24, 32)  # the word predicted, per training window (40-wo
 TEST_POSITION = 18  # every window has at least 20 words
 MAX_PROMPT = 48  # tokens of context kept (the last ones)
 SIZES = {"train": 1200, "val": 600, "test": 1500}  # windows
+QUICK = {"sizes": {"train": 600, "val": 300, "test": 1500}, "coefficients": "0.3,0.6,1.0", "attacker_val": 100,
+         "others_test": 500}
 ATTACKS = ("task_arithmetic", "ties", "dare_ties", "realign")
 
 
-def examples(task: str) -> dict[str, list[tuple[str, str]]]:
-    """(context, " next-word") pairs of each split, from the snapshot's windows of `task`."""
+def examples(task: str, sizes: dict[str, int]) -> dict[str, list[tuple[str, str]]]:
+    """(context, " next-word") pairs of each split (`sizes`: windows per split), from the snapshot's windows."""
     from protect_tasks import build_tasks
 
-    t = build_tasks(n_train=SIZES["train"], n_val=SIZES["val"], n_test=SIZES["test"], names=[task])[0]
+    t = build_tasks(n_train=sizes["train"], n_val=sizes["val"], n_test=sizes["test"], names=[task])[0]
     out: dict[str, list[tuple[str, str]]] = {}
-    for split in SIZES:
+    for split in sizes:
         positions = TRAIN_POSITIONS if split == "train" else (TEST_POSITION,)
         rows = []
         for text, _ in getattr(t, split):
@@ -75,7 +85,7 @@ def examples(task: str) -> dict[str, list[tuple[str, str]]]:
 class LLMSetting:
     """The zoo Llama, its tokenizer, the tasks as padded (input_ids, labels) tensors, exact match of states."""
 
-    def __init__(self, folder: Path = ZOO) -> None:
+    def __init__(self, folder: Path = ZOO, sizes: dict[str, int] = SIZES) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         if not (folder / "config.json").is_file():
@@ -85,7 +95,7 @@ class LLMSetting:
         self.base = AutoModelForCausalLM.from_pretrained(str(folder)).eval()
         self.base_state = {k: v.detach() for k, v in self.base.state_dict().items()}
         self.work = copy.deepcopy(self.base).eval()
-        self.data = {t: {s: self._encode(rows) for s, rows in examples(t).items()} for t in TASKS}
+        self.data = {t: {s: self._encode(rows) for s, rows in examples(t, sizes).items()} for t in TASKS}
 
     def _encode(self, rows: list[tuple[str, str]]) -> dict[str, torch.Tensor]:
         ids, labels = [], []
@@ -107,13 +117,19 @@ class LLMSetting:
 
     @torch.no_grad()
     def correct(self, model: torch.nn.Module, task: str, split: str, limit: int | None = None) -> torch.Tensor:
-        """Exact match per example: every answer token is the argmax given the gold prefix."""
+        """Exact match per example: every answer token is the argmax given the gold prefix. The LM head runs at the
+        answer positions only (the logits of every position of 250 padded rows were most of an evaluation's time)."""
         model.eval()
+        decoder, head = model.get_decoder(), model.get_output_embeddings()  # through PEFT's wrappers too
         out = []
         for b in self.batches(task, split, 250, limit):
-            pred = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits[:, :-1].argmax(-1)
+            hidden = decoder(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
+                             use_cache=False).last_hidden_state[:, :-1]
             gold = b["labels"][:, 1:]
-            out.append(((pred == gold) | (gold == -100)).all(-1))
+            answer = gold != -100
+            hit = torch.ones_like(gold, dtype=torch.bool)
+            hit[answer] = head(hidden[answer]).argmax(-1) == gold[answer]
+            out.append(hit.all(-1))
         return torch.cat(out)
 
     def em(self, model: torch.nn.Module, task: str, split: str, limit: int | None = None) -> float:
@@ -198,7 +214,8 @@ def run_seed(s: LLMSetting, args: argparse.Namespace, seed: int, log: Any) -> di
         setting = AttackSetting(
             base=s.base_state, protected=state, others=tuple(plain[t][1] for t in TASKS[1:]),
             val_score=lambda st: sum(s.em(s.load(st), t, "val", limit=args.attacker_val) for t in TASKS) / len(TASKS),
-            test_metrics=lambda st: {t: s.em(s.load(st), t, "test") for t in TASKS}, verdict_key=p,
+            test_metrics=lambda st: {t: s.em(s.load(st), t, "test", limit=None if t == p else args.others_test)
+                                     for t in TASKS}, verdict_key=p,
             coefficients=tuple(args.coefficient_list), model_config=s.base.config.to_dict())
         attacks = run_attacks(setting, names=ATTACKS)
         ratio = (plain[p][3] + extra) / plain[p][3]
@@ -219,7 +236,7 @@ def run_seed(s: LLMSetting, args: argparse.Namespace, seed: int, log: Any) -> di
     return out
 
 
-def aggregate(seeds: dict[int, dict[str, Any]]) -> dict[str, Any]:
+def aggregate(seeds: dict[int, dict[str, Any]], *, quick: bool) -> dict[str, Any]:
     keys = sorted(seeds)
     methods = {}
     for m in seeds[keys[0]]["methods"]:
@@ -231,13 +248,25 @@ def aggregate(seeds: dict[int, dict[str, Any]]) -> dict[str, Any]:
                         | {"protected_seeds": sum(r["attacks"][a]["protected"] for r in per)} for a in ATTACKS},
             "targets_met_seeds": {t: sum(r["targets"][t] for r in per) for t in per[0]["targets"]}}
     first = seeds[keys[0]]
-    return {"kind": "hubguard-protect-llm-aggregate", "schema_version": 1, "seeds": keys, "protected_task": TASKS[0],
-            "zero_shot": first["zero_shot"][TASKS[0]], "zero_shot_all": first["zero_shot"],
-            "settings": first["settings"], "methods": methods}
+    trap = [seeds[k]["trap2"]["selected"] or {} for k in keys]
+    return {"kind": "hubguard-protect-llm-aggregate", "schema_version": 1, "mode": "llm-lora", "quick": quick,
+            "seeds": keys, "protected_task": TASKS[0], "zero_shot": first["zero_shot"][TASKS[0]],
+            "zero_shot_all": first["zero_shot"], "settings": first["settings"] | {"attacks": ",".join(ATTACKS)},
+            "cpu_seconds": across_seeds(cpu) if (cpu := [seeds[k]["cpu_seconds"] for k in keys
+                                                         if "cpu_seconds" in seeds[k]]) else None,
+            "trap2": {"protected_seeds": sum(bool(t.get("protected")) for t in trap),
+                      "trap_gain": across_seeds([t.get("trap_gain", 0.0) for t in trap])},
+            "per_seed": {k: {"plain_val": seeds[k]["plain"][TASKS[0]]["val"], "trap2": seeds[k]["trap2"],
+                             "time_ratio": seeds[k]["methods"]["trap2"]["time_ratio"],
+                             "trap2_sweep": seeds[k]["methods"]["trap2"]["sweep"],
+                             "cpu_seconds": seeds[k].get("cpu_seconds")} for k in keys},
+            "methods": methods}
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="the QUICK setting (module docstring): half the training "
+                    "and validation windows, coefficients 0.3/0.6/1.0, 100 attacker examples per task; files *_quick*")
     ap.add_argument("--seeds", default="0")
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--epochs", type=int, default=4)
@@ -247,10 +276,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--trap-lr", type=float, default=4e-3)
     ap.add_argument("--trap-budget", type=float, default=0.5)
     ap.add_argument("--tolerance", type=float, default=1.0)
-    ap.add_argument("--coefficients", default="0.3,0.5,0.7,1.0")
-    ap.add_argument("--attacker-val", type=int, default=200)
+    ap.add_argument("--coefficients", default=None, help="default 0.3,0.5,0.7,1.0 (--quick: 0.3,0.6,1.0)")
+    ap.add_argument("--attacker-val", type=int, default=None, help="default 200 (--quick: 100)")
+    ap.add_argument("--others-test", type=int, default=None, help="test windows of the two other tasks scored "
+                    "for each merge (default all 1500; --quick: 500); the protected task's are always all scored")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
+    args.coefficients = args.coefficients or (QUICK["coefficients"] if args.quick else "0.3,0.5,0.7,1.0")
+    args.attacker_val = args.attacker_val or (QUICK["attacker_val"] if args.quick else 200)
+    args.others_test = args.others_test or (QUICK["others_test"] if args.quick else None)
     args.coefficient_list = [float(c) for c in args.coefficients.split(",")]
     torch.set_num_threads(args.threads)
     import transformers
@@ -261,23 +295,26 @@ def main(argv: list[str] | None = None) -> None:
     def log(msg: str) -> None:
         print(f"[{time.perf_counter() - t_start:6.0f}s] {msg}", file=sys.stderr, flush=True)
 
-    s = LLMSetting()
+    sizes = QUICK["sizes"] if args.quick else SIZES
+    stem = "protect_llm_quick" if args.quick else "protect_llm"
+    s = LLMSetting(sizes=sizes)
     for seed in [int(x) for x in args.seeds.split(",")]:
-        path = RESULTS / f"protect_llm_seed{seed}.json"
+        path = RESULTS / f"{stem}_seed{seed}.json"
         if path.exists():
             log(f"seed {seed}: {path.name} exists, skipped")
             continue
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         out = run_seed(s, args, seed, log)
-        out.update(kind="hubguard-protect-llm-seed", schema_version=1, seed=seed, seconds=time.perf_counter() - t0,
+        out.update(kind="hubguard-protect-llm-seed", schema_version=1, seed=seed, quick=args.quick,
+                   seconds=time.perf_counter() - t0, cpu_seconds=time.process_time() - c0,
                    settings={k: v for k, v in vars(args).items() if k not in ("plain_steps", "coefficient_list")}
-                   | {"tasks": list(TASKS), "sizes": SIZES, "base_model": "zoo llama-s0", "lora_r": 32,
-                      "weight": "inv_sqrt"})
+                   | {"tasks": list(TASKS), "sizes": sizes, "base_model": "zoo llama-s0", "lora_r": 32,
+                      "weight": "inv_sqrt", "attacks": ",".join(ATTACKS)})
         atomic_write_json(path, out)
         log(f"seed {seed}: wrote {path.name}")
-    seeds = {json.loads(p.read_text())["seed"]: json.loads(p.read_text()) for p in RESULTS.glob("protect_llm_seed*.json")}
+    seeds = {d["seed"]: d for d in (json.loads(p.read_text()) for p in RESULTS.glob(f"{stem}_seed*.json"))}
     if seeds:
-        atomic_write_json(RESULTS / "protect_llm.json", aggregate(seeds))
+        atomic_write_json(RESULTS / f"{stem}.json", aggregate(seeds, quick=args.quick))
 
 
 if __name__ == "__main__":

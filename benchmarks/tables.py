@@ -22,6 +22,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from tables_format import fmt as _fmt  # noqa: E402
 from tables_protect import PROTECT_TABLES  # noqa: E402 - sibling modules (benchmarks/ is not a package)
+from tables_protect_llm import PROTECT_LLM_TABLES  # noqa: E402
 from tables_scan import SCAN_TABLES  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -343,6 +344,7 @@ TABLES: dict[str, tuple[str, Callable[[Any], str]]] = {
     "registry": ("registry", registry),
     "dogs": ("dogs", dogs),
     **PROTECT_TABLES,
+    **PROTECT_LLM_TABLES,
     "space": ("space", space),
     "coverage": ("coverage", coverage),
     "coverage-summary": ("coverage", coverage_summary),

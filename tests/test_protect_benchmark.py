@@ -78,7 +78,7 @@ def test_quick_mode_keeps_the_seeds_asked_for_and_names_its_files_quick(tmp_path
 def test_the_attack_table_names_the_merge_attacks():
     # tables.py once defined ATTACK_LABELS twice (the coverage table's replaced the protection one's), so the
     # attack × protection table printed raw attack keys.
-    from tables import protect_attacks
+    from tables_protect import protect_attacks
 
     cell = {"mean": 40.0, "low": 38.0, "high": 42.0, "k": 2, "min": 39.0, "max": 41.0, "protected_seeds": 2}
     d = {"seeds": [0, 1], "protected_task": "code_language", "zero_shot": 60.0,

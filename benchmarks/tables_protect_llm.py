@@ -1,0 +1,41 @@
+"""The per-seed Trap² table of benchmarks/results/protect_llm*.json (benchmarks/protect_llm.py), rendered by
+benchmarks/tables.py: whether the trap formed on each seed, on the validation examples the run selected on."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+
+def _f(x: Any, nd: int = 1) -> str:
+    return "–" if x is None else f"{x:.{nd}f}"
+
+
+def protect_llm_trap(d: dict[str, Any]) -> str:
+    """Seed by seed: the plain update's validation exact match, Trap²'s kept checkpoint (s = 1, and the best of the
+    probe scales against the start's), whether it replaced the plain update, its time and the seed's CPU."""
+    first = next(iter(d["per_seed"].values()))
+    scales = [x["scale"] for x in first.get("trap2_sweep", [])]
+    rows = ["| seed | plain val EM | Trap² kept: val EM at s = 1 | probe EM, start → kept | kept step | protected | "
+            f"Trap² alone, test EM at s = {' / '.join(f'{x:g}' for x in scales)} | time ratio | CPU s |",
+            "|---|---:|---:|---|---:|---|---|---:|---:|"]
+    for seed, r in d["per_seed"].items():
+        sel = r["trap2"]["selected"] or {}
+        sweep = " / ".join(_f(x["em"]) for x in r.get("trap2_sweep", []))
+        rows.append(f"| {seed} | {_f(r['plain_val']['standalone'])} | {_f(sel.get('standalone'))} | "
+                    f"{_f(sel.get('start_trap'))} → {_f(sel.get('trap'))} | {sel.get('step', '–')} | "
+                    f"{'yes' if sel.get('protected') else 'no'} | {sweep or '–'} | {_f(r['time_ratio'], 2)} | "
+                    f"{_f(r['cpu_seconds'], 0)} |")
+    rows += ["", f"Exact match (points) of the protected task {d['protected_task']}. Validation: probe EM is the best "
+                 "of the update scaled by the probe scales (0.3, 0.6, 1.5; a validation subset), the trap score "
+                 "Trap²'s selection lowers; protected: a Trap² checkpoint within the tolerance of the start at s = 1 "
+                 "replaced the plain update. Test: the kept Trap² update alone, W0 + s·ΔW, on the first 500 test "
+                 "windows (s = 0 is the base), which the merges with the other tasks' updates need not follow. "
+                 "Time ratio: (plain + Trap²) / plain CPU seconds of the protected task's training."]
+    return "\n".join(rows)
+
+
+PROTECT_LLM_TABLES: dict[str, tuple[str, Callable[[Any], str]]] = {
+    "protect-llm-trap": ("protect_llm", protect_llm_trap),
+    "protect-llm-quick-trap": ("protect_llm_quick", protect_llm_trap),
+}

@@ -1,0 +1,86 @@
+"""The LLM merge-protection benchmark's pieces (benchmarks/protect_llm.py) on a real tiny Llama: exact match is
+what greedy decoding of the answer gives (right padding included), and a LoRA's merged state is the PEFT model's."""
+
+from __future__ import annotations
+
+import copy
+import sys
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("peft")
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+TINY = {"train": 4, "val": 4, "test": 6}  # windows per split
+
+
+@pytest.fixture(scope="module")
+def setting(family_models):
+    from protect_llm import LLMSetting
+
+    return LLMSetting(family_models["llama"][0], sizes=TINY)
+
+
+def _greedy_rows(s, prompts: list[list[int]], answer_len: list[int]) -> dict[str, torch.Tensor]:
+    """Prompt + the base's greedy continuation, right-padded as LLMSetting pads, answers labelled."""
+    ids, labels = [], []
+    for p, n in zip(prompts, answer_len):
+        out = s.base.generate(torch.tensor([p]), attention_mask=torch.ones(1, len(p), dtype=torch.long),
+                              max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0)[0].tolist()
+        ids.append(out)
+        labels.append([-100] * len(p) + out[len(p):])
+    width = max(map(len, ids))
+    return {"input_ids": torch.tensor([x + [0] * (width - len(x)) for x in ids]),
+            "attention_mask": torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in ids]),
+            "labels": torch.tensor([y + [-100] * (width - len(y)) for y in labels])}
+
+
+def test_exact_match_is_greedy_decoding_of_the_answer(setting):
+    from protect_llm import TASKS
+
+    s = setting
+    test = s.data[TASKS[0]]["test"]
+    assert len(test["labels"]) == TINY["test"]  # one example per window
+    prompts = [ids[(lab == -100) & (mask == 1)].tolist()
+               for ids, lab, mask in zip(test["input_ids"], test["labels"], test["attention_mask"])]
+    prompts = [p[: len(p) - k] for p, k in zip(prompts, (0, 3, 5, 1, 7, 2))]  # unequal lengths: padding matters
+    rows = _greedy_rows(s, prompts, [1, 2, 3, 2, 1, 3])
+    s.data[TASKS[0]]["greedy"] = rows
+    assert bool(s.correct(s.base, TASKS[0], "greedy").all())  # the greedy answers are exact matches
+    wrong = {k: v.clone() for k, v in rows.items()}
+    last = (wrong["labels"] != -100).int().cumsum(-1).argmax(-1)  # each row's last answer token
+    for i, j in enumerate(last.tolist()):
+        wrong["input_ids"][i, j] = wrong["labels"][i, j] = (int(wrong["labels"][i, j]) + 1) % s.base.config.vocab_size
+    s.data[TASKS[0]]["wrong"] = wrong
+    assert not bool(s.correct(s.base, TASKS[0], "wrong").any())  # one token off: no match
+    assert s.em(s.base, TASKS[0], "greedy", limit=2) == 100.0
+
+
+def test_lora_state_is_the_peft_models_weights(setting):
+    from peft import LoraConfig, get_peft_model
+    from protect_llm import TASKS, lora_state
+
+    s = setting
+    model = get_peft_model(copy.deepcopy(s.base), LoraConfig(
+        r=4, lora_alpha=4, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"], task_type="CAUSAL_LM"))
+    fresh = lora_state(s, model)  # B = 0: the base
+    assert fresh.keys() == s.base_state.keys() and all(torch.equal(fresh[k], s.base_state[k]) for k in fresh)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=0.05)
+    merged = lora_state(s, model)
+    changed = {k for k in merged if not torch.equal(merged[k], s.base_state[k])}
+    assert changed and all(k.split(".")[-2] in ("q_proj", "k_proj", "v_proj", "o_proj") for k in changed)
+    batch = s.batches(TASKS[0], "test", 6)[0]
+    model.eval()
+    with torch.no_grad():
+        want = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        got = s.load(merged)(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    # exact match reads the PEFT model (training's validation) as it reads the merged state (the attacks')
+    assert torch.equal(s.correct(model, TASKS[0], "test"), s.correct(s.load(merged), TASKS[0], "test"))
