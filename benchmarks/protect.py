@@ -61,8 +61,9 @@ TASKS = ("man_section", "man_language", "code_language", "python_package")
 CORE = ("task_arithmetic", "ties", "dare_ties")
 DESIGN_ATTACKS = (*CORE, "realign", "kept_at_1", "refinetune")
 # --quick's attacks unless --attacks is given: the targets' merges, realign and the re-fine-tune. A quick seed with
-# them took 384-506 CPU seconds on one thread with recipe 2 (protect_lora_quick_seed0-4.json, cpu_seconds; recipe 1:
-# 693-812, protect_lora_r1_quick_seed0-4.json); each attack costs
+# them took 433-552 CPU seconds on one thread with recipe 2 at 0c7cde1 (protect_lora_quick_seed0-4.json,
+# cpu_seconds; recipe 1: 693-812, protect_lora_r1_quick_seed0-4.json); the full setting's seed 0 with all eleven
+# attacks 1829 (protect_lora_seed0.json); each attack costs
 # ~20 CPU s per protection (cpu_seconds per attack), so all eleven (and two_protected's second Trap² run) would not
 # fit in 15 minutes.
 QUICK_ATTACKS = (*CORE, "realign", "refinetune")
