@@ -114,7 +114,7 @@ class ProtectConfig:
     interference: float = 0.0  # ‖E‖ / ‖ΔW‖ of the random perturbation of the interference term (0: no term)
     interference_weight: float = 1.0  # its weight, relative to lam
     # Constrained Trap²: λ adapts every step so that the standalone loss stays within `lam_slack` nats of the
-    # starting update's on the same batch: log λ -= lam_control · (EMA of the excess − lam_slack), within
+    # starting update's on the same batch (its loss in eval mode, without dropout: `variants.TeacherOutputs`): log λ -= lam_control · (EMA of the excess − lam_slack), within
     # [lam / 20, lam · 20]. 0 = the paper's fixed λ.
     lam_control: float = 0.0
     lam_slack: float = 0.0

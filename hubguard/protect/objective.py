@@ -177,6 +177,14 @@ def per_example_loss(outputs: Any, inputs: Any) -> torch.Tensor:
     )
 
 
+def choose_loss(*, config: ProtectConfig, loss_fn: LossFn | None) -> LossFn:
+    """The loss the objective uses: `loss_fn`, else per-example cross-entropy when the cap applies per example, else
+    the model's own loss."""
+    if loss_fn is not None:
+        return loss_fn
+    return per_example_loss if config.cap_per_example and config.protected else default_loss
+
+
 class _RngFork:
     """Saves the CPU (and CUDA) RNG state once; `restore()` rewinds to it, so dropout repeats its mask."""
 
@@ -216,7 +224,7 @@ def trap2_loss(
     trainable tensors) with `config.distill`, `shift` (a simulated re-fine-tune) with `config.refit_steps`, and `config.interference`.
     `lam` replaces `config.lam` for this step (the controller of `config.lam_control`).
     """
-    loss_fn = loss_fn or (per_example_loss if config.cap_per_example and config.protected else default_loss)
+    loss_fn = choose_loss(config=config, loss_fn=loss_fn)
     fork = _RngFork(model)
     outputs = _call(model, inputs, None)
     standalone = mean_loss(loss_fn(outputs, inputs))

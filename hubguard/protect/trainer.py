@@ -21,9 +21,9 @@ from hubguard.protect.lora import attach_lora, resolve_target_modules
 from hubguard.protect.objective import (
     LossFn,
     backward_projected,
+    choose_loss,
     default_loss,
     mean_loss,
-    per_example_loss,
     snapshot_reference,
     trap2_loss,
 )
@@ -58,7 +58,7 @@ class ProtectResult:
     best_val_loss: float | None
     stopped_early: bool
     seconds: float
-    history: tuple[dict[str, float], ...]
+    history: tuple[dict[str, float | None], ...]  # val_standalone None: not scored (min_trap_gain)
     selected: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -380,9 +380,9 @@ class _Variants:
         from hubguard.protect.variants import TeacherOutputs
 
         self.model, self.config, self.loss_fn, self.reference = model, config, loss_fn, reference
-        # the starting update's outputs, once per distinct batch (trap2_loss's loss_fn when none is given)
-        teacher_loss = loss_fn or (per_example_loss if config.cap_per_example and config.protected else default_loss)
-        self.teacher = None if teacher is None else TeacherOutputs(model, teacher, loss_fn=teacher_loss)
+        # the starting update's outputs, once per distinct batch, scored with the objective's loss
+        self.teacher = None if teacher is None else TeacherOutputs(
+            model, teacher, loss_fn=choose_loss(config=config, loss_fn=loss_fn))
         self._source = itertools.cycle(batches) if config.refit_steps and config.protected else None
         self._shift: dict[str, torch.Tensor] | None = None
         self.lam = config.lam
