@@ -21,13 +21,13 @@ from hubguard.protect.lora import attach_lora, resolve_target_modules
 from hubguard.protect.objective import (
     LossFn,
     backward_projected,
-    choose_loss,
     default_loss,
     mean_loss,
     snapshot_reference,
     trap2_loss,
 )
 from hubguard.protect.selection import Candidate, TrapSelector
+from hubguard.protect.variant_state import VariantState
 from hubguard.utils import get_logger, progress
 
 if TYPE_CHECKING:
@@ -320,7 +320,7 @@ def train_protected(
     keeper = _Keeper(model, config=config, validation=validation)
     start = time.perf_counter()  # validating the starting state is part of the run's cost
     keeper.start()
-    variants = _Variants(model, train_batches, config=config, loss_fn=loss_fn, reference=reference,
+    variants = VariantState(model, train_batches, config=config, loss_fn=loss_fn, reference=reference,
                          teacher=keeper.snapshot() if config.distill > 0 or config.lam_control > 0 else None)
     steps, epoch, history = 0, 0, []
     model.train()
@@ -367,54 +367,11 @@ def _validation_due(*, config: ProtectConfig, steps: int, n_batches: int | None)
     return due and steps >= config.eval_start
 
 
-class _Variants:
-    """The state hubguard's variants of the objective need during a run (`hubguard.protect.variants`): the starting
-    update for `distill`, and the simulated re-fine-tune δ of `refit_steps`, refreshed every `refit_every` steps on
-    the next training batches (cycled)."""
-
-    def __init__(self, model: torch.nn.Module, batches: Iterable[Any], *, config: ProtectConfig,
-                 loss_fn: LossFn | None, reference: Mapping[str, torch.Tensor] | None,
-                 teacher: dict[str, torch.Tensor] | None) -> None:
-        import itertools
-
-        from hubguard.protect.variants import TeacherOutputs
-
-        self.model, self.config, self.loss_fn, self.reference = model, config, loss_fn, reference
-        # the starting update's outputs, once per distinct batch, scored with the objective's loss
-        self.teacher = None if teacher is None else TeacherOutputs(
-            model, teacher, loss_fn=choose_loss(config=config, loss_fn=loss_fn))
-        self._source = itertools.cycle(batches) if config.refit_steps and config.protected else None
-        self._shift: dict[str, torch.Tensor] | None = None
-        self.lam = config.lam
-        self._excess: float | None = None
-
-    def control(self, out: Any) -> None:
-        """Constrained Trap² (`config.lam_control`): move log λ against the standalone loss's excess over the
-        starting update's (EMA 0.9), minus the allowed slack."""
-        if not self.config.lam_control or out.reference_loss is None or out.task_loss is None:
-            return
-        excess = out.task_loss - out.reference_loss
-        self._excess = excess if self._excess is None else 0.9 * self._excess + 0.1 * excess
-        factor = math.exp(-self.config.lam_control * (self._excess - self.config.lam_slack))
-        self.lam = min(self.config.lam * 20.0, max(self.config.lam / 20.0, self.lam * factor))
-
-    def shift(self, step: int) -> dict[str, torch.Tensor] | None:
-        if self._source is None:
-            return None
-        if self._shift is None or step % self.config.refit_every == 0:
-            from hubguard.protect.variants import refit_shift
-
-            batches = [next(self._source) for _ in range(self.config.refit_steps)]
-            self._shift = refit_shift(self.model, batches, config=self.config, loss_fn=self.loss_fn or default_loss,
-                                      reference=self.reference)
-        return self._shift
-
-
 def _step(model: torch.nn.Module, batch: Any, *, config: ProtectConfig, params: list[torch.nn.Parameter],
           optimizer: torch.optim.Optimizer, scheduler: Any, generator: torch.Generator,
           reference: Mapping[str, torch.Tensor] | None, loss_fn: LossFn | None, step: int,
           teacher: TeacherOutputs | None = None,
-          shift: Mapping[str, torch.Tensor] | None = None, variants: _Variants | None = None) -> dict[str, float]:
+          shift: Mapping[str, torch.Tensor] | None = None, variants: VariantState | None = None) -> dict[str, float]:
     """One optimiser step on the Trap² objective; returns the step's record (losses, scale, λ)."""
     import torch
 

@@ -1,0 +1,55 @@
+"""What hubguard's variants of the Trap² objective keep between the steps of one run (`hubguard.protect.variants`):
+the starting update's outputs for `distill`, the adaptive λ of `lam_control`, and the simulated re-fine-tune δ of
+`refit_steps`."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from hubguard.protect.config import ProtectConfig
+from hubguard.protect.objective import LossFn, choose_loss, default_loss
+from hubguard.protect.variants import TeacherOutputs, refit_shift
+
+if TYPE_CHECKING:
+    import torch
+
+
+class VariantState:
+    """The state hubguard's variants of the objective need during a run (`hubguard.protect.variants`): the starting
+    update for `distill`, and the simulated re-fine-tune δ of `refit_steps`, refreshed every `refit_every` steps on
+    the next training batches (cycled)."""
+
+    def __init__(self, model: torch.nn.Module, batches: Iterable[Any], *, config: ProtectConfig,
+                 loss_fn: LossFn | None, reference: Mapping[str, torch.Tensor] | None,
+                 teacher: dict[str, torch.Tensor] | None) -> None:
+        import itertools
+
+        self.model, self.config, self.loss_fn, self.reference = model, config, loss_fn, reference
+        # the starting update's outputs, once per distinct batch, scored with the objective's loss
+        self.teacher = None if teacher is None else TeacherOutputs(
+            model, teacher, loss_fn=choose_loss(config=config, loss_fn=loss_fn))
+        self._source = itertools.cycle(batches) if config.refit_steps and config.protected else None
+        self._shift: dict[str, torch.Tensor] | None = None
+        self.lam = config.lam
+        self._excess: float | None = None
+
+    def control(self, out: Any) -> None:
+        """Constrained Trap² (`config.lam_control`): move log λ against the standalone loss's excess over the
+        starting update's (EMA 0.9), minus the allowed slack."""
+        if not self.config.lam_control or out.reference_loss is None or out.task_loss is None:
+            return
+        excess = out.task_loss - out.reference_loss
+        self._excess = excess if self._excess is None else 0.9 * self._excess + 0.1 * excess
+        factor = math.exp(-self.config.lam_control * (self._excess - self.config.lam_slack))
+        self.lam = min(self.config.lam * 20.0, max(self.config.lam / 20.0, self.lam * factor))
+
+    def shift(self, step: int) -> dict[str, torch.Tensor] | None:
+        if self._source is None:
+            return None
+        if self._shift is None or step % self.config.refit_every == 0:
+            batches = [next(self._source) for _ in range(self.config.refit_steps)]
+            self._shift = refit_shift(self.model, batches, config=self.config, loss_fn=self.loss_fn or default_loss,
+                                      reference=self.reference)
+        return self._shift
