@@ -53,18 +53,23 @@ class TrapSelector:
 
     def gain(self, cand: Candidate) -> float:
         """How much lower `cand`'s trap score is than the starting state's (0 for the start itself)."""
-        return 0.0 if self.start is None else self.start.trap - cand.trap
+        return self.gain_of(cand.trap)
 
     def gain_of(self, trap: float) -> float:
         """The gain a checkpoint with trap score `trap` would have (0 before the start is added)."""
         return 0.0 if self.start is None else self.start.trap - trap
+
+    def out_of_running(self, trap: float) -> bool:
+        """True when a checkpoint with this trap score cannot be kept whatever its s = 1 score: it gains less than
+        `min_gain`, and with `from_start` its s = 1 score moves no reference (so it need not be measured)."""
+        return self.from_start and self.min_gain > 0 and self.gain_of(trap) < self.min_gain - 1e-9
 
     def note_too_little_gain(self) -> None:
         """A checkpoint was left out unscored at s = 1 because its gain is below `min_gain` (for `why_start`)."""
         self.too_little_gain += 1
 
     def gains_enough(self, cand: Candidate) -> bool:
-        return cand is self.start or self.gain(cand) >= self.min_gain - 1e-9
+        return cand is self.start or self.gain(cand) >= self.min_gain - 1e-9  # out_of_running's complement
 
     def best(self) -> Candidate | None:
         # A dominated candidate gains no more than the one dominating it, so the front suffices, plus the start

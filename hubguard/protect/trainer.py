@@ -198,20 +198,12 @@ class _Keeper:
             self.selector.add(Candidate(0, at_one, trap, self.snapshot()))
             self.reached = self.stopped = self._meets_target(trap)  # already protected enough
 
-    def _cannot_be_kept(self, trap: float) -> bool:
-        """True when a checkpoint with this trap score is out of the running before its s = 1 score is known: it gains
-        less than `min_trap_gain` over the start, and the tolerance is measured from the start (so its s = 1 score
-        moves no reference). Its s = 1 validation pass is then skipped (it is most of a validation's cost)."""
-        assert self.selector is not None
-        from_start = self.config.tolerance_reference == "start"
-        return from_start and self.config.min_trap_gain > 0 and self.selector.gain_of(trap) < self.config.min_trap_gain - 1e-9
-
     def validate(self, step: int, record: dict[str, float | None]) -> None:
         """A validation pass at `step`: record it, update the kept state and the stopping state."""
         if self.selector is not None:
             trap = self.validation.probes()
             record["val_trap"] = trap
-            if self._cannot_be_kept(trap):
+            if self.selector.out_of_running(trap):  # its s = 1 pass (most of a validation's cost) is skipped
                 record["val_standalone"] = None  # not scored: it gains too little to be kept, whatever it scores
                 self.selector.note_too_little_gain()
                 return
