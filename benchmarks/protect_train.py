@@ -56,6 +56,8 @@ class Recipe:
     interference_weight: float = 1.0
     lam_control: float = 0.0
     lam_slack: float = 0.0
+    repair_steps: int = 0  # standalone-only steps from the most protected checkpoint beyond tolerance (repair.py)
+    repair_lr: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -131,7 +133,7 @@ def protect_config(recipe: Recipe, *, steps: int, n_classes: int, seed: int) -> 
         distill=recipe.distill, refit_steps=recipe.refit_steps, refit_lr=recipe.refit_lr,
         refit_every=recipe.refit_every, interference=recipe.interference,
         interference_weight=recipe.interference_weight, lam_control=recipe.lam_control,
-        lam_slack=recipe.lam_slack)
+        lam_slack=recipe.lam_slack, repair_steps=recipe.repair_steps, repair_lr=recipe.repair_lr)
 
 
 def train_trap2(setting: Setting, task: str, plain: Trained, *, recipe: Recipe, seed: int) -> Trained:

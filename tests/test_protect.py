@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -1004,3 +1005,43 @@ def test_min_trap_gain_keeps_the_start_unless_a_checkpoint_is_that_much_more_pro
 def test_bad_min_trap_gain_says_what_to_set(bad, message):
     with pytest.raises(ProtectionError, match=message):
         ProtectConfig(**bad)
+
+
+def test_selector_repairs_the_most_protected_checkpoint_that_lost_too_much():
+    from hubguard.protect.selection import Candidate, TrapSelector
+
+    sel = TrapSelector(1.0, from_start=True, min_gain=5.0)
+    for step, one, trap in [(0, 80.0, 80.0), (10, 79.5, 78.0), (20, 77.0, 70.0), (30, 75.0, 60.0), (40, 60.0, 61.0)]:
+        sel.add(Candidate(step, one, trap, {}))
+    assert sel.best().step == 0  # nothing within tolerance gains 5
+    assert sel.to_repair().step == 30  # the most protected of those that lost more than 1 point (40 is dominated)
+    sel.add(Candidate(50, 79.8, 59.0, {}))  # a kept checkpoint more protected than any of them: nothing to repair
+    assert sel.best().step == 50 and sel.to_repair() is None
+
+
+def test_repair_continues_the_most_protected_checkpoint_at_s1_and_competes_in_the_selection(tiny, trained):
+    plain = copy.deepcopy(trained[0.0][0])
+    cfg = ProtectConfig(lam=0.3, weight="inv", learning_rate=1e-2, max_steps=8, epochs=100, selection="trap",
+                        eval_every=2, standalone_tolerance=0.0, tolerance_reference="start", probe_scales=(0.3, 1.5),
+                        probe_aggregate="mean", early_stopping_patience=30)
+    torch.manual_seed(0)
+    model = copy.deepcopy(plain)
+    res = train_protected(model, train_batches=tiny["train"], val_batches=tiny["val"],
+                          config=cfg.replace(repair_steps=4, repair_lr=1e-2))
+    trap_evals = [r for r in res.history if "val_trap" in r and "repair_from" not in r]
+    repaired = [r for r in res.history if "repair_from" in r]
+    assert res.steps == 8 + 4 and len(repaired) == 4
+    # it started from the most protected trap-phase checkpoint that lost at s = 1 (tolerance 0: any loss)
+    start = res.selected["start_trap"]
+    lost = [r for r in trap_evals if r["val_standalone"] is not None and r["val_standalone"] < res.selected["reference"]]
+    assert lost and {r["repair_from"] for r in repaired} == {min(lost, key=lambda r: r["val_trap"])["step"]}
+    assert all(r["lam"] == 0.0 and math.isnan(r["scaled"]) for r in repaired)  # standalone-only steps
+    checked = [r for r in repaired if "val_trap" in r]
+    assert [r["step"] for r in checked] == [10, 12]
+    # what is kept is what the selection reports, repaired or not
+    assert _loss_at(model, tiny["val"], 1.0) == pytest.approx(-res.selected["standalone"], abs=1e-5)
+    assert res.selected["trap"] <= start
+    with pytest.raises(ProtectionError, match="repair_steps repairs a checkpoint of selection='trap'"):
+        ProtectConfig(repair_steps=3)
+    with pytest.raises(ProtectionError, match="repair_steps must be >= 0"):
+        ProtectConfig(selection="trap", repair_steps=2, repair_lr=0.0)

@@ -118,6 +118,12 @@ class ProtectConfig:
     # [lam / 20, lam · 20]. 0 = the paper's fixed λ.
     lam_control: float = 0.0
     lam_slack: float = 0.0
+    # Repair (`hubguard.protect.repair`; selection="trap" only): after the trap phase, when the most protected
+    # checkpoint lost more than the tolerance at s = 1, this many standalone-only steps (λ = 0; plus the `distill`
+    # KL when set) from it, at `repair_lr` (None: learning_rate), validated every `eval_every` steps and at the end;
+    # the repaired states compete in the same selection. 0 = no repair (the paper).
+    repair_steps: int = 0
+    repair_lr: float | None = None
     seed: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -166,6 +172,12 @@ class ProtectConfig:
             problems.append("distill, refit_steps, interference, interference_weight and lam_control must be >= 0")
         if self.refit_steps and (not self.refit_lr > 0 or self.refit_every < 1):
             problems.append(f"refit_steps needs refit_lr > 0 and refit_every >= 1, got {self.refit_lr}, {self.refit_every}")
+        if self.repair_steps < 0 or (self.repair_lr is not None and not self.repair_lr > 0):
+            problems.append(f"repair_steps must be >= 0 and repair_lr > 0 or None, got {self.repair_steps}, "
+                            f"{self.repair_lr}")
+        elif self.repair_steps and self.selection != "trap":
+            problems.append("repair_steps repairs a checkpoint of selection='trap'; set selection='trap' or "
+                            "repair_steps=0")
         if self.samples_per_step < 1:
             problems.append("samples_per_step must be >= 1")
         if self.lora_r < 1:

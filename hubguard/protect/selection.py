@@ -78,6 +78,15 @@ class TrapSelector:
         ok = [c for c in pool if self.within(c) and self.gains_enough(c)]
         return min(ok, key=lambda c: (c.trap, -c.standalone)) if ok else None
 
+    def to_repair(self) -> Candidate | None:
+        """The checkpoint worth repairing (`hubguard.protect.repair`): the most protected one after the start that
+        gains enough but lost more than the tolerance at s = 1, if it is more protected than what `best()` keeps."""
+        kept = self.best()
+        bar = math.inf if kept is None or kept is self.start else kept.trap
+        lost = [c for c in self.front if c is not self.start and self.gains_enough(c) and not self.within(c)
+                and c.trap < bar]
+        return min(lost, key=lambda c: (c.trap, -c.standalone)) if lost else None
+
     def describe(self, chosen: Candidate) -> dict[str, Any]:
         """What `ProtectResult.selected` records of the kept candidate."""
         return {"step": chosen.step, "standalone": chosen.standalone, "trap": chosen.trap,

@@ -332,6 +332,14 @@ def train_protected(
             if done:
                 break
         epoch += 1
+    if config.repair_steps:  # hubguard.protect.repair: the most protected checkpoint that lost too much at s = 1
+        from hubguard.protect.repair import repair
+
+        repaired = repair(model, keeper=keeper, batches=train_batches, config=config, params=params, step_fn=_step,
+                          first_step=steps, generator=generator, reference=reference, loss_fn=loss_fn,
+                          teacher=variants.teacher)
+        history += repaired
+        steps += len(repaired)
     selected = keeper.finish(history, steps)
     model.eval()
     seconds = time.perf_counter() - start
