@@ -332,14 +332,9 @@ def train_protected(
             if done:
                 break
         epoch += 1
-    if config.repair_steps:  # hubguard.protect.repair: the most protected checkpoint that lost too much at s = 1
-        from hubguard.protect.repair import repair
-
-        repaired = repair(model, keeper=keeper, batches=train_batches, config=config, params=params, step_fn=_step,
-                          first_step=steps, generator=generator, reference=reference, loss_fn=loss_fn,
-                          teacher=variants.teacher)
-        history += repaired
-        steps += len(repaired)
+    repaired = _repair(model, keeper=keeper, batches=train_batches, config=config, params=params, first_step=steps,
+                       generator=generator, reference=reference, loss_fn=loss_fn, teacher=variants.teacher)
+    history, steps = history + repaired, steps + len(repaired)
     selected = keeper.finish(history, steps)
     model.eval()
     seconds = time.perf_counter() - start
@@ -347,6 +342,15 @@ def train_protected(
     return ProtectResult(steps=steps, epochs_run=steps / n_batches if n_batches else float(epoch),
                          best_val_loss=None if keeper.best == math.inf else keeper.best, stopped_early=keeper.stopped,
                          seconds=seconds, history=tuple(history), selected=selected)
+
+
+def _repair(model: torch.nn.Module, *, keeper: _Keeper, config: ProtectConfig, **kwargs: Any) -> list[dict[str, Any]]:
+    """`hubguard.protect.repair` after the trap phase (`config.repair_steps`): the records of its steps, or none."""
+    if not config.repair_steps:
+        return []
+    from hubguard.protect.repair import repair
+
+    return repair(model, keeper=keeper, config=config, step_fn=_step, **kwargs)
 
 
 def _length(batches: Iterable[Any]) -> int | None:
