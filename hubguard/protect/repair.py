@@ -34,14 +34,10 @@ def repair(model: torch.nn.Module, *, keeper: Any, batches: Iterable[Any], confi
     """
     import torch
 
-    selector = keeper.selector
-    source = None if selector is None or not config.repair_steps else selector.to_repair()
+    source = keeper.selector.to_repair()  # repair_steps > 0 implies selection="trap" (ProtectConfig)
     if source is None:
         return []
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name in source.state:
-                p.copy_(source.state[name])
+    keeper.load(source.state)
     # the standalone term only; the variants that shape the trap term are off with it
     plain = config.replace(lam=0.0, project_conflicts=False, refit_steps=0, interference=0.0, lam_control=0.0)
     optimizer = torch.optim.AdamW(params, lr=config.repair_lr or config.learning_rate,

@@ -226,8 +226,6 @@ class _Keeper:
 
     def finish(self, history: list[dict[str, float]], steps: int) -> dict[str, Any] | None:
         """Restore the kept state into the model; describe it (ProtectResult.selected)."""
-        import torch
-
         selected: dict[str, Any] | None = None
         state = self.best_state
         if self.selector is not None:
@@ -239,11 +237,17 @@ class _Keeper:
             selected = {"step": min((r["step"] for r in history if r.get("val") == self.best), default=steps),
                         "standalone": -self.best}
         if state is not None:
-            with torch.no_grad():
-                for n, p in self.model.named_parameters():
-                    if n in state:
-                        p.copy_(state[n])
+            self.load(state)
         return selected
+
+    def load(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Copy a kept state (`snapshot()`'s tensors) back into the model."""
+        import torch
+
+        with torch.no_grad():
+            for n, p in self.model.named_parameters():
+                if n in state:
+                    p.copy_(state[n])
 
     def _describe(self, chosen: Candidate) -> dict[str, Any]:
         assert self.selector is not None
