@@ -113,6 +113,12 @@ class ProtectConfig:
     refit_every: int = 10  # optimiser steps between two simulations
     interference: float = 0.0  # ‖E‖ / ‖ΔW‖ of the random perturbation of the interference term (0: no term)
     interference_weight: float = 1.0  # its weight, relative to lam
+    # Proxy merges (`variants.proxy_shift`; a trap for merges at coefficient 1): with probability `proxy_mix` a step's
+    # trap pass is a simulated merge W0 + s·(ΔW + Σ_j c_j·P_j) of the update with the protector's own updates P_j of
+    # other, public tasks (`train_protected(proxies=...)`), c_j ~ U[proxy_scale], s ~ U[scale_min, 1] with s = 1
+    # included (a merge at coefficient 1 should fail too; alone, s = 1 is the standalone term's). 0 = off.
+    proxy_mix: float = 0.0
+    proxy_scale: tuple[float, float] = (0.5, 1.5)
     # Constrained Trap²: λ adapts every step so that the standalone loss stays within `lam_slack` nats of the
     # starting update's on the same batch (its loss in eval mode, without dropout: `variants.TeacherOutputs`): log λ -= lam_control · (EMA of the excess − lam_slack), within
     # [lam / 20, lam · 20]. 0 = the paper's fixed λ.
@@ -170,6 +176,11 @@ class ProtectConfig:
         if (self.distill < 0 or self.refit_steps < 0 or self.interference < 0 or self.interference_weight < 0
                 or self.lam_control < 0):
             problems.append("distill, refit_steps, interference, interference_weight and lam_control must be >= 0")
+        scale_ok = (isinstance(self.proxy_scale, tuple) and len(self.proxy_scale) == 2
+                    and 0 <= self.proxy_scale[0] <= self.proxy_scale[1])
+        if not 0 <= self.proxy_mix <= 1 or not scale_ok:
+            problems.append(f"proxy_mix must be in [0, 1] and proxy_scale (lo, hi) with 0 <= lo <= hi, got "
+                            f"{self.proxy_mix}, {self.proxy_scale}")
         if self.refit_steps and (not self.refit_lr > 0 or self.refit_every < 1):
             problems.append(f"refit_steps needs refit_lr > 0 and refit_every >= 1, got {self.refit_lr}, {self.refit_every}")
         if self.repair_steps < 0 or (self.repair_lr is not None and not self.repair_lr > 0):
@@ -218,6 +229,7 @@ class ProtectConfig:
         data = dataclasses.asdict(self)
         data["exclude"] = list(self.exclude)
         data["probe_scales"] = list(self.probe_scales)
+        data["proxy_scale"] = list(self.proxy_scale)
         data["target_modules"] = list(self.target_modules) if self.target_modules is not None else None
         data["lora_alpha"] = self.effective_lora_alpha
         return {"method": PROTECTION_METHOD, "schema_version": PROTECTION_SCHEMA_VERSION, **data}
@@ -227,7 +239,7 @@ class ProtectConfig:
         """Read back `to_dict()` output; unknown fields are ignored (newer writers)."""
         known = {f.name for f in dataclasses.fields(cls)}
         kwargs = {k: v for k, v in data.items() if k in known}
-        for key in ("exclude", "probe_scales"):
+        for key in ("exclude", "probe_scales", "proxy_scale"):
             if key in kwargs:
                 kwargs[key] = tuple(kwargs[key])
         if kwargs.get("target_modules") is not None:

@@ -55,13 +55,17 @@ class Trap2Output:
     distill_term: torch.Tensor | None = None
 
 
-def sample_scale(*, config: ProtectConfig, generator: torch.Generator) -> float:
-    """One s ~ U[scale_min, scale_max], rejecting the open interval `config.exclude`.
+def sample_scale(*, config: ProtectConfig, generator: torch.Generator, merge: bool = False) -> float:
+    """One s ~ U[scale_min, scale_max], rejecting the open interval `config.exclude`; with `merge` (a proxy merge's
+    pass, `config.proxy_mix`) s ~ U[scale_min, min(1, scale_max)], nothing rejected: s = 1 is a merge too.
 
     Draws from its own generator so the dropout RNG of the training passes is untouched.
     """
     import torch
 
+    if merge:
+        top = min(1.0, config.scale_max)
+        return config.scale_min + float(torch.rand((), generator=generator)) * (top - config.scale_min)
     lo, hi = config.exclude
     for _ in range(10_000):
         u = float(torch.rand((), generator=generator))
@@ -215,6 +219,7 @@ def trap2_loss(
     teacher: TeacherOutputs | Mapping[str, torch.Tensor] | None = None,
     shift: Mapping[str, torch.Tensor] | None = None,
     lam: float | None = None,
+    proxy: Mapping[str, torch.Tensor] | None = None,
 ) -> Trap2Output:
     """Evaluate J on one batch. Call `.loss.backward()` on the result (two graphs, one backward).
 
@@ -222,7 +227,8 @@ def trap2_loss(
     With `config.lam == 0` only the standalone pass runs (plain training, used as the unprotected control).
     hubguard's variants (`hubguard.protect.variants`): `teacher` (the starting update's `TeacherOutputs`, or its
     trainable tensors) with `config.distill`, `shift` (a simulated re-fine-tune) with `config.refit_steps`, and `config.interference`.
-    `lam` replaces `config.lam` for this step (the controller of `config.lam_control`).
+    `lam` replaces `config.lam` for this step (the controller of `config.lam_control`). `proxy` (this step's
+    Σ c_j·P_j of `config.proxy_mix`, `variants.proxy_shift`) makes the trap pass the merge W0 + s·(ΔW + proxy).
     """
     loss_fn = choose_loss(config=config, loss_fn=loss_fn)
     fork = _RngFork(model)
@@ -243,8 +249,11 @@ def trap2_loss(
         return Trap2Output(loss=standalone, standalone_loss=float(standalone.detach()), scaled_loss=float("nan"),
                            scale=1.0, weight=0.0, reference_loss=reference_loss, task_loss=task_loss)
     scales = [scale] if scale is not None else [
-        sample_scale(config=config, generator=generator) for _ in range(config.samples_per_step)
+        sample_scale(config=config, generator=generator, merge=proxy is not None)
+        for _ in range(config.samples_per_step)
     ]
+    if proxy is not None:  # the merge with the proxies: their shift adds to a re-fine-tune's, if any
+        shift = {n: (shift or {}).get(n, 0.0) + proxy.get(n, 0.0) for n in {*(shift or {}), *proxy}}
     penalty = 0.0
     scaled_values = []
     weights = []

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +28,7 @@ from hubguard.protect.objective import (
 )
 from hubguard.protect.selection import Candidate, TrapSelector
 from hubguard.protect.variant_state import VariantState
+from hubguard.protect.variants import check_proxies
 from hubguard.utils import get_logger, progress
 
 if TYPE_CHECKING:
@@ -105,8 +106,10 @@ class _Validation:
 
     def __init__(self, model: torch.nn.Module, *, config: ProtectConfig, val_batches: Iterable[Any] | None,
                  loss_fn: LossFn | None, val_score_fn: Score | None, probe_score_fn: Score | None,
-                 reference: Mapping[str, torch.Tensor] | None) -> None:
+                 reference: Mapping[str, torch.Tensor] | None,
+                 proxies: Sequence[Mapping[str, torch.Tensor]] = ()) -> None:
         self.model, self.config, self.reference = model, config, reference
+        self.proxies = list(proxies)  # checked (`variants.check_proxies`); their merge at 1 is probed too
         self.val_batches, self.loss_fn = val_batches, loss_fn
         self.val_score_fn, self.probe_score_fn = val_score_fn, probe_score_fn
 
@@ -142,6 +145,11 @@ class _Validation:
             got = []
             for s in self.config.probe_scales:
                 with scaled_in_place(self.model, scale=s, mode=self.config.mode, reference=self.reference):
+                    got.append(float(self.probe_score_fn(self.model)) if self.probe_score_fn else self._score())
+            if self.proxies:  # the merge the proxy passes train against: W0 + ΔW + Σ_j P_j
+                from hubguard.protect.variants import shifted_in_place
+
+                with shifted_in_place(self.model, shifts=self.proxies):
                     got.append(float(self.probe_score_fn(self.model)) if self.probe_score_fn else self._score())
             return max(got) if self.config.probe_aggregate == "max" else sum(got) / len(got)
 
@@ -278,6 +286,7 @@ def train_protected(
     reference: Mapping[str, torch.Tensor] | None = None,
     optimizer: torch.optim.Optimizer | None = None,
     on_step: Callable[[int, dict[str, float]], None] | None = None,
+    proxies: Sequence[Mapping[str, torch.Tensor]] = (),
 ) -> ProtectResult:
     """Train `model` in place with the Trap² objective (plain training when `config.lam == 0`).
 
@@ -300,14 +309,19 @@ def train_protected(
     To protect an update you already trained, load it trainable (`PeftModel.from_pretrained(base, path,
     is_trainable=True)`, or the fine-tuned model with `reference` = the base's parameters for full mode)
     and call this with `selection="trap"`.
+
+    `proxies` (with `config.proxy_mix`): updates of other, public tasks from the same base, {parameter name: ΔW}
+    (LoRA: `<module>.base_layer.weight`), that the trap is also trained to break in a merge (`hubguard.protect.variants`).
     """
     import torch
 
     n_batches = _length(train_batches)
     if config.mode == "full" and reference is None:
         reference = snapshot_reference(model)
+    proxies = check_proxies(model, proxies, config=config)
     validation = _Validation(model, config=config, val_batches=val_batches, loss_fn=loss_fn,
-                             val_score_fn=val_score_fn, probe_score_fn=probe_score_fn, reference=reference)
+                             val_score_fn=val_score_fn, probe_score_fn=probe_score_fn, reference=reference,
+                             proxies=proxies)
     _check_run(config=config, n_batches=n_batches, validation=validation)
     params = _trainable(model)
     optimizer = optimizer or torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
@@ -317,7 +331,8 @@ def train_protected(
     start = time.perf_counter()  # validating the starting state is part of the run's cost
     keeper.start()
     variants = VariantState(model, train_batches, config=config, loss_fn=loss_fn, reference=reference,
-                         teacher=keeper.snapshot() if config.distill > 0 or config.lam_control > 0 else None)
+                         teacher=keeper.snapshot() if config.distill > 0 or config.lam_control > 0 else None,
+                         proxies=proxies)
     steps, epoch, history = 0, 0, []
     model.train()
     done = keeper.stopped
@@ -385,8 +400,9 @@ def _step(model: torch.nn.Module, batch: Any, *, config: ProtectConfig, params: 
 
     optimizer.zero_grad(set_to_none=True)
     lam = variants.lam if variants is not None else None
+    proxy = variants.proxy(generator) if variants is not None else None
     out = trap2_loss(model, batch, config=config, generator=generator, reference=reference, loss_fn=loss_fn,
-                     teacher=teacher, shift=shift, lam=lam)
+                     teacher=teacher, shift=shift, lam=lam, proxy=proxy)
     if variants is not None:
         variants.control(out)
     if not torch.isfinite(out.loss):
@@ -402,8 +418,9 @@ def _step(model: torch.nn.Module, batch: Any, *, config: ProtectConfig, params: 
     optimizer.step()
     if scheduler is not None:
         scheduler.step()
-    return {"step": step + 1, "loss": float(out.loss.detach()), "standalone": out.standalone_loss,
-            "scaled": out.scaled_loss, "scale": out.scale, "lam": config.lam if lam is None else lam}
+    record = {"step": step + 1, "loss": float(out.loss.detach()), "standalone": out.standalone_loss,
+              "scaled": out.scaled_loss, "scale": out.scale, "lam": config.lam if lam is None else lam}
+    return record if not config.proxy_mix else {**record, "proxy": float(proxy is not None)}
 
 
 def _lr_scheduler(optimizer: torch.optim.Optimizer, *, config: ProtectConfig, n_batches: int | None) -> Any:

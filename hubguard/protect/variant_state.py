@@ -1,6 +1,6 @@
 """What hubguard's variants of the Trap² objective keep between the steps of one run (`hubguard.protect.variants`):
-the starting update's outputs for `distill`, the adaptive λ of `lam_control`, and the simulated re-fine-tune δ of
-`refit_steps`."""
+the starting update's outputs for `distill`, the adaptive λ of `lam_control`, the simulated re-fine-tune δ of
+`refit_steps`, and the proxy updates of `proxy_mix`."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from hubguard.protect.config import ProtectConfig
 from hubguard.protect.objective import LossFn, choose_loss, default_loss
-from hubguard.protect.variants import TeacherOutputs, refit_shift
+from hubguard.protect.variants import TeacherOutputs, check_proxies, proxy_shift, refit_shift
 
 if TYPE_CHECKING:
     import torch
@@ -23,7 +23,8 @@ class VariantState:
 
     def __init__(self, model: torch.nn.Module, batches: Iterable[Any], *, config: ProtectConfig,
                  loss_fn: LossFn | None, reference: Mapping[str, torch.Tensor] | None,
-                 teacher: dict[str, torch.Tensor] | None) -> None:
+                 teacher: dict[str, torch.Tensor] | None,
+                 proxies: Iterable[Mapping[str, torch.Tensor]] = ()) -> None:
         import itertools
 
         self.model, self.config, self.loss_fn, self.reference = model, config, loss_fn, reference
@@ -34,6 +35,11 @@ class VariantState:
         self._shift: dict[str, torch.Tensor] | None = None
         self.lam = config.lam
         self._excess: float | None = None
+        self.proxies = check_proxies(model, proxies, config=config)
+
+    def proxy(self, generator: torch.Generator) -> dict[str, torch.Tensor] | None:
+        """This step's proxy merge shift (`config.proxy_mix`), or None."""
+        return proxy_shift(self.proxies, config=self.config, generator=generator) if self.config.protected else None
 
     def control(self, out: Any) -> None:
         """Constrained Trap² (`config.lam_control`): move log λ against the standalone loss's excess over the

@@ -14,11 +14,16 @@
 - `interference` (a trap for the protected update kept at coefficient 1): another update merged in perturbs the
   released weights; each step adds a random low-rank perturbation E to every adapted weight, with
   ‖E‖ = interference · ‖ΔW‖ of that weight, and maximises L(W₀ + ΔW + E) too (weight `interference_weight`).
+- `proxy_mix` (a trap for the merge at coefficient 1, from real task updates): random perturbations lie in flat
+  directions, other tasks' updates need not. The protector trains its own updates P_j of other, public tasks from the
+  same base (never the attacker's), and with probability `proxy_mix` a step's trap pass is the merge
+  W₀ + s·(ΔW + Σ_j c_j·P_j), c_j ~ U[proxy_scale], s ~ U[scale_min, 1] (s = 1 included).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from hubguard.errors import ProtectionError
@@ -166,6 +171,73 @@ def refit_shift(
             if g is not None:
                 delta[n] = delta[n] - config.refit_lr * g.sign()
     return delta
+
+
+def check_proxies(model: torch.nn.Module, proxies: Iterable[Mapping[str, torch.Tensor]], *,
+                  config: ProtectConfig) -> list[dict[str, torch.Tensor]]:
+    """The proxy updates of `config.proxy_mix`, checked against `model`: each maps parameter names to ΔW tensors of
+    their shape (LoRA: the base weights under the LoRA layers, `<module>.base_layer.weight`; full: trainable
+    parameters). Raises ProtectionError naming what to fix."""
+    params = dict(model.named_parameters())
+    names = set(base_weight_names(model)) if config.mode == "lora" else {n for n, p in params.items() if p.requires_grad}
+    out = [dict(p) for p in proxies]
+    if config.proxy_mix > 0 and not any(out):
+        raise ProtectionError("proxy_mix > 0 needs proxy updates: pass train_protected(proxies=[{name: ΔW}, ...]), "
+                              "updates of other public tasks from the same base, or set proxy_mix=0.")
+    if out and not config.proxy_mix > 0:
+        raise ProtectionError("proxies were given but proxy_mix is 0, so they would not be used; set proxy_mix > 0.")
+    for j, proxy in enumerate(out):
+        for n, d in proxy.items():
+            if n not in names:
+                where = "a base weight under a LoRA layer" if config.mode == "lora" else "a trainable parameter"
+                raise ProtectionError(f"Proxy update {j} names {n!r}, which is not {where} of the model; key proxies "
+                                      f"by the model's parameter names (e.g. {sorted(names)[:1]}).")
+            if tuple(d.shape) != tuple(params[n].shape):
+                raise ProtectionError(f"Proxy update {j}'s {n!r} has shape {tuple(d.shape)}, the parameter "
+                                      f"{tuple(params[n].shape)}; give ΔW of the same shape.")
+    return [{n: d.detach().to(params[n].dtype) for n, d in proxy.items()} for proxy in out]
+
+
+def proxy_shift(proxies: list[dict[str, torch.Tensor]], *, config: ProtectConfig,
+                generator: torch.Generator) -> dict[str, torch.Tensor] | None:
+    """This step's Σ_j c_j·P_j, c_j ~ U[proxy_scale], with probability `config.proxy_mix`; else None (a plain
+    Trap² pass). Draws nothing when there are no proxies, so runs without them keep their random sequence."""
+    import torch
+
+    if not proxies or not config.proxy_mix > 0:
+        return None
+    if float(torch.rand((), generator=generator)) >= config.proxy_mix:
+        return None
+    lo, hi = config.proxy_scale
+    out: dict[str, torch.Tensor] = {}
+    for proxy in proxies:
+        c = lo + float(torch.rand((), generator=generator)) * (hi - lo)
+        for n, d in proxy.items():
+            out[n] = out[n] + c * d if n in out else c * d
+    return out
+
+
+@contextmanager
+def shifted_in_place(model: torch.nn.Module, *, shifts: Iterable[Mapping[str, torch.Tensor]]) -> Iterator[None]:
+    """Temporarily add every mapping's tensors to the model's parameters of those names (inference only): the
+    merge W0 + ΔW + Σ_j P_j of checked proxies; restored on exit."""
+    import torch
+
+    params = dict(model.named_parameters())
+    total: dict[str, torch.Tensor] = {}
+    for shift in shifts:
+        for n, d in shift.items():
+            total[n] = total[n] + d if n in total else d
+    saved = {n: params[n].detach().clone() for n in total}
+    try:
+        with torch.no_grad():
+            for n, d in total.items():
+                params[n].add_(d)
+        yield
+    finally:
+        with torch.no_grad():
+            for n, v in saved.items():
+                params[n].copy_(v)
 
 
 def interference_parameters(
