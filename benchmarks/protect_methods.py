@@ -21,9 +21,12 @@ from typing import Any
 
 import torch
 from protect_setup import Setting
-from protect_train import Recipe, Trained, train_trap2
+from protect_train import Recipe, Trained, train_plain, train_trap2
 
 from hubguard.protect.lock import LockConfig, lock_state_dict, plan_lock
+
+PROXY_TASK = "doc_kind"  # in the task snapshot, never merged by the attacker (protect.py's TASKS)
+PUBLIC_SEED_OFFSET = 1000  # trap2-public's own runs of the public tasks: seeds the attacker's runs never use
 
 
 @dataclass
@@ -100,13 +103,63 @@ def _design(**changes: Any) -> Callable[[Context, str], Released]:
     return run
 
 
+def _proxy_delta(ctx: Context, task: str) -> tuple[dict[str, torch.Tensor], float]:
+    """The protector's own update of a public task the attacker does not merge (`doc_kind`), one epoch from the
+    base, as a weight delta; with its CPU seconds (once per context: it depends on the base only)."""
+    key = ("proxy", PROXY_TASK)
+    if key not in ctx.cache:
+        n_train, n_val, n_test = ctx.setting.sizes[task]
+        s = Setting(names=[PROXY_TASK], n_train=n_train, n_val=n_val, n_test=n_test)
+        t = train_plain(s, PROXY_TASK, recipe=ctx.recipe, seed=ctx.seed, epochs=1)
+        delta = {n: t.state[n] - s.base_state[n] for n in s.top_names}
+        ctx.cache[key] = Released(delta, t.seconds, {"task": PROXY_TASK, "steps": t.result.steps,
+                                                     "val": t.result.selected})
+    got = ctx.cache[key]
+    return got.state, got.seconds
+
+
+def _public_deltas(ctx: Context, task: str) -> tuple[list[dict[str, torch.Tensor]], float, dict[str, Any]]:
+    """The protector's own runs (seed + 1000, the plain recipe) of the other public tasks, i.e. the tasks the attacker
+    merges, never the attacker's runs: proxies for the public fine-tunes of the base a merger would pick up."""
+    s = ctx.setting
+    runs = {t: train_plain(s, t, recipe=ctx.recipe, seed=ctx.seed + PUBLIC_SEED_OFFSET) for t in s.names if t != task}
+    deltas = [{n: r.state[n] - s.base_state[n] for n in s.top_names} for r in runs.values()]
+    info = {t: {"steps": r.result.steps, "seconds": r.seconds, "val": r.result.selected} for t, r in runs.items()}
+    return deltas, sum(r.seconds for r in runs.values()), info
+
+
+def _proxy_design(source: str) -> Callable[[Context, str], Released]:
+    """Trap² whose trap passes are, half the time, merges with proxy updates at coefficients c ~ U[0.5, 2]
+    (`ProtectConfig.proxy_mix`): from `doc_kind` (a task the attacker never merges) or from the public tasks."""
+
+    def run(ctx: Context, task: str) -> Released:
+        if source == "doc_kind":
+            delta, proxy_seconds = _proxy_delta(ctx, task)
+            deltas, proxy_info = [delta], {**ctx.cache[("proxy", PROXY_TASK)].info, "seconds": proxy_seconds}
+        else:
+            deltas, proxy_seconds, proxy_info = _public_deltas(ctx, task)
+        changes = {"proxy_mix": 0.5, "proxy_scale": (0.5, 2.0)}
+        t = train_trap2(ctx.setting, task, ctx.plain[task], recipe=ctx.recipe.with_(**changes), seed=ctx.seed,
+                        proxies=deltas)
+        # the proxies depend on the base only: a publisher trains (or downloads) them once for every release
+        info = {"selected": t.result.selected, "steps": t.result.steps, "validation": _validation(t),
+                "variant": changes, "proxy": proxy_info, "proxy_seconds": proxy_seconds, "trap_seconds": t.seconds}
+        return Released(t.state, t.seconds + proxy_seconds, info, t)
+
+    return run
+
+
 # Aimed at the attacks Trap² leaves open (protect.py's docstring): a short re-fine-tune before merging (the trap is
 # trained at the re-fine-tuned update: 5 sign steps of 7.5e-4, i.e. the displacement of the attacker's 75 AdamW
 # steps at 5e-5, refreshed every 10 steps), and the protected update kept at 1 while others are merged in (a
-# random perturbation of the adapted weights as large as the update itself, maximised too).
+# random perturbation of the adapted weights as large as the update itself, maximised too), and the merges at
+# coefficient 1 (TA escapes there, benchmarks/README.md): the trap trained at merges with proxy updates, of a task the
+# attacker never merges (trap2-proxy) or the protector's own runs of the public tasks a merger picks up (trap2-public).
 DESIGNS: dict[str, Callable[[Context, str], Released]] = {
     "trap2-refit": _design(refit_steps=5, refit_lr=7.5e-4, refit_every=10),
     "trap2-mix": _design(interference=1.0, interference_weight=1.0),
+    "trap2-proxy": _proxy_design("doc_kind"),
+    "trap2-public": _proxy_design("public"),
 }
 
 

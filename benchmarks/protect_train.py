@@ -58,6 +58,8 @@ class Recipe:
     lam_slack: float = 0.0
     repair_steps: int = 0  # standalone-only steps from the most protected checkpoint beyond tolerance (repair.py)
     repair_lr: float | None = None
+    proxy_mix: float = 0.0  # share of trap passes that are merges with the protector's proxy updates (variants.py)
+    proxy_scale: tuple[float, float] = (0.5, 1.5)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -133,12 +135,31 @@ def protect_config(recipe: Recipe, *, steps: int, n_classes: int, seed: int) -> 
         distill=recipe.distill, refit_steps=recipe.refit_steps, refit_lr=recipe.refit_lr,
         refit_every=recipe.refit_every, interference=recipe.interference,
         interference_weight=recipe.interference_weight, lam_control=recipe.lam_control,
-        lam_slack=recipe.lam_slack, repair_steps=recipe.repair_steps, repair_lr=recipe.repair_lr)
+        lam_slack=recipe.lam_slack, repair_steps=recipe.repair_steps, repair_lr=recipe.repair_lr,
+        proxy_mix=recipe.proxy_mix, proxy_scale=tuple(recipe.proxy_scale))
 
 
-def train_trap2(setting: Setting, task: str, plain: Trained, *, recipe: Recipe, seed: int) -> Trained:
+def model_keyed(clf: Classifier, delta: dict[str, torch.Tensor], mode: str) -> dict[str, torch.Tensor]:
+    """A weight delta keyed like the base's state dict, re-keyed by `clf`'s parameter names as train_protected's
+    `proxies` take it (LoRA: the base weights under the LoRA layers); zero deltas left out."""
+    out = {}
+    for n, p in clf.named_parameters():
+        if mode == "lora" and n.endswith(".base_layer.weight"):
+            key = n.removeprefix("encoder.").removeprefix("base_model.model.").replace(".base_layer.weight", ".weight")
+        elif mode == "full" and p.requires_grad:
+            key = n.removeprefix("encoder.")
+        else:
+            continue
+        if key in delta and bool(delta[key].any()):
+            out[n] = delta[key]
+    return out
+
+
+def train_trap2(setting: Setting, task: str, plain: Trained, *, recipe: Recipe, seed: int,
+                proxies: list[dict[str, torch.Tensor]] | None = None) -> Trained:
     """Trap² continuing the plain update for `trap_budget` of its steps; the most protected checkpoint within
-    `tolerance` validation points of it at s = 1 is kept."""
+    `tolerance` validation points of it at s = 1 is kept. `proxies`: weight deltas of other tasks' updates (keyed
+    like the base's state dict) for `recipe.proxy_mix`."""
     clf = copy.deepcopy(plain.model)
     steps = max(6, round(recipe.trap_budget * plain.result.steps))
     cfg = protect_config(recipe, steps=steps, n_classes=len(setting.classes[task]), seed=seed)
@@ -149,5 +170,6 @@ def train_trap2(setting: Setting, task: str, plain: Trained, *, recipe: Recipe, 
     t0, c0 = time.perf_counter(), time.process_time()
     res = train_protected(clf, train_batches=_shuffled(setting, task, recipe.batch_size, seed + 1), config=cfg,
                           reference=reference, val_score_fn=lambda m: setting.accuracy(m.encoder, task, "val"),
-                          probe_score_fn=lambda m: setting.accuracy(m.encoder, task, "val", limit=recipe.probe_val))
+                          probe_score_fn=lambda m: setting.accuracy(m.encoder, task, "val", limit=recipe.probe_val),
+                          proxies=[model_keyed(clf, d, recipe.mode) for d in proxies or []])
     return Trained(state_of(setting, clf, recipe.mode), res, time.process_time() - c0, clf, time.perf_counter() - t0)

@@ -86,3 +86,36 @@ def test_the_attack_table_names_the_merge_attacks():
     text = protect_attacks(d)
     assert "| task arithmetic | 40.0 [38.0, 42.0] (2/2 ≤ zs) |" in text
     assert "| realign to the base, then task arithmetic |" in text
+
+
+@pytest.mark.parametrize("mode", ["lora", "full"])
+def test_proxy_deltas_are_rekeyed_to_the_trained_models_parameters(mode):
+    """protect_train.model_keyed: a delta keyed like BertModel's state dict reaches the parameters train_protected's
+    `proxies` name (LoRA: the base weights under the LoRA layers), zero deltas left out; it checks as valid proxies."""
+    pytest.importorskip("peft")
+    from peft import LoraConfig, get_peft_model
+    from protect_train import model_keyed
+    from transformers import BertConfig, BertModel
+
+    from hubguard.protect.config import ProtectConfig
+    from hubguard.protect.variants import check_proxies
+
+    bert = BertModel(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                                intermediate_size=32))
+    state = bert.state_dict()
+    if mode == "lora":
+        bert = get_peft_model(bert, LoraConfig(r=2, target_modules=["query", "value"], layers_to_transform=[1]))
+    else:
+        for n, p in bert.named_parameters():
+            p.requires_grad_(n.startswith("encoder.layer.1."))
+    clf = torch.nn.Module()
+    clf.encoder = bert  # what protect_setup.Classifier holds
+    delta = {k: torch.ones_like(v) if k.startswith("encoder.layer.1.") else torch.zeros_like(v) for k, v in state.items()}
+    got = model_keyed(clf, delta, mode)
+    if mode == "lora":
+        assert sorted(got) == [f"encoder.base_model.model.encoder.layer.1.attention.self.{m}.base_layer.weight"
+                               for m in ("query", "value")]
+    else:
+        assert got and all(n.startswith("encoder.encoder.layer.1.") for n in got)
+        assert len(got) == sum(k.startswith("encoder.layer.1.") for k in state)
+    check_proxies(clf, [got], config=ProtectConfig(mode=mode, lam=1.0, proxy_mix=0.5))
