@@ -212,6 +212,12 @@ def _targets(attacks: dict, correct: torch.Tensor, plain_correct: torch.Tensor, 
     return out
 
 
+def _amortized(r: dict[str, Any]) -> float:
+    """A proxy design's time ratio without its proxies' training (a publisher trains them once per base)."""
+    plain_seconds = r["seconds"] / r["time_ratio"]
+    return (r["seconds"] - r["info"]["proxy_seconds"]) / plain_seconds
+
+
 def aggregate(args: argparse.Namespace) -> dict[str, Any]:
     """protect_<mode>.json: every seed file of this mode/tag, and per method the means with 95% intervals."""
     runs = {}
@@ -232,6 +238,8 @@ def aggregate(args: argparse.Namespace) -> dict[str, Any]:
                       "standalone": across_seeds([r["standalone"]["value"] for r in per]),
                       "time_ratio": across_seeds([r["time_ratio"] for r in per]), "attacks": attacks,
                       "targets_met_seeds": targets}
+        if all("proxy_seconds" in r["info"] for r in per):  # proxies depend on the base only: trained once
+            methods[m]["time_ratio_proxies_amortized"] = across_seeds([_amortized(r) for r in per])
     first = runs[seeds[0]]
     return {"kind": "hubguard-protect-aggregate", "schema_version": SCHEMA_VERSION, "mode": args.mode,
             "quick": args.quick, "seeds": seeds, "protected_task": first["settings"]["protected_task"],

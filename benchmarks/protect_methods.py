@@ -128,9 +128,10 @@ def _public_deltas(ctx: Context, task: str) -> tuple[list[dict[str, torch.Tensor
     return deltas, sum(r.seconds for r in runs.values()), info
 
 
-def _proxy_design(source: str) -> Callable[[Context, str], Released]:
-    """Trap² whose trap passes are, half the time, merges with proxy updates at coefficients c ~ U[0.5, 2]
-    (`ProtectConfig.proxy_mix`): from `doc_kind` (a task the attacker never merges) or from the public tasks."""
+def _proxy_design(source: str, scale: tuple[float, float]) -> Callable[[Context, str], Released]:
+    """Trap² whose trap passes are all merges with proxy updates at coefficients c ~ U[scale]
+    (`ProtectConfig.proxy_mix` 1: protect_proxy_probe.json), from `doc_kind` (a task the attacker never merges) or
+    from the public tasks."""
 
     def run(ctx: Context, task: str) -> Released:
         if source == "doc_kind":
@@ -138,7 +139,7 @@ def _proxy_design(source: str) -> Callable[[Context, str], Released]:
             deltas, proxy_info = [delta], {**ctx.cache[("proxy", PROXY_TASK)].info, "seconds": proxy_seconds}
         else:
             deltas, proxy_seconds, proxy_info = _public_deltas(ctx, task)
-        changes = {"proxy_mix": 0.5, "proxy_scale": (0.5, 2.0)}
+        changes = {"proxy_mix": 1.0, "proxy_scale": scale}
         t = train_trap2(ctx.setting, task, ctx.plain[task], recipe=ctx.recipe.with_(**changes), seed=ctx.seed,
                         proxies=deltas)
         # the proxies depend on the base only: a publisher trains (or downloads) them once for every release
@@ -158,8 +159,8 @@ def _proxy_design(source: str) -> Callable[[Context, str], Released]:
 DESIGNS: dict[str, Callable[[Context, str], Released]] = {
     "trap2-refit": _design(refit_steps=5, refit_lr=7.5e-4, refit_every=10),
     "trap2-mix": _design(interference=1.0, interference_weight=1.0),
-    "trap2-proxy": _proxy_design("doc_kind"),
-    "trap2-public": _proxy_design("public"),
+    "trap2-proxy": _proxy_design("doc_kind", (0.5, 2.0)),  # one proxy, up to the size of three updates
+    "trap2-public": _proxy_design("public", (0.5, 1.5)),  # three proxies, each near a merge's coefficient
 }
 
 

@@ -76,11 +76,12 @@ def main(argv: list[str]) -> None:
     for v in variants:
         t0 = time.perf_counter()
         own = {k: x for k, x in v.items() if k != "proxy_task"}
-        used = [proxy]
+        used, used_seconds = [proxy], proxy_seconds
         if "proxy_task" in v:  # the protector's own runs of attacker's tasks (not the attacker's runs)
             names = [v["proxy_task"]] if isinstance(v["proxy_task"], str) else v["proxy_task"]
             again = [train_plain(s, t, recipe=recipe, seed=seed + 1000) for t in names]
             used = [{k: a.state[k] - s.base_state[k] for k in s.top_names} for a in again]
+            used_seconds = sum(a.seconds for a in again)
         prot = train_trap2(s, PROTECTED, plain[PROTECTED], recipe=recipe.with_(**own), seed=seed,
                            proxies=used if v.get("proxy_mix") else None)
         d = {k: prot.state[k] - s.base_state[k] for k in s.top_names}
@@ -88,7 +89,8 @@ def main(argv: list[str]) -> None:
         measured["proxy_merge"] = {f"{x:g}": accuracy_of(s, [(x, d), *((x, u) for u in used)]) for x in SCALES}
         runs[f"{prefix}/{json.dumps(v, sort_keys=True)}"] = {
             "variant": v, "kept": prot.result.selected, "seconds": time.perf_counter() - t0, **measured,
-            "time_ratio": (plain[PROTECTED].seconds + prot.seconds + proxy_seconds) / plain[PROTECTED].seconds}
+            "proxy_seconds": used_seconds, "trap_seconds": prot.seconds,  # proxies: trained once per base
+            "time_ratio": (plain[PROTECTED].seconds + prot.seconds + used_seconds) / plain[PROTECTED].seconds}
         print(prefix, json.dumps(v), json.dumps(runs[f"{prefix}/{json.dumps(v, sort_keys=True)}"]), flush=True)
         atomic_write_json(OUT, dict(sorted(runs.items())))
     atomic_write_json(OUT, dict(sorted(runs.items())))

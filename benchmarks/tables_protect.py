@@ -31,13 +31,16 @@ def protect_targets(d: dict[str, Any]) -> str:
     """Per protection: the standalone change and the time ratio over seeds, and on how many seeds each target holds."""
     k = len(d["seeds"])
     names = [t for t in TARGET_LABELS if any(t in m["targets_met_seeds"] for m in d["methods"].values())]
-    rows = ["| protection | standalone Δ, mean [95% CI] (min, max) | time ratio | "
-            + " | ".join(TARGET_LABELS[t] for t in names) + " |", "|---|---|---|" + "---|" * len(names)]
+    amortized = any("time_ratio_proxies_amortized" in m for m in d["methods"].values())
+    extra = " time ratio, proxies trained once |" if amortized else ""
+    rows = ["| protection | standalone Δ, mean [95% CI] (min, max) | time ratio |" + extra + " "
+            + " | ".join(TARGET_LABELS[t] for t in names) + " |", "|---|---|---|" + "---|" * (len(names) + amortized)]
     for m, v in d["methods"].items():
         sc = v["standalone_change"]
         met = [f"{v['targets_met_seeds'][t]}/{k}" if t in v["targets_met_seeds"] else "–" for t in names]
+        once = v.get("time_ratio_proxies_amortized", v["time_ratio"])
         rows.append(f"| {m} | {_mean_ci(sc)} ({_fmt(sc['min'])}, {_fmt(sc['max'])}) | {_mean_ci(v['time_ratio'], 2)} | "
-                    + " | ".join(met) + " |")
+                    + (f"{_mean_ci(once, 2)} | " if amortized else "") + " | ".join(met) + " |")
     zs = d["zero_shot"]
     rows += ["", f"{k} seed(s) ({', '.join(map(str, d['seeds']))}); protected task {d['protected_task']}, zero-shot "
                  f"{_fmt(zs)}; standalone Δ: protected minus unprotected test accuracy on the same examples (paired, "
@@ -72,6 +75,7 @@ PROTECT_TABLES: dict[str, tuple[str, Callable[[Any], str]]] = {
     for key, stem in (("protect-lora", "protect_lora"), ("protect-lora-quick", "protect_lora_quick"),
                       ("protect-lora-r1-quick", "protect_lora_r1_quick"),
                       ("protect-lora-designs-quick", "protect_lora_designs_quick"),
+                      ("protect-lora-proxies-quick", "protect_lora_proxies_quick"),
                       ("protect-full", "protect_full"), ("protect-full-quick", "protect_full_quick"),
                       ("protect-llm", "protect_llm"), ("protect-llm-quick", "protect_llm_quick"))
     for kind, fn in (("targets", protect_targets), ("attacks", protect_attacks))

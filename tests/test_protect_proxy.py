@@ -65,6 +65,11 @@ def test_proxy_shift_mixes_the_proxies_with_random_coefficients(tiny):
     half = cfg.replace(proxy_mix=0.5)
     hits = sum(proxy_shift([proxy], config=half, generator=g) is not None for _ in range(400))
     assert 150 < hits < 250
+    other = {n: -d for n, d in proxy.items()}
+    one = cfg.replace(proxy_draw="one", proxy_scale=(1.0, 1.0))
+    drawn = [proxy_shift([proxy, other], config=one, generator=g)[name] for _ in range(60)]
+    assert all(torch.equal(d, proxy[name]) or torch.equal(d, other[name]) for d in drawn)  # one of them, never the sum
+    assert 15 < sum(torch.equal(d, proxy[name]) for d in drawn) < 45
     untouched = torch.Generator().manual_seed(3)
     assert proxy_shift([], config=cfg, generator=untouched) is None
     assert proxy_shift([proxy], config=cfg.replace(proxy_mix=0.0), generator=untouched) is None
@@ -94,9 +99,9 @@ def test_the_trap_pass_is_the_merge_with_the_proxy(tiny):
 
 
 @pytest.mark.parametrize("bad", [{"proxy_mix": 1.5}, {"proxy_mix": -0.1}, {"proxy_scale": (2.0, 1.0)},
-                                 {"proxy_scale": (-1.0, 1.0)}, {"proxy_scale": (1.0,)}])
+                                 {"proxy_scale": (-1.0, 1.0)}, {"proxy_scale": (1.0,)}, {"proxy_draw": "some"}])
 def test_bad_proxy_settings_say_what_to_fix(bad):
-    with pytest.raises(ProtectionError, match="proxy_mix must be in"):
+    with pytest.raises(ProtectionError, match="proxy_mix must be in|proxy_draw must be"):
         ProtectConfig(**bad)
 
 

@@ -119,6 +119,8 @@ class ProtectConfig:
     # included (a merge at coefficient 1 should fail too; alone, s = 1 is the standalone term's). 0 = off.
     proxy_mix: float = 0.0
     proxy_scale: tuple[float, float] = (0.5, 1.5)
+    # Which proxies a proxy pass merges: "all" of them, or "one" drawn uniformly (the selection probes them all).
+    proxy_draw: Literal["all", "one"] = "all"
     # Constrained Trap²: λ adapts every step so that the standalone loss stays within `lam_slack` nats of the
     # starting update's on the same batch (its loss in eval mode, without dropout: `variants.TeacherOutputs`): log λ -= lam_control · (EMA of the excess − lam_slack), within
     # [lam / 20, lam · 20]. 0 = the paper's fixed λ.
@@ -181,6 +183,8 @@ class ProtectConfig:
         if not 0 <= self.proxy_mix <= 1 or not scale_ok:
             problems.append(f"proxy_mix must be in [0, 1] and proxy_scale (lo, hi) with 0 <= lo <= hi, got "
                             f"{self.proxy_mix}, {self.proxy_scale}")
+        if self.proxy_draw not in ("all", "one"):
+            problems.append(f"proxy_draw must be 'all' or 'one', got {self.proxy_draw!r}")
         if self.refit_steps and (not self.refit_lr > 0 or self.refit_every < 1):
             problems.append(f"refit_steps needs refit_lr > 0 and refit_every >= 1, got {self.refit_lr}, {self.refit_every}")
         if self.repair_steps < 0 or (self.repair_lr is not None and not self.repair_lr > 0):

@@ -201,7 +201,7 @@ def check_proxies(model: torch.nn.Module, proxies: Iterable[Mapping[str, torch.T
 def proxy_shift(proxies: list[dict[str, torch.Tensor]], *, config: ProtectConfig,
                 generator: torch.Generator) -> dict[str, torch.Tensor] | None:
     """This step's Σ_j c_j·P_j, c_j ~ U[proxy_scale], with probability `config.proxy_mix`; else None (a plain
-    Trap² pass). Draws nothing when there are no proxies, so runs without them keep their random sequence."""
+    Trap² pass). `config.proxy_draw` "one": a single proxy drawn uniformly instead of all of them. Draws nothing when there are no proxies, so runs without them keep their random sequence."""
     import torch
 
     if not proxies or not config.proxy_mix > 0:
@@ -209,6 +209,8 @@ def proxy_shift(proxies: list[dict[str, torch.Tensor]], *, config: ProtectConfig
     if float(torch.rand((), generator=generator)) >= config.proxy_mix:
         return None
     lo, hi = config.proxy_scale
+    if config.proxy_draw == "one":
+        proxies = [proxies[int(torch.randint(len(proxies), (), generator=generator))]]
     out: dict[str, torch.Tensor] = {}
     for proxy in proxies:
         c = lo + float(torch.rand((), generator=generator)) * (hi - lo)
