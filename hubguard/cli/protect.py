@@ -31,6 +31,16 @@ def _fail(exc: HubguardError) -> None:
     fail(f"error: {exc}", code=EXIT_BAD_INPUT)
 
 
+def _pair(text: str, *, what: str) -> tuple[float, float]:
+    """'LO,HI' as two floats (a ProtectionError naming the option otherwise)."""
+    parts = text.split(",")
+    try:
+        lo, hi = (float(x) for x in parts)
+    except ValueError:
+        raise ProtectionError(f"{what} takes two numbers LO,HI (e.g. 0.5,1.5), got {text!r}.") from None
+    return lo, hi
+
+
 @protect_app.command()
 def protect_command(
     base: Annotated[str, typer.Option(help="Local folder of the base model (config.json + safetensors).")],
@@ -61,6 +71,13 @@ def protect_command(
                                                            "(nats) at every probe scale")] = None,
     lock: Annotated[bool, typer.Option(help="also scale-lock the trained update (see `hubguard lock`)")] = False,
     lock_gain: Annotated[float, typer.Option(help="--lock: gain g of the lock")] = 100.0,
+    proxy: Annotated[list[str] | None, typer.Option(help="a public fine-tune of BASE (adapter or model folder, "
+                                                       "hf://ORG/NAME) the trap also breaks in a merge; repeat it "
+                                                       "for several (not in the paper)")] = None,
+    proxy_mix: Annotated[float | None, typer.Option(help="share of trap passes that are merges with the proxies "
+                                                         "(default 1 with --proxy)")] = None,
+    proxy_scale: Annotated[str, typer.Option(help="LO,HI: each proxy's merge coefficient is drawn from "
+                                                  "[LO, HI]")] = "0.5,1.5",
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Fine-tune BASE on DATA with Trap² protection and write a standard adapter / model to OUT.
@@ -73,12 +90,14 @@ def protect_command(
             --init ./my-lora --selection trap --tolerance 0.02 --loss-cap 1.39 --cap-per-example --stop-at-loss 1.3
     """
     try:
+        scale = _pair(proxy_scale, what="--proxy-scale")
         res = protect_main(base=base, data=data, out=out, mode=mode, task=task,
                            preset=None if preset == "none" else preset, lam=lam, epochs=epochs, learning_rate=lr,
                            batch_size=batch_size, max_length=max_length, seed=seed, overwrite=overwrite,
                            init=init, selection=selection, tolerance=tolerance,
                            project_conflicts=project_conflicts, loss_cap=loss_cap, cap_per_example=cap_per_example,
-                           stop_at_loss=stop_at_loss, lock=lock, lock_gain=lock_gain)
+                           stop_at_loss=stop_at_loss, lock=lock, lock_gain=lock_gain, proxies=proxy or [],
+                           proxy_mix=proxy_mix, proxy_scale=scale)
     except HubguardError as exc:
         _fail(exc)
         return

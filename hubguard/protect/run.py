@@ -45,6 +45,7 @@ def protect_main(
     init: str | Path | None = None, selection: str = "standalone", tolerance: float | None = None,
     project_conflicts: bool = False, loss_cap: float | None = None, cap_per_example: bool = False,
     stop_at_loss: float | None = None, lock: bool = False, lock_gain: float = 100.0,
+    proxies: Sequence[str | Path] = (), proxy_mix: float | None = None, proxy_scale: tuple[float, float] = (0.5, 1.5),
 ) -> dict[str, Any]:
     """Train a protected update of `base` on `data` and save it to `out` (adapter or full model + card).
 
@@ -55,6 +56,9 @@ def protect_main(
     many nats at every probe scale (e.g. the base model's loss, or log(classes) for a classifier).
     `lock`: scale-lock the trained update before writing it (`hubguard.protect.lock`, gain `lock_gain`,
     directions chosen on the first training batches); it changes nothing at s = 1.
+    `proxies`: public fine-tunes of `base` (adapter or model folders, hf://ORG/NAME) the trap is also trained to
+    break in a merge (`ProtectConfig.proxy_mix`, default 1 with proxies: every trap pass is such a merge, each proxy
+    at a coefficient drawn from `proxy_scale`; `hubguard.protect.proxies`).
     """
     import torch
 
@@ -68,7 +72,9 @@ def protect_main(
     config = protect_config(preset=preset, mode=mode, epochs=epochs, learning_rate=learning_rate,
                             batch_size=batch_size, seed=seed, lam=lam, selection=selection, init=init,
                             project_conflicts=project_conflicts, loss_cap=loss_cap, cap_per_example=cap_per_example,
-                            tolerance=tolerance, stop_at_loss=stop_at_loss)
+                            tolerance=tolerance, stop_at_loss=stop_at_loss,
+                            proxy_mix=(1.0 if proxies else 0.0) if proxy_mix is None else proxy_mix,
+                            proxy_scale=tuple(proxy_scale))
     text = read_text_data(data, task=task)
     train_data, val_data = split(text, fraction=val_fraction, seed=seed)
     tok = _tokenizer(base)
@@ -87,9 +93,15 @@ def protect_main(
     elif mode == "lora":
         model = attach_lora(model, config=config, task_type="CAUSAL_LM" if task == "causal-lm" else "SEQ_CLS")
     lock_config = _lock_config(gain=lock_gain) if lock else None  # checked before training
-    result = train_protected(model, train_batches=train_b, val_batches=val_b, config=config, reference=reference)
+    proxy_deltas = []
+    if proxies:
+        from hubguard.protect.proxies import read_proxies
+
+        proxy_deltas = read_proxies(proxies, base=base, model=model, mode=mode)
+    result = train_protected(model, train_batches=train_b, val_batches=val_b, config=config, reference=reference,
+                             proxies=proxy_deltas)
     training = {**result.to_dict(), "task": task, "data": str(data), "examples": len(text.texts),
-                "init": str(init) if init is not None else None}
+                "init": str(init) if init is not None else None, "proxies": [str(p) for p in proxies]}
     lock_record = _save_update(model, out=out, base=base, lock_config=lock_config, calibration=train_b[:8])
     tok.save_pretrained(str(out))
     write_protection_card(out, config=config, base_model=str(base), training=training, lock=lock_record)
@@ -114,7 +126,8 @@ def _check_outputs(*, out: Path, init: str | Path | None, mode: str, overwrite: 
 def protect_config(
     *, preset: str | None, mode: str, epochs: int, learning_rate: float, batch_size: int, seed: int,
     lam: float | None, selection: str, init: str | Path | None, project_conflicts: bool, loss_cap: float | None,
-    cap_per_example: bool, tolerance: float | None, stop_at_loss: float | None,
+    cap_per_example: bool, tolerance: float | None, stop_at_loss: float | None, proxy_mix: float = 0.0,
+    proxy_scale: tuple[float, float] = (0.5, 1.5),
 ) -> Any:
     """The `ProtectConfig` of `hubguard protect`'s options (a paper preset with the given overrides)."""
     from hubguard.protect.config import ProtectConfig
@@ -122,7 +135,8 @@ def protect_config(
     overrides: dict[str, Any] = {"mode": mode, "epochs": epochs, "learning_rate": learning_rate,
                                  "batch_size": batch_size, "seed": seed, "selection": selection,
                                  "project_conflicts": project_conflicts, "scaled_loss_cap": loss_cap,
-                                 "cap_per_example": cap_per_example}
+                                 "cap_per_example": cap_per_example, "proxy_mix": proxy_mix,
+                                 "proxy_scale": proxy_scale}
     if lam is not None:
         overrides["lam"] = lam
     if init is not None:  # the kept update must stay within tolerance of the update being protected
