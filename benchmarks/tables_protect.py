@@ -76,6 +76,7 @@ PROTECT_TABLES: dict[str, tuple[str, Callable[[Any], str]]] = {
                       ("protect-lora-r1-quick", "protect_lora_r1_quick"),
                       ("protect-lora-designs-quick", "protect_lora_designs_quick"),
                       ("protect-lora-proxies-quick", "protect_lora_proxies_quick"),
+                      ("protect-lora-proxies", "protect_lora_proxies"),
                       ("protect-full", "protect_full"), ("protect-full-quick", "protect_full_quick"),
                       ("protect-llm", "protect_llm"), ("protect-llm-quick", "protect_llm_quick"))
     for kind, fn in (("targets", protect_targets), ("attacks", protect_attacks))

@@ -109,7 +109,7 @@ class _Validation:
                  reference: Mapping[str, torch.Tensor] | None,
                  proxies: Sequence[Mapping[str, torch.Tensor]] = ()) -> None:
         self.model, self.config, self.reference = model, config, reference
-        self.proxies = list(proxies)  # checked (`variants.check_proxies`); their merge at 1 is probed too
+        self.proxies = list(proxies)  # checked (`variants.check_proxies`); with them the probes are merges
         self.val_batches, self.loss_fn = val_batches, loss_fn
         self.val_score_fn, self.probe_score_fn = val_score_fn, probe_score_fn
 
@@ -142,14 +142,15 @@ class _Validation:
         from hubguard.protect.objective import scaled_in_place
 
         def run() -> float:
-            got = []
-            for s in self.config.probe_scales:
-                with scaled_in_place(self.model, scale=s, mode=self.config.mode, reference=self.reference):
-                    got.append(float(self.probe_score_fn(self.model)) if self.probe_score_fn else self._score())
-            if self.proxies:  # the merge the proxy passes train against: W0 + ΔW + Σ_j P_j
-                from hubguard.protect.variants import shifted_in_place
+            from hubguard.protect.variants import shifted_in_place
 
-                with shifted_in_place(self.model, shifts=self.proxies):
+            got = []
+            # With proxies the trap is the merge W0 + s·(ΔW + Σ_j P_j): probed at every probe scale and at s = 1.
+            scales = (*self.config.probe_scales, 1.0) if self.proxies else self.config.probe_scales
+            for s in scales:
+                shifts = [{n: s * d for n, d in p.items()} for p in self.proxies]
+                with scaled_in_place(self.model, scale=s, mode=self.config.mode, reference=self.reference), \
+                        shifted_in_place(self.model, shifts=shifts):
                     got.append(float(self.probe_score_fn(self.model)) if self.probe_score_fn else self._score())
             return max(got) if self.config.probe_aggregate == "max" else sum(got) / len(got)
 
