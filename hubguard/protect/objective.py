@@ -207,6 +207,20 @@ class _RngFork:
             torch.cuda.set_rng_state(state, device)
 
 
+def _trap_passes(*, config: ProtectConfig, generator: torch.Generator, scale: float | None,
+                 shift: Mapping[str, torch.Tensor] | None, proxy: Mapping[str, torch.Tensor] | None,
+                 ) -> tuple[list[float], Mapping[str, torch.Tensor] | None]:
+    """This step's scales (`scale`, or `config.samples_per_step` draws; a proxy merge's include s = 1) and the shift
+    of its trap passes: a re-fine-tune's δ plus the proxy merge's Σ c_j·P_j, either, or none."""
+    scales = [scale] if scale is not None else [
+        sample_scale(config=config, generator=generator, merge=proxy is not None)
+        for _ in range(config.samples_per_step)
+    ]
+    if proxy is not None:
+        shift = {n: (shift or {}).get(n, 0.0) + proxy.get(n, 0.0) for n in {*(shift or {}), *proxy}}
+    return scales, shift
+
+
 def trap2_loss(
     model: torch.nn.Module,
     inputs: Any,
@@ -248,12 +262,7 @@ def trap2_loss(
     if not config.protected:
         return Trap2Output(loss=standalone, standalone_loss=float(standalone.detach()), scaled_loss=float("nan"),
                            scale=1.0, weight=0.0, reference_loss=reference_loss, task_loss=task_loss)
-    scales = [scale] if scale is not None else [
-        sample_scale(config=config, generator=generator, merge=proxy is not None)
-        for _ in range(config.samples_per_step)
-    ]
-    if proxy is not None:  # the merge with the proxies: their shift adds to a re-fine-tune's, if any
-        shift = {n: (shift or {}).get(n, 0.0) + proxy.get(n, 0.0) for n in {*(shift or {}), *proxy}}
+    scales, shift = _trap_passes(config=config, generator=generator, scale=scale, shift=shift, proxy=proxy)
     penalty = 0.0
     scaled_values = []
     weights = []

@@ -311,32 +311,25 @@ def train_protected(
     is_trainable=True)`, or the fine-tuned model with `reference` = the base's parameters for full mode)
     and call this with `selection="trap"`.
 
-    `proxies` (with `config.proxy_mix`): updates of other, public tasks from the same base, {parameter name: ΔW}
-    (LoRA: `<module>.base_layer.weight`), that the trap is also trained to break in a merge (`hubguard.protect.variants`).
+    `proxies` (`config.proxy_mix`): other updates of the base to trap merges with, `hubguard.protect.variants`.
     """
-    import torch
 
     n_batches = _length(train_batches)
     if config.mode == "full" and reference is None:
         reference = snapshot_reference(model)
-    proxies = check_proxies(model, proxies, config=config)
-    validation = _Validation(model, config=config, val_batches=val_batches, loss_fn=loss_fn,
-                             val_score_fn=val_score_fn, probe_score_fn=probe_score_fn, reference=reference,
-                             proxies=proxies)
+    validation = _Validation(model, config=config, val_batches=val_batches, loss_fn=loss_fn, val_score_fn=val_score_fn,
+                             probe_score_fn=probe_score_fn, reference=reference,
+                             proxies=check_proxies(model, proxies, config=config))
     _check_run(config=config, n_batches=n_batches, validation=validation)
-    params = _trainable(model)
-    optimizer = optimizer or torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
-    scheduler = _lr_scheduler(optimizer, config=config, n_batches=n_batches)
-    generator = torch.Generator().manual_seed(config.seed)
+    params, optimizer, scheduler, generator = _optimisation(model, config=config, optimizer=optimizer, n_batches=n_batches)
     keeper = _Keeper(model, config=config, validation=validation)
     start = time.perf_counter()  # validating the starting state is part of the run's cost
     keeper.start()
     variants = VariantState(model, train_batches, config=config, loss_fn=loss_fn, reference=reference,
                          teacher=keeper.snapshot() if config.distill > 0 or config.lam_control > 0 else None,
-                         proxies=proxies)
-    steps, epoch, history = 0, 0, []
+                         proxies=validation.proxies)
+    steps, epoch, history, done = 0, 0, [], keeper.stopped
     model.train()
-    done = keeper.stopped
     while not done and epoch < config.epochs:
         for batch in progress(train_batches, desc=f"trap2 epoch {epoch + 1}/{config.epochs}", total=n_batches):
             record = _step(model, batch, config=config, params=params, optimizer=optimizer, scheduler=scheduler,
@@ -362,6 +355,17 @@ def train_protected(
     return ProtectResult(steps=steps, epochs_run=steps / n_batches if n_batches else float(epoch),
                          best_val_loss=None if keeper.best == math.inf else keeper.best, stopped_early=keeper.stopped,
                          seconds=seconds, history=tuple(history), selected=selected)
+
+
+def _optimisation(model: torch.nn.Module, *, config: ProtectConfig, optimizer: torch.optim.Optimizer | None,
+                  n_batches: int | None) -> tuple[list[torch.nn.Parameter], torch.optim.Optimizer, Any, torch.Generator]:
+    """The trainable parameters, the optimiser (AdamW unless given), its schedule and the run's generator."""
+    import torch
+
+    params = _trainable(model)
+    optimizer = optimizer or torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+    return params, optimizer, _lr_scheduler(optimizer, config=config, n_batches=n_batches), torch.Generator().manual_seed(
+        config.seed)
 
 
 def _repair(model: torch.nn.Module, *, keeper: _Keeper, config: ProtectConfig, **kwargs: Any) -> list[dict[str, Any]]:
