@@ -143,18 +143,12 @@ def protect_config(recipe: Recipe, *, steps: int, n_classes: int, seed: int) -> 
 
 def model_keyed(clf: Classifier, delta: dict[str, torch.Tensor], mode: str) -> dict[str, torch.Tensor]:
     """A weight delta keyed like the base's state dict, re-keyed by `clf`'s parameter names as train_protected's
-    `proxies` take it (LoRA: the base weights under the LoRA layers); zero deltas left out."""
-    out = {}
-    for n, p in clf.named_parameters():
-        if mode == "lora" and n.endswith(".base_layer.weight"):
-            key = n.removeprefix("encoder.").removeprefix("base_model.model.").replace(".base_layer.weight", ".weight")
-        elif mode == "full" and p.requires_grad:
-            key = n.removeprefix("encoder.")
-        else:
-            continue
-        if key in delta and bool(delta[key].any()):
-            out[n] = delta[key]
-    return out
+    `proxies` take it (hubguard.protect.proxies.proxy_targets: LoRA, the base weights under the LoRA layers); zero
+    deltas left out."""
+    from hubguard.protect.proxies import PEFT_PREFIX, proxy_targets
+
+    keys = {n: k.removeprefix("encoder.").removeprefix(PEFT_PREFIX) for n, k in proxy_targets(clf, mode=mode).items()}
+    return {n: delta[k] for n, k in keys.items() if k in delta and bool(delta[k].any())}
 
 
 def train_trap2(setting: Setting, task: str, plain: Trained, *, recipe: Recipe, seed: int,

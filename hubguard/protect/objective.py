@@ -217,7 +217,9 @@ def _trap_passes(*, config: ProtectConfig, generator: torch.Generator, scale: fl
         for _ in range(config.samples_per_step)
     ]
     if proxy is not None:
-        shift = {n: (shift or {}).get(n, 0.0) + proxy.get(n, 0.0) for n in {*(shift or {}), *proxy}}
+        from hubguard.protect.variants import weighted_sum
+
+        shift = weighted_sum([(1.0, shift or {}), (1.0, proxy)])
     return scales, shift
 
 

@@ -18,11 +18,12 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from hubguard.errors import HubguardError, ProtectionError
+from hubguard.weights.adapters import PEFT_PREFIX
 
 if TYPE_CHECKING:
     import torch
 
-PEFT_PREFIX = "base_model.model."
+__all__ = ["PEFT_PREFIX", "proxy_targets", "read_proxies"]
 
 
 def proxy_targets(model: torch.nn.Module, *, mode: str) -> dict[str, str]:
@@ -34,22 +35,10 @@ def proxy_targets(model: torch.nn.Module, *, mode: str) -> dict[str, str]:
     return {n: n.removeprefix(PEFT_PREFIX) for n, p in model.named_parameters() if p.requires_grad}
 
 
-def _resolve(want: str, names: set[str], *, where: str) -> str:
-    """The tensor `want` is in a checkpoint: the exact name, else the one name it ends with or that ends with it
-    (a LlamaModel save, "layers.0...", against LlamaForCausalLM's "model.layers.0...")."""
-    if want in names:
-        return want
-    hits = [n for n in names if n.endswith("." + want) or want.endswith("." + n)]
-    if len(hits) != 1:
-        raise ProtectionError(f"Proxy {where} has {'several tensors' if hits else 'no tensor'} for '{want}' "
-                              f"({', '.join(sorted(hits)[:3]) or 'none'}): it is not a fine-tune of this base's "
-                              "architecture. Pass fine-tunes of the same base with --proxy.")
-    return hits[0]
-
-
 def read_proxies(sources: Sequence[str | os.PathLike[str]], *, base: str | os.PathLike[str],
                  model: torch.nn.Module, mode: str, token: str | None = None) -> list[dict[str, torch.Tensor]]:
     """ΔW of each proxy fine-tune of `base` on the weights `model` (the model being protected) trains."""
+    from hubguard.weights.adapters import base_tensor_name
     from hubguard.weights.source import open_source
 
     targets = proxy_targets(model, mode=mode)
@@ -70,8 +59,8 @@ def read_proxies(sources: Sequence[str | os.PathLike[str]], *, base: str | os.Pa
             names = set(tensors.names())
             delta = {}
             for param, want in targets.items():
-                tuned = tensors.get(_resolve(want, names, where=where))
-                original = base_tensors.get(_resolve(want, base_names, where=os.fspath(base)))
+                tuned = tensors.get(base_tensor_name(want, names, where=where))  # exact, else one suffix match
+                original = base_tensors.get(base_tensor_name(want, base_names, where=os.fspath(base)))
                 if tuple(tuned.shape) != tuple(original.shape) or tuple(tuned.shape) != tuple(params[param].shape):
                     raise ProtectionError(f"Proxy {where}'s '{want}' is {list(tuned.shape)}, the protected model's "
                                           f"{list(params[param].shape)}: it is not a fine-tune of this base.")

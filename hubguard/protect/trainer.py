@@ -142,15 +142,14 @@ class _Validation:
         from hubguard.protect.objective import scaled_in_place
 
         def run() -> float:
-            from hubguard.protect.variants import shifted_in_place
+            from hubguard.protect.variants import shifted_in_place, weighted_sum
 
             got = []
             # With proxies the trap is the merge W0 + s·(ΔW + Σ_j P_j): probed at every probe scale and at s = 1.
             scales = (*self.config.probe_scales, 1.0) if self.proxies else self.config.probe_scales
             for s in scales:
-                shifts = [{n: s * d for n, d in p.items()} for p in self.proxies]
                 with scaled_in_place(self.model, scale=s, mode=self.config.mode, reference=self.reference), \
-                        shifted_in_place(self.model, shifts=shifts):
+                        shifted_in_place(self.model, shift=weighted_sum((s, p) for p in self.proxies)):
                     got.append(float(self.probe_score_fn(self.model)) if self.probe_score_fn else self._score())
             return max(got) if self.config.probe_aggregate == "max" else sum(got) / len(got)
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from hubguard.protect.config import ProtectConfig
 from hubguard.protect.objective import LossFn, choose_loss, default_loss
-from hubguard.protect.variants import TeacherOutputs, check_proxies, proxy_shift, refit_shift
+from hubguard.protect.variants import TeacherOutputs, proxy_shift, refit_shift
 
 if TYPE_CHECKING:
     import torch
@@ -35,7 +35,7 @@ class VariantState:
         self._shift: dict[str, torch.Tensor] | None = None
         self.lam = config.lam
         self._excess: float | None = None
-        self.proxies = check_proxies(model, proxies, config=config)
+        self.proxies = list(proxies)  # checked by train_protected (`variants.check_proxies`)
 
     def proxy(self, generator: torch.Generator) -> dict[str, torch.Tensor] | None:
         """This step's proxy merge shift (`config.proxy_mix`), or None."""

@@ -211,29 +211,29 @@ def proxy_shift(proxies: list[dict[str, torch.Tensor]], *, config: ProtectConfig
     lo, hi = config.proxy_scale
     if config.proxy_draw == "one":
         proxies = [proxies[int(torch.randint(len(proxies), (), generator=generator))]]
+    return weighted_sum((lo + float(torch.rand((), generator=generator)) * (hi - lo), p) for p in proxies)
+
+
+def weighted_sum(terms: Iterable[tuple[float, Mapping[str, torch.Tensor]]]) -> dict[str, torch.Tensor]:
+    """Σ c·Δ over (c, {name: Δ}) terms, name by name (a name missing from a term counts as zero there)."""
     out: dict[str, torch.Tensor] = {}
-    for proxy in proxies:
-        c = lo + float(torch.rand((), generator=generator)) * (hi - lo)
-        for n, d in proxy.items():
+    for c, delta in terms:
+        for n, d in delta.items():
             out[n] = out[n] + c * d if n in out else c * d
     return out
 
 
 @contextmanager
-def shifted_in_place(model: torch.nn.Module, *, shifts: Iterable[Mapping[str, torch.Tensor]]) -> Iterator[None]:
-    """Temporarily add every mapping's tensors to the model's parameters of those names (inference only): the
-    merge W0 + ΔW + Σ_j P_j of checked proxies; restored on exit."""
+def shifted_in_place(model: torch.nn.Module, *, shift: Mapping[str, torch.Tensor]) -> Iterator[None]:
+    """Temporarily add `shift`'s tensors to the model's parameters of those names (inference only), e.g. the merge
+    W0 + ΔW + Σ_j P_j of checked proxies; restored on exit."""
     import torch
 
     params = dict(model.named_parameters())
-    total: dict[str, torch.Tensor] = {}
-    for shift in shifts:
-        for n, d in shift.items():
-            total[n] = total[n] + d if n in total else d
-    saved = {n: params[n].detach().clone() for n in total}
+    saved = {n: params[n].detach().clone() for n in shift}
     try:
         with torch.no_grad():
-            for n, d in total.items():
+            for n, d in shift.items():
                 params[n].add_(d)
         yield
     finally:

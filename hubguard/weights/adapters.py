@@ -109,7 +109,7 @@ class _Delta:
     transpose: bool  # the base stores this weight [in, out] (Conv1D, fan_in_fan_out)
 
 
-def _base_name(want: str, base_names: set[str], *, where: str) -> str:
+def base_tensor_name(want: str, base_names: set[str], *, where: str) -> str:
     """The base tensor `want` means: the exact name, else the one name that ends with it (or that it ends with),
     e.g. an adapter trained on LlamaForCausalLM ("model.layers.0...") on a LlamaModel save ("layers.0...")."""
     if want in base_names:
@@ -142,7 +142,7 @@ class LoraOverlay(TensorSource):
             k = key.removeprefix(PEFT_PREFIX)
             m = _LORA_KEY.match(k)
             if m is None:
-                target = _base_name(k.replace(".base_layer.", "."), self._names, where=where)
+                target = base_tensor_name(k.replace(".base_layer.", "."), self._names, where=where)
                 self._check_shape(target, key, self.adapter.info(key).shape)
                 self._replaced[target] = key
             else:
@@ -165,7 +165,7 @@ class LoraOverlay(TensorSource):
                                                                                                got.get("lora_B.weight"))
         if a is None or b is None:
             raise CorruptCheckpointError(f"'{where}': module '{module}' has only one of lora_A / lora_B. Re-save the adapter.")
-        target = _base_name(module + ".weight", self._names, where=where)
+        target = base_tensor_name(module + ".weight", self._names, where=where)
         (ra, n_in), (n_out, rb) = self._matrix(a), self._matrix(b)
         base_shape = tuple(self.base.info(target).shape)
         transpose = embedding or config.fan_in_fan_out
@@ -178,7 +178,7 @@ class LoraOverlay(TensorSource):
             )
         self._deltas[target] = _Delta(a=a, b=b, scale=config.scale(module, ra), embedding=embedding, transpose=transpose)
         if "lora_B.bias" in got:
-            bias = _base_name(module + ".bias", self._names, where=where)
+            bias = base_tensor_name(module + ".bias", self._names, where=where)
             self._bias[bias] = (got["lora_B.bias"], target)
 
     def _matrix(self, name: str) -> tuple[int, int]:
