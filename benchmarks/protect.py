@@ -218,6 +218,13 @@ def _amortized(r: dict[str, Any]) -> float:
     return (r["seconds"] - r["info"]["proxy_seconds"]) / plain_seconds
 
 
+def _others_mean(attack: dict[str, Any], protected_task: str) -> float:
+    """The mean test accuracy of the tasks other than the protected one in the attacker's merge: what the merge
+    still does for the attacker (a merge that keeps the protected task by shrinking the others pays here)."""
+    others = [v for task, v in attack["test"].items() if task != protected_task]
+    return sum(others) / len(others)
+
+
 def aggregate(args: argparse.Namespace) -> dict[str, Any]:
     """protect_<mode>.json: every seed file of this mode/tag, and per method the means with 95% intervals."""
     runs = {}
@@ -227,11 +234,14 @@ def aggregate(args: argparse.Namespace) -> dict[str, Any]:
     if not runs:
         raise SystemExit(f"no seed files for {result_path(args).name}")
     seeds = sorted(runs)
+    protected_task = runs[seeds[0]]["settings"]["protected_task"]
     methods: dict[str, Any] = {}
     for m in dict.fromkeys(k for d in runs.values() for k in d["methods"]):
         per = [runs[k]["methods"][m] for k in seeds if m in runs[k]["methods"]]
         attacks = {a: across_seeds([r["attacks"][a]["protected_score"] for r in per if a in r["attacks"]])
-                   | {"protected_seeds": sum(r["attacks"][a]["protected"] for r in per if a in r["attacks"])}
+                   | {"protected_seeds": sum(r["attacks"][a]["protected"] for r in per if a in r["attacks"]),
+                      "others": across_seeds([_others_mean(r["attacks"][a], protected_task)
+                                              for r in per if a in r["attacks"]])}
                    for a in dict.fromkeys(a for r in per for a in r["attacks"])}
         targets = {t: sum(r["targets"][t] for r in per) for t in per[0]["targets"]}
         methods[m] = {"seeds": len(per), "standalone_change": across_seeds([r["standalone_change"]["value"] for r in per]),

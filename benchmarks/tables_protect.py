@@ -68,6 +68,25 @@ def protect_attacks(d: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
+def protect_others(d: dict[str, Any]) -> str:
+    """Attack × protection: the protected task's merged accuracy next to the other tasks' mean in the same merge,
+    i.e. what an attack that escapes the trap still leaves the merger."""
+    k = len(d["seeds"])
+    methods = list(d["methods"])
+    attacks = list(dict.fromkeys(a for m in methods for a in d["methods"][m]["attacks"]))
+    rows = ["| attack | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
+    for a in attacks:
+        cells = []
+        for m in methods:
+            x = d["methods"][m]["attacks"].get(a)
+            cells.append("–" if x is None or "others" not in x else f"{_fmt(x['mean'])} / {_mean_ci(x['others'])}")
+        rows.append(f"| {PROTECT_ATTACK_LABELS.get(a, a)} | " + " | ".join(cells) + " |")
+    rows += ["", f"Each cell: the protected task {d['protected_task']}'s test accuracy in the attacker's merge / the mean "
+                 f"test accuracy of the other {len(d['settings']['tasks']) - 1} tasks in the same merge, mean [95% CI] "
+                 f"over {k} seed(s). An attack that keeps the protected task by shrinking the others pays in the second "
+                 "number."]
+    return "\n".join(rows)
+
 
 # table name -> (result file stem, renderer); the README's markers are `<!-- table:NAME -->`
 PROTECT_TABLES: dict[str, tuple[str, Callable[[Any], str]]] = {
@@ -77,7 +96,8 @@ PROTECT_TABLES: dict[str, tuple[str, Callable[[Any], str]]] = {
                       ("protect-lora-designs-quick", "protect_lora_designs_quick"),
                       ("protect-lora-proxies-quick", "protect_lora_proxies_quick"),
                       ("protect-lora-proxies", "protect_lora_proxies"),
+                      ("protect-full-proxies", "protect_full_proxies"),
                       ("protect-full", "protect_full"), ("protect-full-quick", "protect_full_quick"),
                       ("protect-llm", "protect_llm"), ("protect-llm-quick", "protect_llm_quick"))
-    for kind, fn in (("targets", protect_targets), ("attacks", protect_attacks))
+    for kind, fn in (("targets", protect_targets), ("attacks", protect_attacks), ("others", protect_others))
 }
