@@ -314,14 +314,30 @@ def headline(runs: dict[str, Any]) -> str:
                                     ("registry_page_s", f"registry page at {sp['entries']:,} entries"))]
         lines.append(f"- **Space** (medians of {sp['repeats']} fresh pages, 1-minute load "
                      f"{sp['machine']['load_average_1m_before']:.1f} on {sp['machine']['cpus']} cores before): " + ", ".join(parts) + ".")
-    for name in ("protect_lora", "protect_lora_quick", "protect_full", "protect_llm"):
-        if name in runs:
-            d = runs[name]
-            lines.append(f"- **Merge protection** ({d['mode']}{', quick mode' if d.get('quick') else ''}, "
-                         f"{len(d['seeds'])} seeds, zero-shot {d['zero_shot']:.1f}): protections "
-                         f"{', '.join(m for m in d['methods'] if m != 'none')} against "
-                         f"{d['settings']['attacks'].replace(',', ', ')}; per-target tables in benchmarks/README.md.")
+    protect = [_protect_headline(runs[stem], label) for stem, label in PROTECT_HEADLINE.items() if stem in runs]
+    if protect:
+        lines.append("- **Merge protection**, seeds where TA / TIES / DARE-TIES merges, realign-then-TA and the "
+                     "standalone target (≥ −1 point at 95%) hold, as merged / realigned / standalone:")
+        lines += protect
     return "\n".join(lines) if lines else "_(no results yet)_"
+
+
+# the merge-protection runs the README's summary lists: result file stem -> what it is
+PROTECT_HEADLINE = {"protect_lora": "LoRA", "protect_full": "full fine-tuning", "protect_llm": "causal-LM LoRA",
+                    "protect_lora_proxies": "LoRA, proxy merges", "protect_full_proxies_ev6": "full, proxy merges"}
+
+
+def _protect_headline(d: dict[str, Any], label: str) -> str:
+    """One merge-protection run: per protection, on how many seeds the core merges / realign fell to zero-shot and
+    the standalone change stayed within a point at 95%."""
+    k = len(d["seeds"])
+    parts = []
+    for m, v in d["methods"].items():
+        if m != "none":
+            met = v["targets_met_seeds"]
+            parts.append(f"{m} {met['merged_at_or_below_zero_shot']} / {met.get('realign_at_or_below_zero_shot', '–')}"
+                         f" / {met['standalone_within_1_point_ci']}")
+    return f"  - {label} ({k} seeds, zero-shot {d['zero_shot']:.1f}): " + "; ".join(parts) + "."
 
 
 def generic(d: Any) -> str:
