@@ -49,19 +49,22 @@ def protect_targets(d: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
-def protect_attacks(d: dict[str, Any]) -> str:
-    """Attack × protection: the protected task's merged accuracy over seeds, and on how many seeds it is at or below
-    zero-shot."""
-    k = len(d["seeds"])
+def _attack_grid(d: dict[str, Any], cell: Callable[[dict[str, Any]], str]) -> list[str]:
+    """The rows of an attack × protection table, each cell `cell(the attack's aggregate)` ("–" where not run)."""
     methods = list(d["methods"])
     attacks = list(dict.fromkeys(a for m in methods for a in d["methods"][m]["attacks"]))
     rows = ["| attack | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
     for a in attacks:
-        cells = []
-        for m in methods:
-            x = d["methods"][m]["attacks"].get(a)
-            cells.append("–" if x is None else f"{_mean_ci(x)} ({x['protected_seeds']}/{x['k']} ≤ zs)")
+        cells = [cell(x) if (x := d["methods"][m]["attacks"].get(a)) is not None else "–" for m in methods]
         rows.append(f"| {PROTECT_ATTACK_LABELS.get(a, a)} | " + " | ".join(cells) + " |")
+    return rows
+
+
+def protect_attacks(d: dict[str, Any]) -> str:
+    """Attack × protection: the protected task's merged accuracy over seeds, and on how many seeds it is at or below
+    zero-shot."""
+    k = len(d["seeds"])
+    rows = _attack_grid(d, lambda x: f"{_mean_ci(x)} ({x['protected_seeds']}/{x['k']} ≤ zs)")
     rows += ["", f"Protected task {d['protected_task']}: test accuracy (LLM: exact match) of the merge at the attacker's "
                  f"choice, mean [95% CI] over {k} seed(s); zero-shot (the base) {_fmt(d['zero_shot'])}; (j/{k} ≤ zs): "
                  "seeds where the merge is at or below zero-shot, i.e. the protection held."]
@@ -72,15 +75,7 @@ def protect_others(d: dict[str, Any]) -> str:
     """Attack × protection: the protected task's merged accuracy next to the other tasks' mean in the same merge,
     i.e. what an attack that escapes the trap still leaves the merger."""
     k = len(d["seeds"])
-    methods = list(d["methods"])
-    attacks = list(dict.fromkeys(a for m in methods for a in d["methods"][m]["attacks"]))
-    rows = ["| attack | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
-    for a in attacks:
-        cells = []
-        for m in methods:
-            x = d["methods"][m]["attacks"].get(a)
-            cells.append("–" if x is None or "others" not in x else f"{_fmt(x['mean'])} / {_mean_ci(x['others'])}")
-        rows.append(f"| {PROTECT_ATTACK_LABELS.get(a, a)} | " + " | ".join(cells) + " |")
+    rows = _attack_grid(d, lambda x: f"{_fmt(x['mean'])} / {_mean_ci(x['others'])}" if "others" in x else "–")
     rows += ["", f"Each cell: the protected task {d['protected_task']}'s test accuracy in the attacker's merge / the mean "
                  f"test accuracy of the other {len(d['settings']['tasks']) - 1} tasks in the same merge, mean [95% CI] "
                  f"over {k} seed(s). An attack that keeps the protected task by shrinking the others pays in the second "
