@@ -16,7 +16,7 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import torch
@@ -128,18 +128,24 @@ def _public_deltas(ctx: Context, task: str) -> tuple[list[dict[str, torch.Tensor
     return deltas, sum(r.seconds for r in runs.values()), info
 
 
-def _proxy_design(source: str, scale: tuple[float, float]) -> Callable[[Context, str], Released]:
+def _proxy_design(source: str, scale: tuple[float, float] | None) -> Callable[[Context, str], Released]:
     """Trap² whose trap passes are all merges with proxy updates at coefficients c ~ U[scale]
     (`ProtectConfig.proxy_mix` 1: protect_proxy_probe.json), from `doc_kind` (a task the attacker never merges) or
-    from the public tasks."""
+    from the public tasks. `scale` None: the recipe's `proxy_scale` (`--recipe '{"proxy_scale": [lo, hi]}'`); a
+    design with its own scale refuses a recipe that sets one, rather than ignore it."""
 
     def run(ctx: Context, task: str) -> Released:
+        defaults = {f.name: f.default for f in fields(Recipe)}
+        own = tuple(ctx.recipe.proxy_scale)
+        if ctx.recipe.proxy_mix != defaults["proxy_mix"] or (scale is not None and own != defaults["proxy_scale"]):
+            raise SystemExit(f"this proxy design sets proxy_mix 1{'' if scale is None else f' and proxy_scale {scale}'}"
+                             " itself: drop it from --recipe")
         if source == "doc_kind":
             delta, proxy_seconds = _proxy_delta(ctx, task)
             deltas, proxy_info = [delta], {**ctx.cache[("proxy", PROXY_TASK)].info, "seconds": proxy_seconds}
         else:
             deltas, proxy_seconds, proxy_info = _public_deltas(ctx, task)
-        changes = {"proxy_mix": 1.0, "proxy_scale": scale}
+        changes = {"proxy_mix": 1.0, "proxy_scale": own if scale is None else scale}
         t = train_trap2(ctx.setting, task, ctx.plain[task], recipe=ctx.recipe.with_(**changes), seed=ctx.seed,
                         proxies=deltas)
         # the proxies depend on the base only: a publisher trains (or downloads) them once for every release
@@ -160,7 +166,8 @@ DESIGNS: dict[str, Callable[[Context, str], Released]] = {
     "trap2-refit": _design(refit_steps=5, refit_lr=7.5e-4, refit_every=10),
     "trap2-mix": _design(interference=1.0, interference_weight=1.0),
     "trap2-proxy": _proxy_design("doc_kind", (0.5, 2.0)),  # one proxy, up to the size of three updates
-    "trap2-public": _proxy_design("public", (0.5, 1.5)),  # three proxies, each near a merge's coefficient
+    "trap2-public": _proxy_design("public", None),  # three proxies, each near a merge's coefficient (the recipe's
+    # proxy_scale, default U[0.5, 1.5])
 }
 
 
