@@ -12,12 +12,17 @@ zoo Llama base, w(s) = 1/√s, tasks scored by exact match, merged with the real
   uses the positions TRAIN_POSITIONS of each training window; validation and test one position per window (600 /
   1500 examples), windows from other source files than training's (the snapshot's splits).
 - One LoRA per task, trained plainly with early stopping on validation exact match; the protected task's
-  (man_section) is then protected (trap2: Trap² continuing it, w(s) = 1/√s; lock; trap2+lock) and merged with the
-  other two (hubguard.protect.attacks: task_arithmetic, ties, dare_ties, realign), the coefficient chosen on the
-  attacker's validation examples (mean exact match over the three tasks).
+  (man_section) is then protected (`--methods`, METHODS below: trap2, Trap² continuing it, w(s) = 1/√s; lock;
+  trap2+lock; trap2-public, Trap² trained at merges with the protector's own runs of the two public tasks, as
+  benchmarks/protect.py's design of that name; trap2-public+lock) and merged with the other two
+  (hubguard.protect.attacks: task_arithmetic, ties, dare_ties, realign), the coefficient chosen on the attacker's
+  validation examples (mean exact match over the three tasks). The attacker merges its own runs of the public tasks
+  (seed k); the protector's proxies are other runs of them (seed k + 1000, the same recipe), never the attacker's.
 
     python benchmarks/protect_llm.py --seeds 0,1,2,3,4     # results/protect_llm_seed<k>.json, then protect_llm.json
     python benchmarks/protect_llm.py --quick --seeds 0,1,2,3,4   # results/protect_llm_quick_seed<k>.json, ..._quick.json
+    python benchmarks/protect_llm.py --seeds 0,1,2,3,4 --methods none,trap2-public --tag _proxies
+                                                           # results/protect_llm_proxies_seed<k>.json, ..._proxies.json
 
 QUICK (`--quick`): the full setting took 27 minutes for seed 0 on one thread (protect_llm_seed0.json, `seconds`
 1635; it predates the `cpu_seconds` field), about a third of it in the attacks' evaluations: too long for five
@@ -64,6 +69,9 @@ SIZES = {"train": 1200, "val": 600, "test": 1500}  # windows
 QUICK = {"sizes": {"train": 600, "val": 300, "test": 1500}, "coefficients": "0.3,0.6,1.0", "attacker_val": 100,
          "others_test": 500}
 ATTACKS = ("task_arithmetic", "ties", "dare_ties", "realign")
+METHODS = ("none", "trap2", "lock", "trap2+lock", "trap2-public", "trap2-public+lock")
+TRAINED = {"trap2": (), "trap2-public": TASKS[1:]}  # Trap² runs -> the public tasks whose proxies they merge with
+PUBLIC_SEED_OFFSET = 1000  # the protector's own runs of the public tasks: seeds the attacker's runs never use
 
 
 def examples(task: str, sizes: dict[str, int]) -> dict[str, list[tuple[str, str]]]:
@@ -150,8 +158,23 @@ def lora_state(s: LLMSetting, peft_model: torch.nn.Module) -> dict[str, torch.Te
     return out
 
 
-def train_task(s: LLMSetting, task: str, *, seed: int, args: argparse.Namespace, init: Any = None) -> tuple:
-    """Plain LoRA (init None) or Trap² continuing `init` (its PEFT model); returns (peft model, state, result, s)."""
+def proxy_deltas(s: LLMSetting, model: torch.nn.Module, states: list[dict[str, torch.Tensor]]) -> list[dict]:
+    """Merged LoRA states of other tasks as train_protected's `proxies`: ΔW [out, in] of each base weight under a
+    LoRA layer of `model` (the PEFT model being protected), keyed by its parameter name; zero deltas left out."""
+    from hubguard.protect.proxies import proxy_targets
+
+    targets = proxy_targets(model, mode="lora")  # {"base_model.model.<module>.base_layer.weight": "<module>.weight"}
+    out = [{n: st[k] - s.base_state[k] for n, k in targets.items() if not torch.equal(st[k], s.base_state[k])}
+           for st in states]
+    if not all(out):
+        raise SystemExit("a proxy run changed none of the protected LoRA's layers")
+    return out
+
+
+def train_task(s: LLMSetting, task: str, *, seed: int, args: argparse.Namespace, init: Any = None,
+               proxies: list[dict] | None = None) -> tuple:
+    """Plain LoRA (init None) or Trap² continuing `init` (its PEFT model), with `proxies` (proxy_deltas) its trap
+    passes all merges with them at c ~ U[args.proxy_scale]; returns (peft model, state, result, CPU seconds)."""
     from peft import LoraConfig, get_peft_model
 
     order = torch.randperm(len(s.data[task]["train"]["labels"]), generator=torch.Generator().manual_seed(seed))
@@ -173,12 +196,34 @@ def train_task(s: LLMSetting, task: str, *, seed: int, args: argparse.Namespace,
                             selection="trap", tolerance_reference="start", standalone_tolerance=args.tolerance,
                             lr_schedule="linear", eval_every=every, eval_start=max(1, steps - 4 * every),
                             scaled_loss_cap=math.log(len(s.tok)), cap_per_example=True, project_conflicts=True,
-                            probe_scales=(0.3, 0.6, 1.5))
-        kwargs = {"probe_score_fn": lambda m: s.em(m, task, "val", limit=300)}
+                            probe_scales=(0.3, 0.6, 1.5), proxy_mix=1.0 if proxies else 0.0,
+                            proxy_scale=tuple(args.proxy_scale))
+        kwargs = {"probe_score_fn": lambda m: s.em(m, task, "val", limit=300), "proxies": proxies or ()}
     t0 = time.process_time()  # CPU seconds of this process (one thread): other jobs share the cores
     res = train_protected(model, train_batches=train, config=cfg, val_score_fn=lambda m: s.em(m, task, "val"),
                           **kwargs)
     return model, lora_state(s, model), res, time.process_time() - t0
+
+
+def _trap_runs(s: LLMSetting, args: argparse.Namespace, seed: int, plain: dict, log: Any) -> dict[str, dict]:
+    """The Trap² runs `args.methods` need (TRAINED): {name: {"state", "seconds" (with its proxies' training),
+    "proxy_seconds", "result"}}; trap2-public first trains the protector's own runs of the public tasks."""
+    p, runs = TASKS[0], {}
+    for name, public in TRAINED.items():
+        if not any(m.split("+")[0] == name for m in args.methods):
+            continue
+        own = {t: train_task(s, t, seed=seed + PUBLIC_SEED_OFFSET, args=args) for t in public}
+        for t, r in own.items():
+            log(f"seed {seed}: {name}: own {t} run (seed {seed + PUBLIC_SEED_OFFSET}): {r[2].steps} steps {r[3]:.0f}s")
+        proxies = proxy_deltas(s, plain[p][0], [r[1] for r in own.values()]) if own else None
+        trap = train_task(s, p, seed=seed, args=args, init=plain[p][0], proxies=proxies)
+        proxy_seconds = sum(r[3] for r in own.values())
+        runs[name] = {"state": trap[1], "seconds": trap[3] + proxy_seconds, "proxy_seconds": proxy_seconds,
+                      "result": trap[2], "own_runs": {t: {"steps": r[2].steps, "seconds": r[3], "val": r[2].selected}
+                                                      for t, r in own.items()}}
+        log(f"seed {seed}: {name} {p}: {trap[2].steps} steps {trap[3]:.0f}s (+{proxy_seconds:.0f}s of proxies), "
+            f"kept {trap[2].selected}")
+    return runs
 
 
 def run_seed(s: LLMSetting, args: argparse.Namespace, seed: int, log: Any) -> dict[str, Any]:
@@ -189,8 +234,7 @@ def run_seed(s: LLMSetting, args: argparse.Namespace, seed: int, log: Any) -> di
         plain[t] = train_task(s, t, seed=seed, args=args)
         args.plain_steps[t] = plain[t][2].steps
         log(f"seed {seed}: plain {t}: {plain[t][2].steps} steps {plain[t][3]:.0f}s, val {plain[t][2].selected}")
-    trap = train_task(s, p, seed=seed, args=args, init=plain[p][0])
-    log(f"seed {seed}: trap2 {p}: {trap[2].steps} steps {trap[3]:.0f}s, kept {trap[2].selected}")
+    traps = _trap_runs(s, args, seed, plain, log)
     split = s.data[p]["train"]
     calib = [{"input_ids": split["input_ids"][i : i + 16], "attention_mask": split["attention_mask"][i : i + 16]}
              for i in range(0, 128, 16)]
@@ -200,16 +244,24 @@ def run_seed(s: LLMSetting, args: argparse.Namespace, seed: int, log: Any) -> di
         model.load_state_dict(state)
         return lock_state_dict(state, plan_lock(model, config=LockConfig(), calibration=calib, for_lora=True))
 
-    released = {"none": (plain[p][1], 0.0), "trap2": (trap[1], trap[3])}
-    released["lock"] = (locked(plain[p][1]), 0.0)
-    released["trap2+lock"] = (locked(trap[1]), trap[3])
+    released = {}  # method -> (state, CPU seconds on top of the plain update, proxies' share of them)
+    for method in args.methods:
+        trained, lock_it = method.removesuffix("+lock"), method.endswith("+lock") or method == "lock"
+        run = traps.get(trained)
+        state, extra, proxy = (plain[p][1], 0.0, 0.0) if run is None else (run["state"], run["seconds"],
+                                                                             run["proxy_seconds"])
+        released[method] = (locked(state) if lock_it else state, extra, proxy)
     zero = s.correct(s.base, p, "test")
     plain_correct = s.correct(s.load(plain[p][1]), p, "test")
     out: dict[str, Any] = {"zero_shot": {t: s.em(s.base, t, "test") for t in TASKS}, "zero_shot_ci": accuracy_ci(zero),
                            "plain": {t: {"steps": plain[t][2].steps, "seconds": plain[t][3],
                                          "val": plain[t][2].selected} for t in TASKS},
-                           "trap2": {"steps": trap[2].steps, "selected": trap[2].selected}, "methods": {}}
-    for method, (state, extra) in released.items():
+                           "traps": {m: {"steps": r["result"].steps, "selected": r["result"].selected,
+                                         "seconds": r["seconds"], "proxy_seconds": r["proxy_seconds"],
+                                         "own_runs": r["own_runs"]} for m, r in traps.items()}, "methods": {}}
+    if "trap2" in traps:
+        out["trap2"] = {k: out["traps"]["trap2"][k] for k in ("steps", "selected")}
+    for method, (state, extra, proxy) in released.items():
         correct = s.correct(s.load(state), p, "test")
         setting = AttackSetting(
             base=s.base_state, protected=state, others=tuple(plain[t][1] for t in TASKS[1:]),
@@ -222,6 +274,8 @@ def run_seed(s: LLMSetting, args: argparse.Namespace, seed: int, log: Any) -> di
         change = paired_difference(correct, plain_correct)
         out["methods"][method] = {
             "standalone": accuracy_ci(correct), "standalone_change": change, "time_ratio": ratio,
+            **({"proxy_seconds": proxy, "time_ratio_proxies_amortized": (plain[p][3] + extra - proxy) / plain[p][3]}
+               if proxy else {}),
             "sweep": [{"scale": sc, "em": s.em(s.load({k: s.base_state[k] + sc * (v - s.base_state[k])
                                                         for k, v in state.items()}), p, "test", limit=500)}
                       for sc in (0.0, 0.3, 0.5, 0.7, 1.0, 1.5)],
@@ -236,6 +290,13 @@ def run_seed(s: LLMSetting, args: argparse.Namespace, seed: int, log: Any) -> di
     return out
 
 
+def _trap_of(seed: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The seed's Trap² run the per-seed table shows: (method, its record); files before `traps` have `trap2`."""
+    traps = seed.get("traps") or {"trap2": seed["trap2"]}
+    name = next(iter(traps))
+    return name, traps[name]
+
+
 def aggregate(seeds: dict[int, dict[str, Any]], *, quick: bool) -> dict[str, Any]:
     keys = sorted(seeds)
     methods = {}
@@ -247,23 +308,27 @@ def aggregate(seeds: dict[int, dict[str, Any]], *, quick: bool) -> dict[str, Any
             "attacks": {a: across_seeds([r["attacks"][a]["protected_score"] for r in per])
                         | {"protected_seeds": sum(r["attacks"][a]["protected"] for r in per)} for a in ATTACKS},
             "targets_met_seeds": {t: sum(r["targets"][t] for r in per) for t in per[0]["targets"]}}
+        if all("time_ratio_proxies_amortized" in r for r in per):  # proxies depend on the base only: trained once
+            methods[m]["time_ratio_proxies_amortized"] = across_seeds([r["time_ratio_proxies_amortized"] for r in per])
     first = seeds[keys[0]]
-    trap = [seeds[k]["trap2"]["selected"] or {} for k in keys]
+    name = _trap_of(first)[0]
+    trap = [_trap_of(seeds[k])[1]["selected"] or {} for k in keys]
     return {"kind": "hubguard-protect-llm-aggregate", "schema_version": 1, "mode": "llm-lora", "quick": quick,
             "seeds": keys, "protected_task": TASKS[0], "zero_shot": first["zero_shot"][TASKS[0]],
             "zero_shot_all": first["zero_shot"], "settings": first["settings"] | {"attacks": ",".join(ATTACKS)},
             "cpu_seconds": across_seeds(cpu) if (cpu := [seeds[k]["cpu_seconds"] for k in keys
                                                          if "cpu_seconds" in seeds[k]]) else None,
+            "trap_method": name,
             "trap2": {"protected_seeds": sum(bool(t.get("protected")) for t in trap),
                       "trap_gain": across_seeds([t.get("trap_gain", 0.0) for t in trap])},
-            "per_seed": {k: {"plain_val": seeds[k]["plain"][TASKS[0]]["val"], "trap2": seeds[k]["trap2"],
-                             "time_ratio": seeds[k]["methods"]["trap2"]["time_ratio"],
-                             "trap2_sweep": seeds[k]["methods"]["trap2"]["sweep"],
+            "per_seed": {k: {"plain_val": seeds[k]["plain"][TASKS[0]]["val"], "trap2": _trap_of(seeds[k])[1],
+                             "time_ratio": seeds[k]["methods"][name]["time_ratio"],
+                             "trap2_sweep": seeds[k]["methods"][name]["sweep"],
                              "cpu_seconds": seeds[k].get("cpu_seconds")} for k in keys},
             "methods": methods}
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="the QUICK setting (module docstring): half the training "
                     "and validation windows, coefficients 0.3/0.6/1.0, 100 attacker examples per task; files *_quick*")
@@ -280,12 +345,27 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--attacker-val", type=int, default=None, help="default 200 (--quick: 100)")
     ap.add_argument("--others-test", type=int, default=None, help="test windows of the two other tasks scored "
                     "for each merge (default all 1500; --quick: 500); the protected task's are always all scored")
+    ap.add_argument("--methods", default="none,trap2,lock,trap2+lock", help=f"protections, of {', '.join(METHODS)}")
+    ap.add_argument("--proxy-scale", default="0.5,1.5", help="trap2-public: the proxies' merge coefficients, "
+                    "c ~ U[lo, hi]")
+    ap.add_argument("--tag", default="", help="a suffix of the result files' stem (e.g. _proxies)")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
+    args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if not args.methods or (bad := [m for m in args.methods if m not in METHODS]):
+        ap.error(f"--methods: unknown {bad or 'none given'}; choose from {', '.join(METHODS)}")
+    args.proxy_scale = [float(x) for x in args.proxy_scale.split(",")]
+    if len(args.proxy_scale) != 2 or not 0 < args.proxy_scale[0] <= args.proxy_scale[1]:
+        ap.error("--proxy-scale: two coefficients LO,HI with 0 < LO <= HI")
     args.coefficients = args.coefficients or (QUICK["coefficients"] if args.quick else "0.3,0.5,0.7,1.0")
     args.attacker_val = args.attacker_val or (QUICK["attacker_val"] if args.quick else 200)
     args.others_test = args.others_test or (QUICK["others_test"] if args.quick else None)
     args.coefficient_list = [float(c) for c in args.coefficients.split(",")]
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     torch.set_num_threads(args.threads)
     import transformers
 
@@ -296,7 +376,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"[{time.perf_counter() - t_start:6.0f}s] {msg}", file=sys.stderr, flush=True)
 
     sizes = QUICK["sizes"] if args.quick else SIZES
-    stem = "protect_llm_quick" if args.quick else "protect_llm"
+    stem = f"protect_llm{args.tag}" + ("_quick" if args.quick else "")
     s = LLMSetting(sizes=sizes)
     for seed in [int(x) for x in args.seeds.split(",")]:
         path = RESULTS / f"{stem}_seed{seed}.json"

@@ -439,3 +439,18 @@ def test_cli_lock_of_a_classification_adapter_is_exact_and_keeps_the_head(family
     x = _inputs(plain.base_model.model)
     with torch.no_grad():
         assert torch.allclose(locked(**x).logits, plain(**x).logits, atol=1e-4)
+
+
+def test_empty_calibration_batches_add_nothing(family_models):
+    """A calibration list with an empty slice (a split shorter than the batches asked for) or an all-padding batch
+    plans the same lock as the real batches alone; only empty batches are refused, with the fix."""
+    base = _load(family_models["llama"][0])
+    tuned = _fine_tuned(base)
+    x = _inputs(base)
+    empty = {k: v[:0] for k, v in x.items()}
+    padding = {"input_ids": x["input_ids"][:1], "attention_mask": torch.zeros_like(x["attention_mask"][:1])}
+    want = lock_state_dict(tuned.state_dict(), plan_lock(tuned, calibration=[x]))
+    got = lock_state_dict(tuned.state_dict(), plan_lock(tuned, calibration=[x, empty, padding]))
+    assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
+    with pytest.raises(ProtectionError, match="calibration"):
+        plan_lock(tuned, calibration=[empty])

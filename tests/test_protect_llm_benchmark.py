@@ -84,3 +84,35 @@ def test_lora_state_is_the_peft_models_weights(setting):
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
     # exact match reads the PEFT model (training's validation) as it reads the merged state (the attacks')
     assert torch.equal(s.correct(model, TASKS[0], "test"), s.correct(s.load(merged), TASKS[0], "test"))
+
+
+def test_trap2_public_trains_at_merges_with_the_protectors_own_runs(setting):
+    """trap2-public: the protector's own runs of the public tasks (seed + 1000, never the attacker's) become ΔW
+    proxies on the protected LoRA's layers, every trap pass is a merge with them, and the time ratio counts their
+    training (and, amortized, leaves it out)."""
+    from protect_llm import PUBLIC_SEED_OFFSET, TASKS, parse_args, proxy_deltas, run_seed, train_task
+
+    s = setting
+    args = parse_args(["--methods", "none,trap2-public,trap2-public+lock", "--epochs", "1", "--eval-every", "1",
+                       "--coefficients", "0.5,1.0", "--attacker-val", "4", "--others-test", "6"])
+    out = run_seed(s, args, 0, log=lambda _: None)
+    run = out["traps"]["trap2-public"]
+    assert set(run["own_runs"]) == set(TASKS[1:]) and run["proxy_seconds"] > 0
+    assert "trap2" not in out and set(out["methods"]) == {"none", "trap2-public", "trap2-public+lock"}
+    m = out["methods"]["trap2-public"]
+    assert m["proxy_seconds"] == run["proxy_seconds"] and 1.0 < m["time_ratio_proxies_amortized"] < m["time_ratio"]
+    assert "proxy_seconds" not in out["methods"]["none"] and out["methods"]["none"]["time_ratio"] == 1.0
+    assert set(m["attacks"]) == {"task_arithmetic", "ties", "dare_ties", "realign"}
+
+    plain = train_task(s, TASKS[0], seed=0, args=args)
+    own = [train_task(s, t, seed=PUBLIC_SEED_OFFSET, args=args)[1] for t in TASKS[1:]]
+    proxies = proxy_deltas(s, plain[0], own)
+    names = {n for n, _ in plain[0].named_parameters()}
+    assert all(p and set(p) <= names and all(n.endswith(".base_layer.weight") for n in p) for p in proxies)
+    trap = train_task(s, TASKS[0], seed=0, args=args, init=plain[0], proxies=proxies)
+    steps = [r for r in trap[2].history if "proxy" in r]
+    assert steps and all(r["proxy"] == 1.0 for r in steps)  # proxy_mix 1: every trap pass merges them
+    with pytest.raises(SystemExit, match="changed none"):
+        proxy_deltas(s, plain[0], [dict(s.base_state)])
+    with pytest.raises(SystemExit):
+        parse_args(["--methods", "trap3"])

@@ -161,6 +161,8 @@ class _Moments:
             if self.mask is not None and x.dim() == 3 and x.shape[:2] == self.mask.shape:
                 x = x[self.mask]
             x = x.reshape(-1, x.shape[-1]).float()[: max_tokens - self.tokens.get(name, 0)]
+            if not len(x):  # an empty batch (or all padding): nothing to add
+                return
             y = (x @ module.weight.detach().float().T).reshape(len(x), heads, -1)  # (n, heads, D)
             m = torch.einsum("nhd,nhe->hde", y, y)
             self.sums[name] = self.sums.get(name, 0) + m
@@ -291,6 +293,8 @@ def _calibration_moments(model: torch.nn.Module, heads_of: dict[str, int], calib
     try:
         for batch in calibration:
             inputs = {k: v for k, v in batch.items() if k != "labels"}
+            if any(isinstance(v, torch.Tensor) and v.dim() and not len(v) for v in inputs.values()):
+                continue  # an empty batch (a split shorter than the batches asked for): the model cannot run it
             mask = inputs.get("attention_mask")
             hooks.mask = mask.bool() if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None
             model(**inputs)
