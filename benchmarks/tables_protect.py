@@ -93,6 +93,7 @@ PROTECT_TABLES: dict[str, tuple[str, Callable[[Any], str]]] = {
                       ("protect-lora-proxies", "protect_lora_proxies"),
                       ("protect-full-proxies-ev6", "protect_full_proxies_ev6"),
                       ("protect-full", "protect_full"), ("protect-full-quick", "protect_full_quick"),
-                      ("protect-llm", "protect_llm"), ("protect-llm-quick", "protect_llm_quick"))
+                      ("protect-llm", "protect_llm"), ("protect-llm-quick", "protect_llm_quick"),
+                      ("protect-llm-proxies-quick", "protect_llm_proxies_quick"))
     for kind, fn in (("targets", protect_targets), ("attacks", protect_attacks), ("others", protect_others))
 }

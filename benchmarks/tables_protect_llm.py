@@ -16,7 +16,8 @@ def protect_llm_trap(d: dict[str, Any]) -> str:
     probe scales against the start's), whether it replaced the plain update, its time and the seed's CPU."""
     first = next(iter(d["per_seed"].values()))
     scales = [x["scale"] for x in first.get("trap2_sweep", [])]
-    rows = ["| seed | plain val EM | Trap² kept: val EM at s = 1 | probe EM, start → kept | kept step | protected | "
+    rows = [f"Trap² run: {d.get('trap_method', 'trap2')}.", "",
+            "| seed | plain val EM | Trap² kept: val EM at s = 1 | probe EM, start → kept | kept step | protected | "
             f"Trap² alone, test EM at s = {' / '.join(f'{x:g}' for x in scales)} | time ratio | CPU s |",
             "|---|---:|---:|---|---:|---|---|---:|---:|"]
     for seed, r in d["per_seed"].items():
@@ -31,11 +32,13 @@ def protect_llm_trap(d: dict[str, Any]) -> str:
                  "Trap²'s selection lowers; protected: a Trap² checkpoint within the tolerance of the start at s = 1 "
                  "replaced the plain update. Test: the kept Trap² update alone, W0 + s·ΔW, on the first 500 test "
                  "windows (s = 0 is the base), which the merges with the other tasks' updates need not follow. "
-                 "Time ratio: (plain + Trap²) / plain CPU seconds of the protected task's training."]
+                 "Time ratio: (plain + Trap²) / plain CPU seconds of the protected task's training (trap2-public: "
+                 "with its own runs of the public tasks, the proxies)."]
     return "\n".join(rows)
 
 
 PROTECT_LLM_TABLES: dict[str, tuple[str, Callable[[Any], str]]] = {
     "protect-llm-trap": ("protect_llm", protect_llm_trap),
     "protect-llm-quick-trap": ("protect_llm_quick", protect_llm_trap),
+    "protect-llm-proxies-quick-trap": ("protect_llm_proxies_quick", protect_llm_trap),
 }
