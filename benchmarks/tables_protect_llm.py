@@ -27,9 +27,11 @@ def protect_llm_trap(d: dict[str, Any]) -> str:
                     f"{_f(sel.get('start_trap'))} → {_f(sel.get('trap'))} | {sel.get('step', '–')} | "
                     f"{'yes' if sel.get('protected') else 'no'} | {sweep or '–'} | {_f(r['time_ratio'], 2)} | "
                     f"{_f(r['cpu_seconds'], 0)} |")
+    probed = ("the merge of the update with the protector's own runs of the public tasks (the proxies), "
+              "W0 + s·(ΔW + ΣP), at s = 0.3, 0.6, 1, 1.5" if d.get("trap_method") == "trap2-public"
+              else "the update scaled by the probe scales (0.3, 0.6, 1.5)")
     rows += ["", f"Exact match (points) of the protected task {d['protected_task']}. Validation: probe EM is the best "
-                 "of the update scaled by the probe scales (0.3, 0.6, 1.5; a validation subset), the trap score "
-                 "Trap²'s selection lowers; protected: a Trap² checkpoint within the tolerance of the start at s = 1 "
+                 f"of {probed} (a validation subset), the trap score Trap²'s selection lowers; protected: a Trap² checkpoint within the tolerance of the start at s = 1 "
                  "replaced the plain update. Test: the kept Trap² update alone, W0 + s·ΔW, on the first 500 test "
                  "windows (s = 0 is the base), which the merges with the other tasks' updates need not follow. "
                  "Time ratio: (plain + Trap²) / plain CPU seconds of the protected task's training (trap2-public: "
