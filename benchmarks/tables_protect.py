@@ -92,6 +92,8 @@ PROTECT_TABLES: dict[str, tuple[str, Callable[[Any], str]]] = {
                       ("protect-lora-proxies-quick", "protect_lora_proxies_quick"),
                       ("protect-lora-proxies", "protect_lora_proxies"),
                       ("protect-full-proxies-ev6", "protect_full_proxies_ev6"),
+                      ("protect-lora-proxies-c02", "protect_lora_proxies_c02"),
+                      ("protect-full-proxies-ev6-c02", "protect_full_proxies_ev6_c02"),
                       ("protect-full", "protect_full"), ("protect-full-quick", "protect_full_quick"),
                       ("protect-llm", "protect_llm"), ("protect-llm-quick", "protect_llm_quick"),
                       ("protect-llm-proxies-quick", "protect_llm_proxies_quick"))
