@@ -21,7 +21,7 @@ zoo Llama base, w(s) = 1/√s, tasks scored by exact match, merged with the real
 
     python benchmarks/protect_llm.py --seeds 0,1,2,3,4     # results/protect_llm_seed<k>.json, then protect_llm.json
     python benchmarks/protect_llm.py --quick --seeds 0,1,2,3,4   # results/protect_llm_quick_seed<k>.json, ..._quick.json
-    python benchmarks/protect_llm.py --seeds 0,1,2,3,4 --methods none,trap2-public --tag _proxies
+    python benchmarks/protect_llm.py --seeds 0,1,2,3,4 --methods trap2-public,trap2-public+lock --tag _proxies
                                                            # results/protect_llm_proxies_seed<k>.json, ..._proxies.json
 
 QUICK (`--quick`): the full setting took 27 minutes for seed 0 on one thread (protect_llm_seed0.json, `seconds`

@@ -325,7 +325,7 @@ def headline(runs: dict[str, Any]) -> str:
 # the merge-protection runs the README's summary lists: result file stem -> what it is
 PROTECT_HEADLINE = {"protect_lora": "LoRA", "protect_full": "full fine-tuning", "protect_llm": "causal-LM LoRA",
                     "protect_lora_proxies": "LoRA, proxy merges", "protect_full_proxies_ev6": "full, proxy merges",
-                    "protect_llm_proxies_quick": "causal-LM LoRA, proxy merges, QUICK setting"}
+                    "protect_llm_proxies": "causal-LM LoRA, proxy merges"}
 
 
 def _protect_headline(d: dict[str, Any], label: str) -> str:

@@ -96,6 +96,7 @@ PROTECT_TABLES: dict[str, tuple[str, Callable[[Any], str]]] = {
                       ("protect-full-proxies-ev6-c02", "protect_full_proxies_ev6_c02"),
                       ("protect-full", "protect_full"), ("protect-full-quick", "protect_full_quick"),
                       ("protect-llm", "protect_llm"), ("protect-llm-quick", "protect_llm_quick"),
-                      ("protect-llm-proxies-quick", "protect_llm_proxies_quick"))
+                      ("protect-llm-proxies-quick", "protect_llm_proxies_quick"),
+                      ("protect-llm-proxies", "protect_llm_proxies"))
     for kind, fn in (("targets", protect_targets), ("attacks", protect_attacks), ("others", protect_others))
 }

@@ -43,4 +43,5 @@ PROTECT_LLM_TABLES: dict[str, tuple[str, Callable[[Any], str]]] = {
     "protect-llm-trap": ("protect_llm", protect_llm_trap),
     "protect-llm-quick-trap": ("protect_llm_quick", protect_llm_trap),
     "protect-llm-proxies-quick-trap": ("protect_llm_proxies_quick", protect_llm_trap),
+    "protect-llm-proxies-trap": ("protect_llm_proxies", protect_llm_trap),
 }
