@@ -27,8 +27,9 @@ def protect_llm_trap(d: dict[str, Any]) -> str:
                     f"{_f(sel.get('start_trap'))} → {_f(sel.get('trap'))} | {sel.get('step', '–')} | "
                     f"{'yes' if sel.get('protected') else 'no'} | {sweep or '–'} | {_f(r['time_ratio'], 2)} | "
                     f"{_f(r['cpu_seconds'], 0)} |")
+    with_proxies = any(r["trap2"].get("own_runs") for r in d["per_seed"].values())  # the trap run trained proxies
     probed = ("the merge of the update with the protector's own runs of the public tasks (the proxies), "
-              "W0 + s·(ΔW + ΣP), at s = 0.3, 0.6, 1, 1.5" if d.get("trap_method") == "trap2-public"
+              "W0 + s·(ΔW + ΣP), at s = 0.3, 0.6, 1, 1.5" if with_proxies
               else "the update scaled by the probe scales (0.3, 0.6, 1.5)")
     rows += ["", f"Exact match (points) of the protected task {d['protected_task']}. Validation: probe EM is the best "
                  f"of {probed} (a validation subset), the trap score Trap²'s selection lowers; protected: a Trap² checkpoint within the tolerance of the start at s = 1 "
