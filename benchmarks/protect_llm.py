@@ -23,6 +23,13 @@ zoo Llama base, w(s) = 1/√s, tasks scored by exact match, merged with the real
     python benchmarks/protect_llm.py --quick --seeds 0,1,2,3,4   # results/protect_llm_quick_seed<k>.json, ..._quick.json
     python benchmarks/protect_llm.py --seeds 0,1,2,3,4 --methods trap2-public,trap2-public+lock --tag _proxies
                                                            # results/protect_llm_proxies_seed<k>.json, ..._proxies.json
+    python benchmarks/protect_llm.py --quick --seeds 0,1,2,3,4 --attacks all --tag _adaptive \
+        --methods none,trap2,lock,trap2+lock,trap2-public,trap2-public+lock   # results/protect_llm_adaptive_quick*.json
+
+`--attacks` (default the merges and realign): `all` adds the adaptive attacks of hubguard.protect.attacks (SLERP,
+the protected update kept at 1, a re-fine-tune of it on the protected task's training examples, fine-tuning after the
+merge, learned per-layer coefficients, RegMean), whose attacker trains a copy of the base with the causal-LM loss on
+its own validation examples (`--attacker-val` per task) at `--attacker-lr`.
 
 QUICK (`--quick`): the full setting took 27 minutes for seed 0 on one thread (protect_llm_seed0.json, `seconds`
 1635; it predates the `cpu_seconds` field), about a third of it in the attacks' evaluations: too long for five
@@ -51,7 +58,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 from protect_stats import accuracy_ci, across_seeds, paired_difference  # noqa: E402
 
-from hubguard.protect.attacks import AttackSetting, run_attacks  # noqa: E402
+from hubguard.protect.attacks import AttackerModel, AttackSetting, check_attack_names, run_attacks  # noqa: E402
 from hubguard.protect.config import ProtectConfig  # noqa: E402
 from hubguard.protect.lock import LockConfig, lock_state_dict, plan_lock  # noqa: E402
 from hubguard.protect.trainer import train_protected  # noqa: E402
@@ -68,7 +75,9 @@ MAX_PROMPT = 48  # tokens of context kept (the last ones)
 SIZES = {"train": 1200, "val": 600, "test": 1500}  # windows
 QUICK = {"sizes": {"train": 600, "val": 300, "test": 1500}, "coefficients": "0.3,0.6,1.0", "attacker_val": 100,
          "others_test": 500}
-ATTACKS = ("task_arithmetic", "ties", "dare_ties", "realign")
+MERGES = ("task_arithmetic", "ties", "dare_ties")  # the merge target: at or below zero-shot for all three
+ATTACKS = (*MERGES, "realign")  # the default --attacks
+ADAPTIVE = ("slerp", "kept_at_1", "refinetune", "finetune_after_merge", "learned", "regmean")  # --attacks all
 METHODS = ("none", "trap2", "lock", "trap2+lock", "trap2-public", "trap2-public+lock")
 TRAINED = {"trap2": (), "trap2-public": TASKS[1:]}  # Trap² runs -> the public tasks whose proxies they merge with
 PUBLIC_SEED_OFFSET = 1000  # the protector's own runs of the public tasks: seeds the attacker's runs never use
@@ -146,6 +155,14 @@ class LLMSetting:
     def load(self, state: dict[str, torch.Tensor]) -> torch.nn.Module:
         self.work.load_state_dict(state)
         return self.work
+
+    def attacker(self, args: argparse.Namespace) -> AttackerModel:
+        """The adaptive attacker: a trainable copy of the base, the causal-LM loss on the answer tokens, its
+        validation examples of every task (args.attacker_val each; learned coefficients, RegMean's activations, the
+        fine-tune after the merge) and the protected task's training examples (the re-fine-tune)."""
+        return AttackerModel(model=copy.deepcopy(self.base).eval(), loss=lambda m, b: m(**b).loss,
+                             data=tuple(self.batches(t, "val", 16, limit=args.attacker_val) for t in TASKS),
+                             refit_data=self.batches(TASKS[0], "train", 16), lr=args.attacker_lr, seed=0)
 
 
 def lora_state(s: LLMSetting, peft_model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -268,8 +285,11 @@ def run_seed(s: LLMSetting, args: argparse.Namespace, seed: int, log: Any) -> di
             val_score=lambda st: sum(s.em(s.load(st), t, "val", limit=args.attacker_val) for t in TASKS) / len(TASKS),
             test_metrics=lambda st: {t: s.em(s.load(st), t, "test", limit=None if t == p else args.others_test)
                                      for t in TASKS}, verdict_key=p,
-            coefficients=tuple(args.coefficient_list), model_config=s.base.config.to_dict())
-        attacks = run_attacks(setting, names=ATTACKS)
+            coefficients=tuple(args.coefficient_list), model_config=s.base.config.to_dict(),
+            attacker=s.attacker(args) if set(args.attack_list) - set(ATTACKS) else None)
+        attacks = run_attacks(setting, names=args.attack_list)
+        for a in attacks.values():  # what the merge leaves the merger on the other tasks
+            a["others"] = sum(a["test"][t] for t in TASKS[1:]) / len(TASKS[1:])
         ratio = (plain[p][3] + extra) / plain[p][3]
         change = paired_difference(correct, plain_correct)
         out["methods"][method] = {
@@ -282,8 +302,9 @@ def run_seed(s: LLMSetting, args: argparse.Namespace, seed: int, log: Any) -> di
             "attacks": attacks,
             "targets": {"standalone_within_1_point_ci": change["low"] >= -1.0,
                         "standalone_within_1_point": change["value"] >= -1.0,
-                        "merged_at_or_below_zero_shot": all(attacks[a]["protected"] for a in ATTACKS[:3]),
-                        "realign_at_or_below_zero_shot": attacks["realign"]["protected"],
+                        "merged_at_or_below_zero_shot": all(attacks[a]["protected"] for a in MERGES),
+                        **({"realign_at_or_below_zero_shot": attacks["realign"]["protected"]}
+                           if "realign" in attacks else {}),
                         "time_ratio_at_most_2.2": ratio <= 2.2}}
         log(f"seed {seed}: {method}: standalone {change['value']:+.1f}, "
             + ", ".join(f"{k} {v['protected_score']:.1f}" for k, v in attacks.items()))
@@ -297,16 +318,31 @@ def _trap_of(seed: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     return name, traps[name]
 
 
+def _released_trap(seed: dict[str, Any], name: str) -> dict[str, Any]:
+    """The method that released the Trap² run `name`: itself, or (run only locked) `name`+lock."""
+    return seed["methods"].get(name) or seed["methods"][f"{name}+lock"]
+
+
+def _attack_over_seeds(per: list[dict[str, Any]], a: str) -> dict[str, Any]:
+    out = across_seeds([r["attacks"][a]["protected_score"] for r in per])
+    out["protected_seeds"] = sum(r["attacks"][a]["protected"] for r in per)
+    if all("others" in r["attacks"][a] for r in per):
+        out["others"] = across_seeds([r["attacks"][a]["others"] for r in per])
+    return out
+
+
 def aggregate(seeds: dict[int, dict[str, Any]], *, quick: bool) -> dict[str, Any]:
     keys = sorted(seeds)
+    # the attacks every seed ran (files before --attacks ran ATTACKS)
+    ran = [seeds[k].get("settings", {}).get("attacks", ",".join(ATTACKS)).split(",") for k in keys]
+    attacks = [a for a in ran[0] if all(a in r for r in ran)]
     methods = {}
     for m in seeds[keys[0]]["methods"]:
         per = [seeds[k]["methods"][m] for k in keys]
         methods[m] = {
             "standalone_change": across_seeds([r["standalone_change"]["value"] for r in per]),
             "time_ratio": across_seeds([r["time_ratio"] for r in per]),
-            "attacks": {a: across_seeds([r["attacks"][a]["protected_score"] for r in per])
-                        | {"protected_seeds": sum(r["attacks"][a]["protected"] for r in per)} for a in ATTACKS},
+            "attacks": {a: _attack_over_seeds(per, a) for a in attacks},
             "targets_met_seeds": {t: sum(r["targets"][t] for r in per) for t in per[0]["targets"]}}
         if all("time_ratio_proxies_amortized" in r for r in per):  # proxies depend on the base only: trained once
             methods[m]["time_ratio_proxies_amortized"] = across_seeds([r["time_ratio_proxies_amortized"] for r in per])
@@ -315,15 +351,15 @@ def aggregate(seeds: dict[int, dict[str, Any]], *, quick: bool) -> dict[str, Any
     trap = [_trap_of(seeds[k])[1]["selected"] or {} for k in keys]
     return {"kind": "hubguard-protect-llm-aggregate", "schema_version": 1, "mode": "llm-lora", "quick": quick,
             "seeds": keys, "protected_task": TASKS[0], "zero_shot": first["zero_shot"][TASKS[0]],
-            "zero_shot_all": first["zero_shot"], "settings": first["settings"] | {"attacks": ",".join(ATTACKS)},
+            "zero_shot_all": first["zero_shot"], "settings": first["settings"] | {"attacks": ",".join(attacks)},
             "cpu_seconds": across_seeds(cpu) if (cpu := [seeds[k]["cpu_seconds"] for k in keys
                                                          if "cpu_seconds" in seeds[k]]) else None,
             "trap_method": name,
             "trap2": {"protected_seeds": sum(bool(t.get("protected")) for t in trap),
                       "trap_gain": across_seeds([t.get("trap_gain", 0.0) for t in trap])},
             "per_seed": {k: {"plain_val": seeds[k]["plain"][TASKS[0]]["val"], "trap2": _trap_of(seeds[k])[1],
-                             "time_ratio": seeds[k]["methods"][name]["time_ratio"],
-                             "trap2_sweep": seeds[k]["methods"][name]["sweep"],
+                             "time_ratio": _released_trap(seeds[k], name)["time_ratio"],
+                             "trap2_sweep": _released_trap(seeds[k], name)["sweep"],
                              "cpu_seconds": seeds[k].get("cpu_seconds")} for k in keys},
             "methods": methods}
 
@@ -346,6 +382,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--others-test", type=int, default=None, help="test windows of the two other tasks scored "
                     "for each merge (default all 1500; --quick: 500); the protected task's are always all scored")
     ap.add_argument("--methods", default="none,trap2,lock,trap2+lock", help=f"protections, of {', '.join(METHODS)}")
+    ap.add_argument("--attacks", default=",".join(ATTACKS), help="attacks on each protection (hubguard.protect."
+                    f"attacks), or 'all': {', '.join(ATTACKS + ADAPTIVE)}")
+    ap.add_argument("--attacker-lr", type=float, default=1e-4, help="refinetune / finetune_after_merge: AdamW "
+                    "learning rate of the attacker's one epoch on the merged weights")
     ap.add_argument("--proxy-scale", default="0.5,1.5", help="trap2-public: the proxies' merge coefficients, "
                     "c ~ U[lo, hi]")
     ap.add_argument("--tag", default="", help="a suffix of the result files' stem (e.g. _proxies)")
@@ -354,6 +394,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if not args.methods or (bad := [m for m in args.methods if m not in METHODS]):
         ap.error(f"--methods: unknown {bad or 'none given'}; choose from {', '.join(METHODS)}")
+    names = ATTACKS + ADAPTIVE if args.attacks == "all" else [a.strip() for a in args.attacks.split(",") if a.strip()]
+    if not set(MERGES) <= set(names) or not set(names) <= set(ATTACKS + ADAPTIVE):
+        ap.error(f"--attacks: include {', '.join(MERGES)}; choose from {', '.join(ATTACKS + ADAPTIVE)} or 'all' "
+                 "(two_protected needs a second protection run, which this setting does not train)")
+    args.attack_list = list(check_attack_names(names))
+    args.attacks = ",".join(args.attack_list)
     args.proxy_scale = [float(x) for x in args.proxy_scale.split(",")]
     if len(args.proxy_scale) != 2 or not 0 < args.proxy_scale[0] <= args.proxy_scale[1]:
         ap.error("--proxy-scale: two coefficients LO,HI with 0 < LO <= HI")
@@ -387,9 +433,10 @@ def main(argv: list[str] | None = None) -> None:
         out = run_seed(s, args, seed, log)
         out.update(kind="hubguard-protect-llm-seed", schema_version=1, seed=seed, quick=args.quick,
                    seconds=time.perf_counter() - t0, cpu_seconds=time.process_time() - c0,
-                   settings={k: v for k, v in vars(args).items() if k not in ("plain_steps", "coefficient_list")}
+                   settings={k: v for k, v in vars(args).items()
+                             if k not in ("plain_steps", "coefficient_list", "attack_list")}
                    | {"tasks": list(TASKS), "sizes": sizes, "base_model": "zoo llama-s0", "lora_r": 32,
-                      "weight": "inv_sqrt", "attacks": ",".join(ATTACKS)})
+                      "weight": "inv_sqrt"})
         atomic_write_json(path, out)
         log(f"seed {seed}: wrote {path.name}")
     seeds = {d["seed"]: d for d in (json.loads(p.read_text()) for p in RESULTS.glob(f"{stem}_seed*.json"))}

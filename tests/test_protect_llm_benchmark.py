@@ -116,3 +116,33 @@ def test_trap2_public_trains_at_merges_with_the_protectors_own_runs(setting):
         proxy_deltas(s, plain[0], [dict(s.base_state)])
     with pytest.raises(SystemExit):
         parse_args(["--methods", "trap3"])
+
+
+def test_adaptive_attacks_run_in_the_llm_setting(setting):
+    """--attacks all: every attack of the LLM setting (the merges, realign and the adaptive ones, which train the
+    attacker's copy of the base on its own examples) runs on each protection, with its verdict and what the merge
+    leaves the other tasks; the aggregate keeps the attacks every seed ran (older files ran the default four)."""
+    from protect_llm import ADAPTIVE, ATTACKS, MERGES, TASKS, aggregate, parse_args, run_seed
+
+    s = setting
+    args = parse_args(["--methods", "none,trap2+lock", "--attacks", "all", "--epochs", "1", "--eval-every", "1",
+                       "--coefficients", "0.5,1.0", "--attacker-val", "4", "--others-test", "6"])
+    assert args.attack_list == [*ATTACKS, *ADAPTIVE]
+    out = run_seed(s, args, 0, log=lambda _: None)
+    for m in ("none", "trap2+lock"):
+        attacks = out["methods"][m]["attacks"]
+        assert list(attacks) == args.attack_list
+        for name, a in attacks.items():
+            assert a["protected"] == (a["protected_score"] <= out["zero_shot"][TASKS[0]]), name
+            assert a["others"] == pytest.approx(sum(a["test"][t] for t in TASKS[1:]) / 2)
+        assert "standalone_after" in attacks["refinetune"] and len(attacks["learned"]["coefficients"]) > 1
+        assert attacks["regmean"]["alpha"] in (0.5, 0.9, 1.0)
+    out |= {"seed": 0, "settings": {"attacks": args.attacks}}
+    old = copy.deepcopy(out) | {"seed": 1, "settings": {"attacks": ",".join(ATTACKS)}}
+    agg = aggregate({0: out, 1: old}, quick=False)
+    lock = agg["methods"]["trap2+lock"]["attacks"]
+    assert list(lock) == list(ATTACKS) and agg["settings"]["attacks"] == ",".join(ATTACKS)
+    assert lock["realign"]["others"]["k"] == 2
+    for bad in ("realign,kept_at_1", f"{','.join(MERGES)},two_protected", f"{','.join(MERGES)},nope"):
+        with pytest.raises(SystemExit):
+            parse_args(["--attacks", bad])
