@@ -214,7 +214,7 @@ def train_task(s: LLMSetting, task: str, *, seed: int, args: argparse.Namespace,
                             lr_schedule="linear", eval_every=every, eval_start=max(1, steps - 4 * every),
                             scaled_loss_cap=math.log(len(s.tok)), cap_per_example=True, project_conflicts=True,
                             probe_scales=(0.3, 0.6, 1.5), proxy_mix=1.0 if proxies else 0.0,
-                            proxy_scale=tuple(args.proxy_scale))
+                            proxy_scale=tuple(args.proxy_scale), distill=args.distill)
         kwargs = {"probe_score_fn": lambda m: s.em(m, task, "val", limit=300), "proxies": proxies or ()}
     t0 = time.process_time()  # CPU seconds of this process (one thread): other jobs share the cores
     res = train_protected(model, train_batches=train, config=cfg, val_score_fn=lambda m: s.em(m, task, "val"),
@@ -377,6 +377,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--trap-lr", type=float, default=4e-3)
     ap.add_argument("--trap-budget", type=float, default=0.5)
     ap.add_argument("--tolerance", type=float, default=1.0)
+    ap.add_argument("--distill", type=float, default=0.0, help="Trap² runs: weight of the KL divergence from the "
+                    "plain update's next-token distributions (every position) in the standalone term (ProtectConfig."
+                    "distill), which keeps the protected update's predictions at s = 1 close to the plain one's")
     ap.add_argument("--coefficients", default=None, help="default 0.3,0.5,0.7,1.0 (--quick: 0.3,0.6,1.0)")
     ap.add_argument("--attacker-val", type=int, default=None, help="default 200 (--quick: 100)")
     ap.add_argument("--others-test", type=int, default=None, help="test windows of the two other tasks scored "

@@ -146,3 +146,24 @@ def test_adaptive_attacks_run_in_the_llm_setting(setting):
     for bad in ("realign,kept_at_1", f"{','.join(MERGES)},two_protected", f"{','.join(MERGES)},nope"):
         with pytest.raises(SystemExit):
             parse_args(["--attacks", bad])
+
+
+def test_distill_reaches_the_trap_runs_standalone_term(setting):
+    """--distill: the Trap² run's standalone term adds the KL from the plain update's outputs: zero at the first
+    step (the run starts at the plain update), so the first records agree, and the runs part after it."""
+    from protect_llm import TASKS, parse_args, train_task
+
+    s = setting
+    base = ["--epochs", "1", "--eval-every", "1"]
+    plain_args = parse_args(base)
+    plain = train_task(s, TASKS[0], seed=0, args=plain_args)
+    runs = {}
+    for d in ("0", "5"):
+        args = parse_args([*base, "--distill", d])
+        args.plain_steps = {TASKS[0]: plain[2].steps}
+        runs[d] = [r for r in train_task(s, TASKS[0], seed=0, args=args, init=plain[0])[2].history if "standalone" in r]
+    first = [r["standalone"] for r in (runs["0"][0], runs["5"][0])]
+    assert first[0] == pytest.approx(first[1], abs=1e-6)
+    assert any(abs(a["standalone"] - b["standalone"]) > 1e-4 for a, b in zip(runs["0"][1:], runs["5"][1:]))
+    with pytest.raises(SystemExit):
+        parse_args(["--distill", "x"])
