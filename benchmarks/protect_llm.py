@@ -311,16 +311,21 @@ def run_seed(s: LLMSetting, args: argparse.Namespace, seed: int, log: Any) -> di
     return out
 
 
-def _trap_of(seed: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    """The seed's Trap² run the per-seed table shows: (method, its record); files before `traps` have `trap2`."""
-    traps = seed.get("traps") or {"trap2": seed["trap2"]}
-    name = next(iter(traps))
-    return name, traps[name]
-
-
 def _released_trap(seed: dict[str, Any], name: str) -> dict[str, Any]:
     """The method that released the Trap² run `name`: itself, or (run only locked) `name`+lock."""
     return seed["methods"].get(name) or seed["methods"][f"{name}+lock"]
+
+
+def _trap_over_seeds(seeds: dict[int, dict[str, Any]], keys: list[int], name: str) -> dict[str, Any]:
+    """The Trap² run `name` over the seeds: on how many it replaced the plain update, and per seed its record."""
+    runs = [(seeds[k].get("traps") or {"trap2": seeds[k].get("trap2")})[name] for k in keys]
+    trap = [r["selected"] or {} for r in runs]
+    return {"trap2": {"protected_seeds": sum(bool(t.get("protected")) for t in trap),
+                      "trap_gain": across_seeds([t.get("trap_gain", 0.0) for t in trap])},
+            "per_seed": {k: {"plain_val": seeds[k]["plain"][TASKS[0]]["val"], "trap2": r,
+                             "time_ratio": _released_trap(seeds[k], name)["time_ratio"],
+                             "trap2_sweep": _released_trap(seeds[k], name)["sweep"],
+                             "cpu_seconds": seeds[k].get("cpu_seconds")} for k, r in zip(keys, runs, strict=True)}}
 
 
 def _attack_over_seeds(per: list[dict[str, Any]], a: str) -> dict[str, Any]:
@@ -347,20 +352,14 @@ def aggregate(seeds: dict[int, dict[str, Any]], *, quick: bool) -> dict[str, Any
         if all("time_ratio_proxies_amortized" in r for r in per):  # proxies depend on the base only: trained once
             methods[m]["time_ratio_proxies_amortized"] = across_seeds([r["time_ratio_proxies_amortized"] for r in per])
     first = seeds[keys[0]]
-    name = _trap_of(first)[0]
-    trap = [_trap_of(seeds[k])[1]["selected"] or {} for k in keys]
+    traps = {n: _trap_over_seeds(seeds, keys, n) for n in (first.get("traps") or {"trap2": None})}
+    name = next(iter(traps))
     return {"kind": "hubguard-protect-llm-aggregate", "schema_version": 1, "mode": "llm-lora", "quick": quick,
             "seeds": keys, "protected_task": TASKS[0], "zero_shot": first["zero_shot"][TASKS[0]],
             "zero_shot_all": first["zero_shot"], "settings": first["settings"] | {"attacks": ",".join(attacks)},
             "cpu_seconds": across_seeds(cpu) if (cpu := [seeds[k]["cpu_seconds"] for k in keys
                                                          if "cpu_seconds" in seeds[k]]) else None,
-            "trap_method": name,
-            "trap2": {"protected_seeds": sum(bool(t.get("protected")) for t in trap),
-                      "trap_gain": across_seeds([t.get("trap_gain", 0.0) for t in trap])},
-            "per_seed": {k: {"plain_val": seeds[k]["plain"][TASKS[0]]["val"], "trap2": _trap_of(seeds[k])[1],
-                             "time_ratio": _released_trap(seeds[k], name)["time_ratio"],
-                             "trap2_sweep": _released_trap(seeds[k], name)["sweep"],
-                             "cpu_seconds": seeds[k].get("cpu_seconds")} for k in keys},
+            "trap_method": name, **traps[name], **({"traps": traps} if len(traps) > 1 else {}),
             "methods": methods}
 
 

@@ -13,10 +13,16 @@ def _f(x: Any, nd: int = 1) -> str:
 
 def protect_llm_trap(d: dict[str, Any]) -> str:
     """Seed by seed: the plain update's validation exact match, Trap²'s kept checkpoint (s = 1, and the best of the
-    probe scales against the start's), whether it replaced the plain update, its time and the seed's CPU."""
+    probe scales against the start's), whether it replaced the plain update, its time and the seed's CPU; one
+    block per Trap² run where a file ran several."""
+    runs = d.get("traps") or {d.get("trap_method", "trap2"): d}
+    return "\n\n".join([*(_trap_rows(r, n) for n, r in runs.items()), _trap_caption(d, runs)])
+
+
+def _trap_rows(d: dict[str, Any], name: str) -> str:
     first = next(iter(d["per_seed"].values()))
     scales = [x["scale"] for x in first.get("trap2_sweep", [])]
-    rows = [f"Trap² run: {d.get('trap_method', 'trap2')}.", "",
+    rows = [f"Trap² run: {name}.", "",
             "| seed | plain val EM | Trap² kept: val EM at s = 1 | probe EM, start → kept | kept step | protected | "
             f"Trap² alone, test EM at s = {' / '.join(f'{x:g}' for x in scales)} | time ratio | CPU s |",
             "|---|---:|---:|---|---:|---|---|---:|---:|"]
@@ -27,17 +33,23 @@ def protect_llm_trap(d: dict[str, Any]) -> str:
                     f"{_f(sel.get('start_trap'))} → {_f(sel.get('trap'))} | {sel.get('step', '–')} | "
                     f"{'yes' if sel.get('protected') else 'no'} | {sweep or '–'} | {_f(r['time_ratio'], 2)} | "
                     f"{_f(r['cpu_seconds'], 0)} |")
-    with_proxies = any(r["trap2"].get("own_runs") for r in d["per_seed"].values())  # the trap run trained proxies
-    probed = ("the merge of the update with the protector's own runs of the public tasks (the proxies), "
-              "W0 + s·(ΔW + ΣP), at s = 0.3, 0.6, 1, 1.5" if with_proxies
-              else "the update scaled by the probe scales (0.3, 0.6, 1.5)")
-    rows += ["", f"Exact match (points) of the protected task {d['protected_task']}. Validation: probe EM is the best "
-                 f"of {probed} (a validation subset), the trap score Trap²'s selection lowers; protected: a Trap² checkpoint within the tolerance of the start at s = 1 "
-                 "replaced the plain update. Test: the kept Trap² update alone, W0 + s·ΔW, on the first 500 test "
-                 "windows (s = 0 is the base), which the merges with the other tasks' updates need not follow. "
-                 "Time ratio: (plain + Trap²) / plain CPU seconds of the protected task's training (trap2-public: "
-                 "with its own runs of the public tasks, the proxies)."]
     return "\n".join(rows)
+
+
+def _trap_caption(d: dict[str, Any], runs: dict[str, dict[str, Any]]) -> str:
+    scaled = "the update scaled by the probe scales (0.3, 0.6, 1.5)"
+    merged = ("the merge of the update with the protector's own runs of the public tasks (the proxies), "
+              "W0 + s·(ΔW + ΣP), at s = 0.3, 0.6, 1, 1.5")
+    probes = {n: merged if any(x["trap2"].get("own_runs") for x in r["per_seed"].values()) else scaled
+              for n, r in runs.items()}  # a run that trained proxies probes merges with them
+    probed = next(iter(probes.values())) if len(set(probes.values())) == 1 else "; ".join(
+        f"{n}: {v}" for n, v in probes.items())
+    return (f"Exact match (points) of the protected task {d['protected_task']}. Validation: probe EM is the best "
+            f"of {probed} (a validation subset), the trap score Trap²'s selection lowers; protected: a Trap² "
+            "checkpoint within the tolerance of the start at s = 1 replaced the plain update. Test: the kept Trap² "
+            "update alone, W0 + s·ΔW, on the first 500 test windows (s = 0 is the base), which the merges with the "
+            "other tasks' updates need not follow. Time ratio: (plain + Trap²) / plain CPU seconds of the protected "
+            "task's training (trap2-public: with its own runs of the public tasks, the proxies).")
 
 
 PROTECT_LLM_TABLES: dict[str, tuple[str, Callable[[Any], str]]] = {
