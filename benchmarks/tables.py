@@ -319,13 +319,35 @@ def headline(runs: dict[str, Any]) -> str:
         lines.append("- **Merge protection**, seeds where TA / TIES / DARE-TIES merges, realign-then-TA and the "
                      "standalone target (≥ −1 point at 95%) hold, as merged / realigned / standalone:")
         lines += protect
+    lines += [_protect_attacks_headline(runs[stem], label) for stem, label in PROTECT_ATTACKS_HEADLINE.items()
+              if stem in runs]
     return "\n".join(lines) if lines else "_(no results yet)_"
 
 
 # the merge-protection runs the README's summary lists: result file stem -> what it is
 PROTECT_HEADLINE = {"protect_lora": "LoRA", "protect_full": "full fine-tuning", "protect_llm": "causal-LM LoRA",
                     "protect_lora_proxies": "LoRA, proxy merges", "protect_full_proxies_ev6": "full, proxy merges",
-                    "protect_llm_proxies": "causal-LM LoRA, proxy merges"}
+                    "protect_llm_proxies": "causal-LM LoRA, proxy merges",
+                    "protect_llm_proxies_distill": "causal-LM LoRA, proxy merges, distill 1"}
+
+
+# the runs whose every attack the summary counts: result file stem -> what it is
+PROTECT_ATTACKS_HEADLINE = {"protect_llm_adaptive_quick": "causal-LM LoRA (QUICK)"}
+
+
+def _protect_attacks_headline(d: dict[str, Any], label: str) -> str:
+    """One run's attack table in a line: per protection, how many attacks stay at or below zero-shot on every seed,
+    and the seeds on which each other attack does."""
+    k = len(d["seeds"])
+    parts = []
+    for m, v in d["methods"].items():
+        if m == "none":
+            continue
+        held = [a for a, x in v["attacks"].items() if x["protected_seeds"] == k]
+        escaped = ", ".join(f"{a} {x['protected_seeds']}/{k}" for a, x in v["attacks"].items() if a not in held)
+        parts.append(f"{m} {len(held)}/{len(v['attacks'])}" + (f" (not all: {escaped})" if escaped else ""))
+    return (f"- **Adaptive attacks**, {label}, {k} seeds: attacks held (merged at or below zero-shot "
+            f"{d['zero_shot']:.1f}) on every seed: " + "; ".join(parts) + ".")
 
 
 def _protect_headline(d: dict[str, Any], label: str) -> str:

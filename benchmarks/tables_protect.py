@@ -97,6 +97,8 @@ PROTECT_TABLES: dict[str, tuple[str, Callable[[Any], str]]] = {
                       ("protect-full", "protect_full"), ("protect-full-quick", "protect_full_quick"),
                       ("protect-llm", "protect_llm"), ("protect-llm-quick", "protect_llm_quick"),
                       ("protect-llm-proxies-quick", "protect_llm_proxies_quick"),
-                      ("protect-llm-proxies", "protect_llm_proxies"))
+                      ("protect-llm-proxies", "protect_llm_proxies"),
+                      ("protect-llm-adaptive-quick", "protect_llm_adaptive_quick"),
+                      ("protect-llm-proxies-distill", "protect_llm_proxies_distill"))
     for kind, fn in (("targets", protect_targets), ("attacks", protect_attacks), ("others", protect_others))
 }

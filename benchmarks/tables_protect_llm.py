@@ -57,4 +57,6 @@ PROTECT_LLM_TABLES: dict[str, tuple[str, Callable[[Any], str]]] = {
     "protect-llm-quick-trap": ("protect_llm_quick", protect_llm_trap),
     "protect-llm-proxies-quick-trap": ("protect_llm_proxies_quick", protect_llm_trap),
     "protect-llm-proxies-trap": ("protect_llm_proxies", protect_llm_trap),
+    "protect-llm-adaptive-quick-trap": ("protect_llm_adaptive_quick", protect_llm_trap),
+    "protect-llm-proxies-distill-trap": ("protect_llm_proxies_distill", protect_llm_trap),
 }
