@@ -56,7 +56,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-from protect_stats import accuracy_ci, across_seeds, paired_difference  # noqa: E402
+from protect_stats import accuracy_ci, paired_difference  # noqa: E402
 
 from hubguard.protect.attacks import AttackerModel, AttackSetting, check_attack_names, run_attacks  # noqa: E402
 from hubguard.protect.config import ProtectConfig  # noqa: E402
@@ -81,6 +81,7 @@ ADAPTIVE = ("slerp", "kept_at_1", "refinetune", "finetune_after_merge", "learned
 METHODS = ("none", "trap2", "lock", "trap2+lock", "trap2-public", "trap2-public+lock")
 TRAINED = {"trap2": (), "trap2-public": TASKS[1:]}  # Trap² runs -> the public tasks whose proxies they merge with
 PUBLIC_SEED_OFFSET = 1000  # the protector's own runs of the public tasks: seeds the attacker's runs never use
+RETRY_SEED_STEP = 7919  # --retries: attempt i of a Trap² run draws from seed + i·RETRY_SEED_STEP
 
 
 def examples(task: str, sizes: dict[str, int]) -> dict[str, list[tuple[str, str]]]:
@@ -189,7 +190,7 @@ def proxy_deltas(s: LLMSetting, model: torch.nn.Module, states: list[dict[str, t
 
 
 def train_task(s: LLMSetting, task: str, *, seed: int, args: argparse.Namespace, init: Any = None,
-               proxies: list[dict] | None = None) -> tuple:
+               proxies: list[dict] | None = None, budget: float | None = None) -> tuple:
     """Plain LoRA (init None) or Trap² continuing `init` (its PEFT model), with `proxies` (proxy_deltas) its trap
     passes all merges with them at c ~ U[args.proxy_scale]; returns (peft model, state, result, CPU seconds)."""
     from peft import LoraConfig, get_peft_model
@@ -206,7 +207,7 @@ def train_task(s: LLMSetting, task: str, *, seed: int, args: argparse.Namespace,
         kwargs: dict[str, Any] = {}
     else:
         model = copy.deepcopy(init)
-        steps = max(6, round(args.trap_budget * args.plain_steps[task]))
+        steps = max(6, round((args.trap_budget if budget is None else budget) * args.plain_steps[task]))
         every = max(1, round(steps * 0.5 / 5))
         cfg = ProtectConfig(mode="lora", lam=args.lam, weight="inv_sqrt", lora_r=32, learning_rate=args.trap_lr,
                             epochs=10**6, max_steps=steps, batch_size=16, early_stopping_patience=10**6, seed=seed,
@@ -233,13 +234,21 @@ def _trap_runs(s: LLMSetting, args: argparse.Namespace, seed: int, plain: dict, 
         for t, r in own.items():
             log(f"seed {seed}: {name}: own {t} run (seed {seed + PUBLIC_SEED_OFFSET}): {r[2].steps} steps {r[3]:.0f}s")
         proxies = proxy_deltas(s, plain[p][0], [r[1] for r in own.values()]) if own else None
-        trap = train_task(s, p, seed=seed, args=args, init=plain[p][0], proxies=proxies)
+        attempts, trap_seconds = [], 0.0
+        for i in range(args.retries + 1):  # a retry: Trap² again from the plain update, twice the budget, new draws
+            trap = train_task(s, p, seed=seed + RETRY_SEED_STEP * i, args=args, init=plain[p][0], proxies=proxies,
+                              budget=args.trap_budget * 2**i)
+            trap_seconds += trap[3]
+            attempts.append({"steps": trap[2].steps, "seconds": trap[3], "selected": trap[2].selected})
+            log(f"seed {seed}: {name} {p} (attempt {i + 1}): {trap[2].steps} steps {trap[3]:.0f}s, "
+                f"kept {trap[2].selected}")
+            if (trap[2].selected or {}).get("protected"):
+                break
         proxy_seconds = sum(r[3] for r in own.values())
-        runs[name] = {"state": trap[1], "seconds": trap[3] + proxy_seconds, "proxy_seconds": proxy_seconds,
+        runs[name] = {"state": trap[1], "seconds": trap_seconds + proxy_seconds, "proxy_seconds": proxy_seconds,
                       "result": trap[2], "own_runs": {t: {"steps": r[2].steps, "seconds": r[3], "val": r[2].selected}
-                                                      for t, r in own.items()}}
-        log(f"seed {seed}: {name} {p}: {trap[2].steps} steps {trap[3]:.0f}s (+{proxy_seconds:.0f}s of proxies), "
-            f"kept {trap[2].selected}")
+                                                      for t, r in own.items()},
+                      **({"attempts": attempts} if args.retries else {})}
     return runs
 
 
@@ -275,7 +284,8 @@ def run_seed(s: LLMSetting, args: argparse.Namespace, seed: int, log: Any) -> di
                                          "val": plain[t][2].selected} for t in TASKS},
                            "traps": {m: {"steps": r["result"].steps, "selected": r["result"].selected,
                                          "seconds": r["seconds"], "proxy_seconds": r["proxy_seconds"],
-                                         "own_runs": r["own_runs"]} for m, r in traps.items()}, "methods": {}}
+                                         "own_runs": r["own_runs"], **{k: r[k] for k in ("attempts",) if k in r}}
+                                     for m, r in traps.items()}, "methods": {}}
     if "trap2" in traps:
         out["trap2"] = {k: out["traps"]["trap2"][k] for k in ("steps", "selected")}
     for method, (state, extra, proxy) in released.items():
@@ -311,56 +321,11 @@ def run_seed(s: LLMSetting, args: argparse.Namespace, seed: int, log: Any) -> di
     return out
 
 
-def _released_trap(seed: dict[str, Any], name: str) -> dict[str, Any]:
-    """The method that released the Trap² run `name`: itself, or (run only locked) `name`+lock."""
-    return seed["methods"].get(name) or seed["methods"][f"{name}+lock"]
-
-
-def _trap_over_seeds(seeds: dict[int, dict[str, Any]], keys: list[int], name: str) -> dict[str, Any]:
-    """The Trap² run `name` over the seeds: on how many it replaced the plain update, and per seed its record."""
-    runs = [(seeds[k].get("traps") or {"trap2": seeds[k].get("trap2")})[name] for k in keys]
-    trap = [r["selected"] or {} for r in runs]
-    return {"trap2": {"protected_seeds": sum(bool(t.get("protected")) for t in trap),
-                      "trap_gain": across_seeds([t.get("trap_gain", 0.0) for t in trap])},
-            "per_seed": {k: {"plain_val": seeds[k]["plain"][TASKS[0]]["val"], "trap2": r,
-                             "time_ratio": _released_trap(seeds[k], name)["time_ratio"],
-                             "trap2_sweep": _released_trap(seeds[k], name)["sweep"],
-                             "cpu_seconds": seeds[k].get("cpu_seconds")} for k, r in zip(keys, runs, strict=True)}}
-
-
-def _attack_over_seeds(per: list[dict[str, Any]], a: str) -> dict[str, Any]:
-    out = across_seeds([r["attacks"][a]["protected_score"] for r in per])
-    out["protected_seeds"] = sum(r["attacks"][a]["protected"] for r in per)
-    if all("others" in r["attacks"][a] for r in per):
-        out["others"] = across_seeds([r["attacks"][a]["others"] for r in per])
-    return out
-
-
 def aggregate(seeds: dict[int, dict[str, Any]], *, quick: bool) -> dict[str, Any]:
-    keys = sorted(seeds)
-    # the attacks every seed ran (files before --attacks ran ATTACKS)
-    ran = [seeds[k].get("settings", {}).get("attacks", ",".join(ATTACKS)).split(",") for k in keys]
-    attacks = [a for a in ran[0] if all(a in r for r in ran)]
-    methods = {}
-    for m in seeds[keys[0]]["methods"]:
-        per = [seeds[k]["methods"][m] for k in keys]
-        methods[m] = {
-            "standalone_change": across_seeds([r["standalone_change"]["value"] for r in per]),
-            "time_ratio": across_seeds([r["time_ratio"] for r in per]),
-            "attacks": {a: _attack_over_seeds(per, a) for a in attacks},
-            "targets_met_seeds": {t: sum(r["targets"][t] for r in per) for t in per[0]["targets"]}}
-        if all("time_ratio_proxies_amortized" in r for r in per):  # proxies depend on the base only: trained once
-            methods[m]["time_ratio_proxies_amortized"] = across_seeds([r["time_ratio_proxies_amortized"] for r in per])
-    first = seeds[keys[0]]
-    traps = {n: _trap_over_seeds(seeds, keys, n) for n in (first.get("traps") or {"trap2": None})}
-    name = next(iter(traps))
-    return {"kind": "hubguard-protect-llm-aggregate", "schema_version": 1, "mode": "llm-lora", "quick": quick,
-            "seeds": keys, "protected_task": TASKS[0], "zero_shot": first["zero_shot"][TASKS[0]],
-            "zero_shot_all": first["zero_shot"], "settings": first["settings"] | {"attacks": ",".join(attacks)},
-            "cpu_seconds": across_seeds(cpu) if (cpu := [seeds[k]["cpu_seconds"] for k in keys
-                                                         if "cpu_seconds" in seeds[k]]) else None,
-            "trap_method": name, **traps[name], **({"traps": traps} if len(traps) > 1 else {}),
-            "methods": methods}
+    """results/<stem>.json from the seed files (protect_llm_aggregate)."""
+    from protect_llm_aggregate import aggregate_seeds
+
+    return aggregate_seeds(seeds, quick=quick, tasks=TASKS, default_attacks=ATTACKS)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -376,6 +341,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--trap-lr", type=float, default=4e-3)
     ap.add_argument("--trap-budget", type=float, default=0.5)
     ap.add_argument("--tolerance", type=float, default=1.0)
+    ap.add_argument("--retries", type=int, default=0, help="Trap² runs: when no checkpoint qualified (the plain update "
+                    "would be released), train again from the plain update with twice the previous budget and other "
+                    "draws, up to this many times; the time ratio counts every attempt")
     ap.add_argument("--distill", type=float, default=0.0, help="Trap² runs: weight of the KL divergence from the "
                     "plain update's next-token distributions (every position) in the standalone term (ProtectConfig."
                     "distill), which keeps the protected update's predictions at s = 1 close to the plain one's")
@@ -405,6 +373,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.proxy_scale = [float(x) for x in args.proxy_scale.split(",")]
     if len(args.proxy_scale) != 2 or not 0 < args.proxy_scale[0] <= args.proxy_scale[1]:
         ap.error("--proxy-scale: two coefficients LO,HI with 0 < LO <= HI")
+    if not 0 <= args.retries <= 4:
+        ap.error("--retries: 0 to 4 (each retry doubles the Trap² budget)")
     args.coefficients = args.coefficients or (QUICK["coefficients"] if args.quick else "0.3,0.5,0.7,1.0")
     args.attacker_val = args.attacker_val or (QUICK["attacker_val"] if args.quick else 200)
     args.others_test = args.others_test or (QUICK["others_test"] if args.quick else None)

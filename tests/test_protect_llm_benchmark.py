@@ -167,3 +167,26 @@ def test_distill_reaches_the_trap_runs_standalone_term(setting):
     assert any(abs(a["standalone"] - b["standalone"]) > 1e-4 for a, b in zip(runs["0"][1:], runs["5"][1:]))
     with pytest.raises(SystemExit):
         parse_args(["--distill", "x"])
+
+
+def test_retries_train_trap2_again_when_no_checkpoint_qualified(setting):
+    """--retries: a Trap² run whose selection kept the plain update is trained again (other draws, twice the
+    budget) until one qualifies or the retries run out; the run's seconds count every attempt."""
+    from protect_llm import TASKS, _trap_runs, parse_args, train_task
+
+    s = setting
+    args = parse_args(["--methods", "trap2", "--epochs", "1", "--eval-every", "1", "--retries", "2",
+                       "--trap-budget", "8"])
+    plain = {TASKS[0]: train_task(s, TASKS[0], seed=0, args=args)}
+    args.plain_steps = {TASKS[0]: plain[TASKS[0]][2].steps}
+    run = _trap_runs(s, args, 0, plain, log=lambda _: None)["trap2"]
+    attempts = run["attempts"]
+    protected = [bool((a["selected"] or {}).get("protected")) for a in attempts]
+    assert 1 <= len(attempts) <= 3 and not any(protected[:-1])  # it stops at the first protected attempt
+    assert len(attempts) == 3 or protected[-1]
+    steps = [a["steps"] for a in attempts]
+    assert all(b > a for a, b in zip(steps, steps[1:]))  # each retry has twice the budget
+    assert run["seconds"] == pytest.approx(sum(a["seconds"] for a in attempts))
+    assert run["result"].selected == attempts[-1]["selected"]
+    with pytest.raises(SystemExit):
+        parse_args(["--retries", "5"])
