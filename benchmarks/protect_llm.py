@@ -382,6 +382,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def _claim(path: Path) -> bool:
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return False
+    return True
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -398,11 +406,16 @@ def main(argv: list[str] | None = None) -> None:
     s = LLMSetting(sizes=sizes)
     for seed in [int(x) for x in args.seeds.split(",")]:
         path = RESULTS / f"{stem}_seed{seed}.json"
-        if path.exists():
-            log(f"seed {seed}: {path.name} exists, skipped")
+        claim = HERE / "out" / "claims" / path.name  # another process running this seed (parallel jobs, one list)
+        claim.parent.mkdir(parents=True, exist_ok=True)
+        if path.exists() or not _claim(claim):
+            log(f"seed {seed}: {path.name} exists or is being run, skipped")
             continue
         t0, c0 = time.perf_counter(), time.process_time()
-        out = run_seed(s, args, seed, log)
+        try:
+            out = run_seed(s, args, seed, log)
+        finally:
+            claim.unlink(missing_ok=True)
         out.update(kind="hubguard-protect-llm-seed", schema_version=1, seed=seed, quick=args.quick,
                    seconds=time.perf_counter() - t0, cpu_seconds=time.process_time() - c0,
                    settings={k: v for k, v in vars(args).items()
