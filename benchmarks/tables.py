@@ -332,7 +332,8 @@ PROTECT_HEADLINE = {"protect_lora": "LoRA", "protect_full": "full fine-tuning", 
 
 
 # the runs whose every attack the summary counts: result file stem -> what it is
-PROTECT_ATTACKS_HEADLINE = {"protect_llm_adaptive_quick": "causal-LM LoRA (QUICK)"}
+PROTECT_ATTACKS_HEADLINE = {"protect_llm_adaptive_quick": "causal-LM LoRA (QUICK)",
+                            "protect_llm_adaptive_retry_quick": "causal-LM LoRA (QUICK), Trap² retried once"}
 
 
 def _protect_attacks_headline(d: dict[str, Any], label: str) -> str:

@@ -99,6 +99,7 @@ PROTECT_TABLES: dict[str, tuple[str, Callable[[Any], str]]] = {
                       ("protect-llm-proxies-quick", "protect_llm_proxies_quick"),
                       ("protect-llm-proxies", "protect_llm_proxies"),
                       ("protect-llm-adaptive-quick", "protect_llm_adaptive_quick"),
-                      ("protect-llm-proxies-distill", "protect_llm_proxies_distill"))
+                      ("protect-llm-proxies-distill", "protect_llm_proxies_distill"),
+                      ("protect-llm-adaptive-retry-quick", "protect_llm_adaptive_retry_quick"))
     for kind, fn in (("targets", protect_targets), ("attacks", protect_attacks), ("others", protect_others))
 }
