@@ -284,10 +284,13 @@ def run_seed(s: LLMSetting, args: argparse.Namespace, seed: int, log: Any) -> di
                                          "val": plain[t][2].selected} for t in TASKS},
                            "traps": {m: {"steps": r["result"].steps, "selected": r["result"].selected,
                                          "seconds": r["seconds"], "proxy_seconds": r["proxy_seconds"],
-                                         "own_runs": r["own_runs"], **{k: r[k] for k in ("attempts",) if k in r}}
+                                         "own_runs": r["own_runs"], **({"attempts": r["attempts"]} if "attempts" in r
+                                                                       else {})}
                                      for m, r in traps.items()}, "methods": {}}
     if "trap2" in traps:
         out["trap2"] = {k: out["traps"]["trap2"][k] for k in ("steps", "selected")}
+    # one attacker for every protection of the seed: each attack loads the full state it starts from
+    attacker = s.attacker(args) if set(args.attack_list) - set(ATTACKS) else None
     for method, (state, extra, proxy) in released.items():
         correct = s.correct(s.load(state), p, "test")
         setting = AttackSetting(
@@ -296,7 +299,7 @@ def run_seed(s: LLMSetting, args: argparse.Namespace, seed: int, log: Any) -> di
             test_metrics=lambda st: {t: s.em(s.load(st), t, "test", limit=None if t == p else args.others_test)
                                      for t in TASKS}, verdict_key=p,
             coefficients=tuple(args.coefficient_list), model_config=s.base.config.to_dict(),
-            attacker=s.attacker(args) if set(args.attack_list) - set(ATTACKS) else None)
+            attacker=attacker)
         attacks = run_attacks(setting, names=args.attack_list)
         for a in attacks.values():  # what the merge leaves the merger on the other tasks
             a["others"] = sum(a["test"][t] for t in TASKS[1:]) / len(TASKS[1:])
@@ -404,10 +407,11 @@ def main(argv: list[str] | None = None) -> None:
     sizes = QUICK["sizes"] if args.quick else SIZES
     stem = f"protect_llm{args.tag}" + ("_quick" if args.quick else "")
     s = LLMSetting(sizes=sizes)
+    claims = HERE / "out" / "claims"  # a seed another process is running (parallel jobs sharing one seed list)
+    claims.mkdir(parents=True, exist_ok=True)
     for seed in [int(x) for x in args.seeds.split(",")]:
         path = RESULTS / f"{stem}_seed{seed}.json"
-        claim = HERE / "out" / "claims" / path.name  # another process running this seed (parallel jobs, one list)
-        claim.parent.mkdir(parents=True, exist_ok=True)
+        claim = claims / path.name
         if path.exists() or not _claim(claim):
             log(f"seed {seed}: {path.name} exists or is being run, skipped")
             continue

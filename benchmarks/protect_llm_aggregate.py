@@ -22,8 +22,8 @@ def _trap_over_seeds(seeds: dict[int, dict[str, Any]], keys: list[int], name: st
     return {"trap2": {"protected_seeds": sum(bool(t.get("protected")) for t in trap),
                       "trap_gain": across_seeds([t.get("trap_gain", 0.0) for t in trap])},
             "per_seed": {k: {"plain_val": seeds[k]["plain"][task]["val"], "trap2": r,
-                             "time_ratio": _released_trap(seeds[k], name)["time_ratio"],
-                             "trap2_sweep": _released_trap(seeds[k], name)["sweep"],
+                             "time_ratio": (released := _released_trap(seeds[k], name))["time_ratio"],
+                             "trap2_sweep": released["sweep"],
                              "cpu_seconds": seeds[k].get("cpu_seconds")} for k, r in zip(keys, runs, strict=True)}}
 
 
