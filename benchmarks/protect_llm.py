@@ -29,7 +29,12 @@ zoo Llama base, w(s) = 1/√s, tasks scored by exact match, merged with the real
 `--attacks` (default the merges and realign): `all` adds the adaptive attacks of hubguard.protect.attacks (SLERP,
 the protected update kept at 1, a re-fine-tune of it on the protected task's training examples, fine-tuning after the
 merge, learned per-layer coefficients, RegMean), whose attacker trains a copy of the base with the causal-LM loss on
-its own validation examples (`--attacker-val` per task) at `--attacker-lr`.
+its own validation examples (`--attacker-val` per task) at `--attacker-lr`. The composed attacks realign+NAME
+(realign first, then NAME; hubguard.protect.attacks.COMPOSED_ATTACKS) are run only when named:
+
+    python benchmarks/protect_llm.py --quick --seeds 0,1,2,3,4 --methods trap2-public+lock --retries 1 --tag _composed \
+        --attacks task_arithmetic,ties,dare_ties,realign,realign+kept_at_1,realign+refinetune,\
+realign+finetune_after_merge,realign+learned,realign+regmean              # results/protect_llm_composed_quick*.json
 
 QUICK (`--quick`): the full setting took 27 minutes for seed 0 on one thread (protect_llm_seed0.json, `seconds`
 1635; it predates the `cpu_seconds` field), about a third of it in the attacks' evaluations: too long for five
@@ -78,10 +83,10 @@ QUICK = {"sizes": {"train": 600, "val": 300, "test": 1500}, "coefficients": "0.3
 MERGES = ("task_arithmetic", "ties", "dare_ties")  # the merge target: at or below zero-shot for all three
 ATTACKS = (*MERGES, "realign")  # the default --attacks
 ADAPTIVE = ("slerp", "kept_at_1", "refinetune", "finetune_after_merge", "learned", "regmean")  # --attacks all
+COMPOSED = tuple(f"realign+{a}" for a in ADAPTIVE if a != "slerp")  # realign, then that attack (by name only)
 METHODS = ("none", "trap2", "lock", "trap2+lock", "trap2-public", "trap2-public+lock")
 TRAINED = {"trap2": (), "trap2-public": TASKS[1:]}  # Trap² runs -> the public tasks whose proxies they merge with
 PUBLIC_SEED_OFFSET = 1000  # the protector's own runs of the public tasks: seeds the attacker's runs never use
-RETRY_SEED_STEP = 7919  # --retries: attempt i of a Trap² run draws from seed + i·RETRY_SEED_STEP
 
 
 def examples(task: str, sizes: dict[str, int]) -> dict[str, list[tuple[str, str]]]:
@@ -190,9 +195,10 @@ def proxy_deltas(s: LLMSetting, model: torch.nn.Module, states: list[dict[str, t
 
 
 def train_task(s: LLMSetting, task: str, *, seed: int, args: argparse.Namespace, init: Any = None,
-               proxies: list[dict] | None = None, budget: float | None = None) -> tuple:
+               proxies: list[dict] | None = None) -> tuple:
     """Plain LoRA (init None) or Trap² continuing `init` (its PEFT model), with `proxies` (proxy_deltas) its trap
-    passes all merges with them at c ~ U[args.proxy_scale]; returns (peft model, state, result, CPU seconds)."""
+    passes all merges with them at c ~ U[args.proxy_scale] and `args.retries` (ProtectConfig.retries); returns
+    (peft model, state, result, CPU seconds)."""
     from peft import LoraConfig, get_peft_model
 
     order = torch.randperm(len(s.data[task]["train"]["labels"]), generator=torch.Generator().manual_seed(seed))
@@ -207,7 +213,7 @@ def train_task(s: LLMSetting, task: str, *, seed: int, args: argparse.Namespace,
         kwargs: dict[str, Any] = {}
     else:
         model = copy.deepcopy(init)
-        steps = max(6, round((args.trap_budget if budget is None else budget) * args.plain_steps[task]))
+        steps = max(6, round(args.trap_budget * args.plain_steps[task]))
         every = max(1, round(steps * 0.5 / 5))
         cfg = ProtectConfig(mode="lora", lam=args.lam, weight="inv_sqrt", lora_r=32, learning_rate=args.trap_lr,
                             epochs=10**6, max_steps=steps, batch_size=16, early_stopping_patience=10**6, seed=seed,
@@ -215,7 +221,7 @@ def train_task(s: LLMSetting, task: str, *, seed: int, args: argparse.Namespace,
                             lr_schedule="linear", eval_every=every, eval_start=max(1, steps - 4 * every),
                             scaled_loss_cap=math.log(len(s.tok)), cap_per_example=True, project_conflicts=True,
                             probe_scales=(0.3, 0.6, 1.5), proxy_mix=1.0 if proxies else 0.0,
-                            proxy_scale=tuple(args.proxy_scale), distill=args.distill)
+                            proxy_scale=tuple(args.proxy_scale), distill=args.distill, retries=args.retries)
         kwargs = {"probe_score_fn": lambda m: s.em(m, task, "val", limit=300), "proxies": proxies or ()}
     t0 = time.process_time()  # CPU seconds of this process (one thread): other jobs share the cores
     res = train_protected(model, train_batches=train, config=cfg, val_score_fn=lambda m: s.em(m, task, "val"),
@@ -234,21 +240,14 @@ def _trap_runs(s: LLMSetting, args: argparse.Namespace, seed: int, plain: dict, 
         for t, r in own.items():
             log(f"seed {seed}: {name}: own {t} run (seed {seed + PUBLIC_SEED_OFFSET}): {r[2].steps} steps {r[3]:.0f}s")
         proxies = proxy_deltas(s, plain[p][0], [r[1] for r in own.values()]) if own else None
-        attempts, trap_seconds = [], 0.0
-        for i in range(args.retries + 1):  # a retry: Trap² again from the plain update, twice the budget, new draws
-            trap = train_task(s, p, seed=seed + RETRY_SEED_STEP * i, args=args, init=plain[p][0], proxies=proxies,
-                              budget=args.trap_budget * 2**i)
-            trap_seconds += trap[3]
-            attempts.append({"steps": trap[2].steps, "seconds": trap[3], "selected": trap[2].selected})
-            log(f"seed {seed}: {name} {p} (attempt {i + 1}): {trap[2].steps} steps {trap[3]:.0f}s, "
-                f"kept {trap[2].selected}")
-            if (trap[2].selected or {}).get("protected"):
-                break
+        trap = train_task(s, p, seed=seed, args=args, init=plain[p][0], proxies=proxies)
+        log(f"seed {seed}: {name} {p}: {trap[2].steps} steps {trap[3]:.0f}s, kept {trap[2].selected}"
+            + (f", attempts {list(trap[2].attempts)}" if args.retries else ""))
         proxy_seconds = sum(r[3] for r in own.values())
-        runs[name] = {"state": trap[1], "seconds": trap_seconds + proxy_seconds, "proxy_seconds": proxy_seconds,
+        runs[name] = {"state": trap[1], "seconds": trap[3] + proxy_seconds, "proxy_seconds": proxy_seconds,
                       "result": trap[2], "own_runs": {t: {"steps": r[2].steps, "seconds": r[3], "val": r[2].selected}
                                                       for t, r in own.items()},
-                      **({"attempts": attempts} if args.retries else {})}
+                      **({"attempts": list(trap[2].attempts)} if args.retries else {})}
     return runs
 
 
@@ -346,7 +345,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--tolerance", type=float, default=1.0)
     ap.add_argument("--retries", type=int, default=0, help="Trap² runs: when no checkpoint qualified (the plain update "
                     "would be released), train again from the plain update with twice the previous budget and other "
-                    "draws, up to this many times; the time ratio counts every attempt")
+                    "draws, up to this many times (ProtectConfig.retries); the time ratio counts every attempt")
     ap.add_argument("--distill", type=float, default=0.0, help="Trap² runs: weight of the KL divergence from the "
                     "plain update's next-token distributions (every position) in the standalone term (ProtectConfig."
                     "distill), which keeps the protected update's predictions at s = 1 close to the plain one's")
@@ -356,7 +355,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     "for each merge (default all 1500; --quick: 500); the protected task's are always all scored")
     ap.add_argument("--methods", default="none,trap2,lock,trap2+lock", help=f"protections, of {', '.join(METHODS)}")
     ap.add_argument("--attacks", default=",".join(ATTACKS), help="attacks on each protection (hubguard.protect."
-                    f"attacks), or 'all': {', '.join(ATTACKS + ADAPTIVE)}")
+                    f"attacks), or 'all': {', '.join(ATTACKS + ADAPTIVE)}; also {', '.join(COMPOSED)}")
     ap.add_argument("--attacker-lr", type=float, default=1e-4, help="refinetune / finetune_after_merge: AdamW "
                     "learning rate of the attacker's one epoch on the merged weights")
     ap.add_argument("--proxy-scale", default="0.5,1.5", help="trap2-public: the proxies' merge coefficients, "
@@ -368,8 +367,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if not args.methods or (bad := [m for m in args.methods if m not in METHODS]):
         ap.error(f"--methods: unknown {bad or 'none given'}; choose from {', '.join(METHODS)}")
     names = ATTACKS + ADAPTIVE if args.attacks == "all" else [a.strip() for a in args.attacks.split(",") if a.strip()]
-    if not set(MERGES) <= set(names) or not set(names) <= set(ATTACKS + ADAPTIVE):
-        ap.error(f"--attacks: include {', '.join(MERGES)}; choose from {', '.join(ATTACKS + ADAPTIVE)} or 'all' "
+    if not set(MERGES) <= set(names) or not set(names) <= set(ATTACKS + ADAPTIVE + COMPOSED):
+        ap.error(f"--attacks: include {', '.join(MERGES)}; choose from {', '.join(ATTACKS + ADAPTIVE + COMPOSED)} or "
+                 "'all' "
                  "(two_protected needs a second protection run, which this setting does not train)")
     args.attack_list = list(check_attack_names(names))
     args.attacks = ",".join(args.attack_list)

@@ -14,6 +14,8 @@ PROTECT_ATTACK_LABELS = {
     "finetune_after_merge": "task arithmetic, then fine-tuned", "learned": "learned per-layer coefficients",
     "regmean": "RegMean",
 }
+PROTECT_ATTACK_LABELS.update({f"realign+{a}": f"realign, then {label}" for a, label in PROTECT_ATTACK_LABELS.items()
+                              if a not in ("realign", "task_arithmetic", "slerp")})
 TARGET_LABELS = {
     "standalone_within_1_point_ci": "standalone ≥ −1 (95% CI)", "standalone_within_1_point": "standalone ≥ −1 (point)",
     "merged_at_or_below_zero_shot": "TA/TIES/DARE ≤ zero-shot", "realign_at_or_below_zero_shot": "realign ≤ zero-shot",

@@ -167,6 +167,32 @@ def test_realign_attack_undoes_a_lock_the_merges_fall_for(task):
     assert got["realign"]["standalone_after"]["score"] == pytest.approx(task["metrics"](locked)["score"], abs=1e-4)
 
 
+def test_composed_attacks_realign_first_then_attack_what_the_lock_hid(task):
+    """realign+NAME: the lock stops kept_at_1 (the protected update at 1, the others tuned) until realign strips it;
+    the composed attack then scores what kept_at_1 scores on the realigned update, and says it composed them."""
+    from hubguard.protect.attacks import COMPOSED_ATTACKS
+    from hubguard.protect.lock import LockConfig, lock_state_dict, plan_lock
+    from hubguard.protect.realign import realign_state_dict
+
+    assert "realign+regmean" in COMPOSED_ATTACKS and "realign+slerp" not in COMPOSED_ATTACKS
+    assert "realign+task_arithmetic" not in ATTACKS  # that is "realign"
+    s = task["setting"]
+    model = copy.deepcopy(task["base"])
+    model.load_state_dict(task["a"])
+    locked = lock_state_dict(task["a"], plan_lock(model, config=LockConfig(layers=(1,)), calibration=[task["x"]]))
+    kwargs = {"base": s.base, "others": s.others, "val_score": s.val_score, "test_metrics": s.test_metrics,
+              "verdict_key": "score", "coefficients": (0.5, 1.0), "model_config": s.model_config}
+    got = run_attacks(AttackSetting(protected=locked, **kwargs), names=["kept_at_1", "realign+kept_at_1"])
+    realigned = realign_state_dict(locked, base=task["w0"], model_config=s.model_config)
+    direct = run_attacks(AttackSetting(protected=realigned, **kwargs), names=["kept_at_1"])["kept_at_1"]
+    composed = got["realign+kept_at_1"]
+    assert composed["method"] == "realign+kept_at_1" and composed["coefficient"] == direct["coefficient"]
+    assert composed["protected_score"] == pytest.approx(direct["protected_score"], abs=1e-6)
+    assert got["kept_at_1"]["protected"] and not composed["protected"]  # the lock held; realign, then it does not
+    with pytest.raises(ProtectionError, match="model_config"):
+        run_attacks(AttackSetting(protected=locked, **{**kwargs, "model_config": None}), names=["realign+learned"])
+
+
 def test_realign_leaves_nothing_of_a_lock_whatever_the_update_under_it(task):
     """realign(lock(W)) = realign(W) for a large update W too: the fitted map is linear in the released weights, so
     it carries the lock's G along (G_fit(G·X) = G·G_fit(X)) and its inverse removes it exactly. What realign leaves of

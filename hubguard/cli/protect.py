@@ -69,6 +69,9 @@ def protect_command(
     stop_at_loss: Annotated[float | None, typer.Option(help="trap selection: stop at the first checkpoint within "
                                                            "--tolerance whose validation loss is at least this "
                                                            "(nats) at every probe scale")] = None,
+    retries: Annotated[int, typer.Option(help="trap selection: when no checkpoint qualified, train again from "
+                                              "the start with twice the budget and new draws, up to this many "
+                                              "times (0-4; not in the paper)")] = 0,
     lock: Annotated[bool, typer.Option(help="also scale-lock the trained update (see `hubguard lock`)")] = False,
     lock_gain: Annotated[float, typer.Option(help="--lock: gain g of the lock")] = 100.0,
     proxy: Annotated[list[str] | None, typer.Option(help="a public fine-tune of BASE (adapter or model folder, "
@@ -96,15 +99,17 @@ def protect_command(
                            batch_size=batch_size, max_length=max_length, seed=seed, overwrite=overwrite,
                            init=init, selection=selection, tolerance=tolerance,
                            project_conflicts=project_conflicts, loss_cap=loss_cap, cap_per_example=cap_per_example,
-                           stop_at_loss=stop_at_loss, lock=lock, lock_gain=lock_gain, proxies=proxy or [],
+                           stop_at_loss=stop_at_loss, retries=retries, lock=lock, lock_gain=lock_gain, proxies=proxy or [],
                            proxy_mix=proxy_mix, proxy_scale=scale)
     except HubguardError as exc:
         _fail(exc)
         return
     selected = res["training"].get("selected") or {}
     if selected.get("protected") is False:
-        typer.echo("warning: no Trap² checkpoint stayed within --tolerance of --init at s = 1; the update written is "
-                   "the one you gave, NOT protected. Raise --tolerance, lower --lambda or --lr.", err=True)
+        tries = len(res["training"].get("attempts") or ()) or 1
+        typer.echo(f"warning: no Trap² checkpoint stayed within --tolerance of --init at s = 1 ({tries} "
+                   f"attempt{'s' if tries > 1 else ''}); the update written is the one you gave, NOT protected. "
+                   "Raise --tolerance or --retries, lower --lambda or --lr.", err=True)
     typer.echo(json.dumps(res, indent=2) if as_json else f"protected update written to {res['out']}")
 
 
@@ -162,7 +167,8 @@ def audit_command(
                                                "the base, then task arithmetic (same as --attacks realign)")] = False,
     attacks: Annotated[str, typer.Option(help="comma-separated adaptive attacks, each with a verdict: realign, "
                                               "refinetune, learned, regmean, kept_at_1, slerp, finetune_after_merge, "
-                                              "task_arithmetic, ties, dare_ties")] = "",
+                                              "task_arithmetic, ties, dare_ties, two_protected, and realign+NAME "
+                                              "(realign, then attack NAME: e.g. realign+regmean)")] = "",
     attacker_lr: Annotated[float, typer.Option(help="learning rate of the attacks that fine-tune")] = 1e-4,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:

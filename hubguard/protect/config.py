@@ -19,6 +19,7 @@ WeightKind = Literal["inv", "inv_sqrt", "none"]
 Selection = Literal["standalone", "trap"]
 
 PROTECTION_METHOD = "trap2"
+RETRY_SEED_STEP = 7919  # retry i of a run draws its scales (and proxy coefficients) from seed + i·RETRY_SEED_STEP
 PROTECTION_SCHEMA_VERSION = 1
 
 # Attention projection names of common families; the first family whose names occur in a model is used.
@@ -132,6 +133,11 @@ class ProtectConfig:
     # the repaired states compete in the same selection. 0 = no repair (the paper).
     repair_steps: int = 0
     repair_lr: float | None = None
+    # Retries (selection="trap" only): when no checkpoint qualified (the kept update is the starting one,
+    # `selected["protected"]` False), train again from the starting state with twice the budget (epochs, max_steps,
+    # eval_every and eval_start doubled) and new draws (`retry(i)`), up to this many times. A run that forms no trap
+    # on one draw can form it on the next (benchmarks/protect_llm.py --retries, seed 4); each retry costs twice the last.
+    retries: int = 0
     seed: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -193,6 +199,11 @@ class ProtectConfig:
         elif self.repair_steps and self.selection != "trap":
             problems.append("repair_steps repairs a checkpoint of selection='trap'; set selection='trap' or "
                             "repair_steps=0")
+        if not 0 <= self.retries <= 4:
+            problems.append(f"retries must be 0 to 4 (each retry doubles the budget), got {self.retries}")
+        elif self.retries and self.selection != "trap":
+            problems.append("retries train again when selection='trap' kept the starting update; set "
+                            "selection='trap' or retries=0")
         if self.samples_per_step < 1:
             problems.append("samples_per_step must be >= 1")
         if self.lora_r < 1:
@@ -214,6 +225,19 @@ class ProtectConfig:
 
     def replace(self, **changes: Any) -> ProtectConfig:
         return dataclasses.replace(self, **changes)
+
+    def retry(self, attempt: int) -> ProtectConfig:
+        """The settings of retry `attempt` (1 = the first retry): 2^attempt times the budget and the validation
+        spacing, draws from seed + attempt·RETRY_SEED_STEP, no further retries of its own."""
+        if not 1 <= attempt <= self.retries:
+            raise ProtectionError(f"retry {attempt} is outside 1..retries={self.retries}")
+        factor = 2**attempt
+        return self.replace(
+            seed=self.seed + attempt * RETRY_SEED_STEP, epochs=self.epochs * factor, retries=0,
+            max_steps=None if self.max_steps is None else self.max_steps * factor,
+            eval_every=None if self.eval_every is None else self.eval_every * factor,
+            eval_start=self.eval_start * factor,
+        )
 
     @classmethod
     def preset(cls, setting: str, **overrides: Any) -> ProtectConfig:

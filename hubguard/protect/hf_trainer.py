@@ -33,6 +33,11 @@ def _make_trainer_class() -> type:
                     "project_conflicts needs the two gradients separately, and Trainer backpropagates one loss: "
                     "train with hubguard.protect.train_protected, or set project_conflicts=False."
                 )
+            if protect_config.retries:
+                raise ProtectionError(
+                    "retries restart training from the starting update, which Trainer.train() does not do: train "
+                    "with hubguard.protect.train_protected, or set retries=0."
+                )
             super().__init__(*args, **kwargs)
             self.protect_config = protect_config
             self.trap2_loss_fn = loss_fn

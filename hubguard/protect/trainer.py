@@ -8,6 +8,7 @@ attention projections, `hubguard.protect.lora`) and the `transformers.Trainer` i
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -21,12 +22,11 @@ from hubguard.protect.lora import attach_lora, resolve_target_modules
 from hubguard.protect.objective import (
     LossFn,
     backward_projected,
-    default_loss,
-    mean_loss,
     snapshot_reference,
     trap2_loss,
 )
 from hubguard.protect.selection import Candidate, TrapSelector
+from hubguard.protect.validation import Score, Validation, evaluate_loss
 from hubguard.protect.variant_state import VariantState
 from hubguard.protect.variants import check_proxies
 from hubguard.utils import get_logger, progress
@@ -37,9 +37,6 @@ if TYPE_CHECKING:
     from hubguard.protect.variants import TeacherOutputs
 
 logger = get_logger(__name__)
-
-Score = Callable[["torch.nn.Module"], float]
-
 
 @dataclass(frozen=True)
 class ProtectResult:
@@ -61,6 +58,10 @@ class ProtectResult:
     seconds: float
     history: tuple[dict[str, float | None], ...]  # val_standalone None: not scored (min_trap_gain)
     selected: dict[str, Any] | None = None
+    # With config.retries: one record per attempt ({"attempt", "seed", "max_steps", "epochs", "steps", "seconds",
+    # "protected", "selected"}); `steps`,
+    # `history` and `selected` are then the last attempt's and `seconds` is every attempt's together.
+    attempts: tuple[dict[str, Any], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -70,6 +71,7 @@ class ProtectResult:
             "stopped_early": self.stopped_early,
             "seconds": self.seconds,
             "selected": self.selected,
+            "attempts": [dict(a) for a in self.attempts],
         }
 
 
@@ -80,87 +82,7 @@ def _trainable(model: torch.nn.Module) -> list[torch.nn.Parameter]:
     return params
 
 
-def evaluate_loss(model: torch.nn.Module, batches: Iterable[Any], *, loss_fn: LossFn | None = None) -> float:
-    """Mean loss over `batches` at s = 1, in eval mode, without gradients."""
-    import torch
-
-    from hubguard.protect.forward import call as _call
-
-    loss_fn = loss_fn or default_loss
-    was_training = model.training
-    model.eval()
-    total, count = 0.0, 0
-    with torch.no_grad():
-        for batch in batches:
-            total += float(mean_loss(loss_fn(_call(model, batch, None), batch)))
-            count += 1
-    model.train(was_training)
-    if count == 0:
-        raise ProtectionError("The validation data is empty; pass at least one batch or val_batches=None.")
-    return total / count
-
-
-class _Validation:
-    """Scores of the model as it stands, in eval mode without gradients: at s = 1 (`val_score_fn`, else minus the
-    validation loss) and at the probe scales (`probe_score_fn`, else the same score), aggregated."""
-
-    def __init__(self, model: torch.nn.Module, *, config: ProtectConfig, val_batches: Iterable[Any] | None,
-                 loss_fn: LossFn | None, val_score_fn: Score | None, probe_score_fn: Score | None,
-                 reference: Mapping[str, torch.Tensor] | None,
-                 proxies: Sequence[Mapping[str, torch.Tensor]] = ()) -> None:
-        self.model, self.config, self.reference = model, config, reference
-        self.proxies = list(proxies)  # checked (`variants.check_proxies`); with them the probes are merges
-        self.val_batches, self.loss_fn = val_batches, loss_fn
-        self.val_score_fn, self.probe_score_fn = val_score_fn, probe_score_fn
-
-    @property
-    def available(self) -> bool:
-        return self.val_score_fn is not None or self.val_batches is not None
-
-    def _score(self) -> float:
-        if self.val_score_fn is not None:
-            return float(self.val_score_fn(self.model))
-        return -evaluate_loss(self.model, self.val_batches, loss_fn=self.loss_fn)  # type: ignore[arg-type]
-
-    def _in_eval(self, fn: Callable[[], Any]) -> Any:
-        import torch
-
-        was = self.model.training
-        self.model.eval()
-        try:
-            with torch.no_grad():
-                return fn()
-        finally:
-            self.model.train(was)
-
-    def at_one(self) -> float:
-        """Validation score at s = 1 (higher is better)."""
-        return self._in_eval(self._score)
-
-    def probes(self) -> float:
-        """The probe scales' scores, aggregated by `config.probe_aggregate` (lower is more protected)."""
-        from hubguard.protect.objective import scaled_in_place
-
-        def run() -> float:
-            from hubguard.protect.variants import shifted_in_place, weighted_sum
-
-            got = []
-            # With proxies the trap is the merge W0 + s·(ΔW + Σ_j P_j): probed at every probe scale and at s = 1.
-            scales = (*self.config.probe_scales, 1.0) if self.proxies else self.config.probe_scales
-            for s in scales:
-                with scaled_in_place(self.model, scale=s, mode=self.config.mode, reference=self.reference), \
-                        shifted_in_place(self.model, shift=weighted_sum((s, p) for p in self.proxies)):
-                    got.append(float(self.probe_score_fn(self.model)) if self.probe_score_fn else self._score())
-            return max(got) if self.config.probe_aggregate == "max" else sum(got) / len(got)
-
-        return self._in_eval(run)
-
-    def with_probes(self) -> tuple[float, float]:
-        """(score at s = 1, the probe scales' scores aggregated by `config.probe_aggregate`)."""
-        return self.at_one(), self.probes()
-
-
-def _check_run(*, config: ProtectConfig, n_batches: int | None, validation: _Validation) -> None:
+def _check_run(*, config: ProtectConfig, n_batches: int | None, validation: Validation) -> None:
     if n_batches == 0:
         raise ProtectionError("The training data is empty: there is nothing to fine-tune on. Pass at least one batch.")
     if config.lr_schedule != "constant" and not (config.max_steps or n_batches):
@@ -182,7 +104,7 @@ def _check_run(*, config: ProtectConfig, n_batches: int | None, validation: _Val
 class _Keeper:
     """What the run keeps: the trap selection's Pareto front, or the best s = 1 state (the paper), and when to stop."""
 
-    def __init__(self, model: torch.nn.Module, *, config: ProtectConfig, validation: _Validation) -> None:
+    def __init__(self, model: torch.nn.Module, *, config: ProtectConfig, validation: Validation) -> None:
         self.model, self.config, self.validation = model, config, validation
         self.names = {n for n, p in model.named_parameters() if p.requires_grad}
         self.selector = (TrapSelector(config.standalone_tolerance, from_start=config.tolerance_reference == "start",
@@ -250,12 +172,7 @@ class _Keeper:
 
     def load(self, state: Mapping[str, torch.Tensor]) -> None:
         """Copy a kept state (`snapshot()`'s tensors) back into the model."""
-        import torch
-
-        with torch.no_grad():
-            for n, p in self.model.named_parameters():
-                if n in state:
-                    p.copy_(state[n])
+        _restore(self.model, state)
 
     def _describe(self, chosen: Candidate) -> dict[str, Any]:
         assert self.selector is not None
@@ -311,12 +228,70 @@ def train_protected(
     and call this with `selection="trap"`.
 
     `proxies` (`config.proxy_mix`): other updates of the base to trap merges with, `hubguard.protect.variants`.
+
+    `config.retries` (selection="trap"): when an attempt keeps the starting state (`selected["protected"]` False),
+    the model is reset to it and trained again with `config.retry(i)` (twice the budget, new draws), up to
+    `config.retries` times; `ProtectResult.attempts` records each.
     """
+    if not config.retries:
+        return _train_attempt(model, train_batches=train_batches, config=config, val_batches=val_batches,
+                              loss_fn=loss_fn, val_score_fn=val_score_fn, probe_score_fn=probe_score_fn,
+                              reference=reference, optimizer=optimizer, on_step=on_step, proxies=proxies)
+    if optimizer is not None:
+        raise ProtectionError("config.retries restarts each attempt with a fresh AdamW, so it cannot take your "
+                              "optimizer: drop optimizer= or set retries=0.")
+    start = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}  # what a retry resets
+    attempts: list[dict[str, Any]] = []
+    seconds = 0.0
+    for attempt in range(config.retries + 1):
+        cfg = config.retry(attempt) if attempt else config
+        if attempt:
+            _restore(model, start)
+            logger.warning("trap2: attempt %d formed no trap; retry %d/%d with %s steps", attempt, attempt,
+                           config.retries, cfg.max_steps or f"{cfg.epochs} epochs of")
+        result = _train_attempt(model, train_batches=train_batches, config=cfg, val_batches=val_batches,
+                                loss_fn=loss_fn, val_score_fn=val_score_fn, probe_score_fn=probe_score_fn,
+                                reference=reference, on_step=on_step, proxies=proxies)
+        seconds += result.seconds
+        protected = bool((result.selected or {}).get("protected"))
+        attempts.append({"attempt": attempt + 1, "seed": cfg.seed, "max_steps": cfg.max_steps, "epochs": cfg.epochs,
+                         "steps": result.steps, "seconds": result.seconds, "protected": protected,
+                         "selected": result.selected})
+        if protected:
+            break
+    return dataclasses.replace(result, seconds=seconds, attempts=tuple(attempts))
+
+
+def _restore(model: torch.nn.Module, state: Mapping[str, torch.Tensor]) -> None:
+    """Copy `state` (trainable parameters by name) back into `model`."""
+    import torch
+
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if n in state:
+                p.copy_(state[n])
+
+
+def _train_attempt(
+    model: torch.nn.Module,
+    *,
+    train_batches: Iterable[Any],
+    config: ProtectConfig,
+    val_batches: Iterable[Any] | None = None,
+    loss_fn: LossFn | None = None,
+    val_score_fn: Score | None = None,
+    probe_score_fn: Score | None = None,
+    reference: Mapping[str, torch.Tensor] | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+    on_step: Callable[[int, dict[str, float]], None] | None = None,
+    proxies: Sequence[Mapping[str, torch.Tensor]] = (),
+) -> ProtectResult:
+    """One Trap² (or plain) run of `train_protected`, from the model as it stands."""
 
     n_batches = _length(train_batches)
     if config.mode == "full" and reference is None:
         reference = snapshot_reference(model)
-    validation = _Validation(model, config=config, val_batches=val_batches, loss_fn=loss_fn, val_score_fn=val_score_fn,
+    validation = Validation(model, config=config, val_batches=val_batches, loss_fn=loss_fn, val_score_fn=val_score_fn,
                              probe_score_fn=probe_score_fn, reference=reference,
                              proxies=check_proxies(model, proxies, config=config))
     _check_run(config=config, n_batches=n_batches, validation=validation)

@@ -11,7 +11,9 @@ protection held (the protected task's merged score at or below the base's). Name
 - kept_at_1 (protected at 1, others tuned), two_protected (a second task's update protected too);
 - realign (undo per-head locks against the base, then task arithmetic: the Anchor-Guided Attack);
 - refinetune (a short re-fine-tune of the protected update, then task arithmetic), finetune_after_merge;
-- learned (per-layer coefficients trained on the attacker's data, AdaMerging-style), regmean (RegMean).
+- learned (per-layer coefficients trained on the attacker's data, AdaMerging-style), regmean (RegMean);
+- realign+NAME for every other attack NAME but task_arithmetic (that is realign) and slerp: realign first, then that attack (`COMPOSED_ATTACKS`). A lock
+  and a trap protect against different attacks; an attacker who strips the lock faces the trap alone.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from hubguard.protect.attacks.base import (
     best_coefficient,
 )
 from hubguard.protect.attacks.learned import learned
-from hubguard.protect.attacks.merging import kept_at_1, merge_attack, realign, slerp, two_protected
+from hubguard.protect.attacks.merging import after_realign, kept_at_1, merge_attack, realign, slerp, two_protected
 from hubguard.protect.attacks.refit import finetune_after_merge, refinetune
 from hubguard.protect.attacks.regmean import regmean
 from hubguard.utils import get_logger, progress
@@ -50,6 +52,10 @@ ATTACKS: dict[str, Attack] = {
     "learned": learned,
     "regmean": regmean,
 }
+# Realign, then another attack ("realign" itself is realign, then task arithmetic; SLERP is left out: it drops the
+# update, realigned or not).
+COMPOSED_ATTACKS = tuple(f"realign+{n}" for n in ATTACKS if n not in ("realign", "task_arithmetic", "slerp"))
+ATTACKS.update({f"realign+{n}": after_realign(n, ATTACKS[n]) for n in ATTACKS if f"realign+{n}" in COMPOSED_ATTACKS})
 ADAPTIVE_ATTACKS = ("realign", "refinetune", "learned", "regmean")
 
 
@@ -85,5 +91,5 @@ def run_attacks(setting: AttackSetting, *, names: Sequence[str]) -> dict[str, di
     return out
 
 
-__all__ = ["ADAPTIVE_ATTACKS", "ATTACKS", "DEFAULT_COEFFICIENTS", "AttackResult", "AttackSetting", "AttackerModel",
+__all__ = ["ADAPTIVE_ATTACKS", "ATTACKS", "COMPOSED_ATTACKS", "DEFAULT_COEFFICIENTS", "AttackResult", "AttackSetting", "AttackerModel",
            "best_coefficient", "check_attack_names", "run_attacks", "verdict"]

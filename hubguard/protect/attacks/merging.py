@@ -1,10 +1,12 @@
 """Attacks that merge the released weights as they are, or after undoing a lock: mergekit's task arithmetic, TIES,
 DARE-TIES and SLERP at the attacker's best coefficient; the protected update kept at 1 while the others are tuned;
-two protected updates in one merge; realign to the base, then task arithmetic."""
+two protected updates in one merge; realign to the base, then task arithmetic; realign, then any other attack
+(`after_realign`)."""
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from collections.abc import Callable
+from dataclasses import asdict, replace
 from typing import Any
 
 from hubguard.protect.attacks.base import AttackSetting, StateDict, best_coefficient
@@ -58,12 +60,30 @@ def two_protected(setting: AttackSetting) -> dict[str, Any]:
     return task_arithmetic_over(setting, [setting.protected, second, *setting.others[1:]], name="two_protected")
 
 
-def realign(setting: AttackSetting) -> dict[str, Any]:
-    """Undo any per-head lock against the public base (`hubguard.protect.realign`), then task arithmetic."""
+def _realigned(setting: AttackSetting, *, attack: str) -> StateDict:
+    """The protected update with any per-head lock undone against the public base (`hubguard.protect.realign`)."""
     from hubguard.protect.realign import realign_state_dict
 
-    config = setting.needs("model_config", "realign")
-    realigned = realign_state_dict(setting.protected, base=setting.base, model_config=config)
+    config = setting.needs("model_config", attack)
+    return realign_state_dict(setting.protected, base=setting.base, model_config=config)
+
+
+def realign(setting: AttackSetting) -> dict[str, Any]:
+    """Undo any per-head lock against the public base (`hubguard.protect.realign`), then task arithmetic."""
+    realigned = _realigned(setting, attack="realign")
     out = task_arithmetic_over(setting, [realigned, *setting.others], name="realign")
     out["standalone_after"] = {k: float(v) for k, v in setting.test_metrics(realigned).items()}
     return out
+
+
+def after_realign(name: str, attack: Callable[[AttackSetting], dict[str, Any]]) -> Callable[[AttackSetting], dict[str, Any]]:
+    """The attack `name` run on the realigned update: what a determined attacker composes, since realign strips a
+    lock and leaves whatever else the update does, and `attack` may then beat that (e.g. RegMean on a Trap² update)."""
+
+    def composed(setting: AttackSetting) -> dict[str, Any]:
+        out = attack(replace(setting, protected=_realigned(setting, attack=f"realign+{name}")))
+        return {**out, "method": f"realign+{out.get('method', name)}"}
+
+    first = (attack.__doc__ or "").strip().split("\n")[0]
+    composed.__doc__ = f"realign to the base, then {name}" + (f": {first}" if first else ".")
+    return composed
