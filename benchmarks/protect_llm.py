@@ -63,7 +63,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 from protect_stats import accuracy_ci, paired_difference  # noqa: E402
 
-from hubguard.protect.attacks import AttackerModel, AttackSetting, check_attack_names, run_attacks  # noqa: E402
+from hubguard.protect.attacks import (  # noqa: E402
+    AttackerModel,
+    AttackSetting,
+    check_attack_names,
+    run_attacks,
+    without_update_baselines,
+)
 from hubguard.protect.config import ProtectConfig  # noqa: E402
 from hubguard.protect.lock import LockConfig, lock_state_dict, plan_lock  # noqa: E402
 from hubguard.protect.trainer import train_protected  # noqa: E402
@@ -290,16 +296,24 @@ def run_seed(s: LLMSetting, args: argparse.Namespace, seed: int, log: Any) -> di
         out["trap2"] = {k: out["traps"]["trap2"][k] for k in ("steps", "selected")}
     # one attacker for every protection of the seed: each attack loads the full state it starts from
     attacker = s.attacker(args) if set(args.attack_list) - set(ATTACKS) else None
-    for method, (state, extra, proxy) in released.items():
-        correct = s.correct(s.load(state), p, "test")
-        setting = AttackSetting(
+
+    def attack_setting(state: dict) -> AttackSetting:
+        return AttackSetting(
             base=s.base_state, protected=state, others=tuple(plain[t][1] for t in TASKS[1:]),
             val_score=lambda st: sum(s.em(s.load(st), t, "val", limit=args.attacker_val) for t in TASKS) / len(TASKS),
             test_metrics=lambda st: {t: s.em(s.load(st), t, "test", limit=None if t == p else args.others_test)
                                      for t in TASKS}, verdict_key=p,
-            coefficients=tuple(args.coefficient_list), model_config=s.base.config.to_dict(),
-            attacker=attacker)
-        attacks = run_attacks(setting, names=args.attack_list)
+            coefficients=tuple(args.coefficient_list), model_config=s.base.config.to_dict(), attacker=attacker)
+
+    baselines = None  # --without-update: each attack with the protected update left out, once for every protection
+    if args.without_update:
+        baselines = without_update_baselines(attack_setting(s.base_state), names=args.attack_list)
+        out["without_update"] = {a: {k: b.get(k) for k in ("coefficient", "test", "cpu_seconds")}
+                                 for a, b in baselines.items()}
+        log(f"seed {seed}: without the update: " + ", ".join(f"{a} {b['test'][p]:.1f}" for a, b in baselines.items()))
+    for method, (state, extra, proxy) in released.items():
+        correct = s.correct(s.load(state), p, "test")
+        attacks = run_attacks(attack_setting(state), names=args.attack_list, baselines=baselines)
         for a in attacks.values():  # what the merge leaves the merger on the other tasks
             a["others"] = sum(a["test"][t] for t in TASKS[1:]) / len(TASKS[1:])
         ratio = (plain[p][3] + extra) / plain[p][3]
@@ -356,6 +370,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--methods", default="none,trap2,lock,trap2+lock", help=f"protections, of {', '.join(METHODS)}")
     ap.add_argument("--attacks", default=",".join(ATTACKS), help="attacks on each protection (hubguard.protect."
                     f"attacks), or 'all': {', '.join(ATTACKS + ADAPTIVE)}; also {', '.join(COMPOSED)}")
+    ap.add_argument("--without-update", action="store_true", help="also run each attack with the protected update "
+                    "left out (once per seed), so each verdict says what the update adds to the attacker's best")
     ap.add_argument("--attacker-lr", type=float, default=1e-4, help="refinetune / finetune_after_merge: AdamW "
                     "learning rate of the attacker's one epoch on the merged weights")
     ap.add_argument("--proxy-scale", default="0.5,1.5", help="trap2-public: the proxies' merge coefficients, "

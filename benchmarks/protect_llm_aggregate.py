@@ -32,6 +32,10 @@ def _attack_over_seeds(per: list[dict[str, Any]], a: str) -> dict[str, Any]:
     out["protected_seeds"] = sum(r["attacks"][a]["protected"] for r in per)
     if all("others" in r["attacks"][a] for r in per):
         out["others"] = across_seeds([r["attacks"][a]["others"] for r in per])
+    if all("without_update" in r["attacks"][a] for r in per):  # --without-update
+        out["without_update"] = across_seeds([r["attacks"][a]["without_update"]["score"] for r in per])
+        out["update_gain"] = across_seeds([r["attacks"][a]["update_gain"] for r in per])
+        out["held_without_update_seeds"] = sum(r["attacks"][a]["held_without_update"] for r in per)
     return out
 
 

@@ -141,6 +141,36 @@ def test_every_attack_runs_and_reports_a_verdict(task):
     assert results["learned"]["test"]["score"] >= results["learned"]["start"]["test"]["score"] - 0.05
 
 
+def test_without_update_baselines_say_what_the_update_adds(task):
+    """Each attack with the protected update left out: task arithmetic of the other update alone, tuned the same
+    way; the verdict then carries it and the update's gain, and whether the merge beat both the base and it."""
+    from hubguard.protect.attacks import verdict, without_update_baselines
+    from hubguard.protect.merges import merge_states
+
+    s = task["setting"]
+    names = ["task_arithmetic", "kept_at_1", "realign", "slerp"]
+    baselines = without_update_baselines(s, names=names)
+    alone = max((merge_states("task_arithmetic", base=s.base, models=[task["w0"], task["b"]], weights=[c, c])
+                 for c in s.coefficients), key=s.val_score)  # the base in the protected update's place
+    assert baselines["task_arithmetic"]["test"]["score"] == pytest.approx(task["metrics"](alone)["score"], abs=1e-6)
+    assert baselines["realign"]["test"] == pytest.approx(baselines["task_arithmetic"]["test"], abs=1e-5)
+    got = run_attacks(s, names=names, baselines=baselines)
+    for name, r in got.items():
+        assert r["without_update"]["score"] == baselines[name]["test"]["score"], name
+        assert r["update_gain"] == pytest.approx(r["protected_score"] - r["without_update"]["score"]), name
+        assert r["held_without_update"] == (r["protected"] or r["update_gain"] <= 0), name
+    # The update is a real one (not protected): it adds to what the other update gives alone.
+    assert got["task_arithmetic"]["update_gain"] > 0 and not got["task_arithmetic"]["held_without_update"]
+    # A merge that beats zero-shot only as much as the others do alone held, in this sense: the update added nothing.
+    same = verdict({"test": {"score": 0.5}}, key="score", zero_shot=0.2, without_update={"test": {"score": 0.5}})
+    assert same["protected"] is False and same["held_without_update"] is True and same["update_gain"] == 0.0
+    loss = verdict({"test": {"loss": 2.0}}, key="loss", zero_shot=3.0, higher_is_better=False,
+                   without_update={"test": {"loss": 2.5}})
+    assert loss["update_gain"] == 0.5 and loss["held_without_update"] is False  # lower loss with the update
+    with pytest.raises(ProtectionError, match="baselines lack"):
+        run_attacks(s, names=["ties"], baselines=baselines)
+
+
 def test_regmean_of_identical_models_is_that_model(task):
     from hubguard.protect.attacks.regmean import regmean
 
@@ -277,6 +307,17 @@ def test_cli_audit_attacks_print_one_verdict_each(family_models, tmp_path):
     assert all(("NOT protected" in line) or ("protected (" in line) for line in lines)
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["schema_version"] == 2 and set(report["attacks"]) == set(ADAPTIVE_ATTACKS)
+    # --without-update and a composed attack: each verdict also says what the update adds to the attacker's best
+    res = CliRunner().invoke(app, ["audit", str(adapters[0]), "--base", str(tmp_path / "base"), "--eval", str(data),
+                                   "--task", "classification", "--others", str(adapters[1]), "--coefficients",
+                                   "0.5,1.0", "--max-length", "16", "--attacks", "realign+kept_at_1,kept_at_1",
+                                   "--without-update", "--out", str(tmp_path / "w.json")])
+    assert res.exit_code == 0, res.output
+    lines = [line for line in res.output.splitlines() if line.startswith("attack ")]
+    assert [line.split(":")[0] for line in lines] == ["attack realign+kept_at_1", "attack kept_at_1"]
+    assert all("without the update" in line and "the update adds" in line for line in lines)
+    got = json.loads((tmp_path / "w.json").read_text())["attacks"]["kept_at_1"]
+    assert got["update_gain"] == pytest.approx(got["protected_score"] - got["without_update"]["score"])
     bad = CliRunner().invoke(app, ["audit", str(adapters[0]), "--base", str(tmp_path / "base"), "--eval", str(data),
                                    "--task", "classification", "--others", str(adapters[1]), "--attacks", "rebasin"])
     assert bad.exit_code == 2 and "Unknown attack" in bad.output

@@ -90,12 +90,20 @@ def test_trap2_public_trains_at_merges_with_the_protectors_own_runs(setting):
     """trap2-public: the protector's own runs of the public tasks (seed + 1000, never the attacker's) become ΔW
     proxies on the protected LoRA's layers, every trap pass is a merge with them, and the time ratio counts their
     training (and, amortized, leaves it out)."""
-    from protect_llm import PUBLIC_SEED_OFFSET, TASKS, parse_args, proxy_deltas, run_seed, train_task
+    from protect_llm import PUBLIC_SEED_OFFSET, TASKS, aggregate, parse_args, proxy_deltas, run_seed, train_task
 
     s = setting
     args = parse_args(["--methods", "none,trap2-public,trap2-public+lock", "--epochs", "1", "--eval-every", "1",
-                       "--coefficients", "0.5,1.0", "--attacker-val", "4", "--others-test", "6"])
+                       "--coefficients", "0.5,1.0", "--attacker-val", "4", "--others-test", "6", "--without-update"])
     out = run_seed(s, args, 0, log=lambda _: None)
+    # --without-update: each attack once with the protected update left out, shared by every protection's verdicts
+    assert set(out["without_update"]) == set(args.attack_list)
+    for m in out["methods"].values():
+        for a, r in m["attacks"].items():
+            assert r["without_update"]["score"] == out["without_update"][a]["test"][TASKS[0]], a
+            assert r["update_gain"] == pytest.approx(r["protected_score"] - r["without_update"]["score"]), a
+    agg = aggregate({0: out | {"seed": 0, "settings": {}}}, quick=False)["methods"]["trap2-public"]["attacks"]
+    assert agg["ties"]["without_update"]["k"] == 1 and agg["ties"]["held_without_update_seeds"] in (0, 1)
     run = out["traps"]["trap2-public"]
     assert set(run["own_runs"]) == set(TASKS[1:]) and run["proxy_seconds"] > 0
     assert "trap2" not in out and set(out["methods"]) == {"none", "trap2-public", "trap2-public+lock"}

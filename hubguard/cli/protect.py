@@ -170,6 +170,9 @@ def audit_command(
                                               "task_arithmetic, ties, dare_ties, two_protected, and realign+NAME "
                                               "(realign, then attack NAME: e.g. realign+regmean)")] = "",
     attacker_lr: Annotated[float, typer.Option(help="learning rate of the attacks that fine-tune")] = 1e-4,
+    without_update: Annotated[bool, typer.Option(help="also run each attack with the update left out, and say what "
+                                                      "the update adds to the attacker's best without it (the "
+                                                      "other updates alone can beat the base)")] = False,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Attack a released update with real merges (mergekit, PEFT), a scale sweep and adaptive attacks; say whether
@@ -187,7 +190,7 @@ def audit_command(
     try:
         res = audit_main(update=update, base=base, eval_data=eval_data, others=others, task=task,
                          coefficients=coefs, out=out, plot=plot, max_length=max_length, realign=realign,
-                         attacks=names, attacker_lr=attacker_lr)
+                         attacks=names, attacker_lr=attacker_lr, without_update=without_update)
     except HubguardError as exc:
         _fail(exc)
         return
@@ -205,8 +208,13 @@ def _audit_text(res: dict[str, Any]) -> str:
     for name, a in res.get("attacks", {}).items():
         word = "protected" if a["protected"] else "NOT protected"
         relation = ("<=" if a["protected"] else ">") if metric != "loss" else (">=" if a["protected"] else "<")
-        lines.append(f"attack {name}: {word} ({metric} {a['protected_score']:.4g} {relation} base "
-                     f"{a['zero_shot']:.4g}, coefficient {a['coefficient']:g})")
+        line = (f"attack {name}: {word} ({metric} {a['protected_score']:.4g} {relation} base "
+                f"{a['zero_shot']:.4g}, coefficient {a['coefficient']:g})")
+        if "without_update" in a:
+            line += (f"; without the update {a['without_update']['score']:.4g}: the update adds "
+                     f"{a['update_gain']:+.4g}" + (" (it gave the attacker nothing)" if a["held_without_update"]
+                                                   and not a["protected"] else ""))
+        lines.append(line)
     return "\n".join(lines)
 
 

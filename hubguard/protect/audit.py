@@ -148,13 +148,14 @@ def peft_attacks(*, update: str | Path, others: Sequence[str | Path], base: Path
 def state_attacks(*, fulls: list[Path], base: Path, names: Sequence[str], load_model: ModelLoader,
                   val_score: Scorer, test_metrics: Reporter, verdict_key: str, higher_is_better: bool,
                   coefficients: Sequence[float], attacker_batches: Sequence[Any] | None, seed: int,
-                  attacker_lr: float = 1e-4) -> dict[str, dict[str, Any]]:
-    """The named `hubguard.protect.attacks` on the folders' weights (the update first), with verdicts.
+                  attacker_lr: float = 1e-4, without_update: bool = False) -> dict[str, dict[str, Any]]:
+    """The named `hubguard.protect.attacks` on the folders' weights (the update first), with verdicts; with
+    `without_update`, each attack also runs with the update left out and its verdict says what the update adds.
 
     The attacker's data (`attacker_batches`, batches the models' forward accepts with labels) serves every update:
     it is the only task data an auditor has; the training loss is the model's own (`model(**batch).loss`).
     """
-    from hubguard.protect.attacks import AttackerModel, AttackSetting, run_attacks
+    from hubguard.protect.attacks import AttackerModel, AttackSetting, run_attacks, without_update_baselines
 
     work = load_model(str(base)).eval()
     base_state = {k: v.detach() for k, v in work.state_dict().items()}
@@ -175,7 +176,8 @@ def state_attacks(*, fulls: list[Path], base: Path, names: Sequence[str], load_m
                             test_metrics=scored(test_metrics), verdict_key=verdict_key,
                             higher_is_better=higher_is_better, coefficients=tuple(coefficients),
                             model_config=work.config.to_dict(), attacker=attacker, seed=seed)
-    return run_attacks(setting, names=names)
+    baselines = without_update_baselines(setting, names=names) if without_update else None
+    return run_attacks(setting, names=names, baselines=baselines)
 
 
 def run_audit(
@@ -199,6 +201,7 @@ def run_audit(
     higher_is_better: bool = True,
     attacker_batches: Sequence[Any] | None = None,
     attacker_lr: float = 1e-4,
+    without_update: bool = False,
 ) -> AuditReport:
     """Scale sweep of `update`, then every merge method against `others`, attacker-tuned on validation, then the
     adaptive `attacks` (names of `hubguard.protect.attacks.ATTACKS`; `realign=True` adds "realign").
@@ -207,7 +210,8 @@ def run_audit(
     `test_metrics` expect. Adapters and full models may be mixed for mergekit; PEFT methods need adapters.
     `verdict_key`: the `test_metrics` key the attack verdicts compare with the base's (required with `attacks`);
     `attacker_batches`: the attacker's data, needed by refinetune, finetune_after_merge, learned and regmean
-    (`attacker_lr`: its fine-tuning learning rate).
+    (`attacker_lr`: its fine-tuning learning rate). `without_update`: each attack also without the update (the base in
+    its place), so its verdict says what the update adds to what the others and the attacker's data give alone.
     `keep_best`: see `best_coefficient` (faster, two models in memory at once).
     """
     from hubguard.protect.attacks import check_attack_names
@@ -242,7 +246,8 @@ def run_audit(
                 found = state_attacks(fulls=fulls, base=base, names=attacks, load_model=load_model,
                                       val_score=val_score, test_metrics=test_metrics, verdict_key=str(verdict_key),
                                       higher_is_better=higher_is_better, coefficients=coefficients,
-                                      attacker_batches=attacker_batches, seed=seed, attacker_lr=attacker_lr)
+                                      attacker_batches=attacker_batches, seed=seed, attacker_lr=attacker_lr,
+                                      without_update=without_update)
         return AuditReport(update=str(update), base=str(base), others=tuple(str(o) for o in others), sweep=sweep,
                            merges=merges, attacks=found)
     finally:

@@ -256,11 +256,13 @@ def audit_main(
     mergekit_methods: tuple[str, ...] | None = None, peft_methods: tuple[str, ...] | None = None,
     max_length: int = 128, batch_size: int = 8, out: str | Path | None = None, plot: str | Path | None = None,
     seed: int = 0, realign: bool = False, attacks: Sequence[str] = (), attacker_lr: float = 1e-4,
+    without_update: bool = False,
 ) -> dict[str, Any]:
     """Scale sweep + real merges of `update` with `others`; the attacker tunes on half of `eval_data` and is
     scored on the other half. `attacks`: the adaptive attacks by name (`hubguard.protect.attacks.ATTACKS`, e.g.
     realign, refinetune, learned, regmean), trained on the attacker's half, each with a verdict (accuracy at or
-    below the base's for classification, loss at or above it for a causal LM); `realign` adds "realign".
+    below the base's for classification, loss at or above it for a causal LM); `realign` adds "realign";
+    `without_update` also runs each attack with the update left out (its verdict then says what the update adds).
     Returns the report dict (and writes JSON / PNG when asked)."""
     from hubguard.protect.attacks import check_attack_names
     from hubguard.protect.audit import MERGEKIT_METHODS, PEFT_METHODS, plot_sweep, run_audit
@@ -288,7 +290,7 @@ def audit_main(
         mergekit_methods=mergekit_methods if mergekit_methods is not None else MERGEKIT_METHODS,
         peft_methods=peft_methods if peft_methods is not None else PEFT_METHODS, seed=seed, realign=realign,
         attacks=tuple(attacks), verdict_key=key, higher_is_better=task == "classification", attacker_batches=val_b,
-        attacker_lr=attacker_lr,
+        attacker_lr=attacker_lr, without_update=without_update,
     )
     result = report.to_dict()
     result["metric"] = key
