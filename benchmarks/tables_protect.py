@@ -85,6 +85,27 @@ def protect_others(d: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
+def protect_without_update(d: dict[str, Any]) -> str:
+    """Attack × protection against the attacker's best without the protected update (`--without-update`): what the
+    update adds to the merge, and on how many seeds it adds nothing."""
+    k = len(d["seeds"])
+    methods = list(d["methods"])
+    rows = ["| attack | without the update | " + " | ".join(f"{m}: merged; the update adds" for m in methods) + " |",
+            "|---|---|" + "---|" * len(methods)]
+    for a, x in d["methods"][methods[0]]["attacks"].items():
+        if "without_update" not in x:
+            continue
+        cells = [f"{_fmt(y['mean'])}; {_mean_ci(y['update_gain'])} ({y['held_without_update_seeds']}/{k} ≤ 0 or ≤ zs)"
+                 for y in (d["methods"][m]["attacks"][a] for m in methods)]
+        rows.append(f"| {PROTECT_ATTACK_LABELS.get(a, a)} | {_mean_ci(x['without_update'])} | " + " | ".join(cells) + " |")
+    rows += ["", f"Protected task {d['protected_task']}: test accuracy (exact match) of each attack run with the protected "
+                 "update left out (the base in its place: the other tasks' updates and the attacker's own data only), "
+                 f"then, per protection, the attack's merged accuracy; the update adds: merged minus without, mean "
+                 f"[95% CI] over {k} seed(s); (j/{k}): seeds where the update added nothing or the merge stayed at or "
+                 f"below zero-shot ({_fmt(d['zero_shot'])})."]
+    return "\n".join(rows)
+
+
 # table name -> (result file stem, renderer); the README's markers are `<!-- table:NAME -->`
 PROTECT_TABLES: dict[str, tuple[str, Callable[[Any], str]]] = {
     f"{key}-{kind}": (stem, fn)
@@ -102,6 +123,8 @@ PROTECT_TABLES: dict[str, tuple[str, Callable[[Any], str]]] = {
                       ("protect-llm-proxies", "protect_llm_proxies"),
                       ("protect-llm-adaptive-quick", "protect_llm_adaptive_quick"),
                       ("protect-llm-proxies-distill", "protect_llm_proxies_distill"),
-                      ("protect-llm-adaptive-retry-quick", "protect_llm_adaptive_retry_quick"))
+                      ("protect-llm-adaptive-retry-quick", "protect_llm_adaptive_retry_quick"),
+                      ("protect-llm-composed-quick", "protect_llm_composed_quick"))
     for kind, fn in (("targets", protect_targets), ("attacks", protect_attacks), ("others", protect_others))
 }
+PROTECT_TABLES["protect-llm-composed-quick-without"] = ("protect_llm_composed_quick", protect_without_update)

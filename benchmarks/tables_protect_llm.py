@@ -60,4 +60,5 @@ PROTECT_LLM_TABLES: dict[str, tuple[str, Callable[[Any], str]]] = {
     "protect-llm-adaptive-quick-trap": ("protect_llm_adaptive_quick", protect_llm_trap),
     "protect-llm-proxies-distill-trap": ("protect_llm_proxies_distill", protect_llm_trap),
     "protect-llm-adaptive-retry-quick-trap": ("protect_llm_adaptive_retry_quick", protect_llm_trap),
+    "protect-llm-composed-quick-trap": ("protect_llm_composed_quick", protect_llm_trap),
 }

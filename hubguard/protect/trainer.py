@@ -233,10 +233,11 @@ def train_protected(
     the model is reset to it and trained again with `config.retry(i)` (twice the budget, new draws), up to
     `config.retries` times; `ProtectResult.attempts` records each.
     """
+    inputs = _RunInputs(train_batches=train_batches, val_batches=val_batches, loss_fn=loss_fn,
+                        val_score_fn=val_score_fn, probe_score_fn=probe_score_fn, reference=reference,
+                        on_step=on_step, proxies=proxies)
     if not config.retries:
-        return _train_attempt(model, train_batches=train_batches, config=config, val_batches=val_batches,
-                              loss_fn=loss_fn, val_score_fn=val_score_fn, probe_score_fn=probe_score_fn,
-                              reference=reference, optimizer=optimizer, on_step=on_step, proxies=proxies)
+        return _train_attempt(model, inputs, config=config, optimizer=optimizer)
     if optimizer is not None:
         raise ProtectionError("config.retries restarts each attempt with a fresh AdamW, so it cannot take your "
                               "optimizer: drop optimizer= or set retries=0.")
@@ -249,9 +250,7 @@ def train_protected(
             _restore(model, start)
             logger.warning("trap2: attempt %d formed no trap; retry %d/%d with %s steps", attempt, attempt,
                            config.retries, cfg.max_steps or f"{cfg.epochs} epochs of")
-        result = _train_attempt(model, train_batches=train_batches, config=cfg, val_batches=val_batches,
-                                loss_fn=loss_fn, val_score_fn=val_score_fn, probe_score_fn=probe_score_fn,
-                                reference=reference, on_step=on_step, proxies=proxies)
+        result = _train_attempt(model, inputs, config=cfg)
         seconds += result.seconds
         protected = bool((result.selected or {}).get("protected"))
         attempts.append({"attempt": attempt + 1, "seed": cfg.seed, "max_steps": cfg.max_steps, "epochs": cfg.epochs,
@@ -272,28 +271,30 @@ def _restore(model: torch.nn.Module, state: Mapping[str, torch.Tensor]) -> None:
                 p.copy_(state[n])
 
 
-def _train_attempt(
-    model: torch.nn.Module,
-    *,
-    train_batches: Iterable[Any],
-    config: ProtectConfig,
-    val_batches: Iterable[Any] | None = None,
-    loss_fn: LossFn | None = None,
-    val_score_fn: Score | None = None,
-    probe_score_fn: Score | None = None,
-    reference: Mapping[str, torch.Tensor] | None = None,
-    optimizer: torch.optim.Optimizer | None = None,
-    on_step: Callable[[int, dict[str, float]], None] | None = None,
-    proxies: Sequence[Mapping[str, torch.Tensor]] = (),
-) -> ProtectResult:
-    """One Trap² (or plain) run of `train_protected`, from the model as it stands."""
+@dataclass(frozen=True)
+class _RunInputs:
+    """What `train_protected` was given besides the model, the settings and the optimiser: every attempt's."""
 
+    train_batches: Iterable[Any]
+    val_batches: Iterable[Any] | None
+    loss_fn: LossFn | None
+    val_score_fn: Score | None
+    probe_score_fn: Score | None
+    reference: Mapping[str, torch.Tensor] | None
+    on_step: Callable[[int, dict[str, float]], None] | None
+    proxies: Sequence[Mapping[str, torch.Tensor]]
+
+
+def _train_attempt(model: torch.nn.Module, inputs: _RunInputs, *, config: ProtectConfig,
+                   optimizer: torch.optim.Optimizer | None = None) -> ProtectResult:
+    """One Trap² (or plain) run of `train_protected`, from the model as it stands."""
+    train_batches, loss_fn, on_step, reference = inputs.train_batches, inputs.loss_fn, inputs.on_step, inputs.reference
     n_batches = _length(train_batches)
     if config.mode == "full" and reference is None:
         reference = snapshot_reference(model)
-    validation = Validation(model, config=config, val_batches=val_batches, loss_fn=loss_fn, val_score_fn=val_score_fn,
-                             probe_score_fn=probe_score_fn, reference=reference,
-                             proxies=check_proxies(model, proxies, config=config))
+    validation = Validation(model, config=config, val_batches=inputs.val_batches, loss_fn=loss_fn,
+                            val_score_fn=inputs.val_score_fn, probe_score_fn=inputs.probe_score_fn,
+                            reference=reference, proxies=check_proxies(model, inputs.proxies, config=config))
     _check_run(config=config, n_batches=n_batches, validation=validation)
     params, optimizer, scheduler, generator = _optimisation(model, config=config, optimizer=optimizer, n_batches=n_batches)
     keeper = _Keeper(model, config=config, validation=validation)
