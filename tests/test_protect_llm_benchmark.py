@@ -199,3 +199,6 @@ def test_retries_train_trap2_again_when_no_checkpoint_qualified(setting):
     assert run["result"].selected == attempts[-1]["selected"]
     with pytest.raises(SystemExit):
         parse_args(["--retries", "5"])
+    with pytest.raises(SystemExit):
+        parse_args(["--probe-limit", "0"])
+    assert parse_args([]).probe_limit == 300  # the validation split of QUICK: every window
