@@ -228,7 +228,8 @@ def train_task(s: LLMSetting, task: str, *, seed: int, args: argparse.Namespace,
                             lr_schedule="linear", eval_every=every, eval_start=max(1, steps - 4 * every),
                             scaled_loss_cap=math.log(len(s.tok)), cap_per_example=True, project_conflicts=True,
                             probe_scales=(0.3, 0.6, 1.5), proxy_mix=1.0 if proxies else 0.0,
-                            proxy_scale=tuple(args.proxy_scale), distill=args.distill, retries=args.retries)
+                            proxy_scale=tuple(args.proxy_scale), distill=args.distill, retries=args.retries,
+                            realign_mix=args.realign_mix)
         kwargs = {"probe_score_fn": lambda m: s.em(m, task, "val", limit=args.probe_limit), "proxies": proxies or ()}
     t0 = time.process_time()  # CPU seconds of this process (one thread): other jobs share the cores
     res = train_protected(model, train_batches=train, config=cfg, val_score_fn=lambda m: s.em(m, task, "val"),
@@ -357,6 +358,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--lam", type=float, default=1.0)
     ap.add_argument("--trap-lr", type=float, default=4e-3)
     ap.add_argument("--trap-budget", type=float, default=0.5)
+    ap.add_argument("--realign-mix", type=float, default=0.0, help="Trap² runs: share of trap passes on the realigned "
+                    "update, whose merges the probes also score (ProtectConfig.realign_mix)")
     ap.add_argument("--probe-limit", type=int, default=300, help="Trap² runs: validation windows that score the "
                     "probe scales (the s = 1 score always uses them all)")
     ap.add_argument("--tolerance", type=float, default=1.0)
@@ -395,6 +398,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.proxy_scale = [float(x) for x in args.proxy_scale.split(",")]
     if len(args.proxy_scale) != 2 or not 0 < args.proxy_scale[0] <= args.proxy_scale[1]:
         ap.error("--proxy-scale: two coefficients LO,HI with 0 < LO <= HI")
+    if not 0 <= args.realign_mix <= 1:
+        ap.error("--realign-mix: a share in [0, 1]")
     if args.probe_limit < 1:
         ap.error("--probe-limit: at least 1 validation window")
     if not 0 <= args.retries <= 4:

@@ -202,3 +202,21 @@ def test_retries_train_trap2_again_when_no_checkpoint_qualified(setting):
     with pytest.raises(SystemExit):
         parse_args(["--probe-limit", "0"])
     assert parse_args([]).probe_limit == 300  # the validation split of QUICK: every window
+
+
+def test_realign_mix_and_probe_limit_reach_the_trap_run(setting):
+    """--realign-mix: the Trap² run's trap passes are realigned (ProtectConfig.realign_mix) on the zoo Llama's
+    attention; --probe-limit bounds the probe windows; both are checked."""
+    from protect_llm import TASKS, parse_args, train_task
+
+    s = setting
+    base = ["--epochs", "1", "--eval-every", "1"]
+    plain = train_task(s, TASKS[0], seed=0, args=parse_args(base))
+    args = parse_args([*base, "--realign-mix", "1.0", "--probe-limit", "8"])
+    args.plain_steps = {TASKS[0]: plain[2].steps}
+    res = train_task(s, TASKS[0], seed=0, args=args, init=plain[0])[2]
+    steps = [r for r in res.history if "standalone" in r]
+    assert steps and all(r["realigned"] == 1.0 for r in steps)
+    for bad in (["--realign-mix", "1.5"], ["--probe-limit", "0"]):
+        with pytest.raises(SystemExit):
+            parse_args(bad)

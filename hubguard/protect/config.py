@@ -122,6 +122,10 @@ class ProtectConfig:
     proxy_scale: tuple[float, float] = (0.5, 1.5)
     # Which proxies a proxy pass merges: "all" of them, or "one" drawn uniformly (the selection probes them all).
     proxy_draw: Literal["all", "one"] = "all"
+    # Realign in the loop (`hubguard.protect.realign_pass`; LoRA): with probability `realign_mix` a step's trap pass is
+    # the merge of the *realigned* update, W0 + s·(R(W) − W0 [+ Σ_j c_j·P_j]), R the attacker's realign to the base
+    # fitted to the current weights, and the selection's probes also score the realigned merges. 0 = off.
+    realign_mix: float = 0.0
     # Constrained Trap²: λ adapts every step so that the standalone loss stays within `lam_slack` nats of the
     # starting update's on the same batch (its loss in eval mode, without dropout: `variants.TeacherOutputs`): log λ -= lam_control · (EMA of the excess − lam_slack), within
     # [lam / 20, lam · 20]. 0 = the paper's fixed λ.
@@ -189,6 +193,10 @@ class ProtectConfig:
         if not 0 <= self.proxy_mix <= 1 or not scale_ok:
             problems.append(f"proxy_mix must be in [0, 1] and proxy_scale (lo, hi) with 0 <= lo <= hi, got "
                             f"{self.proxy_mix}, {self.proxy_scale}")
+        if not 0 <= self.realign_mix <= 1:
+            problems.append(f"realign_mix must be in [0, 1], got {self.realign_mix}")
+        elif self.realign_mix and self.mode != "lora":
+            problems.append("realign_mix is implemented for mode='lora' only; set realign_mix=0 for full fine-tuning")
         if self.proxy_draw not in ("all", "one"):
             problems.append(f"proxy_draw must be 'all' or 'one', got {self.proxy_draw!r}")
         if self.refit_steps and (not self.refit_lr > 0 or self.refit_every < 1):

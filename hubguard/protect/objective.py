@@ -30,6 +30,7 @@ from hubguard.protect.forward import mean_loss
 if TYPE_CHECKING:
     import torch
 
+    from hubguard.protect.realign_pass import RealignPass
     from hubguard.protect.variants import TeacherOutputs
 
 LossFn = Callable[[Any, Any], "torch.Tensor"]  # (outputs, batch) -> scalar loss, or per-example losses (batch,)
@@ -236,6 +237,7 @@ def trap2_loss(
     shift: Mapping[str, torch.Tensor] | None = None,
     lam: float | None = None,
     proxy: Mapping[str, torch.Tensor] | None = None,
+    realign: RealignPass | None = None,
 ) -> Trap2Output:
     """Evaluate J on one batch. Call `.loss.backward()` on the result (two graphs, one backward).
 
@@ -244,7 +246,8 @@ def trap2_loss(
     hubguard's variants (`hubguard.protect.variants`): `teacher` (the starting update's `TeacherOutputs`, or its
     trainable tensors) with `config.distill`, `shift` (a simulated re-fine-tune) with `config.refit_steps`, and `config.interference`.
     `lam` replaces `config.lam` for this step (the controller of `config.lam_control`). `proxy` (this step's
-    Σ c_j·P_j of `config.proxy_mix`, `variants.proxy_shift`) makes the trap pass the merge W0 + s·(ΔW + proxy).
+    Σ c_j·P_j of `config.proxy_mix`, `variants.proxy_shift`) makes the trap pass the merge W0 + s·(ΔW + proxy);
+    `realign` (this step's `RealignPass` of `config.realign_mix`) makes it the merge of the realigned update.
     """
     loss_fn = choose_loss(config=config, loss_fn=loss_fn)
     fork = _RngFork(model)
@@ -271,8 +274,9 @@ def trap2_loss(
     for s in scales:
         fork.restore()
         w = scale_weight(s, kind=config.weight)
-        scaled = loss_fn(_call(model, inputs, scaled_parameters(model, scale=s, mode=config.mode,
-                                                                  reference=reference, shift=shift)), inputs)
+        overrides = (realign.parameters(model, scale=s, shift=shift) if realign is not None else
+                     scaled_parameters(model, scale=s, mode=config.mode, reference=reference, shift=shift))
+        scaled = loss_fn(_call(model, inputs, overrides), inputs)
         # Per-example losses are capped one by one, then averaged (see the module docstring).
         pushed = mean_loss(scaled if config.scaled_loss_cap is None else scaled.clamp(max=config.scaled_loss_cap))
         penalty = penalty + w * pushed

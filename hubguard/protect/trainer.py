@@ -25,6 +25,7 @@ from hubguard.protect.objective import (
     snapshot_reference,
     trap2_loss,
 )
+from hubguard.protect.realign_pass import realign_pass_for
 from hubguard.protect.selection import Candidate, TrapSelector
 from hubguard.protect.validation import Score, Validation, evaluate_loss
 from hubguard.protect.variant_state import VariantState
@@ -294,7 +295,8 @@ def _train_attempt(model: torch.nn.Module, inputs: _RunInputs, *, config: Protec
         reference = snapshot_reference(model)
     validation = Validation(model, config=config, val_batches=inputs.val_batches, loss_fn=loss_fn,
                             val_score_fn=inputs.val_score_fn, probe_score_fn=inputs.probe_score_fn,
-                            reference=reference, proxies=check_proxies(model, inputs.proxies, config=config))
+                            reference=reference, proxies=check_proxies(model, inputs.proxies, config=config),
+                            realign=realign_pass_for(model, config=config))
     _check_run(config=config, n_batches=n_batches, validation=validation)
     params, optimizer, scheduler, generator = _optimisation(model, config=config, optimizer=optimizer, n_batches=n_batches)
     keeper = _Keeper(model, config=config, validation=validation)
@@ -302,7 +304,7 @@ def _train_attempt(model: torch.nn.Module, inputs: _RunInputs, *, config: Protec
     keeper.start()
     variants = VariantState(model, train_batches, config=config, loss_fn=loss_fn, reference=reference,
                          teacher=keeper.snapshot() if config.distill > 0 or config.lam_control > 0 else None,
-                         proxies=validation.proxies)
+                         proxies=validation.proxies, realign=validation.realign)
     steps, epoch, history, done = 0, 0, [], keeper.stopped
     model.train()
     while not done and epoch < config.epochs:
@@ -381,8 +383,9 @@ def _step(model: torch.nn.Module, batch: Any, *, config: ProtectConfig, params: 
     optimizer.zero_grad(set_to_none=True)
     lam = variants.lam if variants is not None else None
     proxy = variants.proxy(generator) if variants is not None else None
+    realign = variants.realign(generator) if variants is not None else None
     out = trap2_loss(model, batch, config=config, generator=generator, reference=reference, loss_fn=loss_fn,
-                     teacher=teacher, shift=shift, lam=lam, proxy=proxy)
+                     teacher=teacher, shift=shift, lam=lam, proxy=proxy, realign=realign)
     if variants is not None:
         variants.control(out)
     if not torch.isfinite(out.loss):
@@ -400,6 +403,8 @@ def _step(model: torch.nn.Module, batch: Any, *, config: ProtectConfig, params: 
         scheduler.step()
     record = {"step": step + 1, "loss": float(out.loss.detach()), "standalone": out.standalone_loss,
               "scaled": out.scaled_loss, "scale": out.scale, "lam": config.lam if lam is None else lam}
+    if config.realign_mix:
+        record["realigned"] = float(realign is not None)
     return record if not config.proxy_mix else {**record, "proxy": float(proxy is not None)}
 
 

@@ -13,6 +13,8 @@ from hubguard.protect.objective import LossFn, default_loss, mean_loss
 if TYPE_CHECKING:
     import torch
 
+    from hubguard.protect.realign_pass import RealignPass
+
 Score = Callable[["torch.nn.Module"], float]
 
 
@@ -43,9 +45,10 @@ class Validation:
     def __init__(self, model: torch.nn.Module, *, config: ProtectConfig, val_batches: Iterable[Any] | None,
                  loss_fn: LossFn | None, val_score_fn: Score | None, probe_score_fn: Score | None,
                  reference: Mapping[str, torch.Tensor] | None,
-                 proxies: Sequence[Mapping[str, torch.Tensor]] = ()) -> None:
+                 proxies: Sequence[Mapping[str, torch.Tensor]] = (), realign: RealignPass | None = None) -> None:
         self.model, self.config, self.reference = model, config, reference
         self.proxies = list(proxies)  # checked (`variants.check_proxies`); with them the probes are merges
+        self.realign = realign  # `config.realign_mix`: the probes also score the realigned merges
         self.val_batches, self.loss_fn = val_batches, loss_fn
         self.val_score_fn, self.probe_score_fn = val_score_fn, probe_score_fn
 
@@ -83,10 +86,14 @@ class Validation:
             got = []
             # With proxies the trap is the merge W0 + s·(ΔW + Σ_j P_j): probed at every probe scale and at s = 1.
             scales = (*self.config.probe_scales, 1.0) if self.proxies else self.config.probe_scales
+            score = (lambda: float(self.probe_score_fn(self.model))) if self.probe_score_fn else self._score
             for s in scales:
                 with scaled_in_place(self.model, scale=s, mode=self.config.mode, reference=self.reference), \
                         shifted_in_place(self.model, shift=weighted_sum((s, p) for p in self.proxies)):
-                    got.append(float(self.probe_score_fn(self.model)) if self.probe_score_fn else self._score())
+                    got.append(score())
+                if self.realign is not None:
+                    with self.realign.applied(self.model, scale=s, shift=weighted_sum((1.0, p) for p in self.proxies)):
+                        got.append(score())
             return max(got) if self.config.probe_aggregate == "max" else sum(got) / len(got)
 
         return self._in_eval(run)

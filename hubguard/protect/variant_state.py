@@ -1,6 +1,6 @@
 """What hubguard's variants of the Trap² objective keep between the steps of one run (`hubguard.protect.variants`):
 the starting update's outputs for `distill`, the adaptive λ of `lam_control`, the simulated re-fine-tune δ of
-`refit_steps`, and the proxy updates of `proxy_mix`."""
+`refit_steps`, the proxy updates of `proxy_mix` and the realigned pass of `realign_mix`."""
 
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ from hubguard.protect.variants import TeacherOutputs, proxy_shift, refit_shift
 if TYPE_CHECKING:
     import torch
 
+    from hubguard.protect.realign_pass import RealignPass
+
 
 class VariantState:
     """The state hubguard's variants of the objective need during a run (`hubguard.protect.variants`): the starting
@@ -24,7 +26,7 @@ class VariantState:
     def __init__(self, model: torch.nn.Module, batches: Iterable[Any], *, config: ProtectConfig,
                  loss_fn: LossFn | None, reference: Mapping[str, torch.Tensor] | None,
                  teacher: dict[str, torch.Tensor] | None,
-                 proxies: Iterable[Mapping[str, torch.Tensor]] = ()) -> None:
+                 proxies: Iterable[Mapping[str, torch.Tensor]] = (), realign: RealignPass | None = None) -> None:
         import itertools
 
         self.model, self.config, self.loss_fn, self.reference = model, config, loss_fn, reference
@@ -36,10 +38,20 @@ class VariantState:
         self.lam = config.lam
         self._excess: float | None = None
         self.proxies = list(proxies)  # checked by train_protected (`variants.check_proxies`)
+        self.realign_pass = realign  # `config.realign_mix`'s RealignPass, or None
 
     def proxy(self, generator: torch.Generator) -> dict[str, torch.Tensor] | None:
         """This step's proxy merge shift (`config.proxy_mix`), or None."""
         return proxy_shift(self.proxies, config=self.config, generator=generator) if self.config.protected else None
+
+    def realign(self, generator: torch.Generator) -> RealignPass | None:
+        """This step's realigned trap pass (`config.realign_mix`), or None; draws nothing when it is off, so runs
+        without it keep their random sequence."""
+        import torch
+
+        if self.realign_pass is None or float(torch.rand((), generator=generator)) >= self.config.realign_mix:
+            return None
+        return self.realign_pass
 
     def control(self, out: Any) -> None:
         """Constrained Trap² (`config.lam_control`): move log λ against the standalone loss's excess over the
