@@ -21,13 +21,9 @@ from hubguard.protect.trainer import attach_lora, train_protected  # noqa: E402
 @pytest.fixture(scope="module")
 def tiny():
     """A tiny Llama (grouped-query attention, RoPE), its LoRA on q/k/v (o left out) with a nonzero update, batches."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from tests.support.factory import tiny_llama
 
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2, max_position_embeddings=32)
-    base = LlamaForCausalLM(cfg).eval()
+    base = tiny_llama()
     g = torch.Generator().manual_seed(1)  # arithmetic sequences mod 16: a language a tiny model learns in seconds
     first, step = torch.randint(0, 16, (80, 1), generator=g), torch.randint(1, 4, (80, 1), generator=g)
     ids = (first + step * torch.arange(12)) % 16

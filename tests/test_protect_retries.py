@@ -22,13 +22,9 @@ LICENSES = Path("/usr/share/common-licenses")
 @pytest.fixture(scope="module")
 def tiny():
     """A tiny Llama, a LoRA update of it trained plainly on a 16-token language, and the batches."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from tests.support.factory import tiny_llama
 
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2, max_position_embeddings=32)
-    base = LlamaForCausalLM(cfg).eval()
+    base = tiny_llama()
     g = torch.Generator().manual_seed(1)
     ids = torch.randint(0, 16, (96, 12), generator=g)
     batches = [{"input_ids": ids[i : i + 16], "labels": ids[i : i + 16]} for i in range(0, 96, 16)]

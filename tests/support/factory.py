@@ -275,3 +275,15 @@ class _Seeds(Mapping[int, Any]):
 
     def __len__(self) -> int:
         return 2
+
+
+def tiny_llama(*, seed: int = 0) -> torch.nn.Module:
+    """A tiny random Llama (2 layers, hidden 32, grouped-query attention 4/2 heads, RoPE, vocabulary 64), in eval mode,
+    with torch on one thread: the model the protection tests train LoRA updates of in seconds."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.set_num_threads(1)
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, max_position_embeddings=32)
+    return LlamaForCausalLM(cfg).eval()
