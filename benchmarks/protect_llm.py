@@ -36,6 +36,9 @@ its own validation examples (`--attacker-val` per task) at `--attacker-lr`. The 
         --without-update --tag _composed --attacks task_arithmetic,ties,dare_ties,realign,slerp,kept_at_1,refinetune,\
 finetune_after_merge,learned,regmean,realign+kept_at_1,realign+refinetune,realign+finetune_after_merge,realign+learned,\
 realign+regmean                                                             # results/protect_llm_composed_quick*.json
+    python benchmarks/protect_llm.py --quick --seeds 0,1,2,3,4 --methods trap2-public,trap2-public+lock \
+        --realign-mix 0.5 --probe-limit 150 --retries 1 --attacks task_arithmetic,ties,dare_ties,realign,learned,regmean \
+        --tag _realign_mix                                          # realign in the loop: results/protect_llm_realign_mix_quick*.json
 
 QUICK (`--quick`): the full setting took 27 minutes for seed 0 on one thread (protect_llm_seed0.json, `seconds`
 1635; it predates the `cpu_seconds` field), about a third of it in the attacks' evaluations: too long for five
@@ -62,15 +65,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
+from protect_llm_args import ADAPTIVE, ATTACKS, COMPOSED, MERGES, METHODS, QUICK, parse_args  # noqa: E402, F401
 from protect_stats import accuracy_ci, paired_difference  # noqa: E402
 
-from hubguard.protect.attacks import (  # noqa: E402
-    AttackerModel,
-    AttackSetting,
-    check_attack_names,
-    run_attacks,
-    without_update_baselines,
-)
+from hubguard.protect.attacks import AttackerModel, AttackSetting, run_attacks, without_update_baselines  # noqa: E402
 from hubguard.protect.config import ProtectConfig  # noqa: E402
 from hubguard.protect.lock import LockConfig, lock_state_dict, plan_lock  # noqa: E402
 from hubguard.protect.trainer import train_protected  # noqa: E402
@@ -85,14 +83,8 @@ TRAIN_POSITIONS = (16, 24, 32)  # the word predicted, per training window (40-wo
 TEST_POSITION = 18  # every window has at least 20 words
 MAX_PROMPT = 48  # tokens of context kept (the last ones)
 SIZES = {"train": 1200, "val": 600, "test": 1500}  # windows
-QUICK = {"sizes": {"train": 600, "val": 300, "test": 1500}, "coefficients": "0.3,0.6,1.0", "attacker_val": 100,
-         "others_test": 500}
-MERGES = ("task_arithmetic", "ties", "dare_ties")  # the merge target: at or below zero-shot for all three
-ATTACKS = (*MERGES, "realign")  # the default --attacks
-ADAPTIVE = ("slerp", "kept_at_1", "refinetune", "finetune_after_merge", "learned", "regmean")  # --attacks all
-COMPOSED = tuple(f"realign+{a}" for a in ADAPTIVE if a != "slerp")  # realign, then that attack (by name only)
-METHODS = ("none", "trap2", "lock", "trap2+lock", "trap2-public", "trap2-public+lock")
 TRAINED = {"trap2": (), "trap2-public": TASKS[1:]}  # Trap² runs -> the public tasks whose proxies they merge with
+# the QUICK setting, the attack lists and the protections: protect_llm_args (with the command line)
 PUBLIC_SEED_OFFSET = 1000  # the protector's own runs of the public tasks: seeds the attacker's runs never use
 
 
@@ -344,71 +336,6 @@ def aggregate(seeds: dict[int, dict[str, Any]], *, quick: bool) -> dict[str, Any
     from protect_llm_aggregate import aggregate_seeds
 
     return aggregate_seeds(seeds, quick=quick, tasks=TASKS, default_attacks=ATTACKS)
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="the QUICK setting (module docstring): half the training "
-                    "and validation windows, coefficients 0.3/0.6/1.0, 100 attacker examples per task; files *_quick*")
-    ap.add_argument("--seeds", default="0")
-    ap.add_argument("--lr", type=float, default=2e-3)
-    ap.add_argument("--epochs", type=int, default=4)
-    ap.add_argument("--eval-every", type=int, default=60, help="plain updates: steps between validations "
-                    "(early stopping after 3 without improvement)")
-    ap.add_argument("--lam", type=float, default=1.0)
-    ap.add_argument("--trap-lr", type=float, default=4e-3)
-    ap.add_argument("--trap-budget", type=float, default=0.5)
-    ap.add_argument("--realign-mix", type=float, default=0.0, help="Trap² runs: share of trap passes on the realigned "
-                    "update, whose merges the probes also score (ProtectConfig.realign_mix)")
-    ap.add_argument("--probe-limit", type=int, default=300, help="Trap² runs: validation windows that score the "
-                    "probe scales (the s = 1 score always uses them all)")
-    ap.add_argument("--tolerance", type=float, default=1.0)
-    ap.add_argument("--retries", type=int, default=0, help="Trap² runs: when no checkpoint qualified (the plain update "
-                    "would be released), train again from the plain update with twice the previous budget and other "
-                    "draws, up to this many times (ProtectConfig.retries); the time ratio counts every attempt")
-    ap.add_argument("--distill", type=float, default=0.0, help="Trap² runs: weight of the KL divergence from the "
-                    "plain update's next-token distributions (every position) in the standalone term (ProtectConfig."
-                    "distill), which keeps the protected update's predictions at s = 1 close to the plain one's")
-    ap.add_argument("--coefficients", default=None, help="default 0.3,0.5,0.7,1.0 (--quick: 0.3,0.6,1.0)")
-    ap.add_argument("--attacker-val", type=int, default=None, help="default 200 (--quick: 100)")
-    ap.add_argument("--others-test", type=int, default=None, help="test windows of the two other tasks scored "
-                    "for each merge (default all 1500; --quick: 500); the protected task's are always all scored")
-    ap.add_argument("--methods", default="none,trap2,lock,trap2+lock", help=f"protections, of {', '.join(METHODS)}")
-    ap.add_argument("--attacks", default=",".join(ATTACKS), help="attacks on each protection (hubguard.protect."
-                    f"attacks), or 'all': {', '.join(ATTACKS + ADAPTIVE)}; also {', '.join(COMPOSED)}")
-    ap.add_argument("--without-update", action="store_true", help="also run each attack with the protected update "
-                    "left out (once per seed), so each verdict says what the update adds to the attacker's best")
-    ap.add_argument("--attacker-lr", type=float, default=1e-4, help="refinetune / finetune_after_merge: AdamW "
-                    "learning rate of the attacker's one epoch on the merged weights")
-    ap.add_argument("--proxy-scale", default="0.5,1.5", help="trap2-public: the proxies' merge coefficients, "
-                    "c ~ U[lo, hi]")
-    ap.add_argument("--tag", default="", help="a suffix of the result files' stem (e.g. _proxies)")
-    ap.add_argument("--threads", type=int, default=1)
-    args = ap.parse_args(argv)
-    args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    if not args.methods or (bad := [m for m in args.methods if m not in METHODS]):
-        ap.error(f"--methods: unknown {bad or 'none given'}; choose from {', '.join(METHODS)}")
-    names = ATTACKS + ADAPTIVE if args.attacks == "all" else [a.strip() for a in args.attacks.split(",") if a.strip()]
-    if not set(MERGES) <= set(names) or not set(names) <= set(ATTACKS + ADAPTIVE + COMPOSED):
-        ap.error(f"--attacks: include {', '.join(MERGES)}; choose from {', '.join(ATTACKS + ADAPTIVE + COMPOSED)} or "
-                 "'all' "
-                 "(two_protected needs a second protection run, which this setting does not train)")
-    args.attack_list = list(check_attack_names(names))
-    args.attacks = ",".join(args.attack_list)
-    args.proxy_scale = [float(x) for x in args.proxy_scale.split(",")]
-    if len(args.proxy_scale) != 2 or not 0 < args.proxy_scale[0] <= args.proxy_scale[1]:
-        ap.error("--proxy-scale: two coefficients LO,HI with 0 < LO <= HI")
-    if not 0 <= args.realign_mix <= 1:
-        ap.error("--realign-mix: a share in [0, 1]")
-    if args.probe_limit < 1:
-        ap.error("--probe-limit: at least 1 validation window")
-    if not 0 <= args.retries <= 4:
-        ap.error("--retries: 0 to 4 (each retry doubles the Trap² budget)")
-    args.coefficients = args.coefficients or (QUICK["coefficients"] if args.quick else "0.3,0.5,0.7,1.0")
-    args.attacker_val = args.attacker_val or (QUICK["attacker_val"] if args.quick else 200)
-    args.others_test = args.others_test or (QUICK["others_test"] if args.quick else None)
-    args.coefficient_list = [float(c) for c in args.coefficients.split(",")]
-    return args
 
 
 def _claim(path: Path) -> bool:

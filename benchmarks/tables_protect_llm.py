@@ -61,4 +61,5 @@ PROTECT_LLM_TABLES: dict[str, tuple[str, Callable[[Any], str]]] = {
     "protect-llm-proxies-distill-trap": ("protect_llm_proxies_distill", protect_llm_trap),
     "protect-llm-adaptive-retry-quick-trap": ("protect_llm_adaptive_retry_quick", protect_llm_trap),
     "protect-llm-composed-quick-trap": ("protect_llm_composed_quick", protect_llm_trap),
+    "protect-llm-realign-mix-quick-trap": ("protect_llm_realign_mix_quick", protect_llm_trap),
 }
