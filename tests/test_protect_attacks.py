@@ -148,8 +148,10 @@ def test_without_update_baselines_say_what_the_update_adds(task):
     from hubguard.protect.merges import merge_states
 
     s = task["setting"]
-    names = ["task_arithmetic", "kept_at_1", "realign", "slerp"]
-    baselines = without_update_baselines(s, names=names)
+    every = without_update_baselines(s, names=list(ATTACKS))  # every attack runs with no update to start from
+    assert set(every) == set(ATTACKS) and all("test" in r and r["cpu_seconds"] >= 0 for r in every.values())
+    names = ["task_arithmetic", "kept_at_1", "realign", "slerp", "refinetune"]
+    baselines = {n: every[n] for n in names}
     alone = max((merge_states("task_arithmetic", base=s.base, models=[task["w0"], task["b"]], weights=[c, c])
                  for c in s.coefficients), key=s.val_score)  # the base in the protected update's place
     assert baselines["task_arithmetic"]["test"]["score"] == pytest.approx(task["metrics"](alone)["score"], abs=1e-6)

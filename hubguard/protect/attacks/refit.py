@@ -11,9 +11,10 @@ from hubguard.protect.merges import changed_names
 
 def refinetune(setting: AttackSetting) -> dict[str, Any]:
     """Fine-tune the protected update on its task (the tensors it changed, `attacker.epochs` epochs at
-    `attacker.lr`), then task arithmetic with the others."""
+    `attacker.lr`), then task arithmetic with the others. With no update (the base in its place,
+    `without_update_baselines`), the attacker fine-tunes the base itself, on the tensors the other updates change."""
     attacker = setting.needs("attacker", "refinetune")
-    names = changed_names(setting.base, [setting.protected])
+    names = changed_names(setting.base, [setting.protected]) or changed_names(setting.base, list(setting.others))
     data = attacker.refit_data if attacker.refit_data is not None else attacker.data[0]
     refit = attacker.finetune(setting.protected, batches=data, names=names)
     out = task_arithmetic_over(setting, [refit, *setting.others], name="refinetune")
