@@ -32,10 +32,10 @@ merge, learned per-layer coefficients, RegMean), whose attacker trains a copy of
 its own validation examples (`--attacker-val` per task) at `--attacker-lr`. The composed attacks realign+NAME
 (realign first, then NAME; hubguard.protect.attacks.COMPOSED_ATTACKS) are run only when named:
 
-    python benchmarks/protect_llm.py --quick --seeds 4,0,1,2,3 --methods trap2-public,trap2-public+lock --retries 1 \
-        --without-update --tag _composed --attacks task_arithmetic,ties,dare_ties,realign,slerp,kept_at_1,refinetune,\
-finetune_after_merge,learned,regmean,realign+kept_at_1,realign+refinetune,realign+finetune_after_merge,realign+learned,\
-realign+regmean                                                             # results/protect_llm_composed_quick*.json
+    python benchmarks/protect_llm.py --quick --seeds 4,0,1,2,3 --methods trap2-public+lock --retries 1 --without-update \
+        --tag _composed --attacks task_arithmetic,ties,dare_ties,realign,kept_at_1,finetune_after_merge,learned,regmean,\
+realign+kept_at_1,realign+refinetune,realign+finetune_after_merge,realign+learned,realign+regmean
+                                                                            # results/protect_llm_composed_quick*.json
     python benchmarks/protect_llm.py --quick --seeds 0,1,2,3,4 --methods trap2-public,trap2-public+lock \
         --realign-mix 0.5 --probe-limit 150 --retries 1 --attacks task_arithmetic,ties,dare_ties,realign,learned,regmean \
         --tag _realign_mix                                          # realign in the loop: results/protect_llm_realign_mix_quick*.json
