@@ -328,12 +328,16 @@ def headline(runs: dict[str, Any]) -> str:
 PROTECT_HEADLINE = {"protect_lora": "LoRA", "protect_full": "full fine-tuning", "protect_llm": "causal-LM LoRA",
                     "protect_lora_proxies": "LoRA, proxy merges", "protect_full_proxies_ev6": "full, proxy merges",
                     "protect_llm_proxies": "causal-LM LoRA, proxy merges",
-                    "protect_llm_proxies_distill": "causal-LM LoRA, proxy merges, distill 1"}
+                    "protect_llm_proxies_distill": "causal-LM LoRA, proxy merges, distill 1",
+                    "protect_llm_adaptive_retry_quick": "causal-LM LoRA (QUICK), proxy merges, Trap² retried once",
+                    "protect_llm_realign_mix_quick": "causal-LM LoRA (QUICK), proxy merges, realign in the loop 0.5"}
 
 
 # the runs whose every attack the summary counts: result file stem -> what it is
 PROTECT_ATTACKS_HEADLINE = {"protect_llm_adaptive_quick": "causal-LM LoRA (QUICK)",
-                            "protect_llm_adaptive_retry_quick": "causal-LM LoRA (QUICK), Trap² retried once"}
+                            "protect_llm_adaptive_retry_quick": "causal-LM LoRA (QUICK), Trap² retried once",
+                            "protect_llm_composed_quick": "causal-LM LoRA (QUICK), Trap² retried once, with the "
+                                                          "composed attacks"}
 
 
 def _protect_attacks_headline(d: dict[str, Any], label: str) -> str:
@@ -347,6 +351,10 @@ def _protect_attacks_headline(d: dict[str, Any], label: str) -> str:
         held = [a for a, x in v["attacks"].items() if x["protected_seeds"] == k]
         escaped = ", ".join(f"{a} {x['protected_seeds']}/{k}" for a, x in v["attacks"].items() if a not in held)
         parts.append(f"{m} {len(held)}/{len(v['attacks'])}" + (f" (not all: {escaped})" if escaped else ""))
+        with_baseline = {a: x for a, x in v["attacks"].items() if "held_without_update_seeds" in x}
+        if with_baseline:  # --without-update: the update added nothing, or the merge stayed at or below zero-shot
+            nothing = [a for a, x in with_baseline.items() if x["held_without_update_seeds"] == k]
+            parts[-1] += f", the update added nothing to {len(nothing)}/{len(with_baseline)} on every seed"
     return (f"- **Adaptive attacks**, {label}, {k} seeds: attacks held (merged at or below zero-shot "
             f"{d['zero_shot']:.1f}) on every seed: " + "; ".join(parts) + ".")
 
