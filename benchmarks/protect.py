@@ -52,7 +52,7 @@ from protect_setup import Setting  # noqa: E402
 from protect_stats import accuracy_ci, across_seeds, paired_difference  # noqa: E402
 from protect_train import Recipe, train_plain  # noqa: E402
 
-from hubguard.protect.attacks import ATTACKS, AttackerModel, AttackSetting, run_attacks  # noqa: E402
+from hubguard.protect.attacks import ATTACKS, COMPOSED_ATTACKS, AttackerModel, AttackSetting, run_attacks  # noqa: E402
 from hubguard.utils.files import atomic_write_json  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -103,7 +103,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.coefficient_list = tuple(float(c) for c in args.coefficients.split(","))
     args.recipe_obj = MODE_RECIPES[args.mode].with_(**json.loads(args.recipe))
     if args.attacks is None:
-        args.attacks = ",".join(QUICK_ATTACKS if args.quick else ATTACKS)
+        # the full runs: every attack but the composed ones (realign+NAME), which are run only when named
+        args.attacks = ",".join(QUICK_ATTACKS if args.quick else [a for a in ATTACKS if a not in COMPOSED_ATTACKS])
     if args.quick:  # smaller splits, a coarser coefficient grid, fewer attacker examples (--seeds still applies)
         args.coefficient_list, args.attacker_val, args.others_test = (0.3, 0.6, 1.0), 100, 200
     return args
