@@ -25,10 +25,9 @@ from hubguard.protect.lock import LockConfig, LockPlan, apply_lock, plan_lock
 from hubguard.protect.updates import ADAPTER_CONFIG, ADAPTER_WEIGHTS, check_base, read_adapter, update_kind
 from hubguard.utils import get_logger
 from hubguard.utils.files import atomic_write_text
+from hubguard.weights.adapters import PEFT_PREFIX
 
 logger = get_logger(__name__)
-
-PEFT_PREFIX = "base_model.model."
 
 
 def _lora_scaling(cfg: Mapping[str, Any]) -> float:

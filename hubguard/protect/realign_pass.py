@@ -20,11 +20,10 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from hubguard.errors import ProtectionError
+from hubguard.weights.adapters import PEFT_PREFIX
 
 if TYPE_CHECKING:
     import torch
-
-PEFT_PREFIX = "base_model.model."
 
 
 def _checkpoint_name(param: str) -> str:
@@ -115,9 +114,6 @@ def realign_pass_for(model: torch.nn.Module, *, config: Any) -> RealignPass | No
     """The run's `RealignPass` when `config.realign_mix` > 0 (and the objective is protected), else None."""
     if not (config.protected and config.realign_mix > 0):
         return None
-    if config.mode != "lora":
-        raise ProtectionError("realign_mix is implemented for mode='lora' only; set realign_mix=0 for full "
-                              "fine-tuning.")
     return RealignPass(model)
 
 

@@ -60,8 +60,8 @@ class ProtectResult:
     history: tuple[dict[str, float | None], ...]  # val_standalone None: not scored (min_trap_gain)
     selected: dict[str, Any] | None = None
     # With config.retries: one record per attempt ({"attempt", "seed", "max_steps", "epochs", "steps", "seconds",
-    # "protected", "selected"}); `steps`,
-    # `history` and `selected` are then the last attempt's and `seconds` is every attempt's together.
+    # "protected", "selected"}); `steps`, `history` and `selected` are then the last attempt's, and `seconds` is
+    # every attempt's together.
     attempts: tuple[dict[str, Any], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
@@ -242,7 +242,7 @@ def train_protected(
     if optimizer is not None:
         raise ProtectionError("config.retries restarts each attempt with a fresh AdamW, so it cannot take your "
                               "optimizer: drop optimizer= or set retries=0.")
-    start = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}  # what a retry resets
+    start = snapshot_reference(model)  # what a retry resets
     attempts: list[dict[str, Any]] = []
     seconds = 0.0
     for attempt in range(config.retries + 1):

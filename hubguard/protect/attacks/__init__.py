@@ -131,5 +131,5 @@ def run_attacks(setting: AttackSetting, *, names: Sequence[str],
     return out
 
 
-__all__ = ["ADAPTIVE_ATTACKS", "ATTACKS", "COMPOSED_ATTACKS", "DEFAULT_COEFFICIENTS", "AttackResult", "AttackSetting", "AttackerModel",
-           "best_coefficient", "check_attack_names", "run_attacks", "verdict", "without_update_baselines"]
+__all__ = ["ADAPTIVE_ATTACKS", "ATTACKS", "COMPOSED_ATTACKS", "DEFAULT_COEFFICIENTS", "AttackResult", "AttackSetting",
+           "AttackerModel", "best_coefficient", "check_attack_names", "run_attacks", "verdict", "without_update_baselines"]
