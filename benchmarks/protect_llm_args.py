@@ -30,6 +30,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--trap-budget", type=float, default=0.5)
     ap.add_argument("--realign-mix", type=float, default=0.0, help="Trap² runs: share of trap passes on the realigned "
                     "update, whose merges the probes also score (ProtectConfig.realign_mix)")
+    ap.add_argument("--trap-fraction", type=float, default=1.0, help="Trap² runs: share of each batch the trap "
+                    "passes see (ProtectConfig.trap_fraction; the standalone pass sees it all)")
     ap.add_argument("--probe-limit", type=int, default=300, help="Trap² runs: validation windows that score the "
                     "probe scales (the s = 1 score always uses them all)")
     ap.add_argument("--tolerance", type=float, default=1.0)
@@ -70,6 +72,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         ap.error("--proxy-scale: two coefficients LO,HI with 0 < LO <= HI")
     if not 0 <= args.realign_mix <= 1:
         ap.error("--realign-mix: a share in [0, 1]")
+    if not 0 < args.trap_fraction <= 1:
+        ap.error("--trap-fraction: a share in (0, 1]")
     if args.probe_limit < 1:
         ap.error("--probe-limit: at least 1 validation window")
     if not 0 <= args.retries <= 4:

@@ -760,7 +760,7 @@ def test_cli_protect_then_audit(tiny, tmp_path):
                                       str(tmp_path / "cont"), "--init", str(tmp_path / "out"), "--selection", "trap",
                                       "--tolerance", "0.05", "--lambda", "0.3", "--project-conflicts", "--epochs", "2", "--lr", "0.005",
                                       "--max-length", "32", "--loss-cap", "6.0", "--cap-per-example", "--retries", "1",
-                                      "--realign-mix", "0.5", "--json"])
+                                      "--realign-mix", "0.5", "--trap-fraction", "0.5", "--json"])
     assert res.exit_code == 0, res.output
     out = json.loads(res.output[res.output.index("{"):])
     assert out["settings"]["selection"] == "trap" and out["training"]["init"] == str(tmp_path / "out")
@@ -768,7 +768,9 @@ def test_cli_protect_then_audit(tiny, tmp_path):
     assert out["settings"]["scaled_loss_cap"] == 6.0 and out["settings"]["cap_per_example"] is True
     assert out["training"]["selected"]["standalone"] >= out["training"]["selected"]["reference"] - 0.05
     attempts = out["training"]["attempts"]  # a retry only where the first attempt kept the start
-    assert out["settings"]["realign_mix"] == 0.5 and out["settings"]["retries"] == 1 and [a["protected"] for a in attempts][-1] == out["training"]["selected"]["protected"]
+    assert out["settings"]["realign_mix"] == 0.5 and out["settings"]["retries"] == 1
+    assert out["settings"]["trap_fraction"] == 0.5
+    assert attempts[-1]["protected"] == out["training"]["selected"]["protected"]
     card = json.loads((tmp_path / "cont" / "hubguard_protection.json").read_text())
     assert card["training"]["attempts"] == attempts
     # --stop-at-loss 0: every probe loss is >= 0 nats already, so the start is kept as protected without a step.

@@ -75,6 +75,8 @@ def protect_command(
     realign_mix: Annotated[float, typer.Option(help="share of trap passes on the update realigned to the base (the "
                                                     "attack that strips a lock), whose merges the trap selection "
                                                     "also probes (LoRA; not in the paper)")] = 0.0,
+    trap_fraction: Annotated[float, typer.Option(help="share of each batch the trap passes see; below 1 a "
+                                                      "protected step costs less (not in the paper)")] = 1.0,
     lock: Annotated[bool, typer.Option(help="also scale-lock the trained update (see `hubguard lock`)")] = False,
     lock_gain: Annotated[float, typer.Option(help="--lock: gain g of the lock")] = 100.0,
     proxy: Annotated[list[str] | None, typer.Option(help="a public fine-tune of BASE (adapter or model folder, "
@@ -102,7 +104,8 @@ def protect_command(
                            batch_size=batch_size, max_length=max_length, seed=seed, overwrite=overwrite,
                            init=init, selection=selection, tolerance=tolerance,
                            project_conflicts=project_conflicts, loss_cap=loss_cap, cap_per_example=cap_per_example,
-                           stop_at_loss=stop_at_loss, retries=retries, realign_mix=realign_mix, lock=lock,
+                           stop_at_loss=stop_at_loss, retries=retries, realign_mix=realign_mix,
+                           trap_fraction=trap_fraction, lock=lock,
                            lock_gain=lock_gain, proxies=proxy or [],
                            proxy_mix=proxy_mix, proxy_scale=scale)
     except HubguardError as exc:

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from hubguard.errors import ProtectionError
 from hubguard.protect.config import ProtectConfig
 from hubguard.protect.forward import call as _call
-from hubguard.protect.forward import mean_loss
+from hubguard.protect.forward import leading_rows, mean_loss
 
 if TYPE_CHECKING:
     import torch
@@ -268,6 +268,7 @@ def trap2_loss(
         return Trap2Output(loss=standalone, standalone_loss=float(standalone.detach()), scaled_loss=float("nan"),
                            scale=1.0, weight=0.0, reference_loss=reference_loss, task_loss=task_loss)
     scales, shift = _trap_passes(config=config, generator=generator, scale=scale, shift=shift, proxy=proxy)
+    trap_inputs = leading_rows(inputs, fraction=config.trap_fraction)  # [⌈f·B⌉, ...]: the trap passes' examples
     penalty = 0.0
     scaled_values = []
     weights = []
@@ -276,7 +277,7 @@ def trap2_loss(
         w = scale_weight(s, kind=config.weight)
         overrides = (realign.parameters(model, scale=s, shift=shift) if realign is not None else
                      scaled_parameters(model, scale=s, mode=config.mode, reference=reference, shift=shift))
-        scaled = loss_fn(_call(model, inputs, overrides), inputs)
+        scaled = loss_fn(_call(model, trap_inputs, overrides), trap_inputs)
         # Per-example losses are capped one by one, then averaged (see the module docstring).
         pushed = mean_loss(scaled if config.scaled_loss_cap is None else scaled.clamp(max=config.scaled_loss_cap))
         penalty = penalty + w * pushed
@@ -288,8 +289,8 @@ def trap2_loss(
         from hubguard.protect.variants import interference_parameters
 
         fork.restore()
-        mixed = loss_fn(_call(model, inputs, interference_parameters(model, config=config, generator=generator,
-                                                                     reference=reference)), inputs)
+        mixed = loss_fn(_call(model, trap_inputs, interference_parameters(model, config=config, generator=generator,
+                                                                          reference=reference)), trap_inputs)
         capped = mixed if config.scaled_loss_cap is None else mixed.clamp(max=config.scaled_loss_cap)
         trap = trap + lam * config.interference_weight * mean_loss(capped)
     return Trap2Output(

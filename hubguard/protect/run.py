@@ -44,8 +44,8 @@ def protect_main(
     batch_size: int = 8, max_length: int = 128, val_fraction: float = 0.1, seed: int = 0, overwrite: bool = False,
     init: str | Path | None = None, selection: str = "standalone", tolerance: float | None = None,
     project_conflicts: bool = False, loss_cap: float | None = None, cap_per_example: bool = False,
-    stop_at_loss: float | None = None, retries: int = 0, realign_mix: float = 0.0, lock: bool = False,
-    lock_gain: float = 100.0,
+    stop_at_loss: float | None = None, retries: int = 0, realign_mix: float = 0.0, trap_fraction: float = 1.0,
+    lock: bool = False, lock_gain: float = 100.0,
     proxies: Sequence[str | Path] = (), proxy_mix: float | None = None, proxy_scale: tuple[float, float] = (0.5, 1.5),
 ) -> dict[str, Any]:
     """Train a protected update of `base` on `data` and save it to `out` (adapter or full model + card).
@@ -57,7 +57,8 @@ def protect_main(
     many nats at every probe scale (e.g. the base model's loss, or log(classes) for a classifier).
     `retries` (trap selection): when no checkpoint qualified, train again from the start with twice the budget and
     new draws, up to this many times (`ProtectConfig.retries`); the card records every attempt. `realign_mix`: the
-    share of trap passes on the realigned update (`ProtectConfig.realign_mix`, LoRA).
+    share of trap passes on the realigned update (`ProtectConfig.realign_mix`, LoRA). `trap_fraction`: the share of
+    each batch the trap passes see (`ProtectConfig.trap_fraction`).
     `lock`: scale-lock the trained update before writing it (`hubguard.protect.lock`, gain `lock_gain`,
     directions chosen on the first training batches); it changes nothing at s = 1.
     `proxies`: public fine-tunes of `base` (adapter or model folders, hf://ORG/NAME) the trap is also trained to
@@ -77,7 +78,7 @@ def protect_main(
                             batch_size=batch_size, seed=seed, lam=lam, selection=selection, init=init,
                             project_conflicts=project_conflicts, loss_cap=loss_cap, cap_per_example=cap_per_example,
                             tolerance=tolerance, stop_at_loss=stop_at_loss, retries=retries,
-                            realign_mix=realign_mix,
+                            realign_mix=realign_mix, trap_fraction=trap_fraction,
                             proxy_mix=(1.0 if proxies else 0.0) if proxy_mix is None else proxy_mix,
                             proxy_scale=tuple(proxy_scale))
     text = read_text_data(data, task=task)
@@ -133,6 +134,7 @@ def protect_config(
     lam: float | None, selection: str, init: str | Path | None, project_conflicts: bool, loss_cap: float | None,
     cap_per_example: bool, tolerance: float | None, stop_at_loss: float | None, proxy_mix: float = 0.0,
     proxy_scale: tuple[float, float] = (0.5, 1.5), retries: int = 0, realign_mix: float = 0.0,
+    trap_fraction: float = 1.0,
 ) -> Any:
     """The `ProtectConfig` of `hubguard protect`'s options (a paper preset with the given overrides)."""
     from hubguard.protect.config import ProtectConfig
@@ -142,7 +144,7 @@ def protect_config(
                                  "project_conflicts": project_conflicts, "scaled_loss_cap": loss_cap,
                                  "cap_per_example": cap_per_example, "proxy_mix": proxy_mix,
                                  "proxy_scale": proxy_scale, "retries": retries,
-                                 "realign_mix": realign_mix}
+                                 "realign_mix": realign_mix, "trap_fraction": trap_fraction}
     if lam is not None:
         overrides["lam"] = lam
     if init is not None:  # the kept update must stay within tolerance of the update being protected
