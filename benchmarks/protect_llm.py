@@ -41,6 +41,8 @@ realign+kept_at_1,realign+refinetune,realign+finetune_after_merge,realign+learne
         --tag _realign_mix                                          # realign in the loop: results/protect_llm_realign_mix_quick*.json
     python benchmarks/protect_llm.py --quick --seeds 0,1,2,3,4 --methods trap2-public --trap-budget 0.45 \
         --probe-limit 150 --tag _fast                          # a cheaper Trap²: results/protect_llm_fast_quick*.json
+    python benchmarks/protect_llm.py --quick --seeds 0,1,2,3,4 --methods trap2-public,trap2-public+lock --retries 1 \
+        --trap-fraction 0.5 --attacks all --tag _half    # trap passes on half the batch: results/protect_llm_half_quick*.json
 
 QUICK (`--quick`): the full setting took 27 minutes for seed 0 on one thread (protect_llm_seed0.json, `seconds`
 1635; it predates the `cpu_seconds` field), about a third of it in the attacks' evaluations: too long for five
@@ -223,7 +225,7 @@ def train_task(s: LLMSetting, task: str, *, seed: int, args: argparse.Namespace,
                             scaled_loss_cap=math.log(len(s.tok)), cap_per_example=True, project_conflicts=True,
                             probe_scales=(0.3, 0.6, 1.5), proxy_mix=1.0 if proxies else 0.0,
                             proxy_scale=tuple(args.proxy_scale), distill=args.distill, retries=args.retries,
-                            realign_mix=args.realign_mix)
+                            realign_mix=args.realign_mix, trap_fraction=args.trap_fraction)
         kwargs = {"probe_score_fn": lambda m: s.em(m, task, "val", limit=args.probe_limit), "proxies": proxies or ()}
     t0 = time.process_time()  # CPU seconds of this process (one thread): other jobs share the cores
     res = train_protected(model, train_batches=train, config=cfg, val_score_fn=lambda m: s.em(m, task, "val"),

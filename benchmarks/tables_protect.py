@@ -126,7 +126,8 @@ PROTECT_TABLES: dict[str, tuple[str, Callable[[Any], str]]] = {
                       ("protect-llm-adaptive-retry-quick", "protect_llm_adaptive_retry_quick"),
                       ("protect-llm-composed-quick", "protect_llm_composed_quick"),
                       ("protect-llm-realign-mix-quick", "protect_llm_realign_mix_quick"),
-                      ("protect-llm-fast-quick", "protect_llm_fast_quick"))
+                      ("protect-llm-fast-quick", "protect_llm_fast_quick"),
+                      ("protect-llm-half-quick", "protect_llm_half_quick"))
     for kind, fn in (("targets", protect_targets), ("attacks", protect_attacks), ("others", protect_others))
 }
 PROTECT_TABLES["protect-llm-composed-quick-without"] = ("protect_llm_composed_quick", protect_without_update)

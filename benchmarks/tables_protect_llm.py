@@ -63,4 +63,5 @@ PROTECT_LLM_TABLES: dict[str, tuple[str, Callable[[Any], str]]] = {
     "protect-llm-composed-quick-trap": ("protect_llm_composed_quick", protect_llm_trap),
     "protect-llm-realign-mix-quick-trap": ("protect_llm_realign_mix_quick", protect_llm_trap),
     "protect-llm-fast-quick-trap": ("protect_llm_fast_quick", protect_llm_trap),
+    "protect-llm-half-quick-trap": ("protect_llm_half_quick", protect_llm_trap),
 }
