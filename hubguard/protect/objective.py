@@ -269,9 +269,7 @@ def trap2_loss(
                            scale=1.0, weight=0.0, reference_loss=reference_loss, task_loss=task_loss)
     scales, shift = _trap_passes(config=config, generator=generator, scale=scale, shift=shift, proxy=proxy)
     trap_inputs = leading_rows(inputs, fraction=config.trap_fraction)  # [⌈f·B⌉, ...]: the trap passes' examples
-    penalty = 0.0
-    scaled_values = []
-    weights = []
+    penalty, scaled_values, weights = 0.0, [], []
     for s in scales:
         fork.restore()
         w = scale_weight(s, kind=config.weight)
