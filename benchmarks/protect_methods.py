@@ -150,7 +150,8 @@ def _proxy_design(source: str, scale: tuple[float, float] | None) -> Callable[[C
                         proxies=deltas)
         # the proxies depend on the base only: a publisher trains (or downloads) them once for every release
         info = {"selected": t.result.selected, "steps": t.result.steps, "validation": _validation(t),
-                "variant": changes, "proxy": proxy_info, "proxy_seconds": proxy_seconds, "trap_seconds": t.seconds}
+                "variant": changes, "proxy": proxy_info, "proxy_seconds": proxy_seconds, "trap_seconds": t.seconds,
+                **({"attempts": list(t.result.attempts)} if ctx.recipe.retries else {})}
         return Released(t.state, t.seconds + proxy_seconds, info, t)
 
     return run

@@ -61,6 +61,9 @@ class Recipe:
     proxy_mix: float = 0.0  # share of trap passes that are merges with the protector's proxy updates (variants.py)
     proxy_scale: tuple[float, float] = (0.5, 1.5)
     proxy_draw: str = "all"
+    # when no checkpoint qualified, Trap² again from the plain update with twice the budget and new draws, this
+    # many times (ProtectConfig.retries, `hubguard protect --retries`)
+    retries: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -138,7 +141,7 @@ def protect_config(recipe: Recipe, *, steps: int, n_classes: int, seed: int) -> 
         interference_weight=recipe.interference_weight, lam_control=recipe.lam_control,
         lam_slack=recipe.lam_slack, repair_steps=recipe.repair_steps, repair_lr=recipe.repair_lr,
         proxy_mix=recipe.proxy_mix, proxy_scale=tuple(recipe.proxy_scale),
-        proxy_draw=recipe.proxy_draw)
+        proxy_draw=recipe.proxy_draw, retries=recipe.retries)
 
 
 def model_keyed(clf: Classifier, delta: dict[str, torch.Tensor], mode: str) -> dict[str, torch.Tensor]:

@@ -119,3 +119,15 @@ def test_proxy_deltas_are_rekeyed_to_the_trained_models_parameters(mode):
         assert got and all(n.startswith("encoder.encoder.layer.1.") for n in got)
         assert len(got) == sum(k.startswith("encoder.layer.1.") for k in state)
     check_proxies(clf, [got], config=ProtectConfig(mode=mode, lam=1.0, proxy_mix=0.5))
+
+
+def test_the_recipe_passes_its_retries_to_the_trap_config():
+    """`--recipe '{"retries": 1}'` reaches ProtectConfig.retries (the LoRA / full runs with a Trap² retry)."""
+    from protect import parse_args
+    from protect_train import protect_config
+
+    args = parse_args(["--quick", "--recipe", '{"retries": 1}'])
+    assert args.recipe_obj.retries == 1 and args.recipe_obj.to_dict()["retries"] == 1
+    cfg = protect_config(args.recipe_obj, steps=40, n_classes=4, seed=0)
+    assert cfg.retries == 1 and cfg.retry(1).max_steps == 80
+    assert protect_config(parse_args(["--quick"]).recipe_obj, steps=40, n_classes=4, seed=0).retries == 0
