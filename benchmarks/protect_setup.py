@@ -110,9 +110,11 @@ class Setting:
         return e["input_ids"], e["attention_mask"]
 
     def mask4(self, mask: torch.Tensor, hidden: torch.Tensor) -> Any:
-        """The attention mask in the form BertLayer takes (what BertModel.forward builds)."""
-        return self.base._create_attention_masks(attention_mask=mask, encoder_attention_mask=None,
-                                                 embedding_output=hidden, encoder_hidden_states=None, cache=None)[0]
+        """The attention mask in the form BertLayer takes: what BertModel.forward builds for an encoder (through
+        masking_utils, not BertModel's private helper, whose signature changed within transformers 5)."""
+        from transformers.masking_utils import create_bidirectional_mask
+
+        return create_bidirectional_mask(config=self.base.config, inputs_embeds=hidden, attention_mask=mask)
 
     @torch.no_grad()
     def _bottom(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
