@@ -28,6 +28,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--lam", type=float, default=1.0)
     ap.add_argument("--trap-lr", type=float, default=4e-3)
     ap.add_argument("--trap-budget", type=float, default=0.5)
+    ap.add_argument("--regmean-mix", type=float, default=0.0, help="trap2-public: share of trap passes on RegMean's "
+                    "merge with the protector's own runs, weighted by their training inputs (ProtectConfig.regmean_mix)")
     ap.add_argument("--realign-mix", type=float, default=0.0, help="Trap² runs: share of trap passes on the realigned "
                     "update, whose merges the probes also score (ProtectConfig.realign_mix)")
     ap.add_argument("--trap-fraction", type=float, default=1.0, help="Trap² runs: share of each batch the trap "
@@ -72,6 +74,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         ap.error("--proxy-scale: two coefficients LO,HI with 0 < LO <= HI")
     if not 0 <= args.realign_mix <= 1:
         ap.error("--realign-mix: a share in [0, 1]")
+    if not 0 <= args.regmean_mix <= 1 or (args.regmean_mix and args.realign_mix):
+        ap.error("--regmean-mix: a share in [0, 1], not with --realign-mix")
     if not 0 < args.trap_fraction <= 1:
         ap.error("--trap-fraction: a share in (0, 1]")
     if args.probe_limit < 1:

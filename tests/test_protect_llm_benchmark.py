@@ -220,3 +220,22 @@ def test_realign_mix_and_probe_limit_reach_the_trap_run(setting):
     for bad in (["--realign-mix", "1.5"], ["--probe-limit", "0"]):
         with pytest.raises(SystemExit):
             parse_args(bad)
+
+
+def test_regmean_mix_reaches_trap2_public_with_the_protectors_own_batches(setting):
+    """--regmean-mix: trap2-public's trap passes are RegMean's merge with the protector's own runs, weighted by the
+    public tasks' training inputs (ProtectConfig.regmean_mix, train_protected(proxy_batches=)); checked on the line."""
+    from protect_llm import PUBLIC_SEED_OFFSET, TASKS, parse_args, proxy_deltas, train_task
+
+    s = setting
+    base = ["--epochs", "1", "--eval-every", "1"]
+    plain = train_task(s, TASKS[0], seed=0, args=parse_args(base))
+    own = [train_task(s, t, seed=PUBLIC_SEED_OFFSET, args=parse_args(base))[1] for t in TASKS[1:]]
+    args = parse_args([*base, "--regmean-mix", "1.0", "--probe-limit", "8"])
+    args.plain_steps = {TASKS[0]: plain[2].steps}
+    res = train_task(s, TASKS[0], seed=0, args=args, init=plain[0], proxies=proxy_deltas(s, plain[0], own))[2]
+    steps = [r for r in res.history if "standalone" in r]
+    assert steps and all(r["regmean"] == 1.0 and r["proxy"] == 1.0 for r in steps)
+    for bad in (["--regmean-mix", "1.5"], ["--regmean-mix", "0.5", "--realign-mix", "0.5"]):
+        with pytest.raises(SystemExit):
+            parse_args(bad)

@@ -111,7 +111,7 @@ def test_bad_proxies_are_refused_with_the_fix(tiny):
     name = next(iter(proxy))
     with pytest.raises(ProtectionError, match="needs proxy updates"):
         check_proxies(model, [], config=on)
-    with pytest.raises(ProtectionError, match="proxy_mix is 0"):
+    with pytest.raises(ProtectionError, match="proxy_mix and regmean_mix are 0"):
         check_proxies(model, [proxy], config=on.replace(proxy_mix=0.0))
     with pytest.raises(ProtectionError, match="not a base weight under a LoRA layer"):
         check_proxies(model, [{"model.embed_tokens.weight": torch.zeros(64, 32)}], config=on)

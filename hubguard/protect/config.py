@@ -130,6 +130,13 @@ class ProtectConfig:
     # the merge of the *realigned* update, W0 + s·(R(W) − W0 [+ Σ_j c_j·P_j]), R the attacker's realign to the base
     # fitted to the current weights, and the selection's probes also score the realigned merges. 0 = off.
     realign_mix: float = 0.0
+    # RegMean in the loop (`hubguard.protect.regmean_pass`; LoRA, with proxies and `train_protected(proxy_batches=)`):
+    # with probability `regmean_mix` a step's trap pass is the RegMean merge of the update with the proxies,
+    # W0 + s·(ΔW·A_0 + Σ_j P_j·A_j) at an α of `regmean_alphas` (the attacker's choices, AttackerModel.regmean_alphas),
+    # the Grams from `regmean_batches` batches per task; the probes also score it at s = 1 for each α. 0 = off.
+    regmean_mix: float = 0.0
+    regmean_alphas: tuple[float, ...] = (0.5, 0.9, 1.0)
+    regmean_batches: int = 16
     # Constrained Trap²: λ adapts every step so that the standalone loss stays within `lam_slack` nats of the
     # starting update's on the same batch (its loss in eval mode, without dropout: `variants.TeacherOutputs`): log λ -= lam_control · (EMA of the excess − lam_slack), within
     # [lam / 20, lam · 20]. 0 = the paper's fixed λ.
@@ -201,6 +208,7 @@ class ProtectConfig:
             problems.append(f"realign_mix must be in [0, 1], got {self.realign_mix}")
         elif self.realign_mix and self.mode != "lora":
             problems.append("realign_mix is implemented for mode='lora' only; set realign_mix=0 for full fine-tuning")
+        problems += self._regmean_problems()
         if self.proxy_draw not in ("all", "one"):
             problems.append(f"proxy_draw must be 'all' or 'one', got {self.proxy_draw!r}")
         if self.refit_steps and (not self.refit_lr > 0 or self.refit_every < 1):
@@ -228,6 +236,22 @@ class ProtectConfig:
             raise ProtectionError(
                 "Invalid protection settings: " + "; ".join(problems) + ". Fix the values and retry."
             )
+
+    def _regmean_problems(self) -> list[str]:
+        """What is wrong with the `regmean_mix` settings (empty when nothing)."""
+        alphas_ok = (isinstance(self.regmean_alphas, tuple) and len(self.regmean_alphas) > 0
+                     and all(0 <= a <= 1 for a in self.regmean_alphas))
+        if not 0 <= self.regmean_mix <= 1 or not alphas_ok or self.regmean_batches < 1:
+            return [f"regmean_mix must be in [0, 1], regmean_alphas values in [0, 1] and regmean_batches >= 1, got "
+                    f"{self.regmean_mix}, {self.regmean_alphas}, {self.regmean_batches}"]
+        if not self.regmean_mix:
+            return []
+        if self.mode != "lora":
+            return ["regmean_mix is implemented for mode='lora' only; set regmean_mix=0 for full fine-tuning"]
+        if self.realign_mix or self.refit_steps:
+            return ["regmean_mix cannot be combined with realign_mix or refit_steps (a pass is one merge); set "
+                    "the others to 0"]
+        return []
 
     @property
     def effective_lora_alpha(self) -> int:
@@ -272,6 +296,7 @@ class ProtectConfig:
         data["exclude"] = list(self.exclude)
         data["probe_scales"] = list(self.probe_scales)
         data["proxy_scale"] = list(self.proxy_scale)
+        data["regmean_alphas"] = list(self.regmean_alphas)
         data["target_modules"] = list(self.target_modules) if self.target_modules is not None else None
         data["lora_alpha"] = self.effective_lora_alpha
         return {"method": PROTECTION_METHOD, "schema_version": PROTECTION_SCHEMA_VERSION, **data}
@@ -281,7 +306,7 @@ class ProtectConfig:
         """Read back `to_dict()` output; unknown fields are ignored (newer writers)."""
         known = {f.name for f in dataclasses.fields(cls)}
         kwargs = {k: v for k, v in data.items() if k in known}
-        for key in ("exclude", "probe_scales", "proxy_scale"):
+        for key in ("exclude", "probe_scales", "proxy_scale", "regmean_alphas"):
             if key in kwargs:
                 kwargs[key] = tuple(kwargs[key])
         if kwargs.get("target_modules") is not None:

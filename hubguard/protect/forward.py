@@ -1,10 +1,12 @@
 """Calling a model on a batch, optionally with some of its tensors replaced (`torch.func.functional_call`): the
-passes of the Trap² objective and its variants; `leading_rows`, the part of a batch a cheaper trap pass sees."""
+passes of the Trap² objective and its variants; `leading_rows`, the part of a batch a cheaper trap pass sees;
+`written_in_place`, a merge pass's tensors written into the model for the selection's probes."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from hubguard.errors import ProtectionError
@@ -53,3 +55,23 @@ def leading_rows(inputs: Any, *, fraction: float) -> Any:
     if isinstance(inputs, (list, tuple)):
         return type(inputs)(cut(v) for v in inputs)
     return cut(inputs)
+
+
+@contextmanager
+def written_in_place(model: torch.nn.Module, overrides: Mapping[str, torch.Tensor]) -> Iterator[None]:
+    """`overrides` (parameter name -> tensor, e.g. a merge pass's `parameters(...)`) copied into the model's
+    parameters, detached (inference: the selection's probes); the old values restored on exit."""
+    import torch
+
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        values = {n: t.detach() for n, t in overrides.items()}
+        saved = {n: params[n].detach().clone() for n in values}
+        for n, t in values.items():
+            params[n].copy_(t)
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for n, t in saved.items():
+                params[n].copy_(t)

@@ -38,6 +38,11 @@ def _make_trainer_class() -> type:
                     "retries restart training from the starting update, which Trainer.train() does not do: train "
                     "with hubguard.protect.train_protected, or set retries=0."
                 )
+            if protect_config.proxy_mix or protect_config.realign_mix or protect_config.regmean_mix:
+                raise ProtectionError(
+                    "proxy_mix, realign_mix and regmean_mix need the proxies and merge passes that "
+                    "train_protected builds: train with hubguard.protect.train_protected, or set them to 0."
+                )
             super().__init__(*args, **kwargs)
             self.protect_config = protect_config
             self.trap2_loss_fn = loss_fn

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     import torch
 
     from hubguard.protect.realign_pass import RealignPass
+    from hubguard.protect.regmean_pass import RegMeanAt
     from hubguard.protect.variants import TeacherOutputs
 
 LossFn = Callable[[Any, Any], "torch.Tensor"]  # (outputs, batch) -> scalar loss, or per-example losses (batch,)
@@ -210,11 +211,11 @@ class _RngFork:
 
 def _trap_passes(*, config: ProtectConfig, generator: torch.Generator, scale: float | None,
                  shift: Mapping[str, torch.Tensor] | None, proxy: Mapping[str, torch.Tensor] | None,
-                 ) -> tuple[list[float], Mapping[str, torch.Tensor] | None]:
-    """This step's scales (`scale`, or `config.samples_per_step` draws; a proxy merge's include s = 1) and the shift
-    of its trap passes: a re-fine-tune's δ plus the proxy merge's Σ c_j·P_j, either, or none."""
+                 merge: bool = False) -> tuple[list[float], Mapping[str, torch.Tensor] | None]:
+    """This step's scales (`scale`, or `config.samples_per_step` draws; a merge's, with a proxy or `merge`, include
+    s = 1) and the shift of its trap passes: a re-fine-tune's δ plus the proxy merge's Σ c_j·P_j, either, or none."""
     scales = [scale] if scale is not None else [
-        sample_scale(config=config, generator=generator, merge=proxy is not None)
+        sample_scale(config=config, generator=generator, merge=merge or proxy is not None)
         for _ in range(config.samples_per_step)
     ]
     if proxy is not None:
@@ -237,7 +238,7 @@ def trap2_loss(
     shift: Mapping[str, torch.Tensor] | None = None,
     lam: float | None = None,
     proxy: Mapping[str, torch.Tensor] | None = None,
-    realign: RealignPass | None = None,
+    merge_pass: RealignPass | RegMeanAt | None = None,
 ) -> Trap2Output:
     """Evaluate J on one batch. Call `.loss.backward()` on the result (two graphs, one backward).
 
@@ -247,7 +248,7 @@ def trap2_loss(
     trainable tensors) with `config.distill`, `shift` (a simulated re-fine-tune) with `config.refit_steps`, and `config.interference`.
     `lam` replaces `config.lam` for this step (the controller of `config.lam_control`). `proxy` (this step's
     Σ c_j·P_j of `config.proxy_mix`, `variants.proxy_shift`) makes the trap pass the merge W0 + s·(ΔW + proxy);
-    `realign` (this step's `RealignPass` of `config.realign_mix`) makes it the merge of the realigned update.
+    `merge_pass` (`RealignPass` of `config.realign_mix`, `RegMeanAt` of `regmean_mix`) makes it that merge instead.
     """
     loss_fn = choose_loss(config=config, loss_fn=loss_fn)
     fork = _RngFork(model)
@@ -267,13 +268,14 @@ def trap2_loss(
     if not config.protected:
         return Trap2Output(loss=standalone, standalone_loss=float(standalone.detach()), scaled_loss=float("nan"),
                            scale=1.0, weight=0.0, reference_loss=reference_loss, task_loss=task_loss)
-    scales, shift = _trap_passes(config=config, generator=generator, scale=scale, shift=shift, proxy=proxy)
+    scales, shift = _trap_passes(config=config, generator=generator, scale=scale, shift=shift, proxy=proxy,
+                                 merge=merge_pass is not None and merge_pass.merges_at_one)
     trap_inputs = leading_rows(inputs, fraction=config.trap_fraction)  # [⌈f·B⌉, ...]: the trap passes' examples
     penalty, scaled_values, weights = 0.0, [], []
     for s in scales:
         fork.restore()
         w = scale_weight(s, kind=config.weight)
-        overrides = (realign.parameters(model, scale=s, shift=shift) if realign is not None else
+        overrides = (merge_pass.parameters(model, scale=s, shift=shift) if merge_pass is not None else
                      scaled_parameters(model, scale=s, mode=config.mode, reference=reference, shift=shift))
         scaled = loss_fn(_call(model, trap_inputs, overrides), trap_inputs)
         # Per-example losses are capped one by one, then averaged (see the module docstring).

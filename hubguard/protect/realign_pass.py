@@ -35,6 +35,8 @@ class RealignPass:
     """The realigned trap pass of one LoRA model: which parameters hold each layer's q/k/v/o (and biases), their base
     values, and the LoRA layers whose ΔW the map sees."""
 
+    merges_at_one = False  # its scales are the plain trap pass's draws (a proxy merge's when the step has one)
+
     def __init__(self, model: torch.nn.Module) -> None:
         from hubguard.errors import HubguardError
         from hubguard.protect.realign import HeadLayout, layer_tensor_names
@@ -96,18 +98,12 @@ class RealignPass:
         """`parameters(...)` written into the model in place (inference: the selection's probes); restored on exit."""
         import torch
 
-        params = dict(model.named_parameters())
+        from hubguard.protect.forward import written_in_place
+
         with torch.no_grad():
-            values = {n: t.detach() for n, t in self.parameters(model, scale=scale, shift=shift).items()}
-            saved = {n: params[n].detach().clone() for n in values}
-            for n, t in values.items():
-                params[n].copy_(t)
-        try:
+            values = self.parameters(model, scale=scale, shift=shift)
+        with written_in_place(model, values):
             yield
-        finally:
-            with torch.no_grad():
-                for n, t in saved.items():
-                    params[n].copy_(t)
 
 
 def realign_pass_for(model: torch.nn.Module, *, config: Any) -> RealignPass | None:

@@ -26,6 +26,7 @@ from hubguard.protect.objective import (
     trap2_loss,
 )
 from hubguard.protect.realign_pass import realign_pass_for
+from hubguard.protect.regmean_pass import regmean_pass_for
 from hubguard.protect.selection import Candidate, TrapSelector
 from hubguard.protect.validation import Score, Validation, evaluate_loss
 from hubguard.protect.variant_state import VariantState
@@ -205,6 +206,7 @@ def train_protected(
     optimizer: torch.optim.Optimizer | None = None,
     on_step: Callable[[int, dict[str, float]], None] | None = None,
     proxies: Sequence[Mapping[str, torch.Tensor]] = (),
+    proxy_batches: Sequence[Iterable[Any]] = (),
 ) -> ProtectResult:
     """Train `model` in place with the Trap² objective (plain training when `config.lam == 0`).
 
@@ -228,7 +230,8 @@ def train_protected(
     is_trainable=True)`, or the fine-tuned model with `reference` = the base's parameters for full mode)
     and call this with `selection="trap"`.
 
-    `proxies` (`config.proxy_mix`): other updates of the base to trap merges with, `hubguard.protect.variants`.
+    `proxies` (`config.proxy_mix`): other updates of the base to trap merges with, `hubguard.protect.variants`;
+    `proxy_batches` (`config.regmean_mix`): batches of each proxy's task, whose layer inputs weigh it in RegMean.
 
     `config.retries` (selection="trap"): when an attempt keeps the starting state (`selected["protected"]` False),
     the model is reset to it and trained again with `config.retry(i)` (twice the budget, new draws), up to
@@ -236,7 +239,7 @@ def train_protected(
     """
     inputs = _RunInputs(train_batches=train_batches, val_batches=val_batches, loss_fn=loss_fn,
                         val_score_fn=val_score_fn, probe_score_fn=probe_score_fn, reference=reference,
-                        on_step=on_step, proxies=proxies)
+                        on_step=on_step, proxies=proxies, proxy_batches=proxy_batches)
     if not config.retries:
         return _train_attempt(model, inputs, config=config, optimizer=optimizer)
     if optimizer is not None:
@@ -284,6 +287,7 @@ class _RunInputs:
     reference: Mapping[str, torch.Tensor] | None
     on_step: Callable[[int, dict[str, float]], None] | None
     proxies: Sequence[Mapping[str, torch.Tensor]]
+    proxy_batches: Sequence[Iterable[Any]] = ()
 
 
 def _train_attempt(model: torch.nn.Module, inputs: _RunInputs, *, config: ProtectConfig,
@@ -293,10 +297,13 @@ def _train_attempt(model: torch.nn.Module, inputs: _RunInputs, *, config: Protec
     n_batches = _length(train_batches)
     if config.mode == "full" and reference is None:
         reference = snapshot_reference(model)
+    proxies = check_proxies(model, inputs.proxies, config=config)
     validation = Validation(model, config=config, val_batches=inputs.val_batches, loss_fn=loss_fn,
                             val_score_fn=inputs.val_score_fn, probe_score_fn=inputs.probe_score_fn,
-                            reference=reference, proxies=check_proxies(model, inputs.proxies, config=config),
-                            realign=realign_pass_for(model, config=config))
+                            reference=reference, proxies=proxies if config.proxy_mix > 0 else (),
+                            realign=realign_pass_for(model, config=config),
+                            regmean=regmean_pass_for(model, config=config, train_batches=train_batches,
+                                                     proxies=proxies, proxy_batches=inputs.proxy_batches))
     _check_run(config=config, n_batches=n_batches, validation=validation)
     params, optimizer, scheduler, generator = _optimisation(model, config=config, optimizer=optimizer, n_batches=n_batches)
     keeper = _Keeper(model, config=config, validation=validation)
@@ -304,7 +311,7 @@ def _train_attempt(model: torch.nn.Module, inputs: _RunInputs, *, config: Protec
     keeper.start()
     variants = VariantState(model, train_batches, config=config, loss_fn=loss_fn, reference=reference,
                          teacher=keeper.snapshot() if config.distill > 0 or config.lam_control > 0 else None,
-                         proxies=validation.proxies, realign=validation.realign)
+                         proxies=validation.proxies, realign=validation.realign, regmean=validation.regmean)
     steps, epoch, history, done = 0, 0, [], keeper.stopped
     model.train()
     while not done and epoch < config.epochs:
@@ -383,9 +390,9 @@ def _step(model: torch.nn.Module, batch: Any, *, config: ProtectConfig, params: 
     optimizer.zero_grad(set_to_none=True)
     lam = variants.lam if variants is not None else None
     proxy = variants.proxy(generator) if variants is not None else None
-    realign = variants.realign(generator) if variants is not None else None
+    merge_pass = variants.merge_pass(generator) if variants is not None else None
     out = trap2_loss(model, batch, config=config, generator=generator, reference=reference, loss_fn=loss_fn,
-                     teacher=teacher, shift=shift, lam=lam, proxy=proxy, realign=realign)
+                     teacher=teacher, shift=shift, lam=lam, proxy=proxy, merge_pass=merge_pass)
     if variants is not None:
         variants.control(out)
     if not torch.isfinite(out.loss):
@@ -403,8 +410,8 @@ def _step(model: torch.nn.Module, batch: Any, *, config: ProtectConfig, params: 
         scheduler.step()
     record = {"step": step + 1, "loss": float(out.loss.detach()), "standalone": out.standalone_loss,
               "scaled": out.scaled_loss, "scale": out.scale, "lam": config.lam if lam is None else lam}
-    if config.realign_mix:
-        record["realigned"] = float(realign is not None)
+    if config.realign_mix or config.regmean_mix:
+        record["realigned" if config.realign_mix else "regmean"] = float(merge_pass is not None)
     return record if not config.proxy_mix else {**record, "proxy": float(proxy is not None)}
 
 

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     import torch
 
     from hubguard.protect.realign_pass import RealignPass
+    from hubguard.protect.regmean_pass import RegMeanPass
 
 Score = Callable[["torch.nn.Module"], float]
 
@@ -45,10 +46,12 @@ class Validation:
     def __init__(self, model: torch.nn.Module, *, config: ProtectConfig, val_batches: Iterable[Any] | None,
                  loss_fn: LossFn | None, val_score_fn: Score | None, probe_score_fn: Score | None,
                  reference: Mapping[str, torch.Tensor] | None,
-                 proxies: Sequence[Mapping[str, torch.Tensor]] = (), realign: RealignPass | None = None) -> None:
+                 proxies: Sequence[Mapping[str, torch.Tensor]] = (), realign: RealignPass | None = None,
+                 regmean: RegMeanPass | None = None) -> None:
         self.model, self.config, self.reference = model, config, reference
         self.proxies = list(proxies)  # checked (`variants.check_proxies`); with them the probes are merges
         self.realign = realign  # `config.realign_mix`: the probes also score the realigned merges
+        self.regmean = regmean  # `config.regmean_mix`: the probes also score RegMean's merges at s = 1, every α
         self.val_batches, self.loss_fn = val_batches, loss_fn
         self.val_score_fn, self.probe_score_fn = val_score_fn, probe_score_fn
 
@@ -94,6 +97,9 @@ class Validation:
                 if self.realign is not None:
                     with self.realign.applied(self.model, scale=s, shift=weighted_sum((1.0, p) for p in self.proxies)):
                         got.append(score())
+            for alpha in self.regmean.alphas if self.regmean is not None else ():
+                with self.regmean.at(alpha).applied(self.model):
+                    got.append(score())
             return max(got) if self.config.probe_aggregate == "max" else sum(got) / len(got)
 
         return self._in_eval(run)

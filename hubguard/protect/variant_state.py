@@ -1,6 +1,7 @@
 """What hubguard's variants of the Trap² objective keep between the steps of one run (`hubguard.protect.variants`):
 the starting update's outputs for `distill`, the adaptive λ of `lam_control`, the simulated re-fine-tune δ of
-`refit_steps`, the proxy updates of `proxy_mix` and the realigned pass of `realign_mix`."""
+`refit_steps`, the proxy updates of `proxy_mix`, the realigned pass of `realign_mix` and the RegMean pass of
+`regmean_mix`."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ if TYPE_CHECKING:
     import torch
 
     from hubguard.protect.realign_pass import RealignPass
+    from hubguard.protect.regmean_pass import RegMeanAt, RegMeanPass
 
 
 class VariantState:
@@ -26,7 +28,8 @@ class VariantState:
     def __init__(self, model: torch.nn.Module, batches: Iterable[Any], *, config: ProtectConfig,
                  loss_fn: LossFn | None, reference: Mapping[str, torch.Tensor] | None,
                  teacher: dict[str, torch.Tensor] | None,
-                 proxies: Iterable[Mapping[str, torch.Tensor]] = (), realign: RealignPass | None = None) -> None:
+                 proxies: Iterable[Mapping[str, torch.Tensor]] = (), realign: RealignPass | None = None,
+                 regmean: RegMeanPass | None = None) -> None:
         import itertools
 
         self.model, self.config, self.loss_fn, self.reference = model, config, loss_fn, reference
@@ -39,19 +42,25 @@ class VariantState:
         self._excess: float | None = None
         self.proxies = list(proxies)  # checked by train_protected (`variants.check_proxies`)
         self.realign_pass = realign  # `config.realign_mix`'s RealignPass, or None
+        self.regmean_pass = regmean  # `config.regmean_mix`'s RegMeanPass, or None
 
     def proxy(self, generator: torch.Generator) -> dict[str, torch.Tensor] | None:
         """This step's proxy merge shift (`config.proxy_mix`), or None."""
         return proxy_shift(self.proxies, config=self.config, generator=generator) if self.config.protected else None
 
-    def realign(self, generator: torch.Generator) -> RealignPass | None:
-        """This step's realigned trap pass (`config.realign_mix`), or None; draws nothing when it is off, so runs
-        without it keep their random sequence."""
+    def merge_pass(self, generator: torch.Generator) -> RealignPass | RegMeanAt | None:
+        """This step's merge pass: the realigned one (`config.realign_mix`), the RegMean one at a drawn α
+        (`config.regmean_mix`), or None; draws nothing when both are off, so runs without them keep their random
+        sequence."""
         import torch
 
-        if self.realign_pass is None or float(torch.rand((), generator=generator)) >= self.config.realign_mix:
+        if self.realign_pass is not None:
+            drawn = float(torch.rand((), generator=generator)) < self.config.realign_mix
+            return self.realign_pass if drawn else None
+        if self.regmean_pass is None or float(torch.rand((), generator=generator)) >= self.config.regmean_mix:
             return None
-        return self.realign_pass
+        alphas = self.regmean_pass.alphas
+        return self.regmean_pass.at(alphas[int(torch.randint(len(alphas), (), generator=generator))])
 
     def control(self, out: Any) -> None:
         """Constrained Trap² (`config.lam_control`): move log λ against the standalone loss's excess over the

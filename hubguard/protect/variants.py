@@ -184,8 +184,9 @@ def check_proxies(model: torch.nn.Module, proxies: Iterable[Mapping[str, torch.T
     if config.proxy_mix > 0 and not any(out):
         raise ProtectionError("proxy_mix > 0 needs proxy updates: pass train_protected(proxies=[{name: ΔW}, ...]), "
                               "updates of other public tasks from the same base, or set proxy_mix=0.")
-    if out and not config.proxy_mix > 0:
-        raise ProtectionError("proxies were given but proxy_mix is 0, so they would not be used; set proxy_mix > 0.")
+    if out and not (config.proxy_mix > 0 or config.regmean_mix > 0):
+        raise ProtectionError("proxies were given but proxy_mix and regmean_mix are 0, so they would not be used; set "
+                              "proxy_mix > 0 (or regmean_mix > 0).")
     for j, proxy in enumerate(out):
         for n, d in proxy.items():
             if n not in names:
