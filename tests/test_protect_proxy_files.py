@@ -127,3 +127,29 @@ def test_cli_protect_with_proxies(folders, tmp_path):
     assert res.exit_code == 2 and "LO,HI" in res.output
     res = CliRunner().invoke(protect_app, [*common, "--out", str(tmp_path / "o3"), "--proxy-mix", "0.5"])
     assert res.exit_code == 2 and "needs proxy updates" in res.output
+
+
+def test_cli_protect_with_regmean_mix_reads_each_proxys_data(folders, tmp_path):
+    """`--regmean-mix` with `--proxy-data` (one file per --proxy): trained, recorded in the card; a missing or
+    mismatched --proxy-data is refused with the fix."""
+    from typer.testing import CliRunner
+
+    from hubguard.cli.protect import protect_app
+
+    paths = folders["paths"]
+    data, other = tmp_path / "apache.txt", tmp_path / "gpl.txt"
+    data.write_text((LICENSES / "Apache-2.0").read_text()[:3000])
+    other.write_text((LICENSES / "GPL-3").read_text()[:3000])
+    common = ["--base", str(paths["base"]), "--data", str(data), "--epochs", "1", "--max-length", "32",
+              "--proxy", str(paths["adapter"]), "--proxy", str(paths["full"]), "--regmean-mix", "0.5"]
+    res = CliRunner().invoke(protect_app, [*common, "--out", str(tmp_path / "out"), "--proxy-data", str(other),
+                                           "--proxy-data", str(data), "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output[res.output.index("{"):])
+    assert out["settings"]["regmean_mix"] == 0.5 and out["training"]["proxy_data"] == [str(other), str(data)]
+    card = json.loads((tmp_path / "out" / "hubguard_protection.json").read_text())
+    assert card["settings"]["regmean_mix"] == 0.5 and card["training"]["proxy_data"] == out["training"]["proxy_data"]
+    res = CliRunner().invoke(protect_app, [*common, "--out", str(tmp_path / "o2"), "--proxy-data", str(other)])
+    assert res.exit_code == 2 and "one file per --proxy" in res.output
+    res = CliRunner().invoke(protect_app, [*common, "--out", str(tmp_path / "o3")])
+    assert res.exit_code == 2 and "--proxy-data" in res.output

@@ -86,6 +86,10 @@ def protect_command(
                                                          "(default 1 with --proxy)")] = None,
     proxy_scale: Annotated[str, typer.Option(help="LO,HI: each proxy's merge coefficient is drawn from "
                                                   "[LO, HI]")] = "0.5,1.5",
+    regmean_mix: Annotated[float, typer.Option(help="share of trap passes on RegMean's merge with the proxies, "
+                                                    "weighted by --proxy-data (LoRA; not in the paper)")] = 0.0,
+    proxy_data: Annotated[list[str] | None, typer.Option(help="--regmean-mix: each --proxy's task data (as DATA), "
+                                                              "in --proxy's order")] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Fine-tune BASE on DATA with Trap² protection and write a standard adapter / model to OUT.
@@ -106,11 +110,16 @@ def protect_command(
                            project_conflicts=project_conflicts, loss_cap=loss_cap, cap_per_example=cap_per_example,
                            stop_at_loss=stop_at_loss, retries=retries, realign_mix=realign_mix,
                            trap_fraction=trap_fraction, lock=lock,
-                           lock_gain=lock_gain, proxies=proxy or [],
-                           proxy_mix=proxy_mix, proxy_scale=scale)
+                           lock_gain=lock_gain, proxies=proxy or [], proxy_mix=proxy_mix, proxy_scale=scale,
+                           regmean_mix=regmean_mix, proxy_data=proxy_data or [])
     except HubguardError as exc:
         _fail(exc)
         return
+    _report_protected(res, as_json=as_json)
+
+
+def _report_protected(res: dict[str, Any], *, as_json: bool) -> None:
+    """Where the update went (or the whole result as JSON), and a warning when Trap² kept the update it was given."""
     selected = res["training"].get("selected") or {}
     if selected.get("protected") is False:
         tries = len(res["training"].get("attempts") or ()) or 1

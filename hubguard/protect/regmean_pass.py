@@ -85,7 +85,7 @@ class RegMeanPass:
                                   "(hubguard.protect.trainer.attach_lora), or set regmean_mix=0.")
         if not proxies or len(proxy_batches) != len(proxies):
             raise ProtectionError(f"regmean_mix merges the update with the proxies by their own inputs: pass proxies and "
-                                  f"one iterable of batches per proxy (proxy_batches=), got {len(proxies)} proxies and "
+                                  f"one iterable of batches per proxy (proxy_batches=; `hubguard protect --proxy-data`), got {len(proxies)} proxies and "
                                   f"{len(proxy_batches)} batch lists.")
         self.layers = {f"{n}.base_layer.weight": m for n, m in modules.items()}
         params = dict(model.named_parameters())

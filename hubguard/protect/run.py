@@ -47,6 +47,7 @@ def protect_main(
     stop_at_loss: float | None = None, retries: int = 0, realign_mix: float = 0.0, trap_fraction: float = 1.0,
     lock: bool = False, lock_gain: float = 100.0,
     proxies: Sequence[str | Path] = (), proxy_mix: float | None = None, proxy_scale: tuple[float, float] = (0.5, 1.5),
+    regmean_mix: float = 0.0, proxy_data: Sequence[str | Path] = (),
 ) -> dict[str, Any]:
     """Train a protected update of `base` on `data` and save it to `out` (adapter or full model + card).
 
@@ -63,7 +64,8 @@ def protect_main(
     directions chosen on the first training batches); it changes nothing at s = 1.
     `proxies`: public fine-tunes of `base` (adapter or model folders, hf://ORG/NAME) the trap is also trained to
     break in a merge (`ProtectConfig.proxy_mix`, default 1 with proxies: every trap pass is such a merge, each proxy
-    at a coefficient drawn from `proxy_scale`; `hubguard.protect.proxies`).
+    at a coefficient drawn from `proxy_scale`; `hubguard.protect.proxies`). `regmean_mix`: the share of trap passes on
+    RegMean's merge with them (`ProtectConfig.regmean_mix`), weighted by `proxy_data`, each proxy's task data.
     """
     import torch
 
@@ -78,7 +80,7 @@ def protect_main(
                             batch_size=batch_size, seed=seed, lam=lam, selection=selection, init=init,
                             project_conflicts=project_conflicts, loss_cap=loss_cap, cap_per_example=cap_per_example,
                             tolerance=tolerance, stop_at_loss=stop_at_loss, retries=retries,
-                            realign_mix=realign_mix, trap_fraction=trap_fraction,
+                            realign_mix=realign_mix, trap_fraction=trap_fraction, regmean_mix=regmean_mix,
                             proxy_mix=(1.0 if proxies else 0.0) if proxy_mix is None else proxy_mix,
                             proxy_scale=tuple(proxy_scale))
     text = read_text_data(data, task=task)
@@ -99,19 +101,38 @@ def protect_main(
     elif mode == "lora":
         model = attach_lora(model, config=config, task_type="CAUSAL_LM" if task == "causal-lm" else "SEQ_CLS")
     lock_config = _lock_config(gain=lock_gain) if lock else None  # checked before training
-    proxy_deltas = []
-    if proxies:
-        from hubguard.protect.proxies import read_proxies
-
-        proxy_deltas = read_proxies(proxies, base=base, model=model, mode=mode)
+    proxy_deltas, proxy_batches = _proxy_inputs(proxies=proxies, proxy_data=proxy_data, base=base, model=model,
+                                                mode=mode, tokenizer=tok, task=task, batch_size=batch_size,
+                                                max_length=max_length)
     result = train_protected(model, train_batches=train_b, val_batches=val_b, config=config, reference=reference,
-                             proxies=proxy_deltas)
+                             proxies=proxy_deltas, proxy_batches=proxy_batches)
     training = {**result.to_dict(), "task": task, "data": str(data), "examples": len(text.texts),
-                "init": str(init) if init is not None else None, "proxies": [str(p) for p in proxies]}
+                "init": str(init) if init is not None else None, "proxies": [str(p) for p in proxies],
+                "proxy_data": [str(p) for p in proxy_data]}
     lock_record = _save_update(model, out=out, base=base, lock_config=lock_config, calibration=train_b[:8])
     tok.save_pretrained(str(out))
     write_protection_card(out, config=config, base_model=str(base), training=training, lock=lock_record)
     return {"out": str(out), "mode": mode, "settings": config.to_dict(), "training": training, "lock": lock_record}
+
+
+def _proxy_inputs(*, proxies: Sequence[str | Path], proxy_data: Sequence[str | Path], base: Path, model: Any,
+                  mode: str, tokenizer: Any, task: str, batch_size: int, max_length: int) -> tuple[list, list]:
+    """The proxies' ΔW (`hubguard.protect.proxies.read_proxies`) and, for `regmean_mix`, each proxy's task batches
+    read from `proxy_data` (one file per proxy, in the same order)."""
+    if proxy_data and len(proxy_data) != len(proxies):
+        raise ProtectionError(f"--proxy-data gives each --proxy's task data: {len(proxies)} proxies and "
+                              f"{len(proxy_data)} data files; pass one file per --proxy, in the same order.")
+    deltas: list = []
+    if proxies:
+        from hubguard.protect.proxies import read_proxies
+
+        deltas = read_proxies(proxies, base=base, model=model, mode=mode)
+    batches = []
+    for path in proxy_data:
+        text = read_text_data(path, task=task)
+        batches.append(make_batches(text, tokenizer=tokenizer, task=task, batch_size=batch_size,
+                                    max_length=max_length, label_names=text.label_names))
+    return deltas, batches
 
 
 def _check_outputs(*, out: Path, init: str | Path | None, mode: str, overwrite: bool, selection: str,
@@ -134,7 +155,7 @@ def protect_config(
     lam: float | None, selection: str, init: str | Path | None, project_conflicts: bool, loss_cap: float | None,
     cap_per_example: bool, tolerance: float | None, stop_at_loss: float | None, proxy_mix: float = 0.0,
     proxy_scale: tuple[float, float] = (0.5, 1.5), retries: int = 0, realign_mix: float = 0.0,
-    trap_fraction: float = 1.0,
+    trap_fraction: float = 1.0, regmean_mix: float = 0.0,
 ) -> Any:
     """The `ProtectConfig` of `hubguard protect`'s options (a paper preset with the given overrides)."""
     from hubguard.protect.config import ProtectConfig
@@ -144,7 +165,8 @@ def protect_config(
                                  "project_conflicts": project_conflicts, "scaled_loss_cap": loss_cap,
                                  "cap_per_example": cap_per_example, "proxy_mix": proxy_mix,
                                  "proxy_scale": proxy_scale, "retries": retries,
-                                 "realign_mix": realign_mix, "trap_fraction": trap_fraction}
+                                 "realign_mix": realign_mix, "trap_fraction": trap_fraction,
+                                 "regmean_mix": regmean_mix}
     if lam is not None:
         overrides["lam"] = lam
     if init is not None:  # the kept update must stay within tolerance of the update being protected
