@@ -226,7 +226,7 @@ def train_task(s: LLMSetting, task: str, *, seed: int, args: argparse.Namespace,
                             probe_scales=(0.3, 0.6, 1.5), proxy_mix=1.0 if proxies else 0.0,
                             proxy_scale=tuple(args.proxy_scale), distill=args.distill, retries=args.retries,
                             realign_mix=args.realign_mix, trap_fraction=args.trap_fraction,
-                            regmean_mix=args.regmean_mix if proxies else 0.0)
+                            regmean_mix=args.regmean_mix if proxies else 0.0, regmean_refresh=args.regmean_refresh)
         kwargs = {"probe_score_fn": lambda m: s.em(m, task, "val", limit=args.probe_limit), "proxies": proxies or (),
                   # RegMean's weights of the protector's own runs: their training inputs (the protector has them)
                   "proxy_batches": [s.batches(t, "train", 16) for t in TASKS[1:]] if proxies and args.regmean_mix

@@ -30,6 +30,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--trap-budget", type=float, default=0.5)
     ap.add_argument("--regmean-mix", type=float, default=0.0, help="trap2-public: share of trap passes on RegMean's "
                     "merge with the protector's own runs, weighted by their training inputs (ProtectConfig.regmean_mix)")
+    ap.add_argument("--regmean-refresh", type=int, default=0, help="--regmean-mix: the protected task's Grams again "
+                    "at the current weights every N Trap² steps (ProtectConfig.regmean_refresh; 0: once)")
     ap.add_argument("--realign-mix", type=float, default=0.0, help="Trap² runs: share of trap passes on the realigned "
                     "update, whose merges the probes also score (ProtectConfig.realign_mix)")
     ap.add_argument("--trap-fraction", type=float, default=1.0, help="Trap² runs: share of each batch the trap "
@@ -76,6 +78,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         ap.error("--realign-mix: a share in [0, 1]")
     if not 0 <= args.regmean_mix <= 1 or (args.regmean_mix and args.realign_mix):
         ap.error("--regmean-mix: a share in [0, 1], not with --realign-mix")
+    if args.regmean_refresh < 0:
+        ap.error("--regmean-refresh: a number of steps >= 0")
     if not 0 < args.trap_fraction <= 1:
         ap.error("--trap-fraction: a share in (0, 1]")
     if args.probe_limit < 1:

@@ -236,6 +236,7 @@ def test_regmean_mix_reaches_trap2_public_with_the_protectors_own_batches(settin
     res = train_task(s, TASKS[0], seed=0, args=args, init=plain[0], proxies=proxy_deltas(s, plain[0], own))[2]
     steps = [r for r in res.history if "standalone" in r]
     assert steps and all(r["regmean"] == 1.0 and r["proxy"] == 1.0 for r in steps)
-    for bad in (["--regmean-mix", "1.5"], ["--regmean-mix", "0.5", "--realign-mix", "0.5"]):
+    assert parse_args(["--regmean-mix", "0.5", "--regmean-refresh", "20"]).regmean_refresh == 20
+    for bad in (["--regmean-mix", "1.5"], ["--regmean-mix", "0.5", "--realign-mix", "0.5"], ["--regmean-refresh", "-1"]):
         with pytest.raises(SystemExit):
             parse_args(bad)

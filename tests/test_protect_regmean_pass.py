@@ -52,11 +52,12 @@ def _checkpoint(name: str) -> str:
     return name.removeprefix("base_model.model.").replace(".base_layer.", ".")
 
 
-def _states(tiny) -> tuple[dict, dict, list[dict]]:
-    """(W0, the released W0 + ΔW, [W0 + P_j]) as full checkpoints (what a merger downloads)."""
+def _states(tiny, model=None) -> tuple[dict, dict, list[dict]]:
+    """(W0, the released W0 + ΔW of `model` (default the fixture's), [W0 + P_j]) as full checkpoints (what a merger
+    downloads)."""
     w0 = {k: v.clone() for k, v in tiny["base"].state_dict().items()}
     released = dict(w0)
-    for name, module in tiny["model"].named_modules():
+    for name, module in (model or tiny["model"]).named_modules():
         if hasattr(module, "get_delta_weight") and "default" in getattr(module, "lora_A", {}):
             key = name.removeprefix("base_model.model.") + ".weight"
             released[key] = w0[key] + module.get_delta_weight("default").detach()
@@ -64,17 +65,13 @@ def _states(tiny) -> tuple[dict, dict, list[dict]]:
     return w0, released, others
 
 
-def test_regmean_pass_at_one_is_the_attackers_regmean_merge(tiny):
-    """The RegMean attack (hubguard.protect.attacks.regmean, its Grams on the same batches) builds W*(α); the pass at
-    s = 1 computes exactly that model, and at s = 0.4 the merge W0 + 0.4·(W*(α) − W0)."""
-    model, batch = tiny["model"], tiny["train"][0]
-    cfg = ProtectConfig(lam=1.0, proxy_mix=1.0, regmean_mix=1.0, regmean_batches=3)
-    rp = RegMeanPass(model, config=cfg, train_batches=tiny["train"], proxies=tiny["proxies"],
-                     proxy_batches=tiny["proxy_batches"])
-    w0, released, others = _states(tiny)
-    built: dict[float, dict] = {}
+def _attackers_regmean(tiny, model=None) -> tuple[dict, dict[float, dict]]:
+    """W0 and the RegMean attack's W*(α) (hubguard.protect.attacks.regmean, its Grams on the same batches), caught
+    through its validation callback, which sees every state it builds."""
+    w0, released, others = _states(tiny, model)
+    built: dict[int, dict] = {}
 
-    def keep(state):  # the attack's validation callback sees every W*(α) it builds
+    def keep(state):
         built[len(built)] = {k: v.clone() for k, v in state.items()}
         return float(len(built))
 
@@ -82,8 +79,19 @@ def test_regmean_pass_at_one_is_the_attackers_regmean_merge(tiny):
                              data=(tiny["train"], *tiny["proxy_batches"]))
     regmean(AttackSetting(base=w0, protected=released, others=tuple(others), val_score=keep,
                           test_metrics=lambda s: {"loss": 0.0}, verdict_key="loss", attacker=attacker))
-    merged = {a: built[i] for i, a in enumerate(attacker.regmean_alphas)}
-    assert rp.alphas == attacker.regmean_alphas
+    return w0, {a: built[i] for i, a in enumerate(attacker.regmean_alphas)}
+
+
+def test_regmean_pass_at_one_is_the_attackers_regmean_merge(tiny):
+    """The RegMean attack builds W*(α); the pass at s = 1 computes exactly that model, and at s = 0.4 the merge
+    W0 + 0.4·(W*(α) − W0)."""
+    model, batch = tiny["model"], tiny["train"][0]
+    cfg = ProtectConfig(lam=1.0, proxy_mix=1.0, regmean_mix=1.0, regmean_batches=3)
+    rp = RegMeanPass(model, config=cfg, train_batches=tiny["train"], proxies=tiny["proxies"],
+                     proxy_batches=tiny["proxy_batches"])
+    w0, merged = _attackers_regmean(tiny)
+    _, released, others = _states(tiny)
+    assert rp.alphas == tuple(merged)
     check = copy.deepcopy(tiny["base"])
     with torch.no_grad():
         for alpha, state in merged.items():
@@ -98,6 +106,28 @@ def test_regmean_pass_at_one_is_the_attackers_regmean_merge(tiny):
         assert (at_half - call(model, batch, rp.at(1.0).parameters(model, scale=1.0)).logits).abs().max() > 1e-3
         check.load_state_dict({k: w0[k] + sum(o[k] - w0[k] for o in [released, *others]) for k in w0})
         assert (check(**batch).logits - want).abs().max() > 1e-2  # RegMean is not task arithmetic at 1
+
+
+def test_regmean_refresh_follows_the_current_weights(tiny):
+    """After the update moved, `refresh` recomputes the protected task's Grams there: the pass is again the
+    attacker's RegMean of the update as it now stands; without it the pass keeps the old weights' Grams."""
+    model, batch = copy.deepcopy(tiny["model"]), tiny["train"][0]
+    cfg = ProtectConfig(lam=1.0, proxy_mix=1.0, regmean_mix=1.0, regmean_batches=3, regmean_refresh=5)
+    rp = RegMeanPass(model, config=cfg, train_batches=tiny["train"], proxies=tiny["proxies"],
+                     proxy_batches=tiny["proxy_batches"])
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.mul_(4.0)
+    _, merged = _attackers_regmean(tiny, model)
+    check = copy.deepcopy(tiny["base"])
+    with torch.no_grad():
+        check.load_state_dict(merged[1.0])
+        want = check(**batch).logits
+        stale = call(model, batch, rp.at(1.0).parameters(model, scale=1.0)).logits
+        assert (stale - want).abs().max() > 1e-3
+        rp.refresh(model)
+        assert torch.allclose(call(model, batch, rp.at(1.0).parameters(model, scale=1.0)).logits, want, atol=1e-4)
 
 
 def test_regmean_pass_is_differentiable_and_applied_in_place_restores(tiny):
@@ -139,6 +169,11 @@ def test_training_with_regmean_mix_draws_the_pass_and_probes_it(tiny):
     assert len(steps) == 6 and all(r["regmean"] == 1.0 for r in steps)
     assert res.selected["start_trap"] >= max(start_regmean) - 1e-5  # the probes' max includes RegMean's merges
     assert all(r["scale"] <= 1.0 for r in steps)  # a merge's scales: U[scale_min, 1]
+    fresh = train_protected(copy.deepcopy(tiny["model"]), train_batches=tiny["train"][:2], val_batches=val,
+                            config=cfg.replace(regmean_refresh=2), proxies=tiny["proxies"],
+                            proxy_batches=tiny["proxy_batches"])
+    assert [r["loss"] for r in fresh.history[:2]] == [r["loss"] for r in res.history[:2]]  # same until the refresh
+    assert [r["loss"] for r in fresh.history[2:6]] != [r["loss"] for r in res.history[2:6]]
 
 
 def test_regmean_mix_says_what_it_needs(tiny):
@@ -146,6 +181,8 @@ def test_regmean_mix_says_what_it_needs(tiny):
         ProtectConfig(regmean_mix=1.5)
     with pytest.raises(ProtectionError, match=r"regmean_alphas values in \[0, 1\]"):
         ProtectConfig(regmean_mix=0.5, regmean_alphas=(1.5,))
+    with pytest.raises(ProtectionError, match="regmean_refresh >= 0"):
+        ProtectConfig(regmean_mix=0.5, regmean_refresh=-1)
     with pytest.raises(ProtectionError, match="mode='lora' only"):
         ProtectConfig(mode="full", regmean_mix=0.5)
     with pytest.raises(ProtectionError, match="cannot be combined with realign_mix"):

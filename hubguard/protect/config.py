@@ -137,6 +137,7 @@ class ProtectConfig:
     regmean_mix: float = 0.0
     regmean_alphas: tuple[float, ...] = (0.5, 0.9, 1.0)
     regmean_batches: int = 16
+    regmean_refresh: int = 0  # recompute the protected task's Grams at the current weights every N steps (0: once)
     # Constrained Trap²: λ adapts every step so that the standalone loss stays within `lam_slack` nats of the
     # starting update's on the same batch (its loss in eval mode, without dropout: `variants.TeacherOutputs`): log λ -= lam_control · (EMA of the excess − lam_slack), within
     # [lam / 20, lam · 20]. 0 = the paper's fixed λ.
@@ -241,9 +242,10 @@ class ProtectConfig:
         """What is wrong with the `regmean_mix` settings (empty when nothing)."""
         alphas_ok = (isinstance(self.regmean_alphas, tuple) and len(self.regmean_alphas) > 0
                      and all(0 <= a <= 1 for a in self.regmean_alphas))
-        if not 0 <= self.regmean_mix <= 1 or not alphas_ok or self.regmean_batches < 1:
-            return [f"regmean_mix must be in [0, 1], regmean_alphas values in [0, 1] and regmean_batches >= 1, got "
-                    f"{self.regmean_mix}, {self.regmean_alphas}, {self.regmean_batches}"]
+        if not 0 <= self.regmean_mix <= 1 or not alphas_ok or self.regmean_batches < 1 or self.regmean_refresh < 0:
+            return [f"regmean_mix must be in [0, 1], regmean_alphas values in [0, 1], regmean_batches >= 1 and "
+                    f"regmean_refresh >= 0, got {self.regmean_mix}, {self.regmean_alphas}, {self.regmean_batches}, "
+                    f"{self.regmean_refresh}"]
         if not self.regmean_mix:
             return []
         if self.mode != "lora":

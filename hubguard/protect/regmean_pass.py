@@ -15,7 +15,8 @@ probes score it at s = 1 for every α:
 G_t = α·XᵀX + (1 − α)·diag(XᵀX) as the attacker's, X the inputs of each LoRA layer at every token position: G_0 on
 the protected task's first `regmean_batches` training batches at the starting update, G_j on proxy j's batches
 (`train_protected(proxy_batches=...)`) at W0 + P_j. They are computed once per attempt, before its first step
-(the attacker's Grams are of the released model, which the run has not made yet). LoRA only; the base weights under
+(the attacker's Grams are of the released model, which the run has not made yet), and G_0 again every
+`regmean_refresh` steps at the current weights when that is set. LoRA only; the base weights under
 the LoRA layers are overridden and lora_B set to zero in the pass, so the gradient reaches A and B through ΔW.
 """
 
@@ -92,14 +93,21 @@ class RegMeanPass:
         self.base = {n: params[n].detach().clone() for n in self.layers}
         self.lora_b = [n for n in params if "lora_B" in n and params[n].requires_grad]
         off = {n: torch.zeros_like(params[n]) for n in self.lora_b}
-        grams = [layer_grams(model, train_batches, layers=self.layers, limit=config.regmean_batches)]
-        for proxy, batches in zip(proxies, proxy_batches, strict=True):
-            at_proxy = {**off, **{n: self.base[n] + proxy[n] for n in self.layers if n in proxy}}
-            grams.append(layer_grams(model, batches, layers=self.layers, limit=config.regmean_batches,
-                                     overrides=at_proxy))
+        self.proxies, self.train_batches, self.limit = list(proxies), train_batches, config.regmean_batches
+        self.proxy_grams = [  # G_j at W0 + P_j: fixed for the run
+            layer_grams(model, batches, layers=self.layers, limit=self.limit,
+                        overrides={**off, **{n: self.base[n] + proxy[n] for n in self.layers if n in proxy}})
+            for proxy, batches in zip(proxies, proxy_batches, strict=True)]
         self.alphas = tuple(config.regmean_alphas)
         self.own: dict[float, dict[str, torch.Tensor]] = {}  # α -> layer -> A_0 [in, in]
         self.others: dict[float, dict[str, torch.Tensor]] = {}  # α -> layer -> Σ_j P_j·A_j [out, in]
+        self.refresh(model)
+
+    def refresh(self, model: torch.nn.Module) -> None:
+        """G_0 again at the model's current weights, and every A_t with it (`config.regmean_refresh`)."""
+        import torch
+
+        grams = [layer_grams(model, self.train_batches, layers=self.layers, limit=self.limit), *self.proxy_grams]
         for alpha in self.alphas:
             self.own[alpha], self.others[alpha] = {}, {}
             for n in self.layers:
@@ -109,7 +117,7 @@ class RegMeanPass:
                 # A_t = G_t·den⁻¹; den and G_t are symmetric, so A_t = (den⁻¹·G_t)ᵀ
                 mats = [torch.linalg.solve(den, g).T for g in gs]
                 self.own[alpha][n] = mats[0].to(self.base[n].dtype)
-                self.others[alpha][n] = sum((p[n].float() @ a for p, a in zip(proxies, mats[1:], strict=True)
+                self.others[alpha][n] = sum((p[n].float() @ a for p, a in zip(self.proxies, mats[1:], strict=True)
                                              if n in p), torch.zeros_like(self.base[n], dtype=torch.float32)
                                             ).to(self.base[n].dtype)
 

@@ -390,6 +390,8 @@ def _step(model: torch.nn.Module, batch: Any, *, config: ProtectConfig, params: 
     optimizer.zero_grad(set_to_none=True)
     lam = variants.lam if variants is not None else None
     proxy = variants.proxy(generator) if variants is not None else None
+    if variants is not None:
+        variants.refresh(step)
     merge_pass = variants.merge_pass(generator) if variants is not None else None
     out = trap2_loss(model, batch, config=config, generator=generator, reference=reference, loss_fn=loss_fn,
                      teacher=teacher, shift=shift, lam=lam, proxy=proxy, merge_pass=merge_pass)

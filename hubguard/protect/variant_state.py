@@ -62,6 +62,13 @@ class VariantState:
         alphas = self.regmean_pass.alphas
         return self.regmean_pass.at(alphas[int(torch.randint(len(alphas), (), generator=generator))])
 
+    def refresh(self, step: int) -> None:
+        """Before step `step` (0-based): the RegMean pass's Grams of the protected task again at the current weights
+        every `config.regmean_refresh` steps (none at step 0: they were just computed)."""
+        every = self.config.regmean_refresh
+        if self.regmean_pass is not None and every and step and step % every == 0:
+            self.regmean_pass.refresh(self.model)
+
     def control(self, out: Any) -> None:
         """Constrained Trap² (`config.lam_control`): move log λ against the standalone loss's excess over the
         starting update's (EMA 0.9), minus the allowed slack."""
