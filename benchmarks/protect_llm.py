@@ -43,6 +43,10 @@ realign+kept_at_1,realign+refinetune,realign+finetune_after_merge,realign+learne
         --probe-limit 150 --tag _fast                          # a cheaper Trap²: results/protect_llm_fast_quick*.json
     python benchmarks/protect_llm.py --quick --seeds 0,1,2,3,4 --methods trap2-public,trap2-public+lock --retries 1 \
         --trap-fraction 0.5 --attacks all --tag _half    # trap passes on half the batch: results/protect_llm_half_quick*.json
+    python benchmarks/protect_llm.py --quick --seeds 0,1,2,3,4 --methods trap2-public,trap2-public+lock --retries 1 \
+        --regmean-mix 0.5 --attacks task_arithmetic,ties,dare_ties,realign,slerp,kept_at_1,refinetune,\
+finetune_after_merge,learned,regmean,realign+regmean --tag _regmean_mix   # RegMean in the loop (stopped after seeds 0, 1)
+    # the same with --regmean-refresh 20 --tag _regmean_refresh             # Grams refreshed (stopped after seed 0)
 
 QUICK (`--quick`): the full setting took 27 minutes for seed 0 on one thread (protect_llm_seed0.json, `seconds`
 1635; it predates the `cpu_seconds` field), about a third of it in the attacks' evaluations: too long for five

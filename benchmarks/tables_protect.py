@@ -127,7 +127,10 @@ PROTECT_TABLES: dict[str, tuple[str, Callable[[Any], str]]] = {
                       ("protect-llm-composed-quick", "protect_llm_composed_quick"),
                       ("protect-llm-realign-mix-quick", "protect_llm_realign_mix_quick"),
                       ("protect-llm-fast-quick", "protect_llm_fast_quick"),
-                      ("protect-llm-half-quick", "protect_llm_half_quick"))
+                      ("protect-llm-half-quick", "protect_llm_half_quick"),
+                      ("protect-llm-regmean-mix-quick", "protect_llm_regmean_mix_quick"),
+                      ("protect-llm-regmean-refresh-quick", "protect_llm_regmean_refresh_quick"),
+                      ("protect-lora-proxies-retry", "protect_lora_proxies_retry"))
     for kind, fn in (("targets", protect_targets), ("attacks", protect_attacks), ("others", protect_others))
 }
 PROTECT_TABLES["protect-llm-composed-quick-without"] = ("protect_llm_composed_quick", protect_without_update)

@@ -64,4 +64,5 @@ PROTECT_LLM_TABLES: dict[str, tuple[str, Callable[[Any], str]]] = {
     "protect-llm-realign-mix-quick-trap": ("protect_llm_realign_mix_quick", protect_llm_trap),
     "protect-llm-fast-quick-trap": ("protect_llm_fast_quick", protect_llm_trap),
     "protect-llm-half-quick-trap": ("protect_llm_half_quick", protect_llm_trap),
+    "protect-llm-regmean-mix-quick-trap": ("protect_llm_regmean_mix_quick", protect_llm_trap),
 }
