@@ -326,7 +326,9 @@ def headline(runs: dict[str, Any]) -> str:
 
 # the merge-protection runs the README's summary lists: result file stem -> what it is
 PROTECT_HEADLINE = {"protect_lora": "LoRA", "protect_full": "full fine-tuning", "protect_llm": "causal-LM LoRA",
-                    "protect_lora_proxies": "LoRA, proxy merges", "protect_full_proxies_ev6": "full, proxy merges",
+                    "protect_lora_proxies": "LoRA, proxy merges",
+                    "protect_lora_proxies_retry": "LoRA, proxy merges, Trap² retried once",
+                    "protect_full_proxies_ev6": "full, proxy merges",
                     "protect_llm_proxies": "causal-LM LoRA, proxy merges",
                     "protect_llm_proxies_distill": "causal-LM LoRA, proxy merges, distill 1",
                     "protect_llm_adaptive_retry_quick": "causal-LM LoRA (QUICK), proxy merges, Trap² retried once",
