@@ -18,6 +18,9 @@ the protected task's first `regmean_batches` training batches at the starting up
 (the attacker's Grams are of the released model, which the run has not made yet), and G_0 again every
 `regmean_refresh` steps at the current weights when that is set. LoRA only; the base weights under
 the LoRA layers are overridden and lora_B set to zero in the pass, so the gradient reaches A and B through ΔW.
+Memory: per LoRA layer, one [in, in] float32 Gram per proxy and one A_0 per α, plus one [out, in] Σ_j P_j·A_j per α
+(a 7B model's 128 q/k/v/o layers at in = 4096: 64 MiB each, so about 8 GiB per matrix kind); measured here only on
+the tiny Llama of benchmarks/protect_llm.py.
 """
 
 from __future__ import annotations
