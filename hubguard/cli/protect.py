@@ -87,7 +87,8 @@ def protect_command(
     proxy_scale: Annotated[str, typer.Option(help="LO,HI: each proxy's merge coefficient is drawn from "
                                                   "[LO, HI]")] = "0.5,1.5",
     regmean_mix: Annotated[float, typer.Option(help="share of trap passes on RegMean's merge with the proxies, "
-                                                    "weighted by --proxy-data (LoRA; not in the paper)")] = 0.0,
+                                                    "weighted by --proxy-data (LoRA; experimental: in the benchmark "
+                                                    "it did not carry over to other runs' RegMean)")] = 0.0,
     proxy_data: Annotated[list[str] | None, typer.Option(help="--regmean-mix: each --proxy's task data (as DATA), "
                                                               "in --proxy's order")] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
