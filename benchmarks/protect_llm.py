@@ -39,6 +39,7 @@ realign+kept_at_1,realign+refinetune,realign+finetune_after_merge,realign+learne
     python benchmarks/protect_llm.py --quick --seeds 0,1,2,3,4 --methods trap2-public,trap2-public+lock \
         --realign-mix 0.5 --probe-limit 150 --retries 1 --attacks task_arithmetic,ties,dare_ties,realign,learned,regmean \
         --tag _realign_mix                                          # realign in the loop: results/protect_llm_realign_mix_quick*.json
+    # the same with --realign-mix 0.25 --tag _realign_mix25: results/protect_llm_realign_mix25_quick*.json
     python benchmarks/protect_llm.py --quick --seeds 0,1,2,3,4 --methods trap2-public --trap-budget 0.45 \
         --probe-limit 150 --tag _fast                          # a cheaper Trap²: results/protect_llm_fast_quick*.json
     python benchmarks/protect_llm.py --quick --seeds 0,1,2,3,4 --methods trap2-public,trap2-public+lock --retries 1 \

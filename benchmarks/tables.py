@@ -332,7 +332,8 @@ PROTECT_HEADLINE = {"protect_lora": "LoRA", "protect_full": "full fine-tuning", 
                     "protect_llm_proxies": "causal-LM LoRA, proxy merges",
                     "protect_llm_proxies_distill": "causal-LM LoRA, proxy merges, distill 1",
                     "protect_llm_adaptive_retry_quick": "causal-LM LoRA (QUICK), proxy merges, Trap² retried once",
-                    "protect_llm_realign_mix_quick": "causal-LM LoRA (QUICK), proxy merges, realign in the loop 0.5"}
+                    "protect_llm_realign_mix_quick": "causal-LM LoRA (QUICK), proxy merges, realign in the loop 0.5",
+                    "protect_llm_realign_mix25_quick": "causal-LM LoRA (QUICK), proxy merges, realign in the loop 0.25"}
 
 
 # the runs whose every attack the summary counts: result file stem -> what it is

@@ -126,6 +126,7 @@ PROTECT_TABLES: dict[str, tuple[str, Callable[[Any], str]]] = {
                       ("protect-llm-adaptive-retry-quick", "protect_llm_adaptive_retry_quick"),
                       ("protect-llm-composed-quick", "protect_llm_composed_quick"),
                       ("protect-llm-realign-mix-quick", "protect_llm_realign_mix_quick"),
+                      ("protect-llm-realign-mix25-quick", "protect_llm_realign_mix25_quick"),
                       ("protect-llm-fast-quick", "protect_llm_fast_quick"),
                       ("protect-llm-half-quick", "protect_llm_half_quick"),
                       ("protect-llm-regmean-mix-quick", "protect_llm_regmean_mix_quick"),

@@ -62,6 +62,7 @@ PROTECT_LLM_TABLES: dict[str, tuple[str, Callable[[Any], str]]] = {
     "protect-llm-adaptive-retry-quick-trap": ("protect_llm_adaptive_retry_quick", protect_llm_trap),
     "protect-llm-composed-quick-trap": ("protect_llm_composed_quick", protect_llm_trap),
     "protect-llm-realign-mix-quick-trap": ("protect_llm_realign_mix_quick", protect_llm_trap),
+    "protect-llm-realign-mix25-quick-trap": ("protect_llm_realign_mix25_quick", protect_llm_trap),
     "protect-llm-fast-quick-trap": ("protect_llm_fast_quick", protect_llm_trap),
     "protect-llm-half-quick-trap": ("protect_llm_half_quick", protect_llm_trap),
     "protect-llm-regmean-mix-quick-trap": ("protect_llm_regmean_mix_quick", protect_llm_trap),
