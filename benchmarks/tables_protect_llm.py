@@ -44,6 +44,11 @@ def _trap_caption(d: dict[str, Any], runs: dict[str, dict[str, Any]]) -> str:
               for n, r in runs.items()}  # a run that trained proxies probes merges with them
     probed = next(iter(probes.values())) if len(set(probes.values())) == 1 else "; ".join(
         f"{n}: {v}" for n, v in probes.items())
+    settings = d.get("settings") or {}
+    if settings.get("realign_mix"):  # the selection also probes the realigned merges (ProtectConfig.realign_mix)
+        probed += ", and those merges of the update realigned to the base"
+    if settings.get("regmean_mix"):  # ... or RegMean's (ProtectConfig.regmean_mix)
+        probed += ", and RegMean's merge with the proxies at s = 1 for α = 0.5, 0.9, 1"
     return (f"Exact match (points) of the protected task {d['protected_task']}. Validation: probe EM is the best "
             f"of {probed} (a validation subset), the trap score Trap²'s selection lowers; protected: a Trap² "
             "checkpoint within the tolerance of the start at s = 1 replaced the plain update. Test: the kept Trap² "
