@@ -45,27 +45,16 @@ def layer_grams(model: torch.nn.Module, batches: Iterable[Any], *, layers: Mappi
 
     import torch
 
+    from hubguard.protect.attacks.regmean import recording_input_grams
     from hubguard.protect.forward import call
 
-    grams: dict[str, torch.Tensor] = {}
-
-    def hook(name: str) -> Any:
-        def record(_module: torch.nn.Module, args: tuple[Any, ...], _out: Any) -> None:
-            x = args[0].detach().reshape(-1, args[0].shape[-1]).float()  # [tokens, in]
-            grams[name] = grams.get(name, 0) + x.T @ x
-
-        return record
-
-    handles = [m.register_forward_hook(hook(n)) for n, m in layers.items()]
     was = model.training
     model.eval()
     try:
-        with torch.no_grad():
+        with recording_input_grams(layers) as grams, torch.no_grad():
             for batch in itertools.islice(batches, limit):
                 call(model, batch, overrides)
     finally:
-        for h in handles:
-            h.remove()
         model.train(was)
     if set(grams) != set(layers):
         raise ProtectionError("regmean_mix: the batches reached none (or only some) of the LoRA layers; pass "
@@ -110,13 +99,13 @@ class RegMeanPass:
         """G_0 again at the model's current weights, and every A_t with it (`config.regmean_refresh`)."""
         import torch
 
+        from hubguard.protect.attacks.regmean import regularized_grams
+
         grams = [layer_grams(model, self.train_batches, layers=self.layers, limit=self.limit), *self.proxy_grams]
         for alpha in self.alphas:
             self.own[alpha], self.others[alpha] = {}, {}
             for n in self.layers:
-                gs = [alpha * g[n] + (1 - alpha) * torch.diag(g[n].diagonal()) for g in grams]
-                den = sum(gs)
-                den = den + 1e-6 * den.diagonal().mean() * torch.eye(den.shape[0])  # the attacker's ridge
+                gs, den = regularized_grams([g[n] for g in grams], alpha)  # the attacker's G_t and ridge
                 # A_t = G_t·den⁻¹; den and G_t are symmetric, so A_t = (den⁻¹·G_t)ᵀ
                 mats = [torch.linalg.solve(den, g).T for g in gs]
                 self.own[alpha][n] = mats[0].to(self.base[n].dtype)

@@ -8,6 +8,8 @@ X_t: the inputs of that layer in model t on the attacker's data of task t (all t
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict
 from typing import Any
 
@@ -17,29 +19,42 @@ from hubguard.protect.attacks.base import AttackerModel, AttackSetting, StateDic
 from hubguard.protect.merges import changed_names
 
 
-def input_grams(attacker: AttackerModel, state: StateDict, *, batches: list[Any], names: list[str]) -> dict[str, torch.Tensor]:
-    """XᵀX of the inputs of the linear layers owning the weights `names`, with `state` loaded, over `batches`."""
-    model = attacker.load(state)
-    modules = dict(model.named_modules())
+@contextmanager
+def recording_input_grams(modules: Mapping[str, torch.nn.Module]) -> Iterator[dict[str, torch.Tensor]]:
+    """While open, every forward of these modules adds XᵀX [in, in] of its input (all token positions) to the
+    yielded dict under the module's key."""
     grams: dict[str, torch.Tensor] = {}
-    handles = []
 
     def hook(name: str) -> Any:
         def record(_module: torch.nn.Module, args: tuple[Any, ...], _out: Any) -> None:
-            x = args[0].detach().reshape(-1, args[0].shape[-1]).float()
+            x = args[0].detach().reshape(-1, args[0].shape[-1]).float()  # [tokens, in]
             grams[name] = grams.get(name, 0) + x.T @ x
 
         return record
 
-    for n in names:
-        handles.append(modules[n.removesuffix(".weight")].register_forward_hook(hook(n)))
+    handles = [m.register_forward_hook(hook(n)) for n, m in modules.items()]
     try:
-        with torch.no_grad():
-            for batch in batches:
-                attacker.loss(model, batch)
+        yield grams
     finally:
         for h in handles:
             h.remove()
+
+
+def regularized_grams(grams: Sequence[torch.Tensor], alpha: float) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """One layer's G_t = α·XᵀX + (1 − α)·diag(XᵀX) of every model, and Σ_t G_t plus the ridge 1e-6·mean(diag)·I
+    that keeps it invertible."""
+    gs = [alpha * g + (1 - alpha) * torch.diag(g.diagonal()) for g in grams]
+    den = sum(gs)
+    return gs, den + 1e-6 * den.diagonal().mean() * torch.eye(den.shape[0])
+
+
+def input_grams(attacker: AttackerModel, state: StateDict, *, batches: list[Any], names: list[str]) -> dict[str, torch.Tensor]:
+    """XᵀX of the inputs of the linear layers owning the weights `names`, with `state` loaded, over `batches`."""
+    model = attacker.load(state)
+    modules = dict(model.named_modules())
+    with recording_input_grams({n: modules[n.removesuffix(".weight")] for n in names}) as grams, torch.no_grad():
+        for batch in batches:
+            attacker.loss(model, batch)
     return grams
 
 
@@ -57,11 +72,9 @@ def regmean(setting: AttackSetting) -> dict[str, Any]:
         out = dict(setting.base)
         for n in names:
             if n in linear:
-                gs = [alpha * g[n] + (1 - alpha) * torch.diag(g[n].diagonal()) for g in grams]
+                gs, den = regularized_grams([g[n] for g in grams], alpha)
                 num = sum(m[n].float() @ g for m, g in zip(models, gs, strict=True))
-                den = sum(gs)
-                ridge = 1e-6 * den.diagonal().mean() * torch.eye(den.shape[0])
-                out[n] = torch.linalg.solve(den + ridge, num.T).T.to(setting.base[n].dtype)  # W·den = num
+                out[n] = torch.linalg.solve(den, num.T).T.to(setting.base[n].dtype)  # W·den = num
             else:
                 out[n] = (sum(m[n].float() for m in models) / len(models)).to(setting.base[n].dtype)
         return out
