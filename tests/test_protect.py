@@ -718,6 +718,9 @@ def test_bad_inputs_raise_hubguard_errors(tiny, trained, tmp_path):
         read_text_data(tmp_path / "bad.jsonl", task="causal-lm")
     with pytest.raises(ProtectionError, match="label"):
         read_text_data(tmp_path / "bad.jsonl", task="classification")
+    (tmp_path / "binary.jsonl").write_bytes(b'{"text": "a"}\n\xff\xfe\x00 garbage\n')  # e.g. a --proxy-data file
+    with pytest.raises(ProtectionError, match="not UTF-8"):
+        read_text_data(tmp_path / "binary.jsonl", task="causal-lm")
     with pytest.raises(ProtectionError, match="no trainable"):
         frozen = copy.deepcopy(tiny["model"]).requires_grad_(False)
         train_protected(frozen, train_batches=tiny["train"][:1], config=ProtectConfig(mode="full", epochs=1))

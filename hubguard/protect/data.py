@@ -34,7 +34,12 @@ def read_text_data(path: str | Path, *, task: str) -> TextData:
     texts: list[str] = []
     labels: list[str] = []
     if p.suffix == ".jsonl":
-        for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+        try:
+            lines = p.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError as exc:
+            raise ProtectionError(f"{p} is not UTF-8 text ({exc.reason} at byte {exc.start}); save the .jsonl as "
+                                  "UTF-8.") from None
+        for i, line in enumerate(lines, 1):
             if not line.strip():
                 continue
             try:
